@@ -1,0 +1,197 @@
+"""The daemon's core, as the D-Bus shell sees it.
+
+The shell (``kexechibd.daemon``) owns the bus, authorization, the one-operation-
+at-a-time rule and the properties; an ``Engine`` does the work (prepare, jump,
+save, resume) through a ``Kernel``.  Long work runs in worker threads; the
+engine reports through an ``Observer`` whose methods may be called from any
+thread.
+"""
+
+from __future__ import annotations
+
+import enum
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from kexechibd.errors import Cancelled, InvalidOption
+from kexechibd.kernel.api import SupportReport
+
+
+class Role(enum.Enum):
+    """Which of the three kernels this daemon runs in (DESIGN §1)."""
+
+    ORIGIN = "origin"  # A: the user's system
+    SAVER = "saver"  # B: jumped into from A, saves A
+    RESTORER = "restorer"  # C: a fresh boot that may resume an image
+
+
+class State(enum.Enum):
+    IDLE = "idle"
+    PREPARING = "preparing"
+    LOADING = "loading"
+    JUMPING = "jumping"
+    SAVING = "saving"
+    RESUMING = "resuming"
+    FAILED = "failed"
+
+
+class Mode(enum.Enum):
+    POWEROFF = "poweroff"
+    CHECKPOINT = "checkpoint"
+
+
+COMPRESSIONS = ("zstd", "lz4", "none")
+
+
+class CancelToken:
+    """Set by ``Cancel``; checked by the engine at every safe point before
+    the point of no return."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self._point_of_no_return = threading.Event()
+
+    def cancel(self) -> bool:
+        """Request cancellation; False when it is too late."""
+        if self._point_of_no_return.is_set():
+            return False
+        self._event.set()
+        return True
+
+    @property
+    def cancelled(self) -> bool:
+        return self._event.is_set()
+
+    def check(self) -> None:
+        if self._event.is_set():
+            raise Cancelled("cancelled on request; nothing was changed")
+
+    def commit(self) -> None:
+        """Pass the point of no return: from now on ``cancel`` fails."""
+        self.check()
+        self._point_of_no_return.set()
+
+    @property
+    def committed(self) -> bool:
+        return self._point_of_no_return.is_set()
+
+
+def _option(options: Mapping[str, object], key: str, kind: type, default: object) -> object:
+    value = options.get(key, default)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise InvalidOption(
+            f"option {key!r} must be of type {kind.__name__}, got {type(value).__name__}"
+        )
+    return value
+
+
+@dataclass(frozen=True)
+class HibernateOptions:
+    mode: Mode = Mode.POWEROFF
+    compression: str = "zstd"
+    level: int = 3
+    image: str = ""
+
+    KEYS = ("mode", "compression", "level", "image")
+
+    @classmethod
+    def from_mapping(cls, options: Mapping[str, object]) -> HibernateOptions:
+        """Validate caller-supplied options (already unwrapped from variants)."""
+        unknown = sorted(set(options) - set(cls.KEYS))
+        if unknown:
+            raise InvalidOption(
+                f"unknown option(s) {', '.join(unknown)}; known: {', '.join(cls.KEYS)}"
+            )
+        mode = str(_option(options, "mode", str, Mode.POWEROFF.value))
+        try:
+            parsed_mode = Mode(mode)
+        except ValueError:
+            raise InvalidOption(f"mode must be 'poweroff' or 'checkpoint', not {mode!r}") from None
+        compression = str(_option(options, "compression", str, "zstd"))
+        if compression not in COMPRESSIONS:
+            raise InvalidOption(
+                f"compression must be one of {', '.join(COMPRESSIONS)}, not {compression!r}"
+            )
+        level = _option(options, "level", int, 3)
+        assert isinstance(level, int)
+        if not -7 <= level <= 22:
+            raise InvalidOption(f"level must be between -7 and 22, not {level}")
+        image = str(_option(options, "image", str, ""))
+        return cls(parsed_mode, compression, level, image)
+
+
+@dataclass(frozen=True)
+class ResumeOptions:
+    load_only: bool = False
+    force: bool = False
+
+    KEYS = ("load-only", "force")
+
+    @classmethod
+    def from_mapping(cls, options: Mapping[str, object]) -> ResumeOptions:
+        unknown = sorted(set(options) - set(cls.KEYS))
+        if unknown:
+            raise InvalidOption(
+                f"unknown option(s) {', '.join(unknown)}; known: {', '.join(cls.KEYS)}"
+            )
+        load_only = _option(options, "load-only", bool, False)
+        force = _option(options, "force", bool, False)
+        return cls(bool(load_only), bool(force))
+
+
+class Observer(Protocol):
+    """How the engine reports.  ``set_state``/``set_progress`` may be called
+    from worker threads; the ``async`` hooks run on the event loop."""
+
+    def set_state(self, state: State) -> None: ...
+
+    def set_progress(self, fraction: float, phase: str) -> None: ...
+
+    async def before_jump(self) -> None:
+        """Last moment before the kernel freezes everything: emit
+        ``PrepareForHibernate(true)`` and make sure it left."""
+        ...
+
+    async def after_return(self) -> None:
+        """Back in A after a jump (resume or jump-back)."""
+        ...
+
+
+class Engine(Protocol):
+    @property
+    def role(self) -> Role: ...
+
+    @property
+    def backend(self) -> str: ...
+
+    @property
+    def image_location(self) -> str: ...
+
+    def support(self) -> SupportReport: ...
+
+    async def hibernate(
+        self, options: HibernateOptions, observer: Observer, cancel: CancelToken
+    ) -> None:
+        """Full cycle from A; returns after A has resumed (or jumped back)."""
+        ...
+
+    async def resume(
+        self, image: Path, options: ResumeOptions, observer: Observer, cancel: CancelToken
+    ) -> None:
+        """Verify and load ``image``, then jump; returns only on failure or with load-only."""
+        ...
+
+    async def save(self, observer: Observer, cancel: CancelToken) -> None:
+        """Role B: save A and power off or jump back as the parameters say."""
+        ...
+
+    async def jump_back(self, observer: Observer) -> None:
+        """Jump to the peer kernel; returns when this kernel is jumped back into."""
+        ...
+
+    def inspect(self, image: Path) -> dict[str, object]:
+        """Metadata and verdict of an image (never raises for a bad image)."""
+        ...

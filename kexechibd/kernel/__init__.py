@@ -1,0 +1,1 @@
+"""The kernel interface: ABI (``abi``), the ``Kernel`` protocol (``api``), backends."""
