@@ -31,7 +31,7 @@ def test_segment_layout_matches_the_c_compiler(tmp_path: Path) -> None:
     source = tmp_path / "layout.c"
     source.write_text(
         "#include <stdio.h>\n#include <stddef.h>\n#include <linux/kexec.h>\n"
-        "int main(void){printf(\"%zu %zu %zu %zu %zu\\n\", sizeof(struct kexec_segment),"
+        'int main(void){printf("%zu %zu %zu %zu %zu\\n", sizeof(struct kexec_segment),'
         " offsetof(struct kexec_segment, buf), offsetof(struct kexec_segment, bufsz),"
         " offsetof(struct kexec_segment, mem), offsetof(struct kexec_segment, memsz));}\n"
     )
@@ -49,7 +49,7 @@ def test_flag_values_match_the_uapi_header(tmp_path: Path) -> None:
     source = tmp_path / "flags.c"
     source.write_text(
         "#include <stdio.h>\n#include <linux/kexec.h>\n#include <linux/reboot.h>\n"
-        "int main(void){printf(\"%d %d %d %u %u %u %u\\n\", KEXEC_ON_CRASH,"
+        'int main(void){printf("%d %d %d %u %u %u %u\\n", KEXEC_ON_CRASH,'
         " KEXEC_PRESERVE_CONTEXT, KEXEC_SEGMENT_MAX, KEXEC_ARCH_X86_64,"
         " LINUX_REBOOT_MAGIC1, LINUX_REBOOT_CMD_KEXEC, LINUX_REBOOT_CMD_POWER_OFF);}\n"
     )

@@ -46,23 +46,18 @@ class Window:
         return cmdline.subtract(list(ram), list(self.spans))
 
 
-def parse_window(spec: str) -> MemoryRange:
-    """``size@start`` (sizes with K/M/G suffixes), e.g. ``128M@768M``."""
-    size_text, sep, start_text = spec.partition("@")
-    if not sep:
-        raise ConfigError(f"window {spec!r} is not size@start (example: 128M@768M)")
-    try:
-        size, start = cmdline.parse_size(size_text), cmdline.parse_size(start_text)
-    except cmdline.CmdlineError as exc:
-        raise ConfigError(f"window {spec!r}: {exc}") from None
-    return MemoryRange(start, start + size)
-
-
 def choose_window(
-    spec: str, memory_map: Sequence[MemoryRange], *, low_memory: bool, min_size: int = MIN_WINDOW
+    start: int,
+    size: int,
+    memory_map: Sequence[MemoryRange],
+    *,
+    low_memory: bool,
+    min_size: int = MIN_WINDOW,
 ) -> Window:
-    """Validate the configured window against the machine's memory map."""
-    main = parse_window(spec)
+    """Validate the configured window ``[start, start + size)`` against the
+    machine's memory map."""
+    main = MemoryRange(start, start + size)
+    spec = f"{cmdline.format_size(size)}@{cmdline.format_size(start)}"
     if main.start % KERNEL_ALIGN or main.size % KERNEL_ALIGN:
         raise ConfigError(
             f"window {spec!r} must start and end on a 2 MiB boundary (kernel alignment)"
