@@ -20,7 +20,11 @@ from kexechibd.kernel.api import MemoryKind, MemoryRange
 from kexechibd.model.kernel import ModelKernel
 from kexechibd.model.memory import PhysicalMemory
 
-WORDS = ["kernel", "systemd", "dbus", "session", "audit", "block", "device", "mounted", "filesystem", "journal", "unit", "started", "network", "link", "carrier", "acquired", "address", "lease", "renewed", "memory", "pressure", "cgroup", "scope", "user"]
+WORDS = (
+    "kernel", "systemd", "dbus", "session", "audit", "block", "device", "mounted", "filesystem",
+    "journal", "unit", "started", "network", "link", "carrier", "acquired", "address", "lease",
+    "renewed", "memory", "pressure", "cgroup", "scope", "user",
+)
 
 
 @dataclass(frozen=True)
