@@ -70,6 +70,13 @@ def test_instruction_containing_an_f4_byte_is_not_a_halt():
     assert (exit.reason, exit.regs["rax"]) == ("left", 0xF4F4F4F4)
 
 
+def test_hlt_written_at_run_time_is_a_hang():
+    # Not among the hlt bytes known at the start; with interrupts off the
+    # CPU never wakes.
+    exit = run(machine("lea 1f(%rip), %rbx\nmovb $0xf4, (%rbx)\njmp 1f\n1: nop\nud2\n"))
+    assert exit.reason == "hang" and "written at run time" in exit.detail
+
+
 def test_endless_loop_is_a_hang():
     exit = run(machine("1: jmp 1b\n"), budget=500_000)
     assert (exit.reason, exit.rip) == ("hang", CODE)

@@ -17,7 +17,8 @@ A run ends when the CPU
 - is about to execute ``hlt`` — ``"halt"``, ``rip`` = the ``hlt``.  Recognised
   for every unprefixed ``hlt`` byte that is in an executable range when the
   run starts; one written at run time halts the CPU too and, with interrupts
-  off, is reported as the hang it is;
+  off, is reported as the hang it is (reliably only outside tight loops,
+  where the budget is kept by counting and the two cannot be told apart);
 - has executed ``budget`` instructions — ``"hang"`` (checked at block
   boundaries: a run may go up to one translation block, at most 512
   instructions, past the budget);
@@ -271,7 +272,12 @@ def _run(
                 charge.remaining -= slice_
                 charge.exhausted = charge.remaining <= 0
             elif not charge.tiny and not charge.exhausted:
-                result = "fault", "emulation stopped for no known reason"
+                # Unicorn ends a run after an hlt it was not told to stop at.
+                result = (
+                    ("hang", f"hlt at {rip - 1:#x}, written at run time, with interrupts off")
+                    if 0 < rip <= size and memory[rip - 1] == HLT
+                    else ("fault", "emulation stopped for no known reason")
+                )
             if charge.exhausted:
                 result = "hang", f"instruction budget of {budget} exhausted"
         if block_hook is not None:
