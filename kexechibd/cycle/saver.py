@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from elftools.elf.elffile import ELFFile
+from elftools.elf.segments import NoteSegment
 
 from kexechibd import cmdline
 from kexechibd.cycle.params import SaveParams, read_params
@@ -52,7 +53,7 @@ def read_core_layout(core: BinaryIO) -> CoreLayout:
     for seg in elf.iter_segments():
         if seg["p_type"] == "PT_LOAD" and seg["p_filesz"]:
             loads.append(LoadSegment(seg["p_paddr"], seg["p_offset"], seg["p_filesz"]))
-        elif seg["p_type"] == "PT_NOTE":
+        elif isinstance(seg, NoteSegment):
             for note in seg.iter_notes():
                 if note["n_name"] == "VMCOREINFO":
                     desc = note["n_desc"]

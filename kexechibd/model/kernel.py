@@ -22,6 +22,7 @@ from kexechibd.kernel import abi
 from kexechibd.kernel.api import KernelGone, KernelIdentity, MemoryRange, SupportReport
 from kexechibd.model import kimage, machine
 from kexechibd.model.allocator import OutOfPages, PageAllocator
+from kexechibd.model.memory import PhysicalMemory
 from kexechibd.model.vmcore import VmcoreFile
 
 
@@ -67,7 +68,7 @@ class ModelKernel:
         self.close()
 
     @property
-    def memory(self) -> machine.PhysicalMemory:
+    def memory(self) -> PhysicalMemory:
         return self.machine.memory
 
     @property

@@ -18,6 +18,7 @@ and its ``reboot_kexec`` returns 0), or anything else (the machine crashes).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import fcntl
 import json
 import os
@@ -124,7 +125,9 @@ class KernelRecord:
             status=data["status"],
             entered=data["entered"],
             loaded=kimage.LoadedImage.from_json(data["loaded"]) if data["loaded"] else None,
-            vmcoreinfo=tuple(data["vmcoreinfo"]) if data["vmcoreinfo"] else None,  # type: ignore[arg-type]
+            vmcoreinfo=(data["vmcoreinfo"][0], data["vmcoreinfo"][1])
+            if data["vmcoreinfo"]
+            else None,
             elfcorehdr=data["elfcorehdr"],
             footprint=[(a, b) for a, b in data["footprint"]],
         )
@@ -325,7 +328,7 @@ class Machine:
                 pfn = rng.randrange(npages)
                 allocator.take(pfn)
             release = bzimage.DEFAULT_RELEASE
-            build_id = bzimage.hashlib.sha1(release.encode()).hexdigest()
+            build_id = hashlib.sha1(release.encode()).hexdigest()
             kid = self._new_kernel(
                 state,
                 allocator,

@@ -21,9 +21,30 @@ from kexechibd.model.kernel import ModelKernel
 from kexechibd.model.memory import PhysicalMemory
 
 WORDS = (
-    "kernel", "systemd", "dbus", "session", "audit", "block", "device", "mounted", "filesystem",
-    "journal", "unit", "started", "network", "link", "carrier", "acquired", "address", "lease",
-    "renewed", "memory", "pressure", "cgroup", "scope", "user",
+    "kernel",
+    "systemd",
+    "dbus",
+    "session",
+    "audit",
+    "block",
+    "device",
+    "mounted",
+    "filesystem",
+    "journal",
+    "unit",
+    "started",
+    "network",
+    "link",
+    "carrier",
+    "acquired",
+    "address",
+    "lease",
+    "renewed",
+    "memory",
+    "pressure",
+    "cgroup",
+    "scope",
+    "user",
 )
 
 
