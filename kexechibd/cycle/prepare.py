@@ -20,10 +20,8 @@ from kexechibd.errors import ConfigError
 from kexechibd.kernel import abi
 from kexechibd.kernel.abi import PAGE_SIZE, Segment, page_align_up
 from kexechibd.kernel.api import Kernel, MemoryKind, MemoryRange
-from kexechibd.purgatory import EntryRegs, build_purgatory
+from kexechibd.purgatory import CMDLINE_ROOM, EntryRegs, build_purgatory
 
-# Room purgatory may use after B's command line (" kexec_jump_back_entry=0x…").
-CMDLINE_ROOM = 64
 PARAMS_JSON_ROOM = 64 << 10
 
 

@@ -18,8 +18,8 @@ and its ``reboot_kexec`` returns 0), or anything else (the machine crashes).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import fcntl
+import hashlib
 import json
 import os
 import random
@@ -193,11 +193,15 @@ class Machine:
         kernel_size: int = 16 * MIB,
         boot_usage: float = 0.01,
         capabilities: Capabilities | None = None,
+        cpu_budget: int = 2_000_000_000,
         seed: int = 1,
     ) -> Machine:
         """A powered-off machine with ``ram`` bytes of RAM.  Firmware boots
         put a kernel of ``kernel_size`` at 16 MiB and let it use a further
-        ``boot_usage`` of RAM scattered over memory (page cache, processes)."""
+        ``boot_usage`` of RAM scattered over memory (page cache, processes).
+        The CPU gives up after ``cpu_budget`` instructions in one image (a
+        hang: what purgatory does on a bad digest); the default covers
+        hashing about 18 MiB."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         (directory / KERNELS_DIR).mkdir(exist_ok=True)
@@ -212,6 +216,7 @@ class Machine:
             "kernel_size": kernel_size,
             "boot_usage": boot_usage,
             "capabilities": vars(capabilities or Capabilities()),
+            "cpu_budget": cpu_budget,
             "power": "off",
             "running": None,
             "generation": 0,
@@ -419,7 +424,11 @@ class Machine:
         from kexechibd.model.cpu import run_x86_64
 
         exit_ = run_x86_64(
-            self.memory.mm, entry=entry, executable=[(start, end)], regs={"rsp": rsp}
+            self.memory.mm,
+            entry=entry,
+            executable=[(start, end)],
+            regs={"rsp": rsp},
+            budget=int(state.get("cpu_budget", 2_000_000_000)),
         )
         if exit_.reason != "left":
             raise self._crash_in(
