@@ -7,10 +7,10 @@ import mmap
 import os
 
 import pytest
-from purgatory_support import flat_binary
 
 from kexechibd.model import cpu
 from kexechibd.model.cpu import run_x86_64
+from tests.purgatory_support import flat_binary
 
 CODE = 0x10000
 STACK = 0x8000

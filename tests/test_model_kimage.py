@@ -98,3 +98,27 @@ def test_unloading_frees_every_page(kernel: ModelKernel) -> None:
     assert kernel.allocator.free_pages < free
     kernel.kexec_load(0, [], abi.load_flags())
     assert kernel.allocator.free_pages == free
+
+
+def test_a_staged_load_of_100k_scattered_pages_completes_on_4_gib(tmp_path) -> None:
+    """Issue 2's acceptance: ≥ 100,000 single-page segments over a 4 GiB model."""
+    import random
+
+    from kexechibd.model.machine import Machine
+
+    with Machine.create(tmp_path / "big", ram=4 << 30) as machine:
+        machine.power_on()
+        with ModelKernel(machine) as big:
+            pfns = random.Random(3).sample(range(0x4000, (3 << 30) >> abi.PAGE_SHIFT), 100_000)
+            segs = [Segment(pfn.to_bytes(8, "little"), pfn << abi.PAGE_SHIFT, P) for pfn in pfns]
+            for i in range(0, len(segs), abi.KEXEC_STAGE_SEGMENT_MAX):
+                stage = Stage.START if i == 0 else Stage.MID
+                big.kexec_load(0, segs[i : i + abi.KEXEC_STAGE_SEGMENT_MAX], abi.load_flags(stage))
+            big.kexec_load(0x100000, [], abi.load_flags(Stage.FINAL))
+            runs = abi.decode_page_map(big.kexec_pgmap())
+            assert sum(r.npages for r in runs) == 100_000
+            loaded = big.record.loaded
+            assert loaded is not None
+            kimage.relocate(big.memory, loaded)
+            for pfn in pfns[::997]:
+                assert big.memory.read(pfn << abi.PAGE_SHIFT, 8) == pfn.to_bytes(8, "little")

@@ -10,7 +10,8 @@ import os
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from purgatory_support import HOST_HELPERS
+
+from tests.purgatory_support import HOST_HELPERS
 
 # struct sha256_ctx is 112 bytes on x86-64; a larger buffer keeps the test
 # independent of its layout.

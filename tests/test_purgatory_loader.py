@@ -8,17 +8,17 @@ import struct
 from pathlib import Path
 
 import pytest
-from purgatory_support import (
+
+from kexechibd import purgatory as pg
+from kexechibd.kernel.abi import PAGE_SIZE, Segment
+from kexechibd.purgatory import EntryRegs, PurgatoryError, build_purgatory
+from tests.purgatory_support import (
     PURGATORY_OBJECT,
     assemble,
     link_exec,
     purgatory_object,
     random_segment,
 )
-
-from kexechibd import purgatory as pg
-from kexechibd.kernel.abi import PAGE_SIZE, Segment
-from kexechibd.purgatory import EntryRegs, PurgatoryError, build_purgatory
 
 BASE = 0x100000
 HASHED = [Segment(b"kernel bytes", 0x1000000, 0x2000), Segment(b"", 0x1100000, 0x1000)]

@@ -6,7 +6,9 @@ from __future__ import annotations
 import os
 
 import pytest
-from purgatory_support import (
+
+from kexechibd.purgatory import JUMP_BACK_PARAM_MAX, EntryRegs, instruction_budget
+from tests.purgatory_support import (
     CMDLINE,
     CMDLINE_AT,
     GUARD,
@@ -16,8 +18,6 @@ from purgatory_support import (
     random_segment,
     setup_segment,
 )
-
-from kexechibd.purgatory import JUMP_BACK_PARAM_MAX, EntryRegs, instruction_budget
 
 # Enough for the default machine's ~50 KiB of hashing (~3M instructions) with
 # a wide margin, small enough that a hang is detected quickly.
