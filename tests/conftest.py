@@ -9,6 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from kexechibd.model.kernel import ModelKernel
+from kexechibd.model.machine import Machine
+
 SHM = Path("/dev/shm")
 
 
@@ -27,8 +30,6 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         shutil.rmtree(basetemp, ignore_errors=True)
 
 
-from kexechibd.model.kernel import ModelKernel
-from kexechibd.model.machine import Machine
 
 MIB = 1 << 20
 
