@@ -48,7 +48,7 @@ E_IDENT = b"\x7fELF\x02\x01\x01" + bytes(9)  # ELFCLASS64, ELFDATA2LSB, EV_CURRE
 # -- notes ------------------------------------------------------------------
 NOTE_OWNER = "KEXECHIB"
 VMCOREINFO_OWNER = "VMCOREINFO"  # as in /proc/vmcore, so crash and makedumpfile find it
-NT_FORMAT = 0x4B480001  # magic, version, flags, resume state (fixed place in every version)
+NT_FORMAT = 0x4B480001  # magic, version, notes size, resume state (first note, every version)
 NT_IMAGE = 0x4B480002  # layout, compression and counts (binary, IMAGE_DESC)
 NT_IDENTITY = 0x4B480003  # "key=value\n" text: who made the image
 NT_PAGE_MAP = 0x4B480004  # A's /proc/kexec_pgmap bytes, opaque
@@ -56,11 +56,12 @@ NT_DIGEST = 0x4B480005  # SHA-256 of the header; always the last note
 NT_VMCOREINFO = 0
 
 NOTES_OFFSET = EHDR.size + PHDR.size  # 120
-FORMAT_DESC = struct.Struct("<8sII8s")  # magic, version, flags, state
+FORMAT_DESC = struct.Struct("<8sII8s")  # magic, version, note region size, state
 FORMAT_NOTE_SIZE = NHDR.size + 12 + FORMAT_DESC.size  # "KEXECHIB\0" pads to 12
 FORMAT_DESC_OFFSET = NOTES_OFFSET + NHDR.size + 12  # 144
 MAGIC_OFFSET = FORMAT_DESC_OFFSET
 VERSION_OFFSET = FORMAT_DESC_OFFSET + 8  # 152
+NOTES_SIZE_OFFSET = FORMAT_DESC_OFFSET + 12  # 156: v1, repeats PT_NOTE p_filesz
 STATE_OFFSET = FORMAT_DESC_OFFSET + 16  # 160: rewritten in place, outside every checksum
 STATE_SIZE = 8
 IMAGE_MAGIC = b"KXHIBIMG"
@@ -185,8 +186,6 @@ def encode_notes(h: Header) -> bytes:
     """The note region, DIGEST included; the state word is filled in too."""
     m = h.meta
     parts = [
-        encode_note(NOTE_OWNER, NT_FORMAT,
-                    FORMAT_DESC.pack(IMAGE_MAGIC, h.version, 0, STATE_WORDS[h.state])),
         encode_note(NOTE_OWNER, NT_IMAGE, IMAGE_DESC.pack(
             m.page_size, h.codec, h.level, 0, h.chunk_size, h.data_offset, h.index_offset,
             h.chunks, h.image_length, h.data_pages, h.zero_pages, h.runs, m.jump_back_entry,
@@ -197,7 +196,10 @@ def encode_notes(h: Header) -> bytes:
         parts.append(encode_note(NOTE_OWNER, NT_PAGE_MAP, m.page_map))
     if m.vmcoreinfo:
         parts.append(encode_note(VMCOREINFO_OWNER, NT_VMCOREINFO, m.vmcoreinfo))
-    return b"".join(parts)
+    rest = b"".join(parts)
+    size = FORMAT_NOTE_SIZE + len(rest) + DIGEST_NOTE_SIZE
+    desc = FORMAT_DESC.pack(IMAGE_MAGIC, h.version, size, STATE_WORDS[h.state])
+    return encode_note(NOTE_OWNER, NT_FORMAT, desc) + rest
 
 
 def header_size(meta: ImageMeta) -> int:
@@ -281,7 +283,7 @@ def check_format_prefix(prefix: bytes | bytearray | memoryview) -> tuple[int, st
     if (namesz, descsz, ntype, name) != (9, FORMAT_DESC.size, NT_FORMAT, b"KEXECHIB\0\0\0\0"):
         raise ImageError("not a kexechib image: the first note is not KEXECHIB/FORMAT",
                          offset=NOTES_OFFSET)
-    magic, version, _flags, word = FORMAT_DESC.unpack_from(prefix, FORMAT_DESC_OFFSET)
+    magic, version, _size, word = FORMAT_DESC.unpack_from(prefix, FORMAT_DESC_OFFSET)
     if magic != IMAGE_MAGIC:
         raise ImageError(f"not a kexechib image: magic is {magic!r}", offset=MAGIC_OFFSET)
     if version != FORMAT_VERSION:
@@ -292,6 +294,17 @@ def check_format_prefix(prefix: bytes | bytearray | memoryview) -> tuple[int, st
         raise ImageError(f"resume state word {word!r} is none of committed/consumed/invalid",
                          offset=STATE_OFFSET)
     return version, state
+
+
+def check_notes_size(prefix: bytes | bytearray | memoryview, end: int) -> None:
+    """The note region's size is in the PT_NOTE header and, in version 1, in
+    the FORMAT note too: a flipped bit in either shows as a disagreement
+    rather than as a truncated or garbled header."""
+    (size,) = struct.unpack_from("<I", prefix, NOTES_SIZE_OFFSET)
+    if size != end - NOTES_OFFSET:
+        raise ImageError(f"the PT_NOTE header (at 0x60) says the notes are {end - NOTES_OFFSET} "
+                         f"bytes, the FORMAT note (at {NOTES_SIZE_OFFSET:#x}) says {size}",
+                         offset=96)
 
 
 def _identity(desc: bytes, offset: int) -> dict[str, str]:
@@ -319,10 +332,12 @@ def decode_header(region: bytes, image_end: int | None = None) -> Header:
     ``notes_end`` must already have accepted its first 120 bytes."""
     end = len(region)
     _version, state = check_format_prefix(region)
+    check_notes_size(region, end)
     dig_at = end - DIGEST_NOTE_SIZE
     dig_hdr = NHDR.pack(9, 32, NT_DIGEST) + b"KEXECHIB\0\0\0\0"
     if dig_at < NOTES_OFFSET + FORMAT_NOTE_SIZE or region[dig_at:end - 32] != dig_hdr:
-        raise ImageError("the header's last note is not its digest", offset=max(dig_at, 0))
+        raise ImageError(f"the note region ({end - NOTES_OFFSET} bytes by its program header) "
+                         f"does not end with the header digest note", offset=max(dig_at, 0))
     if header_digest(memoryview(region)[:end - 32]) != region[end - 32:]:
         raise ImageError(f"header checksum mismatch: bytes 0..{end - 32:#x} do not match "
                          f"the SHA-256 stored at {end - 32:#x}", offset=0)
@@ -342,6 +357,8 @@ def decode_header(region: bytes, image_end: int | None = None) -> Header:
         (page_size in PAGE_SIZES, 0, f"page size {page_size} is not supported"),
         (codec in Codec.NAMES, 4, f"compression {codec} is unknown"),
         (flags == 0, 12, f"image flags {flags:#x} are unknown"),
+        (chunks * INDEX_ENTRY.size < image_length, 40,
+         f"{chunks} chunks cannot fit in an image of {image_length} bytes"),
         (chunk_size % page_size == 0 and page_size <= chunk_size <= CHUNK_SIZE_MAX, 16,
          f"chunk size {chunk_size} is absurd"),
         (data_offset == align_up(end, page_size), 24,

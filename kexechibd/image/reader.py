@@ -61,19 +61,16 @@ class ImageReader:
 
     def _read_header(self) -> Header:
         size = self._size
-        prefix = self._read_at(0, min(size, NOTES_OFFSET), exact=False)
+        prefix = self._read_at(0, min(size, format.PREFIX_SIZE), exact=False)
         if len(prefix) < 4 or prefix[:4] != b"\x7fELF":
             raise ImageError("not an ELF file, so not a kexechib image", offset=0)
-        if size < NOTES_OFFSET:
-            raise ImageError(f"image truncated: {size} bytes, the ELF headers need "
-                             f"{NOTES_OFFSET}", offset=size)
-        end = format.notes_end(prefix)
-        region = self._read_at(0, min(size, end), exact=False)
-        if len(region) >= format.PREFIX_SIZE:
-            format.check_format_prefix(region)
-        if len(region) < end:
-            raise ImageError(f"image truncated: {size} bytes, the header needs {end}",
-                             offset=size)
+        self._need(NOTES_OFFSET, "the ELF headers")
+        end = format.notes_end(prefix[:NOTES_OFFSET])
+        self._need(format.PREFIX_SIZE, "the FORMAT note")
+        format.check_format_prefix(prefix)
+        format.check_notes_size(prefix, end)
+        self._need(end, "the header")
+        region = self._read_at(0, end)
         h = format.decode_header(region)
         if size < h.data_offset:
             raise self._truncated(h)
@@ -82,6 +79,11 @@ class ImageReader:
             at = next(i for i, b in enumerate(padding) if b)
             raise ImageError("padding after the header is not zero", offset=end + at)
         return h
+
+    def _need(self, size: int, what: str) -> None:
+        if self._size < size:
+            raise ImageError(f"image truncated: {self._size} bytes, {what} need {size}",
+                             offset=self._size)
 
     def _truncated(self, h: Header) -> ImageError:
         """Name what is missing when the file is shorter than the image."""
