@@ -11,7 +11,10 @@ from pathlib import Path
 
 import pytest
 from elftools.elf.elffile import ELFFile
-from test_image_helpers import (
+
+from kexechibd.image import ImageReader, ImageWriter, export_elf_core
+from kexechibd.image import format as fmt
+from tests.test_image_helpers import (
     PAGE_MAP,
     PS,
     VMCOREINFO,
@@ -22,9 +25,6 @@ from test_image_helpers import (
     sample_image,
     write_image,
 )
-
-from kexechibd.image import ImageReader, ImageWriter, export_elf_core
-from kexechibd.image import format as fmt
 
 pytestmark = pytest.mark.skipif(shutil.which("readelf") is None, reason="binutils' readelf")
 

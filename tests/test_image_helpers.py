@@ -1,4 +1,4 @@
-"""Helpers shared by the image tests (imported as ``test_image_helpers``),
+"""Helpers shared by the image tests (imported as ``tests.test_image_helpers``),
 and the tests that show the helpers themselves can be trusted."""
 
 from __future__ import annotations

@@ -9,7 +9,11 @@ import hashlib
 import struct
 
 import pytest
-from test_image_helpers import (
+
+from kexechibd.errors import BadImage
+from kexechibd.image import ImageError
+from kexechibd.image import format as fmt
+from tests.test_image_helpers import (
     IMAGE_DESC_AT,
     IMAGE_FIELD,
     PS,
@@ -21,10 +25,6 @@ from test_image_helpers import (
     sample_image,
     write_image,
 )
-
-from kexechibd.errors import BadImage
-from kexechibd.image import ImageError
-from kexechibd.image import format as fmt
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,10 @@ import os
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_image_helpers import (
+
+from kexechibd.image import FORMAT_VERSION, ImageReader, ImageWriter, Run
+from kexechibd.image import format as fmt
+from tests.test_image_helpers import (
     PS,
     make_meta,
     open_image,
@@ -19,9 +22,6 @@ from test_image_helpers import (
     sample_image,
     write_image,
 )
-
-from kexechibd.image import FORMAT_VERSION, ImageReader, ImageWriter, Run
-from kexechibd.image import format as fmt
 
 
 @pytest.mark.parametrize("compression", ["zstd", "lz4", "none"])

@@ -146,13 +146,12 @@ class ImageStore:
             raise ImageError(f"no image at {self.path}") from e
         except OSError as e:
             raise ImageError(f"cannot open the image at {self.path}: {e.strerror}") from e
-        f = os.fdopen(fd, "r+b" if flags & os.O_RDWR else "rb")
         try:
             check_private(os.fstat(fd), self.path)
+            return os.fdopen(fd, "r+b" if flags & os.O_RDWR else "rb")
         except BaseException:
-            f.close()
+            os.close(fd)
             raise
-        return f
 
     def open(self) -> ImageReader:
         """A verified reader on the image (close it when done); refuses a file
