@@ -74,10 +74,10 @@ def measure(tmp_path: Path, size: int, pick: Callable[[int], bytes],
 
 
 def check(small: tuple[int, ...], large: tuple[int, ...], bound: int) -> None:
-    for s, l in zip(small, large, strict=True):
-        assert l < bound, (small, large)
+    for lo, hi in zip(small, large, strict=True):
+        assert hi < bound, (small, large)
         if bound == SERIAL_BOUND:  # deterministic: no worker threads
-            assert l < s + SLACK, (small, large)
+            assert hi < lo + SLACK, (small, large)
 
 
 def mostly_zero(buffers: dict[str, bytes]) -> Callable[[int], bytes]:

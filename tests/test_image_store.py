@@ -135,7 +135,7 @@ def test_open_refuses_a_symlink_and_a_directory(tmp_path: Path, store: ImageStor
     with pytest.raises(ImageError, match="cannot open"):
         link.open()
     (tmp_path / "dir").mkdir()
-    with pytest.raises(ImageError, match="cannot open|not a regular file"):
+    with pytest.raises(ImageError, match="is not a regular file"):
         ImageStore(tmp_path / "dir").open()
 
 

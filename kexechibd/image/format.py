@@ -515,9 +515,9 @@ def check_index(index: bytes, h: Header) -> None:
             if not e.first_pfn < e.end_pfn <= MAX_PHYS_ADDR // h.page_size else
             "overlaps or precedes the previous chunk" if e.first_pfn < prev_end else
             "holds more data than a chunk may" if e.data_pages * h.page_size > h.chunk_size else
+            "covers no pages" if e.data_pages + e.zero_pages == 0 else
             "has more pages than it spans"
-            if e.data_pages + e.zero_pages > e.end_pfn - e.first_pfn or
-            e.data_pages + e.zero_pages == 0 else ""
+            if e.data_pages + e.zero_pages > e.end_pfn - e.first_pfn else ""
         )
         if problem:
             raise ImageError(f"index entry {i} {problem}", offset=where, chunk=i)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kexechibd.errors import BadImage
+from kexechibd.kernel.abi import PAGE_SIZE
 
 MODES = ("poweroff", "checkpoint")
 STATES = ("committed", "consumed", "invalid")
@@ -26,7 +27,7 @@ class ImageMeta:
     window: tuple[tuple[int, int], ...]  # B's window [start, end) ranges; not saved
     page_map: bytes = b""  # raw /proc/kexec_pgmap bytes of A's B image (opaque here)
     vmcoreinfo: bytes = b""  # A's VMCOREINFO note text, if any
-    page_size: int = 4096
+    page_size: int = PAGE_SIZE
 
 
 @dataclass(frozen=True)
