@@ -141,3 +141,15 @@ def test_export_of_more_than_65535_runs_uses_pn_xnum(tmp_path: Path) -> None:
         assert elf["e_phnum"] == fmt.PN_XNUM and elf.num_segments() == n + 2
         last = elf.get_segment(n + 1)
         assert last["p_paddr"] == 2 * n * PS and last.data() == page(1)
+
+
+def test_export_streams_to_a_pipe(tmp_path: Path) -> None:
+    image, _ = sample_image()
+    piped = tmp_path / "piped"
+    with piped.open("wb") as sink:
+        cat = subprocess.Popen(["cat"], stdin=subprocess.PIPE, stdout=sink)
+        assert cat.stdin is not None
+        export_elf_core(open_image(image), cat.stdin)  # not seekable
+        cat.stdin.close()
+        assert cat.wait() == 0
+    assert piped.read_bytes() == export(image, tmp_path).read_bytes()

@@ -8,10 +8,12 @@ from __future__ import annotations
 import hashlib
 import struct
 
+import lz4.frame
 import pytest
+import zstandard
 
 from kexechibd.errors import BadImage
-from kexechibd.image import ImageError
+from kexechibd.image import ImageError, codec
 from kexechibd.image import format as fmt
 from tests.test_image_helpers import (
     IMAGE_DESC_AT,
@@ -306,8 +308,7 @@ def test_a_payload_declaring_another_size_is_refused_before_decompressing() -> N
     image = write_image([(0, page(0) * 4)], chunk_size=4 * PS)[0]
     lay = layout(image)
     at = lay.payload_at(image, 0)
-    # Re-encode the payload as a zstd frame of 1 GiB of zeros: a bomb, checksummed.
-    import zstandard
+    # Re-encode the payload as a zstd frame of 1 MiB of zeros: a bomb, checksummed.
     bomb = zstandard.ZstdCompressor().compress(bytes(1 << 20))
     bad = bytearray(image[:at]) + bomb
     bad = put(bad, lay.entries[0].offset + 56, "<Q", len(bomb))
@@ -346,3 +347,20 @@ def test_checksums_are_sha256_of_the_stored_bytes(image: bytes) -> None:
     assert image[e.offset + 64:e.offset + 96] == hashlib.sha256(
         image[payload:e.offset + e.length]).digest()
     assert open_image(image).summary.digest == hashlib.sha256(image[lay.index_offset:]).hexdigest()
+
+
+@pytest.mark.parametrize("store_size, expected, fragment", [
+    (True, 50, "declares 100 bytes, expected 50"),
+    (False, 100, "declares 0 bytes, expected 100"),  # no content size in the frame
+])
+def test_lz4_frames_must_declare_exactly_the_chunk_size(store_size: bool, expected: int,
+                                                        fragment: str) -> None:
+    frame = lz4.frame.compress(bytes(100), store_size=store_size)
+    with pytest.raises(codec.CodecError, match=fragment):
+        codec.decompress(fmt.Codec.LZ4, frame, expected)
+
+
+def test_garbage_that_is_no_frame_is_refused() -> None:
+    for ident in (fmt.Codec.ZSTD, fmt.Codec.LZ4):
+        with pytest.raises(codec.CodecError):
+            codec.decompress(ident, b"\x00garbage" * 10, 4096)
