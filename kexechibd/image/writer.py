@@ -10,6 +10,7 @@ caller's current buffer) whatever the size of memory being saved.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import hashlib
 import io
 import os
@@ -318,10 +319,7 @@ class ImageWriter:
     # -- state ---------------------------------------------------------------
 
     def _meta_saved(self) -> ImageMeta:
-        m = self._meta
-        return ImageMeta(m.kernel_release, m.build_id, m.boot_id, m.machine_id, m.created,
-                         m.jump_back_entry, m.hibernate_id, m.mode, (), m.page_map,
-                         m.vmcoreinfo, m.page_size)
+        return dataclasses.replace(self._meta, window=())  # the window is not saved
 
     def _summary(self) -> ImageSummary:
         h = self._header
