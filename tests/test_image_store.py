@@ -198,6 +198,22 @@ def test_an_invalidated_image_cannot_be_marked_consumed(store: ImageStore) -> No
     assert state(store) == "invalid"
 
 
+def test_mark_committed_undoes_a_consumption_whose_jump_failed(store: ImageStore) -> None:
+    before = store.path.read_bytes()
+    store.mark_consumed()
+    store.mark_committed()
+    assert store.path.read_bytes() == before
+    store.mark_committed()
+    assert state(store) == "committed"
+
+
+def test_an_invalidated_image_cannot_be_marked_committed_again(store: ImageStore) -> None:
+    store.invalidate()
+    with pytest.raises(ImageError, match="invalidated"):
+        store.mark_committed()
+    assert state(store) == "invalid"
+
+
 def test_auto_resume_skips_consumed_images_unless_forced(store: ImageStore) -> None:
     with store.open() as reader:
         reader.require_resumable()

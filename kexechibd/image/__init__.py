@@ -15,6 +15,7 @@ from kexechibd.image.store import (
     create_image_file,
     invalidate_image,
     mark_image_consumed,
+    unmark_image_consumed,
 )
 from kexechibd.image.writer import ImageWriter
 
@@ -33,4 +34,5 @@ __all__ = [
     "export_elf_core",
     "invalidate_image",
     "mark_image_consumed",
+    "unmark_image_consumed",
 ]

@@ -72,6 +72,17 @@ def mark_image_consumed(f: BinaryIO) -> None:
         _set_state(f, "consumed")
 
 
+def unmark_image_consumed(f: BinaryIO) -> None:
+    """CONSUMED → COMMITTED, in place and fsynced: the restorer marked the
+    image consumed but the jump did not happen, so nothing resumed from it."""
+    state = ImageReader(f).summary.state
+    if state == "invalid":
+        raise ImageError("cannot mark an invalidated image committed again",
+                         offset=format.STATE_OFFSET)
+    if state == "consumed":
+        _set_state(f, "committed")
+
+
 def invalidate_image(f: BinaryIO) -> None:
     """Any state → INVALID, in place and fsynced.  Works on a damaged image
     too, as long as its first 168 bytes say it is one of ours (in any version):
@@ -166,6 +177,11 @@ class ImageStore:
     def mark_consumed(self) -> None:
         with self._open(os.O_RDWR) as f:
             mark_image_consumed(f)
+
+    def mark_committed(self) -> None:
+        """Undo ``mark_consumed`` when the jump failed (the kernel refused it)."""
+        with self._open(os.O_RDWR) as f:
+            unmark_image_consumed(f)
 
     def invalidate(self) -> None:
         with self._open(os.O_RDWR) as f:
