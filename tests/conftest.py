@@ -30,7 +30,6 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         shutil.rmtree(basetemp, ignore_errors=True)
 
 
-
 MIB = 1 << 20
 
 

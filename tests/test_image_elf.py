@@ -72,8 +72,11 @@ def test_readelf_reads_an_image_without_vmcoreinfo_or_page_map(tmp_path: Path) -
 def test_pyelftools_reads_the_image_header_and_notes(tmp_path: Path) -> None:
     with saved(tmp_path, sample_image()[0]).open("rb") as f:
         elf = ELFFile(f)
-        assert (elf["e_type"], elf["e_machine"], elf.little_endian) == ("ET_CORE", "EM_X86_64",
-                                                                        True)
+        assert (elf["e_type"], elf["e_machine"], elf.little_endian) == (
+            "ET_CORE",
+            "EM_X86_64",
+            True,
+        )
         (seg,) = elf.iter_segments()
         notes = {(n["n_name"], n["n_type"]): n["n_descdata"] for n in seg.iter_notes()}
     assert notes[("VMCOREINFO", 0)] == VMCOREINFO
@@ -111,7 +114,7 @@ def test_export_contents_match_the_image(tmp_path: Path) -> None:
                 got_zero.update(range(first, first + seg["p_memsz"] // PS))
                 continue
             blob = seg.data()
-            got.update((first + i, blob[i * PS:(i + 1) * PS]) for i in range(len(blob) // PS))
+            got.update((first + i, blob[i * PS : (i + 1) * PS]) for i in range(len(blob) // PS))
     assert got == data and got_zero == zero
 
 

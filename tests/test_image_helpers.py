@@ -20,18 +20,38 @@ PAGE_MAP = b"KXPGMAP1" + struct.pack("<II", 4096, 0) + struct.pack("<QQQ", 0x300
 # IMAGE note: its descriptor follows the FORMAT note and the note header + name.
 IMAGE_DESC_AT = fmt.NOTES_OFFSET + fmt.FORMAT_NOTE_SIZE + fmt.NHDR.size + 12
 IMAGE_FIELD = {  # offsets inside IMAGE_DESC
-    "page_size": 0, "codec": 4, "level": 8, "flags": 12, "chunk_size": 16, "data_offset": 24,
-    "index_offset": 32, "chunks": 40, "image_length": 48, "data_pages": 56,
-    "zero_pages": 64, "runs": 72, "jump_back_entry": 80, "created": 88, "digest": 96,
+    "page_size": 0,
+    "codec": 4,
+    "level": 8,
+    "flags": 12,
+    "chunk_size": 16,
+    "data_offset": 24,
+    "index_offset": 32,
+    "chunks": 40,
+    "image_length": 48,
+    "data_pages": 56,
+    "zero_pages": 64,
+    "runs": 72,
+    "jump_back_entry": 80,
+    "created": 88,
+    "digest": 96,
 }
 
 
 def make_meta(**overrides: object) -> ImageMeta:
     meta = ImageMeta(
-        kernel_release="6.1.0-kexechib", build_id="5f1d" * 10, boot_id="b0b0-1",
-        machine_id="m4ch1n3", created=1_700_000_000.25, jump_back_entry=0x1_0000_2000,
-        hibernate_id="nonce-42", mode="poweroff", window=((0x3000_0000, 0x3800_0000),),
-        page_map=PAGE_MAP, vmcoreinfo=VMCOREINFO)
+        kernel_release="6.1.0-kexechib",
+        build_id="5f1d" * 10,
+        boot_id="b0b0-1",
+        machine_id="m4ch1n3",
+        created=1_700_000_000.25,
+        jump_back_entry=0x1_0000_2000,
+        hibernate_id="nonce-42",
+        mode="poweroff",
+        window=((0x3000_0000, 0x3800_0000),),
+        page_map=PAGE_MAP,
+        vmcoreinfo=VMCOREINFO,
+    )
     return replace(meta, **overrides)  # type: ignore[arg-type]
 
 
@@ -43,8 +63,9 @@ def page(tag: int, kind: str = "text") -> bytes:
     return (line * (PS // len(line) + 1))[:PS]
 
 
-def write_image(adds: Iterable[tuple[int, bytes]], meta: ImageMeta | None = None,
-                **kwargs: object) -> tuple[bytes, ImageSummary]:
+def write_image(
+    adds: Iterable[tuple[int, bytes]], meta: ImageMeta | None = None, **kwargs: object
+) -> tuple[bytes, ImageSummary]:
     out = io.BytesIO()
     with ImageWriter(out, meta or make_meta(), **kwargs) as w:  # type: ignore[arg-type]
         for addr, data in adds:
@@ -69,7 +90,7 @@ def read_pages(reader: ImageReader) -> tuple[dict[int, bytes], set[int]]:
                 zero.update(range(run.pfn, run.end))
                 continue
             for i in range(run.npages):
-                data[run.pfn + i] = bytes(mv[pos:pos + PS])
+                data[run.pfn + i] = bytes(mv[pos : pos + PS])
                 pos += PS
         assert pos == len(mv)
     return data, zero
@@ -111,9 +132,13 @@ def layout(image: bytes | bytearray) -> Layout:
     data_offset, index_offset, chunks = struct.unpack_from("<QQQ", image, IMAGE_DESC_AT + 24)
     fits = (len(image) - index_offset - fmt.INDEX_HEAD.size) // fmt.INDEX_ENTRY.size
     entries = tuple(
-        fmt.IndexEntry(*fmt.INDEX_ENTRY.unpack_from(
-            image, index_offset + fmt.INDEX_HEAD.size + k * fmt.INDEX_ENTRY.size))
-        for k in range(min(chunks, fits)))  # an edited count may be absurd
+        fmt.IndexEntry(
+            *fmt.INDEX_ENTRY.unpack_from(
+                image, index_offset + fmt.INDEX_HEAD.size + k * fmt.INDEX_ENTRY.size
+            )
+        )
+        for k in range(min(chunks, fits))
+    )  # an edited count may be absurd
     return Layout(notes_end, data_offset, index_offset, chunks, entries)
 
 
@@ -126,16 +151,19 @@ def resign(image: bytearray, *, payloads: bool = False) -> bytearray:
         nruns = struct.unpack_from("<I", image, e.offset + 12)[0]
         head_len = fmt.CHUNK_HEAD.size + fmt.RUN.size * nruns
         if payloads:
-            payload = image[e.offset + head_len:e.offset + e.length]
-            image[e.offset + 64:e.offset + 96] = hashlib.sha256(payload).digest()
+            payload = image[e.offset + head_len : e.offset + e.length]
+            image[e.offset + 64 : e.offset + 96] = hashlib.sha256(payload).digest()
         at = lay.entry_at(k) + 48
-        image[at:at + 32] = hashlib.sha256(image[e.offset:e.offset + head_len]).digest()
-    index = image[lay.index_offset:lay.index_offset + fmt.INDEX_HEAD.size
-                  + fmt.INDEX_ENTRY.size * len(lay.entries)]
+        image[at : at + 32] = hashlib.sha256(image[e.offset : e.offset + head_len]).digest()
+    index = image[
+        lay.index_offset : lay.index_offset
+        + fmt.INDEX_HEAD.size
+        + fmt.INDEX_ENTRY.size * len(lay.entries)
+    ]
     at = IMAGE_DESC_AT + IMAGE_FIELD["digest"]
-    image[at:at + 32] = hashlib.sha256(index).digest()
+    image[at : at + 32] = hashlib.sha256(index).digest()
     end = lay.notes_end
-    image[end - 32:end] = fmt.header_digest(image[:end - 32])
+    image[end - 32 : end] = fmt.header_digest(image[: end - 32])
     return image
 
 

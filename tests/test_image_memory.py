@@ -48,14 +48,17 @@ def peak(action: Callable[[], object]) -> int:
         tracemalloc.stop()
 
 
-def measure(tmp_path: Path, size: int, pick: Callable[[int], bytes],
-            threads: int) -> tuple[int, int, int]:
+def measure(
+    tmp_path: Path, size: int, pick: Callable[[int], bytes], threads: int
+) -> tuple[int, int, int]:
     """Peaks of (write, read every chunk, stream every run)."""
     path = tmp_path / f"image-{size}-{threads}"
 
     def write() -> None:
-        with path.open("w+b") as f, ImageWriter(f, make_meta(window=()), chunk_size=CHUNK,
-                                                level=1, threads=threads) as w:
+        with (
+            path.open("w+b") as f,
+            ImageWriter(f, make_meta(window=()), chunk_size=CHUNK, level=1, threads=threads) as w,
+        ):
             for addr in range(0, size, BUFFER):
                 w.add(addr, pick(addr))
             w.commit()
@@ -84,25 +87,30 @@ def mostly_zero(buffers: dict[str, bytes]) -> Callable[[int], bytes]:
     return lambda addr: buffers["data"] if addr % (8 * BUFFER) == 0 else buffers["zero"]
 
 
-def test_memory_does_not_grow_with_the_size_of_memory(tmp_path: Path,
-                                                      buffers: dict[str, bytes]) -> None:
+def test_memory_does_not_grow_with_the_size_of_memory(
+    tmp_path: Path, buffers: dict[str, bytes]
+) -> None:
     pick = mostly_zero(buffers)
-    check(measure(tmp_path, 256 * MIB, pick, 0), measure(tmp_path, 1024 * MIB, pick, 0),
-          SERIAL_BOUND)
+    check(
+        measure(tmp_path, 256 * MIB, pick, 0), measure(tmp_path, 1024 * MIB, pick, 0), SERIAL_BOUND
+    )
 
 
-def test_memory_with_worker_threads_is_what_is_in_flight(tmp_path: Path,
-                                                         buffers: dict[str, bytes]) -> None:
+def test_memory_with_worker_threads_is_what_is_in_flight(
+    tmp_path: Path, buffers: dict[str, bytes]
+) -> None:
     pick = mostly_zero(buffers)
-    check(measure(tmp_path, 256 * MIB, pick, 2), measure(tmp_path, 1024 * MIB, pick, 2),
-          5 * CHUNK)
+    check(measure(tmp_path, 256 * MIB, pick, 2), measure(tmp_path, 1024 * MIB, pick, 2), 5 * CHUNK)
 
 
-def test_memory_does_not_grow_with_the_number_of_runs(tmp_path: Path,
-                                                      buffers: dict[str, bytes]) -> None:
+def test_memory_does_not_grow_with_the_number_of_runs(
+    tmp_path: Path, buffers: dict[str, bytes]
+) -> None:
     def fragmented(addr: int) -> bytes:  # every other page used: a run per page
         return buffers["fragmented"]
 
-    check(measure(tmp_path, 32 * MIB, fragmented, 0),  # 8192 runs
-          measure(tmp_path, 128 * MIB, fragmented, 0),  # 32768 runs
-          SERIAL_BOUND)
+    check(
+        measure(tmp_path, 32 * MIB, fragmented, 0),  # 8192 runs
+        measure(tmp_path, 128 * MIB, fragmented, 0),  # 32768 runs
+        SERIAL_BOUND,
+    )

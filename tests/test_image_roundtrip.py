@@ -79,7 +79,7 @@ def test_incompressible_chunks_are_stored_raw() -> None:
     reader = open_image(image)
     assert len(reader.summary.digest) == 64
     e = fmt.index_entry(reader._index, 0)
-    assert int.from_bytes(image[e.offset + 16:e.offset + 20], "little") == fmt.Codec.NONE
+    assert int.from_bytes(image[e.offset + 16 : e.offset + 20], "little") == fmt.Codec.NONE
 
 
 def test_chunks_hold_at_most_chunk_size_of_data() -> None:
@@ -97,11 +97,19 @@ def test_chunk_runs_are_address_ordered_and_data_is_concatenated_in_order() -> N
 
 
 def test_covered_yields_maximal_runs_across_chunks_and_adds() -> None:
-    adds = [(0, b"".join(page(i) for i in range(10))), (10 * PS, page(10)),
-            (11 * PS, bytes(3 * PS)), (14 * PS, bytes(PS)), (20 * PS, page(20))]
+    adds = [
+        (0, b"".join(page(i) for i in range(10))),
+        (10 * PS, page(10)),
+        (11 * PS, bytes(3 * PS)),
+        (14 * PS, bytes(PS)),
+        (20 * PS, page(20)),
+    ]
     image, summary = write_image(adds, chunk_size=4 * PS)
     assert list(open_image(image).covered()) == [
-        Run(0, 11, False), Run(11, 4, True), Run(20, 1, False)]
+        Run(0, 11, False),
+        Run(11, 4, True),
+        Run(20, 1, False),
+    ]
     assert summary.runs == 3 and summary.chunks == 3
 
 
@@ -202,28 +210,35 @@ def test_writer_refuses_use_after_commit() -> None:
         w.commit()
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"compression": "gzip"}, "compression"),
-    ({"compression": "zstd", "level": 23}, "level"),
-    ({"compression": "lz4", "level": 17}, "level"),
-    ({"compression": "none", "level": 3}, "level"),
-    ({"chunk_size": PS + 1}, "chunk size"),
-    ({"chunk_size": 512 << 20}, "chunk size"),
-    ({"threads": -1}, "threads"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"compression": "gzip"}, "compression"),
+        ({"compression": "zstd", "level": 23}, "level"),
+        ({"compression": "lz4", "level": 17}, "level"),
+        ({"compression": "none", "level": 3}, "level"),
+        ({"chunk_size": PS + 1}, "chunk size"),
+        ({"chunk_size": 512 << 20}, "chunk size"),
+        ({"threads": -1}, "threads"),
+    ],
+)
 def test_writer_refuses_bad_settings(kwargs: dict[str, object], match: str) -> None:
     with pytest.raises(ValueError, match=match):
         writer(**kwargs)
 
 
-@pytest.mark.parametrize("overrides, match", [
-    ({"mode": "sleep"}, "mode"),
-    ({"kernel_release": "6.1\nmode=checkpoint"}, "newlines"),
-    ({"page_size": 1000}, "page size"),
-    ({"jump_back_entry": -1}, "jump-back"),
-])
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        ({"mode": "sleep"}, "mode"),
+        ({"kernel_release": "6.1\nmode=checkpoint"}, "newlines"),
+        ({"page_size": 1000}, "page size"),
+        ({"jump_back_entry": -1}, "jump-back"),
+    ],
+)
 def test_writer_refuses_metadata_the_format_cannot_carry(
-        overrides: dict[str, object], match: str) -> None:
+    overrides: dict[str, object], match: str
+) -> None:
     with pytest.raises(ValueError, match=match):
         ImageWriter(io.BytesIO(), make_meta(**overrides))
 
@@ -263,14 +278,19 @@ def segment_pages(kind: str, n: int, tag: int) -> list[bytes]:
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    segments=st.lists(st.tuples(st.integers(0, 3), st.integers(1, 12), st.sampled_from(KINDS),
-                                st.booleans()), max_size=12),
+    segments=st.lists(
+        st.tuples(st.integers(0, 3), st.integers(1, 12), st.sampled_from(KINDS), st.booleans()),
+        max_size=12,
+    ),
     chunk_pages=st.sampled_from([1, 2, 3, 8]),
     compression=st.sampled_from(["zstd", "lz4", "none"]),
     threads=st.sampled_from([0, 2]),
 )
 def test_any_page_runs_round_trip(
-    segments: list[tuple[int, int, str, bool]], chunk_pages: int, compression: str, threads: int,
+    segments: list[tuple[int, int, str, bool]],
+    chunk_pages: int,
+    compression: str,
+    threads: int,
 ) -> None:
     expected: dict[int, bytes] = {}
     adds: list[tuple[int, bytes]] = []
@@ -280,15 +300,22 @@ def test_any_page_runs_round_trip(
         pages = segment_pages(kind, n, pfn)
         expected.update(zip(range(pfn, pfn + n), pages, strict=True))
         if split and n > 1:  # two adds, contiguous
-            adds += [(pfn * PS, b"".join(pages[:n // 2])), ((pfn + n // 2) * PS,
-                                                           b"".join(pages[n // 2:]))]
+            adds += [
+                (pfn * PS, b"".join(pages[: n // 2])),
+                ((pfn + n // 2) * PS, b"".join(pages[n // 2 :])),
+            ]
         elif adds and gap == 0 and adds[-1][0] + len(adds[-1][1]) == pfn * PS:
             adds[-1] = (adds[-1][0], adds[-1][1] + b"".join(pages))
         else:
             adds.append((pfn * PS, b"".join(pages)))
         pfn += n
-    image, summary = write_image(adds, make_meta(window=()), chunk_size=chunk_pages * PS,
-                                 compression=compression, threads=threads)
+    image, summary = write_image(
+        adds,
+        make_meta(window=()),
+        chunk_size=chunk_pages * PS,
+        compression=compression,
+        threads=threads,
+    )
     reader = open_image(image)
     data, zero = read_pages(reader)
     zero_pages = {p for p, b in expected.items() if b == bytes(PS)}

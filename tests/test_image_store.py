@@ -104,10 +104,12 @@ def test_a_temp_file_left_by_a_crashed_writer_is_replaced(store: ImageStore) -> 
 # -- who may have written it ----------------------------------------------------------
 
 
-@pytest.mark.parametrize("mode, who", [(0o602, "world"), (0o620, "group"),
-                                       (0o666, "group and world")])
-def test_open_refuses_a_group_or_world_writable_image(store: ImageStore, mode: int,
-                                                     who: str) -> None:
+@pytest.mark.parametrize(
+    "mode, who", [(0o602, "world"), (0o620, "group"), (0o666, "group and world")]
+)
+def test_open_refuses_a_group_or_world_writable_image(
+    store: ImageStore, mode: int, who: str
+) -> None:
     store.path.chmod(mode)
     with pytest.raises(ImageError, match=f"mode {mode:04o}: it is {who}-writable"):
         store.open()

@@ -38,7 +38,7 @@ def mixed_memory(size: int, seed: int = 1) -> bytes:
         kind = rng.randrange(3)
         if kind == 0:
             start = rng.randrange(len(text) - n) if len(text) > n else 0
-            parts.append(text[start:start + n].ljust(n, b"\n"))
+            parts.append(text[start : start + n].ljust(n, b"\n"))
         elif kind == 1:
             parts.append(os.urandom(n))
         else:
@@ -48,8 +48,9 @@ def mixed_memory(size: int, seed: int = 1) -> bytes:
 
 
 def meta() -> ImageMeta:
-    return ImageMeta("bench", "00" * 20, "boot", "machine", time.time(), 0x1000, "bench",
-                     "poweroff", ())
+    return ImageMeta(
+        "bench", "00" * 20, "boot", "machine", time.time(), 0x1000, "bench", "poweroff", ()
+    )
 
 
 def write_image(raw: bytes, path: Path, **kwargs: object) -> float:
@@ -57,7 +58,7 @@ def write_image(raw: bytes, path: Path, **kwargs: object) -> float:
     with open(path, "wb+") as f, ImageWriter(f, meta(), **kwargs) as w:  # type: ignore[arg-type]
         mv = memoryview(raw)
         for off in range(0, len(raw), BUFFER):
-            w.add(off, mv[off:off + BUFFER].tobytes())
+            w.add(off, mv[off : off + BUFFER].tobytes())
         w.commit()
     return time.perf_counter() - t
 
@@ -82,22 +83,29 @@ def measure(mib: int, directory: Path) -> list[str]:
     lines = [f"{mib} MiB mixed memory, {os.cpu_count()} CPUs, files in {directory}"]
     rawfile = directory / "raw.bin"
     rawfile.write_bytes(raw)
-    for label, kwargs in (("zstd -1", {"level": 1}), ("zstd -3", {"level": 3}),
-                          ("lz4", {"compression": "lz4"})):
+    for label, kwargs in (
+        ("zstd -1", {"level": 1}),
+        ("zstd -3", {"level": 3}),
+        ("lz4", {"compression": "lz4"}),
+    ):
         img = directory / "image.kxh"
         w = write_image(raw, img, **kwargs)
         r = read_image(img)
         size = img.stat().st_size
-        lines.append(f"image {label:8} write {mb / w:7.0f} MB/s  read {mb / r:7.0f} MB/s  "
-                     f"ratio {len(raw) / size:5.2f}")
+        lines.append(
+            f"image {label:8} write {mb / w:7.0f} MB/s  read {mb / r:7.0f} MB/s  "
+            f"ratio {len(raw) / size:5.2f}"
+        )
         img.unlink()
     if shutil.which("zstd"):
         out = directory / "raw.bin.zst"
         for level in ("-1", "-3"):
             c = run_cli(["zstd", level, "-T0", "-q", "-f", str(rawfile), "-o", str(out)])
             d = run_cli(["zstd", "-d", "-q", "-f", str(out), "-o", os.devnull])
-            lines.append(f"zstd CLI {level} -T0 compress {mb / c:7.0f} MB/s  decompress "
-                         f"{mb / d:7.0f} MB/s  ratio {len(raw) / out.stat().st_size:5.2f}")
+            lines.append(
+                f"zstd CLI {level} -T0 compress {mb / c:7.0f} MB/s  decompress "
+                f"{mb / d:7.0f} MB/s  ratio {len(raw) / out.stat().st_size:5.2f}"
+            )
         out.unlink()
     rawfile.unlink()
     return lines

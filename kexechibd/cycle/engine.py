@@ -49,7 +49,7 @@ class EngineSettings:
     level: int
     chunk_size: int
     saver_kernel: Path
-    saver_initrd: Path
+    saver_initrd: Path | None
     saver_cmdline: str
     window_start: int
     window_size: int
@@ -160,7 +160,7 @@ class KexecEngine:
         try:
             files = SaverFiles(
                 kernel=s.saver_kernel.read_bytes(),
-                initrd=s.saver_initrd.read_bytes() if s.saver_initrd != Path() else b"",
+                initrd=s.saver_initrd.read_bytes() if s.saver_initrd else b"",
                 extra_cmdline=s.saver_cmdline,
             )
         except OSError as exc:

@@ -68,8 +68,14 @@ def compress(c: Compression, raw: Buffer) -> bytes:
         return bytes(_zstd_compressor(c.level).compress(raw))
     if c.ident == Codec.LZ4:
         # One block per chunk: faster than the default 64 KiB linked blocks.
-        return bytes(lz4.frame.compress(raw, compression_level=c.level, store_size=True,
-                                        block_size=lz4.frame.BLOCKSIZE_MAX4MB))
+        return bytes(
+            lz4.frame.compress(
+                raw,
+                compression_level=c.level,
+                store_size=True,
+                block_size=lz4.frame.BLOCKSIZE_MAX4MB,
+            )
+        )
     raise ValueError(f"codec {c.ident} does not compress")
 
 

@@ -41,8 +41,9 @@ def export_elf_core(reader: ImageReader, out: BinaryIO) -> None:
     notes_at = phoff + PHDR.size * phnum + (SHDR.size if xnum else 0)
     data_at = format.align_up(notes_at + len(notes), ps)
 
-    _write_all(out, format.encode_elf_prefix(format.PN_XNUM if xnum else phnum,
-                                             shoff, 1 if xnum else 0))
+    _write_all(
+        out, format.encode_elf_prefix(format.PN_XNUM if xnum else phnum, shoff, 1 if xnum else 0)
+    )
     batch = [PHDR.pack(format.PT_NOTE, 0, notes_at, 0, 0, len(notes), 0, 4)]
     offset = data_at
     count = 0
@@ -53,8 +54,7 @@ def export_elf_core(reader: ImageReader, out: BinaryIO) -> None:
         size = run.npages * ps
         addr = run.pfn * ps
         filesz = 0 if run.zero else size
-        batch.append(PHDR.pack(format.PT_LOAD, format.PF_RWX, offset, addr, addr, filesz,
-                               size, 0))
+        batch.append(PHDR.pack(format.PT_LOAD, format.PF_RWX, offset, addr, addr, filesz, size, 0))
         offset += filesz
         if len(batch) >= _BATCH:
             _write_all(out, b"".join(batch))

@@ -186,10 +186,27 @@ def encode_notes(h: Header) -> bytes:
     """The note region, DIGEST included; the state word is filled in too."""
     m = h.meta
     parts = [
-        encode_note(NOTE_OWNER, NT_IMAGE, IMAGE_DESC.pack(
-            m.page_size, h.codec, h.level, 0, h.chunk_size, h.data_offset, h.index_offset,
-            h.chunks, h.image_length, h.data_pages, h.zero_pages, h.runs, m.jump_back_entry,
-            m.created, h.digest)),
+        encode_note(
+            NOTE_OWNER,
+            NT_IMAGE,
+            IMAGE_DESC.pack(
+                m.page_size,
+                h.codec,
+                h.level,
+                0,
+                h.chunk_size,
+                h.data_offset,
+                h.index_offset,
+                h.chunks,
+                h.image_length,
+                h.data_pages,
+                h.zero_pages,
+                h.runs,
+                m.jump_back_entry,
+                m.created,
+                h.digest,
+            ),
+        ),
         encode_note(NOTE_OWNER, NT_IDENTITY, encode_identity(m)),
     ]
     if m.page_map:
@@ -209,15 +226,29 @@ def header_size(meta: ImageMeta) -> int:
 
 
 def encode_elf_prefix(phnum: int, shoff: int = 0, shnum: int = 0) -> bytes:
-    return EHDR.pack(E_IDENT, ET_CORE, EM_X86_64, 1, 0, EHDR.size, shoff, 0, EHDR.size,
-                     PHDR.size, phnum, SHDR.size if shnum else 0, shnum, 0)
+    return EHDR.pack(
+        E_IDENT,
+        ET_CORE,
+        EM_X86_64,
+        1,
+        0,
+        EHDR.size,
+        shoff,
+        0,
+        EHDR.size,
+        PHDR.size,
+        phnum,
+        SHDR.size if shnum else 0,
+        shnum,
+        0,
+    )
 
 
 def header_digest(header: bytes | bytearray | memoryview) -> bytes:
     """SHA-256 of ``header`` (ELF header through the DIGEST note's own note
     header) with the state word taken as zero, so the state can change in place."""
     mv = memoryview(header)
-    return sha256(mv[:STATE_OFFSET], bytes(STATE_SIZE), mv[STATE_OFFSET + STATE_SIZE:])
+    return sha256(mv[:STATE_OFFSET], bytes(STATE_SIZE), mv[STATE_OFFSET + STATE_SIZE :])
 
 
 def encode_header(h: Header) -> bytes:
@@ -252,8 +283,11 @@ def notes_end(prefix: bytes) -> int:
     hdr = elf.header
     checks: list[tuple[bool, int, str]] = [
         (hdr["e_type"] == "ET_CORE", 16, f"ELF type is {hdr['e_type']}, not ET_CORE"),
-        (hdr["e_machine"] == "EM_X86_64", 18,
-         f"machine is {hdr['e_machine']}, not EM_X86_64: the image is for another architecture"),
+        (
+            hdr["e_machine"] == "EM_X86_64",
+            18,
+            f"machine is {hdr['e_machine']}, not EM_X86_64: the image is for another architecture",
+        ),
         (hdr["e_phoff"] == EHDR.size, 32, f"program headers at {hdr['e_phoff']}, expected 64"),
         (hdr["e_phentsize"] == PHDR.size, 54, f"program header size {hdr['e_phentsize']}"),
         (hdr["e_phnum"] == 1, 56, f"{hdr['e_phnum']} program headers, expected 1"),
@@ -279,20 +313,25 @@ def check_format_prefix(prefix: bytes | bytearray | memoryview) -> tuple[int, st
     """Identify a kexechib image from its first ``PREFIX_SIZE`` bytes (the same
     in every format version): return (version, state) or raise."""
     namesz, descsz, ntype = NHDR.unpack_from(prefix, NOTES_OFFSET)
-    name = bytes(prefix[NOTES_OFFSET + NHDR.size:FORMAT_DESC_OFFSET])
+    name = bytes(prefix[NOTES_OFFSET + NHDR.size : FORMAT_DESC_OFFSET])
     if (namesz, descsz, ntype, name) != (9, FORMAT_DESC.size, NT_FORMAT, b"KEXECHIB\0\0\0\0"):
-        raise ImageError("not a kexechib image: the first note is not KEXECHIB/FORMAT",
-                         offset=NOTES_OFFSET)
+        raise ImageError(
+            "not a kexechib image: the first note is not KEXECHIB/FORMAT", offset=NOTES_OFFSET
+        )
     magic, version, _size, word = FORMAT_DESC.unpack_from(prefix, FORMAT_DESC_OFFSET)
     if magic != IMAGE_MAGIC:
         raise ImageError(f"not a kexechib image: magic is {magic!r}", offset=MAGIC_OFFSET)
     if version != FORMAT_VERSION:
-        raise ImageError(f"image format version {version} is not supported "
-                         f"(this reader knows version {FORMAT_VERSION})", offset=VERSION_OFFSET)
+        raise ImageError(
+            f"image format version {version} is not supported "
+            f"(this reader knows version {FORMAT_VERSION})",
+            offset=VERSION_OFFSET,
+        )
     state = STATE_BY_WORD.get(word)
     if state is None:
-        raise ImageError(f"resume state word {word!r} is none of committed/consumed/invalid",
-                         offset=STATE_OFFSET)
+        raise ImageError(
+            f"resume state word {word!r} is none of committed/consumed/invalid", offset=STATE_OFFSET
+        )
     return version, state
 
 
@@ -302,9 +341,11 @@ def check_notes_size(prefix: bytes | bytearray | memoryview, end: int) -> None:
     rather than as a truncated or garbled header."""
     (size,) = struct.unpack_from("<I", prefix, NOTES_SIZE_OFFSET)
     if size != end - NOTES_OFFSET:
-        raise ImageError(f"the PT_NOTE header (at 0x60) says the notes are {end - NOTES_OFFSET} "
-                         f"bytes, the FORMAT note (at {NOTES_SIZE_OFFSET:#x}) says {size}",
-                         offset=96)
+        raise ImageError(
+            f"the PT_NOTE header (at 0x60) says the notes are {end - NOTES_OFFSET} "
+            f"bytes, the FORMAT note (at {NOTES_SIZE_OFFSET:#x}) says {size}",
+            offset=96,
+        )
 
 
 def _identity(desc: bytes, offset: int) -> dict[str, str]:
@@ -320,8 +361,9 @@ def _identity(desc: bytes, offset: int) -> dict[str, str]:
         values[key] = value
     missing = [k for k in IDENTITY_KEYS if k not in values]
     if missing or not text.endswith("\n"):
-        raise ImageError(f"identity note lacks {', '.join(missing) or 'a final newline'}",
-                         offset=offset)
+        raise ImageError(
+            f"identity note lacks {', '.join(missing) or 'a final newline'}", offset=offset
+        )
     if values["mode"] not in MODES:
         raise ImageError(f"mode {values['mode']!r} is unknown", offset=offset)
     return values
@@ -335,21 +377,43 @@ def decode_header(region: bytes, image_end: int | None = None) -> Header:
     check_notes_size(region, end)
     dig_at = end - DIGEST_NOTE_SIZE
     dig_hdr = NHDR.pack(9, 32, NT_DIGEST) + b"KEXECHIB\0\0\0\0"
-    if dig_at < NOTES_OFFSET + FORMAT_NOTE_SIZE or region[dig_at:end - 32] != dig_hdr:
-        raise ImageError(f"the note region ({end - NOTES_OFFSET} bytes by its program header) "
-                         f"does not end with the header digest note", offset=max(dig_at, 0))
-    if header_digest(memoryview(region)[:end - 32]) != region[end - 32:]:
-        raise ImageError(f"header checksum mismatch: bytes 0..{end - 32:#x} do not match "
-                         f"the SHA-256 stored at {end - 32:#x}", offset=0)
+    if dig_at < NOTES_OFFSET + FORMAT_NOTE_SIZE or region[dig_at : end - 32] != dig_hdr:
+        raise ImageError(
+            f"the note region ({end - NOTES_OFFSET} bytes by its program header) "
+            f"does not end with the header digest note",
+            offset=max(dig_at, 0),
+        )
+    if header_digest(memoryview(region)[: end - 32]) != region[end - 32 :]:
+        raise ImageError(
+            f"header checksum mismatch: bytes 0..{end - 32:#x} do not match "
+            f"the SHA-256 stored at {end - 32:#x}",
+            offset=0,
+        )
     notes = _parse_notes(region)
     _check_note_order(notes)
     image = notes[1]
     if len(image.desc) != IMAGE_DESC.size:
-        raise ImageError(f"image note is {len(image.desc)} bytes, expected {IMAGE_DESC.size}",
-                         offset=image.offset)
-    (page_size, codec, level, flags, chunk_size, data_offset, index_offset, chunks,
-     image_length, data_pages, zero_pages, runs, jump_back, created, digest) = \
-        IMAGE_DESC.unpack(image.desc)
+        raise ImageError(
+            f"image note is {len(image.desc)} bytes, expected {IMAGE_DESC.size}",
+            offset=image.offset,
+        )
+    (
+        page_size,
+        codec,
+        level,
+        flags,
+        chunk_size,
+        data_offset,
+        index_offset,
+        chunks,
+        image_length,
+        data_pages,
+        zero_pages,
+        runs,
+        jump_back,
+        created,
+        digest,
+    ) = IMAGE_DESC.unpack(image.desc)
     ident = _identity(notes[2].desc, notes[2].desc_offset)
     by_kind = {(n.owner, n.type): n.desc for n in notes}
     at = image.desc_offset
@@ -357,31 +421,70 @@ def decode_header(region: bytes, image_end: int | None = None) -> Header:
         (page_size in PAGE_SIZES, 0, f"page size {page_size} is not supported"),
         (codec in Codec.NAMES, 4, f"compression {codec} is unknown"),
         (flags == 0, 12, f"image flags {flags:#x} are unknown"),
-        (chunks * INDEX_ENTRY.size < image_length, 40,
-         f"{chunks} chunks cannot fit in an image of {image_length} bytes"),
-        (chunk_size % page_size == 0 and page_size <= chunk_size <= CHUNK_SIZE_MAX, 16,
-         f"chunk size {chunk_size} is absurd"),
-        (data_offset == align_up(end, page_size), 24,
-         f"data offset {data_offset:#x} is not the page after the header"),
+        (
+            chunks * INDEX_ENTRY.size < image_length,
+            40,
+            f"{chunks} chunks cannot fit in an image of {image_length} bytes",
+        ),
+        (
+            chunk_size % page_size == 0 and page_size <= chunk_size <= CHUNK_SIZE_MAX,
+            16,
+            f"chunk size {chunk_size} is absurd",
+        ),
+        (
+            data_offset == align_up(end, page_size),
+            24,
+            f"data offset {data_offset:#x} is not the page after the header",
+        ),
         (data_offset <= index_offset, 32, f"index offset {index_offset:#x} is before the data"),
-        (image_length == index_offset + INDEX_HEAD.size + INDEX_ENTRY.size * chunks, 48,
-         f"image length {image_length} does not fit {chunks} chunks after {index_offset:#x}"),
-        (data_pages + zero_pages <= MAX_PHYS_ADDR // page_size, 56,
-         f"{data_pages} data and {zero_pages} zero pages are more than a machine holds"),
-        (runs <= data_pages + zero_pages and (runs > 0) == (data_pages + zero_pages > 0), 72,
-         f"{runs} runs for {data_pages + zero_pages} pages is absurd"),
+        (
+            image_length == index_offset + INDEX_HEAD.size + INDEX_ENTRY.size * chunks,
+            48,
+            f"image length {image_length} does not fit {chunks} chunks after {index_offset:#x}",
+        ),
+        (
+            data_pages + zero_pages <= MAX_PHYS_ADDR // page_size,
+            56,
+            f"{data_pages} data and {zero_pages} zero pages are more than a machine holds",
+        ),
+        (
+            runs <= data_pages + zero_pages and (runs > 0) == (data_pages + zero_pages > 0),
+            72,
+            f"{runs} runs for {data_pages + zero_pages} pages is absurd",
+        ),
     ]
     for ok, rel, message in checks:
         if not ok:
             raise ImageError(message, offset=at + rel)
     meta = ImageMeta(
-        kernel_release=ident["kernel_release"], build_id=ident["build_id"],
-        boot_id=ident["boot_id"], machine_id=ident["machine_id"], created=created,
-        jump_back_entry=jump_back, hibernate_id=ident["hibernate_id"], mode=ident["mode"],
-        window=(), page_map=by_kind.get((NOTE_OWNER, NT_PAGE_MAP), b""),
-        vmcoreinfo=by_kind.get((VMCOREINFO_OWNER, NT_VMCOREINFO), b""), page_size=page_size)
-    return Header(meta, state, codec, level, chunk_size, data_offset, index_offset, chunks,
-                  image_length, data_pages, zero_pages, runs, digest)
+        kernel_release=ident["kernel_release"],
+        build_id=ident["build_id"],
+        boot_id=ident["boot_id"],
+        machine_id=ident["machine_id"],
+        created=created,
+        jump_back_entry=jump_back,
+        hibernate_id=ident["hibernate_id"],
+        mode=ident["mode"],
+        window=(),
+        page_map=by_kind.get((NOTE_OWNER, NT_PAGE_MAP), b""),
+        vmcoreinfo=by_kind.get((VMCOREINFO_OWNER, NT_VMCOREINFO), b""),
+        page_size=page_size,
+    )
+    return Header(
+        meta,
+        state,
+        codec,
+        level,
+        chunk_size,
+        data_offset,
+        index_offset,
+        chunks,
+        image_length,
+        data_pages,
+        zero_pages,
+        runs,
+        digest,
+    )
 
 
 # The notes of a version 1 header, in order; False marks an optional one.
@@ -398,8 +501,11 @@ _NOTE_ORDER = (
 def _check_note_order(notes: list[_Note]) -> None:
     t = 0
     for n in notes:
-        while t < len(_NOTE_ORDER) and _NOTE_ORDER[t][0] != (n.owner, n.type) \
-                and not _NOTE_ORDER[t][1]:
+        while (
+            t < len(_NOTE_ORDER)
+            and _NOTE_ORDER[t][0] != (n.owner, n.type)
+            and not _NOTE_ORDER[t][1]
+        ):
             t += 1
         if t == len(_NOTE_ORDER) or _NOTE_ORDER[t][0] != (n.owner, n.type):
             raise ImageError(f"unexpected note {n.owner}/{n.type:#x}", offset=n.offset)
@@ -459,9 +565,19 @@ class ChunkHead:
     payload_sha: bytes
 
     def pack(self) -> bytes:
-        return CHUNK_HEAD.pack(CHUNK_MAGIC, self.index, self.nruns, self.codec, 0,
-                               self.first_pfn, self.end_pfn, self.data_pages,
-                               self.zero_pages, self.payload_len, self.payload_sha)
+        return CHUNK_HEAD.pack(
+            CHUNK_MAGIC,
+            self.index,
+            self.nruns,
+            self.codec,
+            0,
+            self.first_pfn,
+            self.end_pfn,
+            self.data_pages,
+            self.zero_pages,
+            self.payload_len,
+            self.payload_sha,
+        )
 
     @property
     def table_size(self) -> int:
@@ -498,8 +614,9 @@ def check_index(index: bytes, h: Header) -> None:
     at = h.index_offset
     magic, count = INDEX_HEAD.unpack_from(index)
     if magic != INDEX_MAGIC or count != h.chunks:
-        raise ImageError(f"index block says {magic!r}/{count} chunks, header says {h.chunks}",
-                         offset=at)
+        raise ImageError(
+            f"index block says {magic!r}/{count} chunks, header says {h.chunks}", offset=at
+        )
     expect = h.data_offset
     prev_end = 0
     data = zero = 0
@@ -508,16 +625,23 @@ def check_index(index: bytes, h: Header) -> None:
         e = index_entry(index, i)
         where = at + INDEX_HEAD.size + i * INDEX_ENTRY.size
         problem = (
-            "is not right after the previous chunk" if e.offset != expect else
-            f"has an absurd length {e.length}" if not CHUNK_HEAD.size < e.length <= max_len else
-            "overruns the index" if e.offset + e.length > h.index_offset else
-            "covers no pages or ends beyond physical memory"
-            if not e.first_pfn < e.end_pfn <= MAX_PHYS_ADDR // h.page_size else
-            "overlaps or precedes the previous chunk" if e.first_pfn < prev_end else
-            "holds more data than a chunk may" if e.data_pages * h.page_size > h.chunk_size else
-            "covers no pages" if e.data_pages + e.zero_pages == 0 else
-            "has more pages than it spans"
-            if e.data_pages + e.zero_pages > e.end_pfn - e.first_pfn else ""
+            "is not right after the previous chunk"
+            if e.offset != expect
+            else f"has an absurd length {e.length}"
+            if not CHUNK_HEAD.size < e.length <= max_len
+            else "overruns the index"
+            if e.offset + e.length > h.index_offset
+            else "covers no pages or ends beyond physical memory"
+            if not e.first_pfn < e.end_pfn <= MAX_PHYS_ADDR // h.page_size
+            else "overlaps or precedes the previous chunk"
+            if e.first_pfn < prev_end
+            else "holds more data than a chunk may"
+            if e.data_pages * h.page_size > h.chunk_size
+            else "covers no pages"
+            if e.data_pages + e.zero_pages == 0
+            else "has more pages than it spans"
+            if e.data_pages + e.zero_pages > e.end_pfn - e.first_pfn
+            else ""
         )
         if problem:
             raise ImageError(f"index entry {i} {problem}", offset=where, chunk=i)
@@ -526,11 +650,15 @@ def check_index(index: bytes, h: Header) -> None:
         data += e.data_pages
         zero += e.zero_pages
     if expect != h.index_offset:
-        raise ImageError(f"chunks end at {expect:#x}, the index starts at {h.index_offset:#x}",
-                         offset=at)
+        raise ImageError(
+            f"chunks end at {expect:#x}, the index starts at {h.index_offset:#x}", offset=at
+        )
     if (data, zero) != (h.data_pages, h.zero_pages):
-        raise ImageError(f"index counts {data} data and {zero} zero pages, header says "
-                         f"{h.data_pages} and {h.zero_pages}", offset=at)
+        raise ImageError(
+            f"index counts {data} data and {zero} zero pages, header says "
+            f"{h.data_pages} and {h.zero_pages}",
+            offset=at,
+        )
 
 
 def index_entry(index: bytes, i: int) -> IndexEntry:
@@ -539,22 +667,39 @@ def index_entry(index: bytes, i: int) -> IndexEntry:
 
 def decode_chunk_head(head: bytes | memoryview, i: int, e: IndexEntry, h: Header) -> ChunkHead:
     """Check a chunk's fixed header (its head checksum already verified)."""
-    (magic, index, nruns, codec, reserved, first_pfn, end_pfn, data_pages, zero_pages,
-     payload_len, payload_sha) = CHUNK_HEAD.unpack_from(head)
-    c = ChunkHead(index, nruns, codec, first_pfn, end_pfn, data_pages, zero_pages,
-                  payload_len, payload_sha)
+    (
+        magic,
+        index,
+        nruns,
+        codec,
+        reserved,
+        first_pfn,
+        end_pfn,
+        data_pages,
+        zero_pages,
+        payload_len,
+        payload_sha,
+    ) = CHUNK_HEAD.unpack_from(head)
+    c = ChunkHead(
+        index, nruns, codec, first_pfn, end_pfn, data_pages, zero_pages, payload_len, payload_sha
+    )
     raw_len = data_pages * h.page_size
     problem = (
-        f"magic is {magic!r}" if magic != CHUNK_MAGIC else
-        f"says it is chunk {index}" if index != i else
-        f"has {nruns} runs (at most {RUNS_PER_CHUNK_MAX})" if not 0 < nruns <= RUNS_PER_CHUNK_MAX
+        f"magic is {magic!r}"
+        if magic != CHUNK_MAGIC
+        else f"says it is chunk {index}"
+        if index != i
+        else f"has {nruns} runs (at most {RUNS_PER_CHUNK_MAX})"
+        if not 0 < nruns <= RUNS_PER_CHUNK_MAX
         else f"codec {codec} is neither none nor the image's"
-        if codec not in (Codec.NONE, h.codec) or reserved else
-        "disagrees with its index entry"
-        if (first_pfn, end_pfn, data_pages, zero_pages) !=
-        (e.first_pfn, e.end_pfn, e.data_pages, e.zero_pages) or c.record_size != e.length else
-        f"payload of {payload_len} bytes for {raw_len} bytes of data"
-        if payload_len > raw_len or (codec == Codec.NONE and payload_len != raw_len) else ""
+        if codec not in (Codec.NONE, h.codec) or reserved
+        else "disagrees with its index entry"
+        if (first_pfn, end_pfn, data_pages, zero_pages)
+        != (e.first_pfn, e.end_pfn, e.data_pages, e.zero_pages)
+        or c.record_size != e.length
+        else f"payload of {payload_len} bytes for {raw_len} bytes of data"
+        if payload_len > raw_len or (codec == Codec.NONE and payload_len != raw_len)
+        else ""
     )
     if problem:
         raise ImageError(f"chunk header {problem}", offset=e.offset, chunk=i)
@@ -569,15 +714,22 @@ def decode_runs(table: bytes | memoryview, c: ChunkHead, e: IndexEntry) -> Itera
     at = e.offset + CHUNK_HEAD.size
     for k, (pfn, npages, flags) in enumerate(RUN.iter_unpack(table)):
         problem = (
-            "is empty" if npages == 0 else
-            f"has unknown flags {flags:#x}" if flags & ~RUN_ZERO else
-            "does not start the chunk" if k == 0 and pfn != pos else
-            "overlaps or precedes the previous run" if pfn < pos else
-            "runs past the chunk's end" if pfn + npages > c.end_pfn else ""
+            "is empty"
+            if npages == 0
+            else f"has unknown flags {flags:#x}"
+            if flags & ~RUN_ZERO
+            else "does not start the chunk"
+            if k == 0 and pfn != pos
+            else "overlaps or precedes the previous run"
+            if pfn < pos
+            else "runs past the chunk's end"
+            if pfn + npages > c.end_pfn
+            else ""
         )
         if problem:
-            raise ImageError(f"run {k} ({pfn:#x}+{npages}) {problem}",
-                             offset=at + k * RUN.size, chunk=c.index)
+            raise ImageError(
+                f"run {k} ({pfn:#x}+{npages}) {problem}", offset=at + k * RUN.size, chunk=c.index
+            )
         if flags:
             zero += npages
         else:
@@ -585,6 +737,9 @@ def decode_runs(table: bytes | memoryview, c: ChunkHead, e: IndexEntry) -> Itera
         pos = pfn + npages
         yield Run(pfn, npages, bool(flags))
     if pos != c.end_pfn or (data, zero) != (c.data_pages, c.zero_pages):
-        raise ImageError(f"runs end at {pos:#x} with {data} data and {zero} zero pages; the "
-                         f"chunk says {c.end_pfn:#x}, {c.data_pages} and {c.zero_pages}",
-                         offset=at, chunk=c.index)
+        raise ImageError(
+            f"runs end at {pos:#x} with {data} data and {zero} zero pages; the "
+            f"chunk says {c.end_pfn:#x}, {c.data_pages} and {c.zero_pages}",
+            offset=at,
+            chunk=c.index,
+        )

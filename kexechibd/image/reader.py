@@ -45,15 +45,27 @@ class ImageReader:
         self._header = h
         self.meta = h.meta
         self.summary = ImageSummary(
-            h.version, Codec.NAMES[h.codec], h.level, h.chunk_size, h.data_pages,
-            h.zero_pages, h.runs, h.chunks, h.image_length, h.digest.hex(), h.state)
+            h.version,
+            Codec.NAMES[h.codec],
+            h.level,
+            h.chunk_size,
+            h.data_pages,
+            h.zero_pages,
+            h.runs,
+            h.chunks,
+            h.image_length,
+            h.digest.hex(),
+            h.state,
+        )
         if self._size < h.image_length:
             raise self._truncated(h)
         index = self._read_at(h.index_offset, h.index_length)
         if format.sha256(index) != h.digest:
-            raise ImageError(f"index checksum mismatch: bytes {h.index_offset:#x}.."
-                             f"{h.image_length:#x} do not match the header's digest",
-                             offset=h.index_offset)
+            raise ImageError(
+                f"index checksum mismatch: bytes {h.index_offset:#x}.."
+                f"{h.image_length:#x} do not match the header's digest",
+                offset=h.index_offset,
+            )
         format.check_index(index, h)
         self._index = index
 
@@ -82,8 +94,9 @@ class ImageReader:
 
     def _need(self, size: int, what: str) -> None:
         if self._size < size:
-            raise ImageError(f"image truncated: {self._size} bytes, {what} need {size}",
-                             offset=self._size)
+            raise ImageError(
+                f"image truncated: {self._size} bytes, {what} need {size}", offset=self._size
+            )
 
     def _truncated(self, h: Header) -> ImageError:
         """Name what is missing when the file is shorter than the image."""
@@ -94,25 +107,33 @@ class ImageReader:
         pos = h.data_offset
         for k in range(h.chunks):
             if pos >= size:
-                return ImageError(f"{msg}; chunk {k} (from {pos:#x}) is missing",
-                                  offset=size, chunk=k)
+                return ImageError(
+                    f"{msg}; chunk {k} (from {pos:#x}) is missing", offset=size, chunk=k
+                )
             head = self._read_at(pos, min(CHUNK_HEAD.size, size - pos), exact=False)
             if len(head) < CHUNK_HEAD.size:
-                return ImageError(f"{msg}; chunk {k} (from {pos:#x}) is incomplete",
-                                  offset=size, chunk=k)
+                return ImageError(
+                    f"{msg}; chunk {k} (from {pos:#x}) is incomplete", offset=size, chunk=k
+                )
             fields = CHUNK_HEAD.unpack(head)
             length = CHUNK_HEAD.size + RUN.size * fields[2] + fields[9]
             if pos + length > size:
-                return ImageError(f"{msg}; chunk {k} ({pos:#x}..{pos + length:#x}) is "
-                                  "incomplete", offset=size, chunk=k)
+                return ImageError(
+                    f"{msg}; chunk {k} ({pos:#x}..{pos + length:#x}) is incomplete",
+                    offset=size,
+                    chunk=k,
+                )
             pos += length
-        return ImageError(f"{msg}; the index ({h.index_offset:#x}..{h.image_length:#x}) is "
-                          "incomplete", offset=size)
+        return ImageError(
+            f"{msg}; the index ({h.index_offset:#x}..{h.image_length:#x}) is incomplete",
+            offset=size,
+        )
 
     # -- I/O ------------------------------------------------------------------
 
-    def _read_at(self, offset: int, n: int, *, exact: bool = True,
-                 chunk: int | None = None) -> bytes:
+    def _read_at(
+        self, offset: int, n: int, *, exact: bool = True, chunk: int | None = None
+    ) -> bytes:
         with self._lock:
             self._f.seek(offset)
             data = self._f.read(n)
@@ -127,8 +148,11 @@ class ImageReader:
                     got += len(more)
                 data = b"".join(parts)
         if exact and len(data) < n:
-            raise ImageError(f"image truncated: {n} bytes at {offset:#x} expected, the file "
-                             f"has {len(data)}", offset=offset + len(data), chunk=chunk)
+            raise ImageError(
+                f"image truncated: {n} bytes at {offset:#x} expected, the file has {len(data)}",
+                offset=offset + len(data),
+                chunk=chunk,
+            )
         return data
 
     def close(self) -> None:
@@ -138,7 +162,9 @@ class ImageReader:
         return self
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
         self.close()
@@ -149,11 +175,14 @@ class ImageReader:
         """Refuse an invalidated image always, a consumed one unless ``force``."""
         state = self.summary.state
         if state == "invalid":
-            raise ImageError("image was invalidated and is never resumed again",
-                             offset=format.STATE_OFFSET)
+            raise ImageError(
+                "image was invalidated and is never resumed again", offset=format.STATE_OFFSET
+            )
         if state == "consumed" and not force:
-            raise ImageError("image was already resumed once (consumed); resuming it again "
-                             "needs force", offset=format.STATE_OFFSET)
+            raise ImageError(
+                "image was already resumed once (consumed); resuming it again needs force",
+                offset=format.STATE_OFFSET,
+            )
 
     # -- chunks ---------------------------------------------------------------
 
@@ -167,14 +196,21 @@ class ImageReader:
         nruns = int.from_bytes(mv[12:16], "little")
         head_len = CHUNK_HEAD.size + RUN.size * nruns
         if head_len > len(record) or format.sha256(mv[:head_len]) != e.head_sha:
-            raise ImageError("chunk header or run table checksum mismatch (it does not match "
-                             "the index)", offset=e.offset, chunk=k)
-        c = format.decode_chunk_head(mv[:CHUNK_HEAD.size], k, e, h)
-        runs = tuple(format.decode_runs(mv[CHUNK_HEAD.size:head_len], c, e))
+            raise ImageError(
+                "chunk header or run table checksum mismatch (it does not match the index)",
+                offset=e.offset,
+                chunk=k,
+            )
+        c = format.decode_chunk_head(mv[: CHUNK_HEAD.size], k, e, h)
+        runs = tuple(format.decode_runs(mv[CHUNK_HEAD.size : head_len], c, e))
         payload = mv[head_len:]
         if format.sha256(payload) != c.payload_sha:
-            raise ImageError(f"chunk data checksum mismatch ({len(payload)} bytes from "
-                             f"{e.offset + head_len:#x})", offset=e.offset + head_len, chunk=k)
+            raise ImageError(
+                f"chunk data checksum mismatch ({len(payload)} bytes from "
+                f"{e.offset + head_len:#x})",
+                offset=e.offset + head_len,
+                chunk=k,
+            )
         data: bytes | memoryview = payload
         if c.codec != Codec.NONE:
             try:
@@ -210,8 +246,11 @@ class ImageReader:
 
     def _chunks(self, prefetch: int, workers: int) -> Iterator[Chunk]:
         h = self._header
-        pool = (ThreadPoolExecutor(min(workers, prefetch + 1), "kexechib-read")
-                if prefetch and workers else None)
+        pool = (
+            ThreadPoolExecutor(min(workers, prefetch + 1), "kexechib-read")
+            if prefetch and workers
+            else None
+        )
         pending: collections.deque[Future[Chunk]] = collections.deque()
         started = 0
         last: Run | None = None
@@ -236,8 +275,9 @@ class ImageReader:
 
     def _check_runs(self, runs: int) -> None:
         if runs != self._header.runs:
-            raise ImageError(f"chunks hold {runs} runs, the header says {self._header.runs}",
-                             offset=0)
+            raise ImageError(
+                f"chunks hold {runs} runs, the header says {self._header.runs}", offset=0
+            )
 
     def verify(self) -> None:
         """Read and check every chunk; ``ImageError`` names the first bad one."""
@@ -256,11 +296,17 @@ class ImageReader:
             head = self._read_at(e.offset, CHUNK_HEAD.size, chunk=k)
             nruns = int.from_bytes(head[12:16], "little")
             table_len = RUN.size * nruns
-            table = (self._read_at(e.offset + CHUNK_HEAD.size, table_len, chunk=k)
-                     if CHUNK_HEAD.size + table_len <= e.length else b"")
+            table = (
+                self._read_at(e.offset + CHUNK_HEAD.size, table_len, chunk=k)
+                if CHUNK_HEAD.size + table_len <= e.length
+                else b""
+            )
             if format.sha256(head, table) != e.head_sha:
-                raise ImageError("chunk header or run table checksum mismatch (it does not "
-                                 "match the index)", offset=e.offset, chunk=k)
+                raise ImageError(
+                    "chunk header or run table checksum mismatch (it does not match the index)",
+                    offset=e.offset,
+                    chunk=k,
+                )
             c = format.decode_chunk_head(head, k, e, h)
             for r in list(format.decode_runs(table, c, e)):
                 if pending and pending.zero == r.zero and pending.end == r.pfn:

@@ -46,15 +46,20 @@ def check_private(st: os.stat_result, path: Path | str) -> None:
     if not stat.S_ISREG(st.st_mode):
         raise ImageError(f"{path} is not a regular file; refusing it as an image")
     if st.st_uid != 0:
-        raise ImageError(f"{path} is owned by uid {st.st_uid}, not root: anyone with that uid "
-                         "could have changed it; refusing to use it as an image")
+        raise ImageError(
+            f"{path} is owned by uid {st.st_uid}, not root: anyone with that uid "
+            "could have changed it; refusing to use it as an image"
+        )
     mode = stat.S_IMODE(st.st_mode)
     if mode & (stat.S_IWGRP | stat.S_IWOTH):
-        who = " and ".join(w for w, bit in (("group", stat.S_IWGRP), ("world", stat.S_IWOTH))
-                           if mode & bit)
-        raise ImageError(f"{path} has mode {mode:04o}: it is {who}-writable, so others could "
-                         f"have changed it; refusing it as an image (chmod 600 {path} if it is "
-                         "trusted)")
+        who = " and ".join(
+            w for w, bit in (("group", stat.S_IWGRP), ("world", stat.S_IWOTH)) if mode & bit
+        )
+        raise ImageError(
+            f"{path} has mode {mode:04o}: it is {who}-writable, so others could "
+            f"have changed it; refusing it as an image (chmod 600 {path} if it is "
+            "trusted)"
+        )
 
 
 def _set_state(f: BinaryIO, state: str) -> None:
@@ -77,8 +82,9 @@ def unmark_image_consumed(f: BinaryIO) -> None:
     image consumed but the jump did not happen, so nothing resumed from it."""
     state = ImageReader(f).summary.state
     if state == "invalid":
-        raise ImageError("cannot mark an invalidated image committed again",
-                         offset=format.STATE_OFFSET)
+        raise ImageError(
+            "cannot mark an invalidated image committed again", offset=format.STATE_OFFSET
+        )
     if state == "consumed":
         _set_state(f, "committed")
 
@@ -95,7 +101,7 @@ def invalidate_image(f: BinaryIO) -> None:
         format.check_format_prefix(prefix)
     except ImageError as e:
         # Wrong version or a garbled state word still identify our image.
-        if prefix[format.MAGIC_OFFSET:format.VERSION_OFFSET] != format.IMAGE_MAGIC:
+        if prefix[format.MAGIC_OFFSET : format.VERSION_OFFSET] != format.IMAGE_MAGIC:
             raise ImageError(f"{e.message}; left untouched", offset=e.offset) from e
     _set_state(f, "invalid")
 

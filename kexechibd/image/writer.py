@@ -106,8 +106,10 @@ class ImageWriter:
         self._c = codec.compression(compression, level)
         ps = meta.page_size
         if chunk_size % ps or not ps <= chunk_size <= format.CHUNK_SIZE_MAX:
-            raise ValueError(f"chunk size {chunk_size} must be a multiple of the page size "
-                             f"{ps} and at most {format.CHUNK_SIZE_MAX}")
+            raise ValueError(
+                f"chunk size {chunk_size} must be a multiple of the page size "
+                f"{ps} and at most {format.CHUNK_SIZE_MAX}"
+            )
         threads = (os.cpu_count() or 1) if threads is None else threads
         if threads < 0:
             raise ValueError(f"threads must be >= 0, not {threads}")
@@ -125,7 +127,8 @@ class ImageWriter:
         self._pool = ThreadPoolExecutor(threads, "kexechib-image") if threads else None
         self._max_inflight = threads + 1
         self._inflight: collections.deque[tuple[_Chunk, bytes, Future[_Compressed]]] = (
-            collections.deque())
+            collections.deque()
+        )
         self._index = bytearray()
         self._chunk = _Chunk(0)
         self._chunks = 0
@@ -157,15 +160,19 @@ class ImageWriter:
         if phys_addr % ps or len(buf) % ps:
             raise ValueError(f"add({phys_addr:#x}, {len(buf)} bytes) is not page aligned")
         if phys_addr < self._next_addr:
-            raise ValueError(f"add({phys_addr:#x}) is below the end of the previous add "
-                             f"({self._next_addr:#x}): pages must come in address order")
+            raise ValueError(
+                f"add({phys_addr:#x}) is below the end of the previous add "
+                f"({self._next_addr:#x}): pages must come in address order"
+            )
         end = phys_addr + len(buf)
         if end > MAX_PHYS_ADDR:
             raise ValueError(f"pages up to {end:#x} are beyond physical memory")
         for start, stop in self._window:
             if start < end and phys_addr < stop:
-                raise ValueError(f"add({phys_addr:#x}..{end:#x}) overlaps B's window "
-                                 f"[{start:#x}, {stop:#x}), which is never saved")
+                raise ValueError(
+                    f"add({phys_addr:#x}..{end:#x}) overlaps B's window "
+                    f"[{start:#x}, {stop:#x}), which is never saved"
+                )
         if not buf:
             return
         pfn = phys_addr // ps
@@ -175,7 +182,7 @@ class ImageWriter:
                 if zero:
                     self._add_zero(pfn + first, npages)
                 else:
-                    self._add_data(pfn + first, npages, mv[first * ps:(first + npages) * ps])
+                    self._add_data(pfn + first, npages, mv[first * ps : (first + npages) * ps])
         except BaseException:
             self._fail()
             raise
@@ -195,10 +202,20 @@ class ImageWriter:
             self._pos += len(index)
             fsync(self._out)
             header = Header(
-                self._meta_saved(), "committed", self._c.ident, self._c.level,
-                self._chunk_size, self._data_offset, index_offset, self._chunks, self._pos,
-                self._data_pages, self._zero_pages, self._runs,
-                hashlib.sha256(index).digest())
+                self._meta_saved(),
+                "committed",
+                self._c.ident,
+                self._c.level,
+                self._chunk_size,
+                self._data_offset,
+                index_offset,
+                self._chunks,
+                self._pos,
+                self._data_pages,
+                self._zero_pages,
+                self._runs,
+                hashlib.sha256(index).digest(),
+            )
             encoded = format.encode_header(header)
             assert len(encoded) == self._header_size
             self._out.seek(0)
@@ -226,7 +243,9 @@ class ImageWriter:
         return self
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
         if self._state != "committed":
@@ -273,8 +292,8 @@ class ImageWriter:
                     continue
                 self._new_run(pfn, False)
                 c.runs.append([pfn, take, 0])
-            c.pieces.append(mv[:take * ps])
-            mv = mv[take * ps:]
+            c.pieces.append(mv[: take * ps])
+            mv = mv[take * ps :]
             c.data_pages += take
             self._data_pages += take
             pfn += take
@@ -305,13 +324,29 @@ class ImageWriter:
     def _write_oldest(self) -> None:
         c, table, fut = self._inflight.popleft()
         payload, payload_sha, ident = fut.result()
-        head = ChunkHead(c.index, len(c.runs), ident, c.runs[0][0], c.runs[-1][0] + c.runs[-1][1],
-                         c.data_pages, c.zero_pages, len(payload), payload_sha)
+        head = ChunkHead(
+            c.index,
+            len(c.runs),
+            ident,
+            c.runs[0][0],
+            c.runs[-1][0] + c.runs[-1][1],
+            c.data_pages,
+            c.zero_pages,
+            len(payload),
+            payload_sha,
+        )
         head_bytes = head.pack() + table
         _write_all(self._out, head_bytes)
         _write_all(self._out, payload)
-        entry = IndexEntry(self._pos, head.record_size, head.first_pfn, head.end_pfn,
-                           c.data_pages, c.zero_pages, hashlib.sha256(head_bytes).digest())
+        entry = IndexEntry(
+            self._pos,
+            head.record_size,
+            head.first_pfn,
+            head.end_pfn,
+            c.data_pages,
+            c.zero_pages,
+            hashlib.sha256(head_bytes).digest(),
+        )
         self._index += entry.pack()
         self._pos += head.record_size
         self._chunks += 1
@@ -323,9 +358,19 @@ class ImageWriter:
 
     def _summary(self) -> ImageSummary:
         h = self._header
-        return ImageSummary(h.version, self._c.name, h.level, h.chunk_size, h.data_pages,
-                            h.zero_pages, h.runs, h.chunks, h.image_length, h.digest.hex(),
-                            h.state)
+        return ImageSummary(
+            h.version,
+            self._c.name,
+            h.level,
+            h.chunk_size,
+            h.data_pages,
+            h.zero_pages,
+            h.runs,
+            h.chunks,
+            h.image_length,
+            h.digest.hex(),
+            h.state,
+        )
 
     def _check_open(self) -> None:
         if self._state != "open":

@@ -49,7 +49,7 @@ def page_runs(buf: bytes, page_size: int) -> Iterator[tuple[int, int, bool]]:
     if npages == 0:
         return
     firsts = int.from_bytes(buf[0::page_size], "little")
-    lasts = int.from_bytes(buf[page_size - 1::page_size], "little")
+    lasts = int.from_bytes(buf[page_size - 1 :: page_size], "little")
     sample = (firsts | lasts).to_bytes(npages, "little")
     cur_start, cur_len, cur_zero = 0, 0, False
     pos = 0

@@ -316,7 +316,6 @@ class ModelKernel:
             if image is None:
                 raise abi.reboot_error(errno.EINVAL, "KEXEC")
             if image.preserve_context:
-                reentry = self.machine.write_control_page(self.id, image)
                 rsp = image.swap + abi.PAGE_SIZE - 8
                 rec.status = machine.FROZEN
             else:
@@ -327,8 +326,10 @@ class ModelKernel:
                 kimage.relocate(self.memory, image)
             except kimage.CorruptEntryList as exc:
                 raise self.machine._crash_in(state, f"relocation failed: {exc}") from None
-            self.memory.write_u64(rsp, reentry)
             state["kernels"][str(self.id)] = rec.to_json()
+            if image.preserve_context:
+                reentry = self.machine.freeze(state, self.id, self._allocator, image)
+            self.memory.write_u64(rsp, reentry)
             state["running"] = None
             state["generation"] += 1
             generation = int(state["generation"])

@@ -51,6 +51,8 @@ FRESH_KERNEL_AT = 16 * MIB  # where firmware-booted kernels sit (A and C)
 # returns into after a preserve-context jump, and its data area.
 CONTROL_MAGIC = b"KXHIB MODEL RELOCATE_KERNEL\0\0\0\0\0"
 CONTROL_KERNEL_ID = 32
+CONTROL_SNAPSHOT = 40
+MAX_SNAPSHOTS = 8
 REENTRY_OFFSET = 0x100
 DATA_HEAD = 0x800
 DATA_SWAP = 0x808
@@ -94,6 +96,8 @@ class KernelRecord:
     vmcoreinfo: tuple[int, int] | None = None
     elfcorehdr: int | None = None
     footprint: list[tuple[int, int]] = field(default_factory=list)
+    # Frozen states by snapshot number (see ``Machine.freeze``).
+    snapshots: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -110,6 +114,7 @@ class KernelRecord:
             "vmcoreinfo": list(self.vmcoreinfo) if self.vmcoreinfo else None,
             "elfcorehdr": self.elfcorehdr,
             "footprint": [list(f) for f in self.footprint],
+            "snapshots": self.snapshots,
         }
 
     @classmethod
@@ -130,6 +135,7 @@ class KernelRecord:
             else None,
             elfcorehdr=data["elfcorehdr"],
             footprint=[(a, b) for a, b in data["footprint"]],
+            snapshots=data.get("snapshots", {}),
         )
 
 
@@ -478,11 +484,35 @@ class Machine:
             return None
         return self.memory.read_u64(page + CONTROL_KERNEL_ID)
 
-    def write_control_page(self, kernel_id: int, image: kimage.LoadedImage) -> int:
+    def freeze(
+        self,
+        state: dict[str, Any],
+        kernel_id: int,
+        allocator: PageAllocator,
+        image: kimage.LoadedImage,
+    ) -> int:
+        """A kernel jumps away with preserve-context: what it knows of itself
+        (record, page allocator) is frozen with its memory, under a snapshot
+        number its control page carries — an image of its memory brings back
+        exactly that state, however much later it is resumed.  Returns the
+        re-entry point."""
+        snapshot = int(state["generation"])
+        rec = state["kernels"][str(kernel_id)]
+        rec["status"] = FROZEN
+        snapshots = rec.setdefault("snapshots", {})
+        snapshots[str(snapshot)] = {k: v for k, v in rec.items() if k != "snapshots"}
+        for old in sorted(snapshots, key=int)[:-MAX_SNAPSHOTS]:
+            del snapshots[old]
+            (self.kernel_dir(kernel_id) / f"pages.{old}").unlink(missing_ok=True)
+        path = self.kernel_dir(kernel_id) / f"pages.{snapshot}"
+        path.write_bytes(allocator.to_bytes())
+        return self._write_control_page(kernel_id, snapshot, image)
+
+    def _write_control_page(self, kernel_id: int, snapshot: int, image: kimage.LoadedImage) -> int:
         """Fill a kernel's control page before it jumps; returns its re-entry point."""
         page = bytearray(PAGE_SIZE)
         page[: len(CONTROL_MAGIC)] = CONTROL_MAGIC
-        struct.pack_into("<Q", page, CONTROL_KERNEL_ID, kernel_id)
+        struct.pack_into("<QQ", page, CONTROL_KERNEL_ID, kernel_id, snapshot)
         page[REENTRY_OFFSET : REENTRY_OFFSET + 2] = b"\x0f\x0b"  # never executed: ud2
         struct.pack_into(
             "<QQQQ", page, DATA_HEAD, image.head, image.swap, int(image.preserve_context), 0
@@ -492,14 +522,16 @@ class Machine:
 
     def _return_into(self, state: dict[str, Any], kernel_id: int, entry: int, rsp: int) -> None:
         """The return path of ``relocate_kernel`` in a kernel that jumped away."""
+        control = entry - REENTRY_OFFSET
+        snapshot = str(self.memory.read_u64(control + CONTROL_SNAPSHOT))
         rec = state["kernels"].get(str(kernel_id))
-        if rec is None or rec["status"] != FROZEN:
+        frozen = rec.get("snapshots", {}).get(snapshot) if rec else None
+        if rec is None or frozen is None:
             raise self._crash_in(
                 state,
-                f"re-entry point {entry:#x} belongs to kernel "
-                f"{kernel_id}, which is not waiting to be re-entered",
+                f"re-entry point {entry:#x} names kernel {kernel_id} in a state the "
+                "machine never saw",
             )
-        control = entry - REENTRY_OFFSET
         head = self.memory.read_u64(control + DATA_HEAD)
         peer = self.memory.read_u64(rsp) if rsp + 8 <= self.memory.size else 0
         try:
@@ -513,10 +545,13 @@ class Machine:
             if other["status"] == RUNNING:
                 other["status"] = GONE
         state["generation"] += 1
+        rec.update(frozen)
         rec["status"] = RUNNING
         rec["entered"] = state["generation"]
         state["running"] = kernel_id
         state["power"] = "on"
+        kdir = self.kernel_dir(kernel_id)
+        os.replace(_copy(kdir / f"pages.{snapshot}", kdir / "pages.restore"), kdir / "pages")
 
     def _boot(self, state: dict[str, Any], params: bootproto.BootParams, kernel_addr: int) -> None:
         """Boot a kernel entered through its 64-bit entry point."""
@@ -585,6 +620,11 @@ class Machine:
             if rec["status"] == GONE:
                 return False
             time.sleep(poll)
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    dst.write_bytes(src.read_bytes())
+    return dst
 
 
 def _c_string(raw: bytes) -> str:

@@ -1,0 +1,141 @@
+"""The full cycle on the machine model, driven by the engine — the daemon's
+own code — with nothing but the Kernel protocol between it and the "kernel":
+prepare → jump → save → power off (memory scrambled) → boot C → resume → A
+continues with its memory byte for byte as it was at the jump."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from kexechibd.cycle.engine import EngineSettings, KexecEngine
+from kexechibd.engine import CancelToken, HibernateOptions, Mode, ResumeOptions, Role, State
+from kexechibd.image import ImageStore
+from kexechibd.kernel.api import KernelGone
+from kexechibd.model.bzimage import make_bzimage
+from kexechibd.model.kernel import ModelKernel
+from kexechibd.model.machine import Machine
+from kexechibd.model.workload import count_runs, populate
+from tests.model_cycle import owned_by_image, ram_digest
+
+MIB = 1 << 20
+
+
+class Recorder:
+    """An observer that remembers what the engine reported and fingerprints
+    A's memory at the last moment before the jump."""
+
+    def __init__(self, kernel: ModelKernel | None = None) -> None:
+        self.kernel = kernel
+        self.states: list[State] = []
+        self.progress: list[tuple[float, str]] = []
+        self.digest = ""
+        self.excluded: set[int] = set()
+        self.returned = 0
+
+    def set_state(self, state: State) -> None:
+        self.states.append(state)
+
+    def set_progress(self, fraction: float, phase: str) -> None:
+        self.progress.append((fraction, phase))
+
+    async def before_jump(self) -> None:
+        if self.kernel is not None:
+            self.excluded = owned_by_image(self.kernel)
+            self.digest = ram_digest(self.kernel, self.excluded)
+
+    async def after_return(self) -> None:
+        self.returned += 1
+
+
+def settings(tmp_path: Path) -> EngineSettings:
+    kernel = tmp_path / "vmlinuz-b"
+    kernel.write_bytes(make_bzimage(kernel_size=128 << 10, init_size=1 * MIB))
+    return EngineSettings(
+        image_location=tmp_path / "image",
+        compression="zstd",
+        level=1,
+        chunk_size=1 * MIB,
+        saver_kernel=kernel,
+        saver_initrd=None,
+        saver_cmdline="console=ttyS0",
+        window_start=256 * MIB,
+        window_size=64 * MIB,
+        low_memory=True,
+    )
+
+
+async def boot_b_and_save(machine: Machine, a_id: int, config: EngineSettings) -> None:
+    """What B's init does: start the daemon, which saves A."""
+    while machine.running in (None, a_id):
+        await asyncio.sleep(0.02)
+    b = ModelKernel(machine)
+    engine = KexecEngine(config, b)
+    assert engine.role is Role.SAVER
+    await engine.save(Recorder(), CancelToken())
+
+
+async def boot_c_and_resume(machine: Machine, config: EngineSettings, image: Path) -> None:
+    machine.power_on()
+    c = ModelKernel(machine)
+    engine = KexecEngine(config, c)
+    assert engine.role is Role.ORIGIN
+    await engine.resume(image, ResumeOptions(), Recorder(), CancelToken())
+
+
+async def test_hibernate_power_off_and_resume_restores_a_byte_for_byte(
+    machine: Machine, kernel: ModelKernel, tmp_path: Path
+) -> None:
+    workload = populate(kernel, pages=24_000, seed=5)
+    assert count_runs(workload.pages) >= 10_000
+    config = settings(tmp_path)
+    engine = KexecEngine(config, kernel)
+    observer = Recorder(kernel)
+    hibernate = asyncio.create_task(
+        engine.hibernate(HibernateOptions(mode=Mode.POWEROFF), observer, CancelToken())
+    )
+    with pytest.raises(KernelGone, match="powered off"):
+        await boot_b_and_save(machine, kernel.id, config)
+    assert machine.power == "off"
+    assert not hibernate.done()
+    with pytest.raises(KernelGone):
+        await boot_c_and_resume(machine, config, config.image_location)
+    await asyncio.wait_for(hibernate, 60)
+    assert machine.running == kernel.id
+    assert ram_digest(kernel, observer.excluded) == observer.digest
+    assert observer.states == [State.PREPARING, State.LOADING, State.JUMPING, State.RESUMING]
+    assert observer.returned == 1
+    assert not kernel.kexec_loaded(), "A's stale image of B was not unloaded"
+    with pytest.raises(Exception, match="invalid"):
+        ImageStore(config.image_location).open().require_resumable()
+
+
+async def test_checkpoint_jumps_back_and_the_image_resumes_later(
+    machine: Machine, kernel: ModelKernel, tmp_path: Path
+) -> None:
+    populate(kernel, pages=2_000, seed=6)
+    config = settings(tmp_path)
+    engine = KexecEngine(config, kernel)
+    observer = Recorder(kernel)
+    hibernate = asyncio.create_task(
+        engine.hibernate(HibernateOptions(mode=Mode.CHECKPOINT), observer, CancelToken())
+    )
+    saver = asyncio.create_task(boot_b_and_save(machine, kernel.id, config))
+    await asyncio.wait_for(hibernate, 60)
+    assert machine.running == kernel.id
+    assert ram_digest(kernel, observer.excluded) == observer.digest
+    assert ImageStore(config.image_location).open().summary.state == "committed"
+    # A carries on and changes its memory; later the machine loses power.
+    populate(kernel, pages=500, seed=7)
+    assert ram_digest(kernel, observer.excluded) != observer.digest
+    kernel.close()
+    saver.cancel()
+    machine.power_off()
+    with pytest.raises(KernelGone):
+        await boot_c_and_resume(machine, config, config.image_location)
+    resumed = ModelKernel(machine)
+    assert resumed.id == kernel.id
+    assert ram_digest(resumed, observer.excluded) == observer.digest
+    resumed.close()
