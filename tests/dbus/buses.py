@@ -80,7 +80,9 @@ class TestBus:
 
     __test__ = False  # not a test class
 
-    def __init__(self, *, includes: tuple[Path, ...] = (POLICY_CONF,), extra_policy: str = "") -> None:
+    def __init__(
+        self, *, includes: tuple[Path, ...] = (POLICY_CONF,), extra_policy: str = ""
+    ) -> None:
         # World-traversable, so callers running as other users (setpriv) and
         # polkitd (which drops to its own user) can reach the socket.
         self.dir = Path(tempfile.mkdtemp(prefix="kexechib-bus-"))
@@ -160,8 +162,10 @@ class Polkitd:
             env=bus.env(), stdout=self.log, stderr=subprocess.STDOUT,
         )
         try:
-            _wait(lambda: bus.has_owner("org.freedesktop.PolicyKit1") or self.proc.poll() is not None,
-                  15, "polkitd start")
+            _wait(
+                lambda: bus.has_owner("org.freedesktop.PolicyKit1") or self.proc.poll() is not None,
+                15, "polkitd start",
+            )
             if self.proc.poll() is not None:
                 raise RuntimeError(f"polkitd exited: {self.output()}")
         except BaseException:

@@ -113,7 +113,8 @@ async def start_daemon(
     await asyncio.wait({task, ready}, timeout=10, return_when=asyncio.FIRST_COMPLETED)
     if not ready.done():
         ready.cancel()
-        raise RuntimeError(f"the daemon did not start: {task.result() if task.done() else 'timeout'}")
+        outcome = task.result() if task.done() else "timeout"
+        raise RuntimeError(f"the daemon did not start: {outcome}")
     return RunningDaemon(daemon, task, engine)
 
 
@@ -211,9 +212,25 @@ async def run(argv: Sequence[str], *, user: str = "root", env: dict[str, str] | 
     return Completed(proc.returncode, out.decode(), err.decode())
 
 
-def ctl_argv(bus: TestBus, *args: str) -> list[str]:
+# Debian's python3 with python3-dbus-next: what an installed kexechibctl runs
+# on, and the interpreter unprivileged callers can execute (this venv's may
+# live under a root-only directory).
+SYSTEM_PYTHON = "/usr/bin/python3"
+
+
+def ctl_argv(bus: TestBus, *args: str, unprivileged: bool = False) -> list[str]:
     """kexechibctl from this checkout, talking to the test bus."""
-    return [sys.executable, "-m", "kexechibd.ctl", f"--bus={bus.address}", *args]
+    python = SYSTEM_PYTHON if unprivileged else sys.executable
+    return [python, "-m", "kexechibd.ctl", f"--bus={bus.address}", *args]
+
+
+def system_python_unavailable() -> str:
+    import subprocess
+
+    probe = subprocess.run([SYSTEM_PYTHON, "-c", "import dbus_next"], capture_output=True,
+                           check=False)
+    return "" if probe.returncode == 0 else f"{SYSTEM_PYTHON} cannot import dbus_next " \
+        "(Debian package python3-dbus-next)"
 
 
 @pytest.fixture

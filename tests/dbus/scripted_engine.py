@@ -78,6 +78,11 @@ class ScriptedEngine:
         self.committed = threading.Event()  # an operation passed the point of no return
         self.released = threading.Event()  # the last operation left its worker thread
 
+    @property
+    def operations(self) -> list[tuple[object, ...]]:
+        """The calls that would change something (everything but inspect)."""
+        return [c for c in self.calls if c[0] != "inspect"]
+
     # --------------------------------------------------------- Engine protocol
 
     @property
