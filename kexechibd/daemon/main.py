@@ -29,7 +29,7 @@ from kexechibd.daemon.auth import PolkitAuthorizer
 from kexechibd.daemon.manager import Manager
 from kexechibd.daemon.notify import Notifier, StatusListener, status_text
 from kexechibd.daemon.roles import ImageState, detect_role
-from kexechibd.daemon.service import BUS_NAME, ManagerService
+from kexechibd.daemon.service import BUS_NAME, ManagerService, hibernate_defaults
 from kexechibd.engine import Engine, ResumeOptions, Role
 from kexechibd.errors import ConfigError, KexechibError
 from kexechibd.kernel.abi import KernelError
@@ -170,7 +170,7 @@ def main(
     except (KexechibError, KernelError) as e:
         log.error("cannot open the %s backend: %s", config.daemon.backend, e)
         return EXIT_FAILURE
-    return asyncio.run(Daemon(runtime, args.bus, oneshot=args.oneshot).run())
+    return asyncio.run(Daemon(runtime, args.bus, oneshot=args.oneshot, config=config).run())
 
 
 class Daemon:
@@ -185,8 +185,10 @@ class Daemon:
         oneshot: bool = False,
         notifier: Notifier | None = None,
         handle_signals: bool = True,
+        config: Config | None = None,
     ) -> None:
         self._runtime = runtime
+        self._config = Config() if config is None else config
         self._bus_address = bus_address
         self._oneshot = oneshot
         self._notifier = Notifier() if notifier is None else notifier
@@ -239,7 +241,10 @@ class Daemon:
         except (OSError, DBusError, ValueError) as e:
             log.error("cannot connect to the bus: %s", e)
             return EXIT_FAILURE
-        service = ManagerService(bus, manager, PolkitAuthorizer(bus))
+        service = ManagerService(
+            bus, manager, PolkitAuthorizer(bus),
+            hibernate_defaults=hibernate_defaults(self._config),
+        )
         service.export()
         try:
             reply = await bus.request_name(BUS_NAME, NameFlag.DO_NOT_QUEUE)

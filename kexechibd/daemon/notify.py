@@ -12,7 +12,9 @@ import logging
 import os
 from collections.abc import Mapping
 
-from systemd import daemon as sd_daemon
+# (Imported by module path: the checkout's systemd/ directory of unit files
+# would otherwise shadow the package for type checkers run from the top.)
+from systemd.daemon import notify as sd_notify
 
 from kexechibd.daemon.manager import Manager
 
@@ -30,7 +32,7 @@ class Notifier:
             return
         # sd_notify's format: one KEY=value per line; a value cannot span lines.
         text = "\n".join(f"{key}={' '.join(str(value).split())}" for key, value in fields.items())
-        if not sd_daemon.notify(text):
+        if not sd_notify(text):
             log.debug("sd_notify(%s) was not delivered", text)
 
     def ready(self, status: str) -> None:

@@ -30,6 +30,7 @@ from dbus_next.message import Message
 from dbus_next.service import ServiceInterface, dbus_property
 from dbus_next.signature import Variant
 
+from kexechibd.config import Config
 from kexechibd.daemon.auth import Action, Authorizer, Caller, Verdict, denial
 from kexechibd.daemon.manager import PROPERTY_SIGNATURES, Manager, as_daemon_error
 from kexechibd.engine import HibernateOptions, ResumeOptions
@@ -126,6 +127,16 @@ class ManagerInterface(ServiceInterface):
 # ------------------------------------------------------------------ variants
 
 
+def hibernate_defaults(config: Config) -> dict[str, object]:
+    """The Hibernate options the configuration sets ([saver] mode, [image]
+    compression and level)."""
+    return {
+        "mode": config.saver.mode.value,
+        "compression": config.image.compression,
+        "level": config.image.level,
+    }
+
+
 def unwrap_options(options: Mapping[str, Variant]) -> dict[str, object]:
     return {key: value.value for key, value in options.items()}
 
@@ -166,10 +177,19 @@ Handler = Callable[[Caller, list[Any]], Awaitable[list[Any]]]
 class ManagerService:
     """Exports the Manager on a bus and answers its method calls."""
 
-    def __init__(self, bus: MessageBus, manager: Manager, authorizer: Authorizer) -> None:
+    def __init__(
+        self,
+        bus: MessageBus,
+        manager: Manager,
+        authorizer: Authorizer,
+        *,
+        hibernate_defaults: Mapping[str, object] | None = None,
+    ) -> None:
         self._bus = bus
         self._manager = manager
         self._authorizer = authorizer
+        # Options a Hibernate call leaves out come from the configuration.
+        self._hibernate_defaults = dict(hibernate_defaults or {})
         self.interface = ManagerInterface(manager)
         self._calls: set[asyncio.Task[None]] = set()
         self._handlers: dict[str, Handler] = {
@@ -288,7 +308,9 @@ class ManagerService:
     # ---------------------------------------------------- methods
 
     async def _hibernate(self, caller: Caller, args: list[Any]) -> list[Any]:
-        options = HibernateOptions.from_mapping(unwrap_options(args[0]))
+        options = HibernateOptions.from_mapping(
+            {**self._hibernate_defaults, **unwrap_options(args[0])}
+        )
         self._manager.check_free()  # fail fast: no password prompt for a Busy answer
         await self._authorize(caller, Action.HIBERNATE, {"mode": options.mode.value})
         await self._manager.hibernate(options, owner=caller.sender)
