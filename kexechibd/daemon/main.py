@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from dbus_next.aio.message_bus import MessageBus
 from dbus_next.constants import NameFlag, RequestNameReply
 from dbus_next.errors import DBusError
 
@@ -234,13 +235,13 @@ class Daemon:
         log.info("%s: stopping", signal.Signals(signum).name)
         self._stop.set()
 
-    async def _serve(self, manager: Manager) -> int:
-        manager.add_listener(StatusListener(manager, self._notifier))
+    async def _connect(self, manager: Manager) -> tuple[MessageBus, ManagerService] | None:
+        """Connect, export the object and own the name (None: could not)."""
         try:
             bus = await busutil.connect(self._bus_address)
         except (OSError, DBusError, ValueError) as e:
             log.error("cannot connect to the bus: %s", e)
-            return EXIT_FAILURE
+            return None
         service = ManagerService(
             bus, manager, PolkitAuthorizer(bus),
             hibernate_defaults=hibernate_defaults(self._config),
@@ -251,11 +252,28 @@ class Daemon:
         except DBusError as e:
             log.error("cannot own %s: %s", BUS_NAME, e.text)
             await busutil.close(bus)
-            return EXIT_FAILURE
+            return None
         if reply != RequestNameReply.PRIMARY_OWNER:
             log.error("%s is already owned by another process; is kexechibd running?", BUS_NAME)
             await busutil.close(bus)
+            return None
+        return bus, service
+
+    async def _serve(self, manager: Manager) -> int:
+        manager.add_listener(StatusListener(manager, self._notifier))
+        stop = asyncio.create_task(self._stop.wait())
+        # SIGTERM is honoured even while the bus is slow to answer.
+        connecting = asyncio.create_task(self._connect(manager))
+        await asyncio.wait({stop, connecting}, return_when=asyncio.FIRST_COMPLETED)
+        if not connecting.done():
+            connecting.cancel()
+            log.info("stopped before serving")
+            return EXIT_OK
+        connected = connecting.result()
+        if connected is None:
+            stop.cancel()
             return EXIT_FAILURE
+        bus, service = connected
         log.info("serving %s", BUS_NAME)
         self._notifier.ready(status_text(manager))
         self.ready.set()
@@ -263,7 +281,6 @@ class Daemon:
         if manager.role is Role.SAVER and not manager.decision.problem:
             manager.start_save()
 
-        stop = asyncio.create_task(self._stop.wait())
         disconnected = asyncio.create_task(busutil.wait_for_disconnect(bus))
         await asyncio.wait({stop, disconnected}, return_when=asyncio.FIRST_COMPLETED)
         lost = disconnected.done()

@@ -70,6 +70,7 @@ class ScriptedEngine:
         self.jump_gate = threading.Event()  # hibernate waits here after the point of no return
         self.jump_gate.set()
         self.failure: BaseException | None = None  # raised before the point of no return
+        self.jump_failure: BaseException | None = None  # raised by the "jump" (A still runs)
         self.peer = False  # JumpBack has a kernel to jump to
         self.steps = 5  # progress reports per phase
         # What happened:
@@ -109,6 +110,9 @@ class ScriptedEngine:
         await asyncio.to_thread(self.jump_gate.wait)
         await observer.before_jump()
         observer.set_state(State.JUMPING)
+        if self.jump_failure is not None:
+            # reboot(LINUX_REBOOT_CMD_KEXEC) refused: nothing froze, A runs on.
+            raise self.jump_failure
         # Here A is frozen; B saves, powers off; C resumes A.  Nothing of
         # that is visible to the shell until A's reboot() returns.
         await observer.after_return()
