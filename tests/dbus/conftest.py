@@ -25,6 +25,7 @@ from dbus_next.constants import MessageFlag, MessageType
 from dbus_next.message import Message
 from scripted_engine import ScriptedEngine
 
+from kexechibd.config import Config
 from kexechibd.daemon import busutil
 from kexechibd.daemon.main import Daemon, Runtime
 from kexechibd.daemon.service import BUS_NAME, INTERFACE, OBJECT_PATH
@@ -105,9 +106,11 @@ class RunningDaemon:
 
 
 async def start_daemon(
-    bus: TestBus, engine: ScriptedEngine, cmdline: str = "ro quiet", boot_id: str = BOOT_ID
+    bus: TestBus, engine: ScriptedEngine, cmdline: str = "ro quiet", boot_id: str = BOOT_ID,
+    config: Config | None = None,
 ) -> RunningDaemon:
-    daemon = Daemon(Runtime(engine, cmdline, boot_id), bus.address, handle_signals=False)
+    daemon = Daemon(Runtime(engine, cmdline, boot_id), bus.address, handle_signals=False,
+                    config=config)
     task = asyncio.create_task(daemon.run())
     ready = asyncio.create_task(daemon.ready.wait())
     await asyncio.wait({task, ready}, timeout=10, return_when=asyncio.FIRST_COMPLETED)

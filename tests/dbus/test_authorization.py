@@ -5,6 +5,8 @@ absent.  The real polkitd's answers are in test_policy.py."""
 from __future__ import annotations
 
 import asyncio
+import os
+import pty
 import signal
 
 import pytest
@@ -187,8 +189,24 @@ async def test_whoever_started_an_operation_may_cancel_it(served, bus, authority
 
 
 def _drop_to_nobody() -> None:
-    import os
-
     os.setgroups([])
     os.setgid(65534)
     os.setuid(65534)
+
+
+@pytest.mark.parametrize("args, flags", [((), 1), (("--no-ask-password",), 0)])
+async def test_kexechibctl_on_a_terminal_lets_polkit_ask(served, bus, authority, ctl_env,
+                                                        args, flags):
+    reason = system_python_unavailable()
+    if reason:
+        pytest.skip(reason)
+    primary, secondary = pty.openpty()
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *ctl_argv(bus, *args, "hibernate", unprivileged=True), env=ctl_env,
+            stdin=secondary, stdout=secondary, stderr=secondary, preexec_fn=_drop_to_nobody)
+        await asyncio.wait_for(proc.wait(), 20)
+    finally:
+        os.close(secondary)
+        os.close(primary)
+    assert [r.flags for r in authority.requests] == [flags]

@@ -15,6 +15,8 @@ from conftest import (
     eventually,
     get_property,
     manager_call,
+    start_daemon,
+    stop_daemon,
     wait_thread_event,
 )
 from dbus_next.constants import MessageType
@@ -22,6 +24,7 @@ from dbus_next.message import Message
 from dbus_next.signature import Variant
 from scripted_engine import NO_KEXEC, make_image
 
+from kexechibd.config import parse
 from kexechibd.daemon.service import BUS_NAME, OBJECT_PATH
 from kexechibd.engine import HibernateOptions, Mode
 from kexechibd.errors import BadImage, Failed, NotSupported
@@ -296,3 +299,44 @@ async def test_inspect_reports_the_configured_image(daemon, client):
 async def test_inspect_of_an_absent_image_says_absent(daemon, client, tmp_path):
     (info,) = await call(client, "Inspect", "s", [str(tmp_path / "none")])
     assert info["verdict"] == Variant("s", "absent")
+
+
+# ------------------------------------------------------------------ configuration, roles
+
+
+async def test_options_left_out_come_from_the_configuration(system_bus, engine, client):
+    config = parse("[saver]\nmode = checkpoint\n[image]\ncompression = lz4\nlevel = 7\n")
+    running = await start_daemon(system_bus, engine, config=config)
+    try:
+        await call(client, "Hibernate", "a{sv}", [{"level": Variant("i", 2)}])
+    finally:
+        assert await stop_daemon(running) == 0
+    assert engine.operations == [
+        ("hibernate", HibernateOptions(mode=Mode.CHECKPOINT, compression="lz4", level=2))]
+
+
+async def test_in_kernel_b_the_daemon_saves_at_once(system_bus, engine, client):
+    running = await start_daemon(system_bus, engine,
+                                 cmdline="kexechib.role=save kexec_jump_back_entry=0x1000")
+    try:
+        await eventually(lambda: engine.operations == [("save",)])
+        assert await get_property(client, "Role") == "saver"
+        assert await call(client, "CanHibernate") == ["na"]
+    finally:
+        assert await stop_daemon(running) == 0
+
+
+async def test_a_restorer_refuses_to_hibernate_over_the_waiting_image(system_bus, engine, client):
+    make_image(Path(engine.image_location), boot_id="an-earlier-boot")
+    running = await start_daemon(system_bus, engine)
+    try:
+        assert await get_property(client, "Role") == "restorer"
+        assert await call(client, "CanHibernate") == ["na"]
+        with pytest.raises(CallError) as refused:
+            await call(client, "Hibernate", "a{sv}", [{}])
+        assert refused.value.name == "org.kexechib1.Error.NotSupported"
+        assert "resume it (kexechibctl resume) or discard it" in refused.value.text
+        await call(client, "Resume", "sa{sv}", ["", {"load-only": Variant("b", True)}])
+        assert engine.operations[-1][:2] == ("resume", Path(engine.image_location))
+    finally:
+        assert await stop_daemon(running) == 0
