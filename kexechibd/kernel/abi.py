@@ -356,9 +356,7 @@ def reboot_error(err: int, command: str) -> KernelError:
     if err == errno.EPERM:
         return RebootFailed(op, err, "not permitted", "needs CAP_SYS_BOOT")
     if err == errno.EINVAL:
-        return RebootFailed(
-            op, err, "no kexec image is loaded", "load one first (kexec_load)"
-        )
+        return RebootFailed(op, err, "no kexec image is loaded", "load one first (kexec_load)")
     if err == errno.EBUSY:
         return RebootFailed(op, err, "another kexec operation is in progress", "retry later")
     return RebootFailed(op, err, "failed", "")

@@ -110,7 +110,9 @@ class SupportReport:
         if self.kexec and self.kexec_jump is False:
             reasons.append("no CONFIG_KEXEC_JUMP (preserve-context loads are refused)")
         if self.kexec and not self.staged_load:
-            reasons.append("no staged-load support (/proc/kexec_pgmap missing; needs the kexechib patch)")
+            reasons.append(
+                "no staged-load support (/proc/kexec_pgmap missing; needs the kexechib patch)"
+            )
         if self.guard:
             reasons.append(self.guard)
         return reasons
@@ -134,6 +136,14 @@ class SupportReport:
     @property
     def summary(self) -> str:
         return "supported" if self.can_hibernate else "; ".join(self.missing)
+
+
+class KernelGone(BaseException):
+    """The kernel this process ran on is gone for good: it kexec'd into a
+    kernel that will not come back, or powered off.  On real hardware the call
+    never returns; the machine model, whose processes outlive their kernels,
+    raises this instead.  Like ``SystemExit`` it is not an ``Exception``: the
+    process must stop touching the machine."""
 
 
 @runtime_checkable
@@ -185,8 +195,7 @@ class Kernel(Protocol):
         """Physical address and size of the VMCOREINFO note, when the kernel has one."""
         ...
 
-    def identity(self) -> KernelIdentity:
-        ...
+    def identity(self) -> KernelIdentity: ...
 
     def probe(self) -> SupportReport:
         """What this kernel supports; names exactly what is missing."""

@@ -1,0 +1,40 @@
+"""The ELF core header A hands to B through ``elfcorehdr=`` (pure).
+
+What ``fs/proc/vmcore.c`` expects: an ELF64 ``ET_CORE`` header for x86_64, a
+PT_NOTE per note blob at its physical address (A's VMCOREINFO), and one
+PT_LOAD per range of A's RAM that B must save, with ``p_offset = p_paddr =``
+the physical address.  (kexec-tools' x86_64 header also carries a PT_LOAD for
+the kernel text that overlaps RAM; this one does not, so the PT_LOADs never
+overlap and can be saved and restored as they are.)
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+
+from kexechibd.kernel.abi import PAGE_SIZE, page_align_up
+from kexechibd.kernel.api import MemoryRange
+
+ELF_IDENT = b"\x7fELF" + bytes([2, 1, 1, 0]) + bytes(8)  # ELFCLASS64, LSB, EV_CURRENT, SYSV
+EHDR = struct.Struct("<16sHHIQQQIHHHHHH")
+PHDR = struct.Struct("<IIQQQQQQ")
+ET_CORE = 4
+EM_X86_64 = 62
+PT_LOAD = 1
+PT_NOTE = 4
+PF_RWX = 7
+# fs/proc/vmcore.c reads the header from a page-aligned buffer of this size class.
+HEADER_ALIGN = 1024
+
+
+def build_elfcorehdr(ram: Sequence[MemoryRange], *, notes: Sequence[tuple[int, int]] = ()) -> bytes:
+    """The header: ``notes`` are ``(physical address, size)`` of note blobs."""
+    phnum = len(notes) + len(ram)
+    ehdr = EHDR.pack(
+        ELF_IDENT, ET_CORE, EM_X86_64, 1, 0, EHDR.size, 0, 0, EHDR.size, PHDR.size, phnum, 0, 0, 0
+    )
+    phdrs = [PHDR.pack(PT_NOTE, 0, addr, 0, addr, size, size, 0) for addr, size in notes]
+    phdrs += [PHDR.pack(PT_LOAD, PF_RWX, r.start, 0, r.start, r.size, r.size, 0) for r in ram]
+    header = ehdr + b"".join(phdrs)
+    return header.ljust(page_align_up(len(header)) or PAGE_SIZE, b"\0")

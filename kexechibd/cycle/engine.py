@@ -1,0 +1,354 @@
+"""``KexecEngine``: the work behind Hibernate, Resume, JumpBack and the saver.
+
+Every blocking step runs in a worker thread (``asyncio.to_thread``) so the
+bus stays responsive; the engine reports states and progress to an
+``Observer``.  Before the point of no return every failure undoes what was
+loaded; after it, there is nothing left to undo.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from kexechibd import cmdline
+from kexechibd.cycle import kexec_ops
+from kexechibd.cycle.loader import check_destinations, check_identity, describe, stream_load
+from kexechibd.cycle.params import SaveParams
+from kexechibd.cycle.prepare import SaverFiles, SaverLoad, load_saver, plan_saver_load
+from kexechibd.cycle.saver import save_image, saver_params
+from kexechibd.cycle.window import Window, choose_window
+from kexechibd.engine import (
+    CancelToken,
+    HibernateOptions,
+    Mode,
+    Observer,
+    ResumeOptions,
+    Role,
+    State,
+)
+from kexechibd.errors import BadImage, Failed, KernelRefused, KexechibError, NoPeer, NotSupported
+from kexechibd.image import ImageError, ImageStore
+from kexechibd.kernel import abi
+from kexechibd.kernel.api import Kernel, SupportReport
+from kexechibd.purgatory import default_purgatory_path
+
+log = logging.getLogger("kexechibd.engine")
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """What the engine needs from the configuration."""
+
+    image_location: Path
+    compression: str
+    level: int
+    chunk_size: int
+    saver_kernel: Path
+    saver_initrd: Path
+    saver_cmdline: str
+    window_start: int
+    window_size: int
+    low_memory: bool
+    purgatory: Path | None = None
+
+
+def detect_role(kernel_cmdline: str) -> Role:
+    """B is recognized from its command line; A and C are both normal boots
+    (a daemon that finds a committed image at start acts as C)."""
+    return Role.SAVER if cmdline.is_save_role(kernel_cmdline) else Role.ORIGIN
+
+
+def _refused(exc: abi.KernelError) -> KernelRefused:
+    return KernelRefused(str(exc))
+
+
+class KexecEngine:
+    def __init__(self, settings: EngineSettings, kernel: Kernel, *, role: Role | None = None):
+        self.settings = settings
+        self.kernel = kernel
+        self._role = role or detect_role(kernel.cmdline())
+        self._peer_alive = False  # a checkpoint left B waiting to be re-entered
+
+    # ------------------------------------------------------------ properties
+
+    @property
+    def role(self) -> Role:
+        return self._role
+
+    @property
+    def backend(self) -> str:
+        return self.kernel.backend
+
+    @property
+    def image_location(self) -> str:
+        return str(self.settings.image_location)
+
+    def support(self) -> SupportReport:
+        return self.kernel.probe()
+
+    def store(self, location: Path | None = None) -> ImageStore:
+        return ImageStore(location or self.settings.image_location)
+
+    # ------------------------------------------------------------ A: hibernate
+
+    async def hibernate(
+        self, options: HibernateOptions, observer: Observer, cancel: CancelToken
+    ) -> None:
+        if self._role is not Role.ORIGIN:
+            raise NotSupported(
+                f"Hibernate is for the running system; this is kernel {self._role.value}"
+            )
+        report = self.support()
+        if not report.can_hibernate:
+            raise NotSupported(f"this kernel cannot hibernate with kexechibd: {report.summary}")
+        observer.set_state(State.PREPARING)
+        s = self.settings
+        window = choose_window(
+            s.window_start, s.window_size, self.kernel.memory_map(), low_memory=s.low_memory
+        )
+        params = self._save_params(options, window)
+        plan = await asyncio.to_thread(self._plan_saver, window)
+        cancel.check()
+        observer.set_state(State.LOADING)
+        try:
+            await asyncio.to_thread(load_saver, self.kernel, plan, params, checkpoint=cancel.check)
+        except abi.KernelError as exc:
+            raise _refused(exc) from None
+        try:
+            cancel.commit()
+        except KexechibError:
+            self._unload_quietly()
+            raise
+        observer.set_state(State.JUMPING)
+        log.info("jumping to kernel B", extra={"HIBERNATE_ID": params.hibernate_id})
+        await observer.before_jump()
+        try:
+            await asyncio.to_thread(self.kernel.reboot_kexec)
+        except abi.KernelError as exc:
+            self._unload_quietly()
+            raise _refused(exc) from None
+        observer.set_state(State.RESUMING)
+        try:
+            outcome = await asyncio.to_thread(self._after_return, params)
+            log.info("back in A: %s", outcome, extra={"HIBERNATE_ID": params.hibernate_id})
+        finally:
+            await observer.after_return()
+
+    def _save_params(self, options: HibernateOptions, window: Window) -> SaveParams:
+        s = self.settings
+        location = Path(options.image) if options.image else s.image_location
+        return SaveParams(
+            hibernate_id=uuid.uuid4().hex,
+            mode=options.mode.value,
+            image_location=str(location),
+            compression=options.compression,
+            level=options.level,
+            chunk_size=s.chunk_size,
+            origin=self.kernel.identity(),
+            created=time.time(),
+            window=window.spans,
+            vmcoreinfo=self.kernel.vmcoreinfo(),
+        )
+
+    def _plan_saver(self, window: Window) -> SaverLoad:
+        s = self.settings
+        try:
+            files = SaverFiles(
+                kernel=s.saver_kernel.read_bytes(),
+                initrd=s.saver_initrd.read_bytes() if s.saver_initrd != Path() else b"",
+                extra_cmdline=s.saver_cmdline,
+            )
+        except OSError as exc:
+            raise NotSupported(
+                f"cannot read kernel B ({exc.filename}): {exc.strerror}; set [saver] kernel and "
+                "initrd in the configuration"
+            ) from None
+        purgatory = (s.purgatory or default_purgatory_path()).read_bytes()
+        return plan_saver_load(
+            files,
+            window,
+            self.kernel.memory_map(),
+            vmcoreinfo=self.kernel.vmcoreinfo(),
+            purgatory=purgatory,
+        )
+
+    def _after_return(self, params: SaveParams) -> str:
+        """Back in A after ``reboot_kexec`` returned 0: resumed from an image,
+        or jumped back to by B after a checkpoint (or a failed save)."""
+        store = ImageStore(Path(params.image_location))
+        try:
+            reader = store.open()
+            mine = reader.meta.hibernate_id == params.hibernate_id
+            state = reader.summary.state
+        except (ImageError, OSError):
+            mine, state = False, "missing"
+        if mine and state == "consumed":
+            # Resumed from the image: it must never be resumed again, and A's
+            # kexec image (B, long gone) is stale.
+            store.invalidate()
+            self._unload_quietly()
+            self._peer_alive = False
+            return "resumed from the image"
+        if mine and state == "committed":
+            self._peer_alive = True
+            return "kernel B saved a checkpoint and jumped back"
+        self._unload_quietly()
+        self._peer_alive = False
+        raise Failed(
+            "kernel B jumped back without saving an image; A carries on unchanged "
+            "(the saver's log in B's journal or console says why)"
+        )
+
+    def _unload_quietly(self) -> None:
+        kexec_ops.discard_staged(self.kernel)
+        try:
+            kexec_ops.unload(self.kernel)
+        except abi.KernelError as exc:
+            log.warning("could not unload the kexec image: %s", exc)
+
+    # ------------------------------------------------------------ B: save
+
+    async def save(self, observer: Observer, cancel: CancelToken) -> None:
+        if self._role is not Role.SAVER:
+            raise NotSupported("only kernel B saves images")
+        observer.set_state(State.SAVING)
+        params, page_map, entry = await asyncio.to_thread(saver_params, self.kernel)
+        try:
+            summary = await asyncio.to_thread(
+                save_image,
+                self.kernel,
+                params,
+                page_map,
+                entry,
+                progress=observer.set_progress,
+                checkpoint=cancel.check,
+            )
+        except Exception as exc:
+            log.error("saving failed: %s; jumping back to A", exc)
+            await self._jump_to(entry)
+            raise
+        log.info("image committed: %s", describe(summary))
+        if params.mode == Mode.POWEROFF.value:
+            observer.set_state(State.JUMPING)
+            await asyncio.to_thread(self.kernel.power_off)
+        await self._jump_to(entry)
+
+    async def _jump_to(self, entry: int) -> None:
+        """B → A with the jump-back helper; returns when A jumps to B again."""
+        try:
+            await asyncio.to_thread(kexec_ops.load_jump_back_helper, self.kernel, entry)
+            await asyncio.to_thread(self.kernel.reboot_kexec)
+        except abi.KernelError as exc:
+            raise _refused(exc) from None
+
+    # ------------------------------------------------------------ C: resume
+
+    async def resume(
+        self, image: Path, options: ResumeOptions, observer: Observer, cancel: CancelToken
+    ) -> None:
+        if self._role is Role.SAVER:
+            raise NotSupported("kernel B cannot resume images; it saves them")
+        store = ImageStore(image)
+        observer.set_state(State.LOADING)
+        await asyncio.to_thread(self._load_image, store, options, observer, cancel)
+        if options.load_only:
+            return
+        cancel.commit()
+        observer.set_state(State.JUMPING)
+        try:
+            await asyncio.to_thread(store.mark_consumed)
+            await asyncio.to_thread(self.kernel.reboot_kexec)
+        except abi.KernelError as exc:
+            store.mark_committed()
+            kexec_ops.unload(self.kernel)
+            raise _refused(exc) from None
+
+    def _load_image(
+        self, store: ImageStore, options: ResumeOptions, observer: Observer, cancel: CancelToken
+    ) -> None:
+        try:
+            reader = store.open()
+        except ImageError as exc:
+            raise BadImage(str(exc)) from None
+        except FileNotFoundError:
+            raise BadImage(f"no image at {store.path}") from None
+        state = reader.summary.state
+        if state == "invalid":
+            raise BadImage(f"the image at {store.path} was invalidated (already resumed)")
+        if state == "consumed" and not options.force:
+            raise BadImage(
+                f"the image at {store.path} was already used for a resume; resuming it again "
+                "could corrupt filesystems (use the 'force' option if you are sure)"
+            )
+        check_identity(reader, self.kernel, force=options.force)
+        try:
+            pages = check_destinations(reader, self.kernel.memory_map())
+        except ImageError as exc:
+            raise BadImage(str(exc)) from None
+        report = stream_load(
+            self.kernel,
+            reader,
+            total_pages=pages,
+            progress=observer.set_progress,
+            checkpoint=cancel.check,
+        )
+        log.info(
+            "image loaded: %d calls, %d segments, %d pages",
+            report.calls,
+            report.segments,
+            report.pages,
+        )
+
+    # ------------------------------------------------------------ jump back
+
+    async def jump_back(self, observer: Observer) -> None:
+        if self._role is Role.SAVER:
+            entry = cmdline.jump_back_entry(self.kernel.cmdline())
+            assert entry is not None
+            observer.set_state(State.JUMPING)
+            await self._jump_to(entry)
+            return
+        if not (self._peer_alive and self.kernel.kexec_loaded()):
+            raise NoPeer("there is no kernel to jump to: no checkpoint left kernel B waiting")
+        observer.set_state(State.JUMPING)
+        await observer.before_jump()
+        try:
+            await asyncio.to_thread(self.kernel.reboot_kexec)
+        except abi.KernelError as exc:
+            raise _refused(exc) from None
+        finally:
+            await observer.after_return()
+
+    # ------------------------------------------------------------ inspect
+
+    def inspect(self, image: Path) -> dict[str, object]:
+        store = ImageStore(image)
+        try:
+            reader = store.open()
+        except (ImageError, OSError) as exc:
+            return {"valid": False, "error": str(exc), "path": str(image)}
+        meta, summary = reader.meta, reader.summary
+        return {
+            "valid": summary.state == "committed",
+            "path": str(image),
+            "state": summary.state,
+            "format-version": summary.format_version,
+            "kernel-release": meta.kernel_release,
+            "build-id": meta.build_id,
+            "machine-id": meta.machine_id,
+            "boot-id": meta.boot_id,
+            "created": meta.created,
+            "mode": meta.mode,
+            "compression": summary.compression,
+            "data-pages": summary.data_pages,
+            "zero-pages": summary.zero_pages,
+            "runs": summary.runs,
+            "chunks": summary.chunks,
+            "stored-bytes": summary.stored_bytes,
+            "digest": summary.digest,
+        }

@@ -1,0 +1,132 @@
+"""Save in B (DESIGN §1.3): A's memory from ``/proc/vmcore`` into an image.
+
+B reads its parameters from the files its initramfs carried, reads every
+PT_LOAD of ``/proc/vmcore`` (A's RAM outside B's window, as it was at the
+jump) and hands the bytes to the image writer, which finds zero pages,
+compresses chunks on all cores and commits the image last.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from elftools.elf.elffile import ELFFile
+from elftools.elf.segments import NoteSegment
+
+from kexechibd import cmdline
+from kexechibd.cycle.params import SaveParams, read_params
+from kexechibd.errors import Failed
+from kexechibd.image import ImageMeta, ImageStore, ImageSummary
+from kexechibd.kernel.api import Kernel
+
+READ_SIZE = 4 << 20
+
+Progress = Callable[[float, str], None]
+
+
+@dataclass(frozen=True)
+class LoadSegment:
+    paddr: int
+    offset: int
+    size: int
+
+
+@dataclass(frozen=True)
+class CoreLayout:
+    loads: tuple[LoadSegment, ...]
+    vmcoreinfo: bytes
+
+    @property
+    def total(self) -> int:
+        return sum(s.size for s in self.loads)
+
+
+def read_core_layout(core: BinaryIO) -> CoreLayout:
+    """PT_LOADs and the VMCOREINFO note of ``/proc/vmcore`` (pyelftools)."""
+    elf = ELFFile(core)
+    loads = []
+    vmcoreinfo = b""
+    for seg in elf.iter_segments():
+        if seg["p_type"] == "PT_LOAD" and seg["p_filesz"]:
+            loads.append(LoadSegment(seg["p_paddr"], seg["p_offset"], seg["p_filesz"]))
+        elif isinstance(seg, NoteSegment):
+            for note in seg.iter_notes():
+                if note["n_name"] == "VMCOREINFO":
+                    desc = note["n_desc"]
+                    vmcoreinfo = desc.encode() if isinstance(desc, str) else bytes(desc)
+    loads.sort(key=lambda s: s.paddr)
+    for a, b in itertools.pairwise(loads):
+        if b.paddr < a.paddr + a.size:
+            raise Failed(f"/proc/vmcore has overlapping PT_LOADs at {b.paddr:#x}")
+    return CoreLayout(tuple(loads), vmcoreinfo)
+
+
+def image_meta(
+    params: SaveParams, page_map: bytes, jump_back_entry: int, vmcoreinfo: bytes
+) -> ImageMeta:
+    return ImageMeta(
+        kernel_release=params.origin.release,
+        build_id=params.origin.build_id,
+        boot_id=params.origin.boot_id,
+        machine_id=params.origin.machine_id,
+        created=params.created,
+        jump_back_entry=jump_back_entry,
+        hibernate_id=params.hibernate_id,
+        mode=params.mode,
+        window=params.window,
+        page_map=page_map,
+        vmcoreinfo=vmcoreinfo,
+    )
+
+
+def saver_params(kernel: Kernel) -> tuple[SaveParams, bytes, int]:
+    """B's parameters, page map and A's jump-back entry."""
+    params, page_map = read_params(kernel.rootfs())
+    entry = cmdline.jump_back_entry(kernel.cmdline())
+    if entry is None:
+        raise Failed("no kexec_jump_back_entry= on the command line: not started by a kexec jump")
+    return params, page_map, entry
+
+
+def save_image(
+    kernel: Kernel,
+    params: SaveParams,
+    page_map: bytes,
+    jump_back_entry: int,
+    *,
+    progress: Progress = lambda fraction, phase: None,
+    checkpoint: Callable[[], None] = lambda: None,
+) -> ImageSummary:
+    """Write A's memory to ``params.image_location``; the previous image there
+    stays valid until the new one is committed."""
+    store = ImageStore(Path(params.image_location))
+    with kernel.vmcore() as core:
+        layout = read_core_layout(core)
+        meta = image_meta(params, page_map, jump_back_entry, layout.vmcoreinfo)
+        total = max(layout.total, 1)
+        done = 0
+        buffer = bytearray(READ_SIZE)
+        with store.writer(
+            meta, compression=params.compression, level=params.level, chunk_size=params.chunk_size
+        ) as writer:
+            for load in layout.loads:
+                pos = 0
+                while pos < load.size:
+                    n = min(READ_SIZE, load.size - pos)
+                    core.seek(load.offset + pos)
+                    view = memoryview(buffer)[:n]
+                    got = core.readinto(view)  # type: ignore[attr-defined]
+                    if got != n:
+                        raise Failed(
+                            f"/proc/vmcore ended early at offset {load.offset + pos + got:#x}"
+                        )
+                    writer.add(load.paddr + pos, bytes(view))
+                    pos += n
+                    done += n
+                    progress(done / total, "saving")
+                    checkpoint()
+            return writer.commit()

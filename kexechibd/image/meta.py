@@ -1,0 +1,91 @@
+"""The image library's vocabulary: what a saver knows, what an image holds,
+and the one error every check raises.  Pure data, no I/O."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kexechibd.errors import BadImage
+from kexechibd.kernel.abi import PAGE_SIZE
+
+MODES = ("poweroff", "checkpoint")
+STATES = ("committed", "consumed", "invalid")
+
+
+@dataclass(frozen=True)
+class ImageMeta:
+    """What the saver (B) knows before it writes the first page."""
+
+    kernel_release: str
+    build_id: str
+    boot_id: str
+    machine_id: str
+    created: float  # unix time of the jump
+    jump_back_entry: int  # A's re-entry point (physical)
+    hibernate_id: str  # nonce chosen by A for this hibernation
+    mode: str  # "poweroff" | "checkpoint"
+    window: tuple[tuple[int, int], ...]  # B's window [start, end) ranges; not saved
+    page_map: bytes = b""  # raw /proc/kexec_pgmap bytes of A's B image (opaque here)
+    vmcoreinfo: bytes = b""  # A's VMCOREINFO note text, if any
+    page_size: int = PAGE_SIZE
+
+
+@dataclass(frozen=True)
+class ImageSummary:
+    """What ``ImageWriter.commit`` and ``ImageReader`` know about a whole image."""
+
+    format_version: int
+    compression: str
+    level: int
+    chunk_size: int
+    data_pages: int
+    zero_pages: int
+    runs: int  # maximal runs, as ``ImageReader.covered`` yields them
+    chunks: int
+    stored_bytes: int  # length of the image: header, chunks and index
+    digest: str  # hex SHA-256 of the index, which holds every chunk's checksum
+    state: str  # "committed" | "consumed" | "invalid"
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """``npages`` pages from page frame ``pfn``; a zero run carries no data."""
+
+    pfn: int
+    npages: int
+    zero: bool
+
+    @property
+    def end(self) -> int:
+        return self.pfn + self.npages
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One verified chunk: its runs in address order; the data runs' bytes are
+    concatenated in ``data`` (decompressed, checksum verified)."""
+
+    index: int
+    runs: tuple[Run, ...]
+    data: bytes | memoryview
+
+
+class ImageError(ValueError, BadImage):
+    """An image that is corrupt, truncated, foreign or unsafe to use.
+
+    ``offset`` is the byte offset in the image the problem was found at and
+    ``chunk`` the chunk it belongs to, each ``None`` when it does not apply.
+    It is a ``BadImage``, so the D-Bus layer reports it as
+    ``org.kexechib1.Error.BadImage``.
+    """
+
+    def __init__(self, message: str, *, offset: int | None = None, chunk: int | None = None):
+        where = []
+        if chunk is not None:
+            where.append(f"chunk {chunk}")
+        if offset is not None:
+            where.append(f"offset {offset:#x}")
+        super().__init__(f"{message} ({', '.join(where)})" if where else message)
+        self.message = message
+        self.offset = offset
+        self.chunk = chunk

@@ -1,0 +1,433 @@
+"""A model kernel's kexec image: building it (mainline and staged loads,
+DESIGN §2.1–§2.2), its entry list in memory, relocation.
+
+The tables keyed by page frame (destination → source, source → destination
+it serves) stand for the hash table the kernel patch adds: every placement
+decision is O(1).
+The entry list is written into indirection pages in model memory when the
+image is finished, exactly as ``relocate_kernel`` walks it — so the backup map
+of a preserve-context image is part of the memory an image saves.
+"""
+
+from __future__ import annotations
+
+import array
+import bisect
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+from kexechibd.kernel import abi
+from kexechibd.kernel.abi import PAGE_SHIFT, PAGE_SIZE
+from kexechibd.model.allocator import PageAllocator
+from kexechibd.model.memory import PhysicalMemory
+
+ENTRY_SOURCE = "source"
+ENTRY_ZERO = "zero"
+NONE = -1  # table value: this page plays no role
+ZERO = -2  # table value: zero-fill destination
+
+
+class CorruptEntryList(Exception):
+    """The entry list in memory is not one a kernel could have written."""
+
+
+@dataclass
+class LoadedImage:
+    """What a model kernel remembers of its loaded image (the rest is in memory)."""
+
+    head: int  # physical address of the first indirection page (0: no entries)
+    control: int  # physical address of the control page
+    swap: int  # physical address of the swap page
+    start: int  # entry point; replaced by the peer's re-entry point after a jump back
+    preserve_context: bool
+    entry_segment: tuple[int, int]  # [mem, end) of the segment holding the entry, if any
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "head": self.head,
+            "control": self.control,
+            "swap": self.swap,
+            "start": self.start,
+            "preserve_context": self.preserve_context,
+            "entry_segment": list(self.entry_segment),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, object]) -> LoadedImage:
+        seg = data["entry_segment"]
+        assert isinstance(seg, list)
+        return cls(
+            head=int(str(data["head"])),
+            control=int(str(data["control"])),
+            swap=int(str(data["swap"])),
+            start=int(str(data["start"])),
+            preserve_context=bool(data["preserve_context"]),
+            entry_segment=(int(seg[0]), int(seg[1])),
+        )
+
+
+def walk_entries(memory: PhysicalMemory, head: int) -> Iterator[tuple[str, int, int]]:
+    """``(kind, dest_pfn, src_pfn)`` for every page of the list at ``head``
+    (``src_pfn`` is 0 for zero-fill pages).  Bounded and checked, because the
+    memory it walks may come from an image."""
+    if head == 0:
+        return
+    limit = memory.size >> PAGE_SHIFT
+    page = head
+    dest = -1
+    pages_seen = 0
+    while True:
+        pages_seen += 1
+        if pages_seen > limit or page % PAGE_SIZE or page + PAGE_SIZE > memory.size:
+            raise CorruptEntryList(f"bad indirection page {page:#x}")
+        words = array.array("Q", memory.read(page, PAGE_SIZE))
+        next_page = 0
+        for word in words:
+            addr = word & abi.PAGE_MASK
+            if word & abi.IND_DESTINATION:
+                dest = addr >> PAGE_SHIFT
+            elif word & abi.IND_SOURCE:
+                if dest < 0 or addr + PAGE_SIZE > memory.size:
+                    raise CorruptEntryList(f"source entry {word:#x} without a valid destination")
+                yield ENTRY_SOURCE, dest, addr >> PAGE_SHIFT
+                dest += 1
+            elif word & abi.IND_ZERO:
+                if dest < 0:
+                    raise CorruptEntryList("zero entry without a destination")
+                yield ENTRY_ZERO, dest, 0
+                dest += 1
+            elif word & abi.IND_INDIRECTION:
+                next_page = addr
+                break
+            elif word & abi.IND_DONE:
+                return
+            else:
+                raise CorruptEntryList(f"entry {word:#x} has no known flag")
+        if not next_page:
+            raise CorruptEntryList(f"indirection page {page:#x} ends without a link or IND_DONE")
+        page = next_page
+
+
+def _runs(pairs: Iterator[tuple[int, int]]) -> Iterator[tuple[int, int, int]]:
+    """Coalesce ``(dest, src)`` page pairs into ``(dest, src, npages)`` runs."""
+    run: list[int] | None = None
+    for dest, src in pairs:
+        if run and dest == run[0] + run[2] and src == run[1] + run[2]:
+            run[2] += 1
+            continue
+        if run:
+            yield run[0], run[1], run[2]
+        run = [dest, src, 1]
+    if run:
+        yield run[0], run[1], run[2]
+
+
+def relocate(memory: PhysicalMemory, image: LoadedImage) -> None:
+    """What ``relocate_kernel`` does before entering the new image: swap every
+    destination with its source (preserve-context: the source keeps the old
+    contents), or copy all data pages first and zero the zero-fill pages last."""
+    entries = list(walk_entries(memory, image.head))
+    sources = ((d, s) for kind, d, s in entries if kind == ENTRY_SOURCE and d != s)
+    if image.preserve_context:
+        for dest, src, n in _runs(sources):
+            memory.swap(dest << PAGE_SHIFT, src << PAGE_SHIFT, n << PAGE_SHIFT)
+        return
+    for dest, src, n in _runs(sources):
+        memory.copy(dest << PAGE_SHIFT, src << PAGE_SHIFT, n << PAGE_SHIFT)
+    zeros = ((d, d) for kind, d, _ in entries if kind == ENTRY_ZERO)
+    for dest, _, n in _runs(zeros):
+        memory.zero(dest << PAGE_SHIFT, n << PAGE_SHIFT)
+
+
+def swap_back(memory: PhysicalMemory, head: int) -> None:
+    """The return path of a preserve-context jump: the same swap again."""
+    pairs = ((d, s) for kind, d, s in walk_entries(memory, head) if kind == ENTRY_SOURCE and d != s)
+    for dest, src, n in _runs(pairs):
+        memory.swap(dest << PAGE_SHIFT, src << PAGE_SHIFT, n << PAGE_SHIFT)
+
+
+def image_pages(memory: PhysicalMemory, image: LoadedImage) -> set[int]:
+    """Every page frame a loaded image owns: sources, indirection, control, swap."""
+    pages = {image.control >> PAGE_SHIFT}
+    if image.swap:
+        pages.add(image.swap >> PAGE_SHIFT)
+    page = image.head
+    while page:
+        pages.add(page >> PAGE_SHIFT)
+        words = array.array("Q", memory.read(page, PAGE_SIZE))
+        page = 0
+        for word in words:
+            if word & abi.IND_SOURCE:
+                pages.add(word >> PAGE_SHIFT)
+            elif word & abi.IND_INDIRECTION:
+                page = word & abi.PAGE_MASK
+                break
+            elif word & abi.IND_DONE:
+                break
+    return pages
+
+
+def page_map_of(pairs: Iterator[tuple[str, int, int]]) -> bytes:
+    """``/proc/kexec_pgmap`` bytes for entry-list pages (zero-fill pages are not listed)."""
+    data = sorted((d, s) for kind, d, s in pairs if kind == ENTRY_SOURCE)
+    return abi.encode_page_map(abi.coalesce_page_map(data))
+
+
+class _Intervals:
+    """Sorted, merged page-frame intervals: "is this page a destination of a
+    data segment in the current call?" in O(log n)."""
+
+    def __init__(self, spans: Sequence[tuple[int, int]]) -> None:
+        merged: list[list[int]] = []
+        for start, end in sorted(spans):
+            if merged and start <= merged[-1][1]:
+                merged[-1][1] = max(merged[-1][1], end)
+            else:
+                merged.append([start, end])
+        self._starts = [m[0] for m in merged]
+        self._ends = [m[1] for m in merged]
+
+    def __contains__(self, pfn: int) -> bool:
+        i = bisect.bisect_right(self._starts, pfn) - 1
+        return i >= 0 and pfn < self._ends[i]
+
+
+class ImageBuilder:
+    """An image under construction.  ``staged`` selects DESIGN §2.2's rules
+    (overlap allowed, zero-fill segments, own destination taken first)."""
+
+    def __init__(
+        self,
+        memory: PhysicalMemory,
+        allocator: PageAllocator,
+        *,
+        preserve_context: bool,
+        staged: bool,
+    ) -> None:
+        self.memory = memory
+        self.allocator = allocator
+        self.preserve_context = preserve_context
+        self.staged = staged
+        npages = memory.size >> PAGE_SHIFT
+        # Direct-mapped tables keyed by page frame: O(1) like the kernel's hash.
+        self._src = array.array("q", [NONE]) * npages  # dest → source pfn | ZERO | NONE
+        self._serves = array.array("q", [NONE]) * npages  # source → dest it serves (not own)
+        self._lo = npages
+        self._hi = 0
+        self._private: list[int] = []  # control, swap, indirection pages
+        self._parked: set[int] = set()
+        self._pending = _Intervals(())
+        self._segments = array.array("Q")  # mem, end pairs, in load order
+
+    # ---------------------------------------------------------------- loading
+
+    def add(self, segments: Sequence[abi.Segment]) -> None:
+        """Load one call's segments.  Raises ``OutOfPages``; the caller then
+        discards the whole builder (all or nothing)."""
+        self._pending = _Intervals(
+            [(s.mem >> PAGE_SHIFT, s.end >> PAGE_SHIFT) for s in segments if not self._zero_fill(s)]
+        )
+        try:
+            for seg in segments:
+                self._segments.extend((seg.mem, seg.end))
+                if self._zero_fill(seg):
+                    self._add_zero_fill(seg)
+                else:
+                    self._add_data(seg)
+        finally:
+            for pfn in self._parked:
+                self.allocator.free(pfn)
+            self._parked.clear()
+            self._pending = _Intervals(())
+
+    def _zero_fill(self, seg: abi.Segment) -> bool:
+        return self.staged and not self.preserve_context and seg.bufsz == 0
+
+    def _add_zero_fill(self, seg: abi.Segment) -> None:
+        first, end = seg.mem >> PAGE_SHIFT, seg.end >> PAGE_SHIFT
+        self._touch(first, end)
+        table = self._src
+        for dest in range(first, end):
+            src = table[dest]
+            if src >= 0:
+                # Overlap onto a data page: it stays a data page, now zero.
+                self.memory.zero(src << PAGE_SHIFT, PAGE_SIZE)
+            else:
+                table[dest] = ZERO
+
+    def _touch(self, first: int, end: int) -> None:
+        self._lo = min(self._lo, first)
+        self._hi = max(self._hi, end)
+
+    def _add_data(self, seg: abi.Segment) -> None:
+        buf = memoryview(seg.buf).cast("B") if seg.bufsz else memoryview(b"")
+        first = seg.mem >> PAGE_SHIFT
+        npages = seg.memsz >> PAGE_SHIFT
+        self._touch(first, first + npages)
+        table = self._src
+        i = 0
+        while i < npages:
+            # Fast path: a run of destination pages that are free here and
+            # play no role yet becomes its own source, written in one go.
+            run = self._own_run(first + i, npages - i)
+            if run:
+                self._write(first + i, buf, i, run)
+                i += run
+                continue
+            dest = first + i
+            src = table[dest]
+            if src < 0:
+                if self._serves[dest] >= 0:
+                    self._evict(dest)
+                    src = dest
+                else:
+                    src = self._source_for(dest)
+                self._assign(dest, src)
+            self._write(src, buf, i, 1)
+            i += 1
+
+    def _assign(self, dest: int, src: int) -> None:
+        self._src[dest] = src
+        if src != dest:
+            self._serves[src] = dest
+
+    def _own_run(self, dest: int, limit: int) -> int:
+        count = self.allocator.free_run(dest, limit)
+        table = self._src
+        for pfn in range(dest, dest + count):
+            if table[pfn] >= 0:
+                # A destination whose page was busy when its data came.
+                count = pfn - dest
+                break
+        if count:
+            self.allocator.reserve(dest, dest + count)
+            table[dest : dest + count] = array.array("q", range(dest, dest + count))
+        return count
+
+    def _write(self, src: int, buf: memoryview, index: int, npages: int) -> None:
+        """Fill ``npages`` source pages from page ``index`` of ``buf``; the
+        part beyond the buffer is zero (``bufsz < memsz``)."""
+        start = index * PAGE_SIZE
+        end = start + npages * PAGE_SIZE
+        data = buf[start:end]
+        addr = src << PAGE_SHIFT
+        if len(data):
+            self.memory.write(addr, data)
+        if len(data) < npages * PAGE_SIZE:
+            self.memory.zero(addr + len(data), npages * PAGE_SIZE - len(data))
+
+    def _source_for(self, dest: int) -> int:
+        """A source page for ``dest`` that keeps the placement invariant: it is
+        ``dest`` itself or not a data destination (zero-fill is fine)."""
+        if dest in self._parked:
+            self._parked.discard(dest)
+            return dest
+        if self.allocator.take(dest):
+            return dest
+        while True:
+            page = self.allocator.alloc()
+            if page == dest:
+                return page
+            holder = self._src[page]
+            if holder >= 0:
+                # ``page`` is a destination whose data waits in ``holder``:
+                # move the data home and reuse ``holder`` (mainline's swap).
+                self.memory.copy(page << PAGE_SHIFT, holder << PAGE_SHIFT, PAGE_SIZE)
+                self._src[page] = page
+                self._serves[holder] = NONE
+                return holder
+            if page in self._pending:
+                self._parked.add(page)
+                continue
+            return page
+
+    def _evict(self, page: int) -> None:
+        """``page`` holds another destination's data but is now a data
+        destination itself: move that data to a fresh source first."""
+        other = self._serves[page]
+        self._serves[page] = NONE
+        new = self._source_for(other)
+        self.memory.copy(new << PAGE_SHIFT, page << PAGE_SHIFT, PAGE_SIZE)
+        self._assign(other, new)
+
+    # ---------------------------------------------------------------- queries
+
+    def entries(self) -> Iterator[tuple[str, int, int]]:
+        table = self._src
+        for dest in range(self._lo, self._hi):
+            src = table[dest]
+            if src >= 0:
+                yield ENTRY_SOURCE, dest, src
+            elif src == ZERO:
+                yield ENTRY_ZERO, dest, 0
+
+    def page_map(self) -> bytes:
+        return page_map_of(self.entries())
+
+    def segment_containing(self, addr: int) -> tuple[int, int]:
+        segs = self._segments
+        for i in range(len(segs) - 2, -1, -2):
+            if segs[i] <= addr < segs[i + 1]:
+                return segs[i], segs[i + 1]
+        return 0, 0
+
+    # ---------------------------------------------------------------- finishing
+
+    def _is_destination(self, pfn: int) -> bool:
+        return self._src[pfn] != NONE
+
+    def _alloc_private(self) -> int:
+        """A page for the kernel's own use during relocation (control, swap,
+        indirection): never any kind of destination, never a source."""
+        set_aside = []
+        try:
+            while True:
+                page = self.allocator.alloc()
+                if not self._is_destination(page):
+                    self._private.append(page)
+                    return page
+                set_aside.append(page)
+        finally:
+            for page in set_aside:
+                self.allocator.free(page)
+
+    def finish(self, entry: int, *, crash: bool = False) -> LoadedImage:
+        """Terminate the entry list and write it into memory."""
+        control = self._alloc_private()
+        swap = 0 if crash else self._alloc_private()
+        words = array.array("Q")
+        expected = -1
+        for kind, dest, src in self.entries():
+            if dest != expected:
+                words.append((dest << PAGE_SHIFT) | abi.IND_DESTINATION)
+            words.append(
+                (src << PAGE_SHIFT) | abi.IND_SOURCE if kind == ENTRY_SOURCE else abi.IND_ZERO
+            )
+            expected = dest + 1
+        words.append(abi.IND_DONE)
+        per_page = abi.ENTRIES_PER_PAGE - 1
+        chunks = [words[i : i + per_page] for i in range(0, len(words), per_page)]
+        pages = [self._alloc_private() for _ in chunks]
+        for n, (page, chunk) in enumerate(zip(pages, chunks, strict=True)):
+            if n + 1 < len(pages):
+                chunk.append((pages[n + 1] << PAGE_SHIFT) | abi.IND_INDIRECTION)
+            raw = chunk.tobytes()
+            self.memory.write(page << PAGE_SHIFT, raw.ljust(PAGE_SIZE, b"\0"))
+        return LoadedImage(
+            head=pages[0] << PAGE_SHIFT,
+            control=control << PAGE_SHIFT,
+            swap=swap << PAGE_SHIFT,
+            start=entry,
+            preserve_context=self.preserve_context,
+            entry_segment=self.segment_containing(entry),
+        )
+
+    def discard(self) -> None:
+        for kind, _, src in self.entries():
+            if kind == ENTRY_SOURCE:
+                self.allocator.free(src)
+        for pfn in self._private:
+            self.allocator.free(pfn)
+        self._private.clear()
+        self._src = array.array("q")
+        self._serves = array.array("q")

@@ -1,0 +1,57 @@
+"""The conformance vectors (DESIGN §2.1, §2.2) against the machine model.
+
+The same vectors run against real kernels in lab guests (tests/lab)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from kexechibd.model.kernel import ModelKernel
+from kexechibd.model.machine import Capabilities, Machine
+from tests.conformance.vectors import VECTORS, applicable, choose_base, features_of, run_vector
+
+MIB = 1 << 20
+
+
+@pytest.fixture(scope="module")
+def patched(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModelKernel]:
+    m = Machine.create(tmp_path_factory.mktemp("patched") / "m", ram=256 * MIB)
+    m.power_on()
+    k = ModelKernel(m)
+    yield k
+    k.close()
+    m.close()
+
+
+@pytest.fixture(scope="module")
+def mainline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModelKernel]:
+    caps = Capabilities(staged_load=False)
+    m = Machine.create(tmp_path_factory.mktemp("mainline") / "m", ram=256 * MIB, capabilities=caps)
+    m.power_on()
+    k = ModelKernel(m)
+    yield k
+    k.close()
+    m.close()
+
+
+PATCHED = [v for v in VECTORS if applicable(v, {"jump", "staged"})]
+MAINLINE = [v for v in VECTORS if applicable(v, {"jump", "mainline"})]
+
+
+def test_the_profiles_match_the_model_kernels(patched: ModelKernel, mainline: ModelKernel) -> None:
+    assert features_of(patched) == {"jump", "staged"}
+    assert features_of(mainline) == {"jump", "mainline"}
+
+
+@pytest.mark.parametrize("vector", PATCHED, ids=[v.name for v in PATCHED])
+def test_patched_model_kernel(patched: ModelKernel, vector) -> None:
+    outcome = run_vector(patched, vector, choose_base(patched), staged=True)
+    assert outcome.passed, outcome.problems
+
+
+@pytest.mark.parametrize("vector", MAINLINE, ids=[v.name for v in MAINLINE])
+def test_mainline_model_kernel(mainline: ModelKernel, vector) -> None:
+    outcome = run_vector(mainline, vector, choose_base(mainline), staged=False)
+    assert outcome.passed, outcome.problems
