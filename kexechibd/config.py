@@ -11,12 +11,12 @@ section, the key and what is allowed.
 from __future__ import annotations
 
 import configparser
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
+from kexechibd import cmdline
 from kexechibd.engine import COMPRESSIONS, Mode
 from kexechibd.errors import ConfigError
 from kexechibd.kernel.abi import PAGE_SIZE
@@ -35,28 +35,14 @@ LEVELS = {"zstd": (-7, 22), "lz4": (0, 16), "none": (-7, 22)}
 CHUNK_MIN = 64 * 1024
 CHUNK_MAX = 256 * 1024 * 1024
 
-_SIZE = re.compile(r"\s*(\d+)\s*([KMGT]?)(?:i?B)?\s*", re.IGNORECASE)
-_SHIFTS = {"": 0, "K": 10, "M": 20, "G": 30, "T": 40}
-
-
 def parse_size(text: str) -> int:
-    """``4096``, ``64K``, ``128M``, ``1G``, ``2T`` (binary units; ``MiB``/``MB``
-    are read as ``M``).  Raises ``ValueError`` with what is allowed."""
-    match = _SIZE.fullmatch(text)
-    if match is None:
-        raise ValueError(
-            f"{text!r} is not a size; use a number with an optional K, M, G or T suffix"
-        )
-    return int(match.group(1)) << _SHIFTS[match.group(2).upper()]
+    """A size as the kernel command line writes it (``kexechibd.cmdline``):
+    ``4096``, ``0x1000``, ``64K``, ``128M``, ``1G``, ``2T``."""
+    return cmdline.parse_size(text)
 
 
 def format_size(value: int) -> str:
-    """The shortest exact spelling ``parse_size`` reads back."""
-    for suffix in ("T", "G", "M", "K"):
-        shift = _SHIFTS[suffix]
-        if value and value % (1 << shift) == 0:
-            return f"{value >> shift}{suffix}"
-    return str(value)
+    return cmdline.format_size(value)
 
 
 @dataclass(frozen=True)
@@ -116,6 +102,7 @@ class SaverSettings:
     initrd: Path = Path("/initrd.img")
     cmdline: str = ""
     window: MemoryWindow = MemoryWindow(128 << 20, 768 << 20)
+    low_memory: bool = True
     mode: Mode = Mode.POWEROFF
 
 
@@ -222,7 +209,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("saver", "cmdline", _text, "text",
             "Extra arguments for B's command line (the daemon adds what B needs)."),
     Setting("saver", "window", MemoryWindow.parse, "SIZE@START, page aligned, e.g. 128M@768M",
-            "B's physical memory window."),
+            "B's physical memory window (the engine also wants it 2 MiB aligned, "
+            "at least 32M, inside one range of RAM)."),
+    Setting("saver", "low_memory", _boolean, "yes | no",
+            "Also give B the RAM below 640K, which an x86 kernel needs for its "
+            "real-mode trampoline."),
     Setting("saver", "mode", _mode, "poweroff | checkpoint",
             "After saving: power off, or jump back to A (a checkpoint)."),
 )
@@ -313,6 +304,7 @@ def from_mapping(
             initrd=_cast(Path, get("saver", "initrd", s.initrd)),
             cmdline=_cast(str, get("saver", "cmdline", s.cmdline)),
             window=_cast(MemoryWindow, get("saver", "window", s.window)),
+            low_memory=_cast(bool, get("saver", "low_memory", s.low_memory)),
             mode=_cast(Mode, get("saver", "mode", s.mode)),
         ),
         source=None if source == "<config>" else Path(source),

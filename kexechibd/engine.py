@@ -46,15 +46,6 @@ class Mode(enum.Enum):
 COMPRESSIONS = ("zstd", "lz4", "none")
 
 
-class ImageVerdict(enum.Enum):
-    """What ``Engine.inspect`` concludes about an image (its ``verdict`` key)."""
-
-    ABSENT = "absent"  # nothing at the location
-    VALID = "valid"  # committed and intact: it can be resumed
-    CONSUMED = "consumed"  # committed once, invalidated after a successful resume
-    INVALID = "invalid"  # partial, corrupt, foreign or unsafe (``reason`` says which)
-
-
 class CancelToken:
     """Set by ``Cancel``; checked by the engine at every safe point before
     the point of no return."""
@@ -202,12 +193,5 @@ class Engine(Protocol):
         ...
 
     def inspect(self, image: Path) -> dict[str, object]:
-        """Metadata and verdict of an image (never raises for a bad image).
-
-        Always has ``verdict`` (an ``ImageVerdict`` value) and ``reason`` (a
-        sentence, empty for a valid image); a valid image also has ``boot_id``
-        (the boot id of the A it holds), which role detection compares with
-        the running kernel's.  Values are str, int, float, bool, bytes, or
-        lists/dicts of those (they travel as D-Bus variants).
-        """
+        """Metadata and verdict of an image (never raises for a bad image)."""
         ...

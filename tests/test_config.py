@@ -10,7 +10,7 @@ import pytest
 
 from kexechibd import config
 from kexechibd.config import Config, ConfigError, MemoryWindow, parse, parse_size
-from kexechibd.daemon.main import parse_args
+from kexechibd.daemon.main import engine_settings, parse_args
 from kexechibd.engine import Mode
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "systemd" / "kexechibd.conf.example"
@@ -70,7 +70,7 @@ def test_every_setting_is_read():
         "[image]\nlocation = /dev/disk/by-partlabel/hib\ncompression = lz4\nlevel = 9\n"
         "chunk_size = 1M\n"
         "[saver]\nkernel = /boot/vmlinuz-b\ninitrd = /boot/initrd-b\ncmdline = console=ttyS0\n"
-        "window = 256M@1G\nmode = checkpoint\n",
+        "window = 256M@1G\nlow_memory = no\nmode = checkpoint\n",
         "/etc/kexechibd.conf",
     )
     assert conf.daemon.backend == "model" and conf.daemon.model_dir == Path("/srv/model")
@@ -82,20 +82,21 @@ def test_every_setting_is_read():
     assert conf.saver.initrd == Path("/boot/initrd-b")
     assert conf.saver.cmdline == "console=ttyS0"
     assert conf.saver.window == MemoryWindow(256 << 20, 1 << 30)
+    assert conf.saver.low_memory is False
     assert conf.saver.mode is Mode.CHECKPOINT
     assert conf.source == Path("/etc/kexechibd.conf")
 
 
 @pytest.mark.parametrize("text, value", [("4096", 4096), ("64K", 65536), ("128M", 128 << 20),
-                                         ("1G", 1 << 30), ("2T", 2 << 40), ("8MiB", 8 << 20),
-                                         (" 16 k ", 16 << 10)])
-def test_sizes_take_binary_suffixes(text, value):
+                                         ("1G", 1 << 30), ("2T", 2 << 40), ("0x1000", 4096),
+                                         (" 16k ", 16 << 10)])
+def test_sizes_are_written_as_on_the_kernel_command_line(text, value):
     assert parse_size(text) == value
 
 
-@pytest.mark.parametrize("text", ["", "M", "1.5G", "-1M", "12Q", "0x1000"])
+@pytest.mark.parametrize("text", ["", "M", "1.5G", "-1M", "12Q", "8MiB"])
 def test_a_bad_size_says_what_a_size_is(text):
-    with pytest.raises(ValueError, match="K, M, G or T"):
+    with pytest.raises(ValueError, match="examples: 4096, 0x1000, 64K, 128M, 2G"):
         parse_size(text)
 
 
@@ -136,6 +137,19 @@ def test_a_bad_value_is_an_error_naming_file_section_key_and_what_is_allowed(tex
     assert str(error.value).startswith("/etc/kexechibd.conf: ")
     assert words in str(error.value)
     assert "\n" not in str(error.value)
+
+
+def test_the_engine_gets_its_settings_from_the_configuration():
+    conf = parse("[image]\nlocation = /dev/vdb\ncompression = lz4\nlevel = 1\nchunk_size = 8M\n"
+                 "[saver]\nkernel = /b/vmlinuz\ninitrd = /b/initrd\ncmdline = console=ttyS0\n"
+                 "window = 256M@1G\nlow_memory = no\n")
+    settings = engine_settings(conf)
+    assert settings.image_location == Path("/dev/vdb")
+    assert (settings.compression, settings.level, settings.chunk_size) == ("lz4", 1, 8 << 20)
+    assert (settings.saver_kernel, settings.saver_initrd) == (Path("/b/vmlinuz"), Path("/b/initrd"))
+    assert settings.saver_cmdline == "console=ttyS0"
+    assert (settings.window_start, settings.window_size) == (1 << 30, 256 << 20)
+    assert settings.low_memory is False
 
 
 def test_config_errors_are_named_for_d_bus():

@@ -1,25 +1,18 @@
-"""``kexechibctl image …``: work on an image file without the daemon.
-
-These need the image format (``kexechibd.image``), which is written in
-parallel; until it is installed they say so and exit 1.  The contract this
-module expects from it is small and listed in ``IMAGE_API``.
-"""
+"""``kexechibctl image …``: work on an image file without the daemon, with
+the image library (``kexechibd.image``).  Like the daemon, these refuse an
+image that is not root-owned or is group/world-writable: it holds all of a
+system's memory."""
 
 from __future__ import annotations
 
 import argparse
-import importlib
+import contextlib
+import dataclasses
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
-
-IMAGE_MODULE = "kexechibd.image"
-# Functions the image format offers to offline tools:
-#   inspect(path) -> dict       metadata and verdict (as Engine.inspect)
-#   verify(path) -> None        full check of every chunk; raises BadImage
-#   export_elf(path, out) -> None   a plain ELF core (one PT_LOAD per run)
-IMAGE_API = ("inspect", "verify", "export_elf")
+from typing import BinaryIO
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -28,52 +21,62 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         description="Offline image tools: they read the file themselves.",
     )
     actions = image.add_subparsers(dest="image_command", required=True, metavar="ACTION")
-    p = actions.add_parser("inspect", help="print an image's metadata and verdict")
+    p = actions.add_parser("inspect", help="print an image's metadata (checks the header)")
     p.add_argument("image", type=Path)
     p.add_argument("--json", action="store_true", help="print JSON")
-    p = actions.add_parser("verify", help="check every chunk of an image")
+    p = actions.add_parser("verify", help="read and check every chunk of an image")
     p.add_argument("image", type=Path)
     p = actions.add_parser("export", help="write a plain ELF core for readelf, gdb or crash")
     p.add_argument("image", type=Path)
-    p.add_argument("output", type=Path)
+    p.add_argument("output", help="the ELF core to write ('-': standard output)")
 
 
-def _image_module() -> ModuleType | None:
-    try:
-        module = importlib.import_module(IMAGE_MODULE)
-    except ImportError:
-        return None
-    if not all(hasattr(module, name) for name in IMAGE_API):
-        return None
-    return module
+def describe(meta: object, summary: object) -> dict[str, object]:
+    """Everything the image says about itself, printable."""
+    info: dict[str, object] = {}
+    for part in (meta, summary):
+        assert dataclasses.is_dataclass(part) and not isinstance(part, type)
+        for field in dataclasses.fields(part):
+            value = getattr(part, field.name)
+            if isinstance(value, bytes):
+                value = f"{len(value)} bytes"
+            elif field.name == "jump_back_entry" and isinstance(value, int):
+                value = f"{value:#x}"
+            info[field.name.replace("_", "-")] = value
+    info.pop("window", None)  # B's window is not saved in the image
+    return info
+
+
+@contextlib.contextmanager
+def _output(name: str) -> Iterator[BinaryIO]:
+    if name == "-":
+        yield sys.stdout.buffer
+        return
+    with open(name, "xb") as out:  # never overwrite: it may be another image
+        yield out
 
 
 def run(args: argparse.Namespace) -> int:
-    module = _image_module()
-    if module is None:
-        print(
-            f"kexechibctl: image tools are not available in this installation "
-            f"({IMAGE_MODULE} with {', '.join(IMAGE_API)} is missing); "
-            "`kexechibctl inspect IMAGE` asks the daemon instead",
-            file=sys.stderr,
-        )
-        return 1
-    from kexechibd.errors import KexechibError
+    from kexechibd.image import ImageError, ImageStore, export_elf_core
 
     try:
-        if args.image_command == "inspect":
-            info = module.inspect(args.image)
-            if args.json:
-                print(json.dumps(info, indent=2, sort_keys=True, default=str))
+        with ImageStore(args.image).open() as reader:
+            if args.image_command == "inspect":
+                info = describe(reader.meta, reader.summary)
+                if args.json:
+                    print(json.dumps(info, indent=2, sort_keys=True))
+                else:
+                    for key in sorted(info):
+                        print(f"{key + ':':18} {info[key]}")
+            elif args.image_command == "verify":
+                reader.verify()
+                s = reader.summary
+                print(f"{args.image}: valid, {s.state}; {s.chunks} chunks, "
+                      f"{s.data_pages} data and {s.zero_pages} zero pages checked")
             else:
-                for key in sorted(info):
-                    print(f"{key}: {info[key]}")
-        elif args.image_command == "verify":
-            module.verify(args.image)
-            print(f"{args.image}: valid")
-        else:
-            module.export_elf(args.image, args.output)
-    except (KexechibError, OSError) as e:
+                with _output(args.output) as out:
+                    export_elf_core(reader, out)
+    except (ImageError, OSError) as e:
         print(f"kexechibctl: {e}", file=sys.stderr)
         return 1
     return 0

@@ -12,11 +12,13 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import textwrap
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dbus_next.aio.message_bus import MessageBus
 from dbus_next.constants import NameFlag, RequestNameReply
@@ -29,11 +31,14 @@ from kexechibd.daemon import busutil, logs
 from kexechibd.daemon.auth import PolkitAuthorizer
 from kexechibd.daemon.manager import Manager
 from kexechibd.daemon.notify import Notifier, StatusListener, status_text
-from kexechibd.daemon.roles import ImageState, detect_role
+from kexechibd.daemon.roles import ImageState, ImageVerdict, detect_role
 from kexechibd.daemon.service import BUS_NAME, ManagerService, hibernate_defaults
 from kexechibd.engine import Engine, ResumeOptions, Role
 from kexechibd.errors import ConfigError, KexechibError
 from kexechibd.kernel.abi import KernelError
+
+if TYPE_CHECKING:
+    from kexechibd.cycle.engine import EngineSettings
 
 log = logging.getLogger("kexechibd.main")
 
@@ -59,12 +64,34 @@ class Runtime:
 RuntimeFactory = Callable[[Config], Runtime]
 
 
-def open_runtime(config: Config) -> Runtime:  # pragma: no cover - needs the real engine
-    from kexechibd.cycle.engine import KexecEngine  # type: ignore[import-not-found,unused-ignore]
+def engine_settings(config: Config) -> EngineSettings:
+    """What the engine takes from the configuration."""
+    from kexechibd.cycle.engine import EngineSettings
+
+    return EngineSettings(
+        image_location=config.image.location,
+        compression=config.image.compression,
+        level=config.image.level,
+        chunk_size=config.image.chunk_size,
+        saver_kernel=config.saver.kernel,
+        saver_initrd=config.saver.initrd,
+        saver_cmdline=config.saver.cmdline,
+        window_start=config.saver.window.start,
+        window_size=config.saver.window.size,
+        low_memory=config.saver.low_memory,
+    )
+
+
+def open_runtime(config: Config) -> Runtime:  # pragma: no cover - needs the real backends
+    # Imported here: the engine and the backends are heavy, and the D-Bus
+    # shell is tested (and kexechibctl works) without them.
+    from kexechibd.cycle.engine import KexecEngine
     from kexechibd.kernel import open_kernel  # type: ignore[attr-defined,unused-ignore]
 
     kernel = open_kernel(config)
-    return Runtime(KexecEngine(config, kernel), kernel.cmdline(), kernel.identity().boot_id)
+    return Runtime(
+        KexecEngine(engine_settings(config), kernel), kernel.cmdline(), kernel.identity().boot_id
+    )
 
 
 def _settings_help() -> str:
@@ -204,8 +231,11 @@ class Daemon:
 
     async def start_manager(self) -> Manager:
         engine = self._runtime.engine
-        info = await asyncio.to_thread(engine.inspect, Path(engine.image_location))
-        image = ImageState.from_inspect(info)
+        location = Path(engine.image_location)
+        if await asyncio.to_thread(os.path.lexists, location):
+            image = ImageState.from_inspect(await asyncio.to_thread(engine.inspect, location))
+        else:
+            image = ImageState(ImageVerdict.ABSENT)
         decision = detect_role(self._runtime.cmdline, image, self._runtime.boot_id)
         log.info("role %s: %s", decision.role.value, decision.reason,
                  extra={"KEXECHIB_ROLE": decision.role.value})

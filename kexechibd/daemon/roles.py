@@ -11,51 +11,30 @@ The rule, in order:
    the user's system).
 2. ``kexec_jump_back_entry=`` *without* ``kexechib.role=save`` → **origin**:
    some other kexec-jump user booted this kernel; it is not ours to save.
-3. A **valid** (committed) image whose ``boot_id`` differs from this boot's
+3. A **valid** (committed) image whose boot id differs from this boot's
    → **restorer** (C): it holds some earlier A that has not been resumed.
 4. Otherwise → **origin** (A).  This includes a valid image made by *this*
    boot (a checkpoint: B saved A and jumped back, and the daemon was
    restarted since), a consumed image (invalidated after its resume), an
-   invalid one (partial, corrupt, foreign — the reason is logged) and none.
+   invalid one (partial, corrupt, foreign, unsafe — the reason is logged)
+   and none at all.
 """
 
 from __future__ import annotations
 
-import re
+import enum
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from kexechibd.engine import ImageVerdict, Role
-
-ROLE_PARAM = "kexechib.role"
-ROLE_SAVE = "save"
-JUMP_BACK_PARAM = "kexec_jump_back_entry"
-
-_HEX = re.compile(r"0[xX][0-9a-fA-F]{1,16}")
+from kexechibd import cmdline
+from kexechibd.engine import Role
 
 
-def parse_cmdline(cmdline: str) -> dict[str, str | None]:
-    """Kernel command-line parameters as the kernel splits them: on
-    whitespace, with double quotes protecting spaces; ``key`` alone maps to
-    None; the last occurrence wins."""
-    params: dict[str, str | None] = {}
-    word: list[str] = []
-    quoted = False
-    started = False
-    for ch in cmdline + " ":
-        if ch == '"':
-            quoted = not quoted
-            started = True
-        elif ch.isspace() and not quoted:
-            if started:
-                text = "".join(word)
-                key, eq, value = text.partition("=")
-                params[key] = value if eq else None
-            word, started = [], False
-        else:
-            word.append(ch)
-            started = True
-    return params
+class ImageVerdict(enum.Enum):
+    ABSENT = "absent"  # nothing at the location
+    VALID = "valid"  # committed and intact: it can be resumed
+    CONSUMED = "consumed"  # resumed once and marked so
+    INVALID = "invalid"  # partial, corrupt, foreign, unsafe or invalidated
 
 
 @dataclass(frozen=True)
@@ -68,19 +47,18 @@ class ImageState:
 
     @classmethod
     def from_inspect(cls, info: Mapping[str, object]) -> ImageState:
-        """From ``Engine.inspect``'s result; anything unexpected is INVALID."""
-        raw = info.get("verdict")
-        try:
-            verdict = ImageVerdict(raw)
-        except ValueError:
-            return cls(ImageVerdict.INVALID, reason=f"inspect gave no usable verdict ({raw!r})")
-        boot_id = info.get("boot_id", "")
-        reason = info.get("reason", "")
-        return cls(
-            verdict,
-            boot_id if isinstance(boot_id, str) else "",
-            reason if isinstance(reason, str) else "",
-        )
+        """From ``Engine.inspect``: ``valid`` (bool), ``state`` (committed,
+        consumed, invalid), ``boot-id``, and ``error`` when it cannot be read."""
+        boot_id = info.get("boot-id", "")
+        boot_id = boot_id if isinstance(boot_id, str) else ""
+        if info.get("valid") is True:
+            return cls(ImageVerdict.VALID, boot_id)
+        if info.get("state") == "consumed":
+            return cls(ImageVerdict.CONSUMED, boot_id, "it was resumed already")
+        error = info.get("error")
+        state = info.get("state")
+        reason = str(error) if error else f"its state is {state!r}" if state else "unreadable"
+        return cls(ImageVerdict.INVALID, boot_id, reason)
 
 
 @dataclass(frozen=True)
@@ -93,36 +71,37 @@ class RoleDecision:
     problem: str = ""
 
 
-def detect_role(cmdline: str, image: ImageState, boot_id: str) -> RoleDecision:
-    params = parse_cmdline(cmdline)
-    entry_text = params.get(JUMP_BACK_PARAM)
-    entry = int(entry_text, 16) if entry_text and _HEX.fullmatch(entry_text) else None
-    if params.get(ROLE_PARAM) == ROLE_SAVE:
+def detect_role(kernel_cmdline: str, image: ImageState, boot_id: str) -> RoleDecision:
+    role = cmdline.value(kernel_cmdline, cmdline.ROLE_PARAMETER)
+    entry_text = cmdline.value(kernel_cmdline, cmdline.JUMP_BACK_ENTRY)
+    try:
+        entry = cmdline.jump_back_entry(kernel_cmdline)
+        bad_entry = ""
+    except cmdline.CmdlineError as e:
+        entry, bad_entry = None, str(e)
+    if role == cmdline.ROLE_SAVE:
+        said = f"{cmdline.ROLE_PARAMETER}={cmdline.ROLE_SAVE} on the command line"
         if entry is None:
-            shown = "missing" if entry_text is None else f"{entry_text!r} is not a hex address"
+            missing = bad_entry or f"{cmdline.JUMP_BACK_ENTRY}= is missing"
             return RoleDecision(
-                Role.SAVER,
-                f"{ROLE_PARAM}={ROLE_SAVE} on the command line",
+                Role.SAVER, said,
                 problem=(
-                    f"{JUMP_BACK_PARAM}= is {shown}: purgatory did not hand over A's re-entry "
-                    "point, so A cannot be saved or jumped back to from here"
+                    f"{missing}: purgatory did not hand over A's re-entry point, so A "
+                    "cannot be saved or jumped back to from here"
                 ),
             )
         return RoleDecision(
-            Role.SAVER,
-            f"{ROLE_PARAM}={ROLE_SAVE} and {JUMP_BACK_PARAM}={entry:#x} on the command line",
-            jump_back_entry=entry,
+            Role.SAVER, f"{said} with {cmdline.JUMP_BACK_ENTRY}={entry:#x}", jump_back_entry=entry
         )
     if entry_text is not None:
         return RoleDecision(
             Role.ORIGIN,
-            f"{JUMP_BACK_PARAM}= without {ROLE_PARAM}={ROLE_SAVE}: not a kexechib saver",
+            f"{cmdline.JUMP_BACK_ENTRY}= without {cmdline.ROLE_PARAMETER}={cmdline.ROLE_SAVE}: "
+            "not a kexechib saver",
         )
     if image.verdict is ImageVerdict.VALID:
         if image.boot_id and image.boot_id == boot_id:
-            return RoleDecision(
-                Role.ORIGIN, "the valid image was made by this boot (a checkpoint)"
-            )
+            return RoleDecision(Role.ORIGIN, "the valid image was made by this boot (a checkpoint)")
         return RoleDecision(Role.RESTORER, "a valid image of an earlier boot awaits resume")
     if image.verdict is ImageVerdict.ABSENT:
         return RoleDecision(Role.ORIGIN, "no image")

@@ -24,7 +24,6 @@ from pathlib import Path
 from kexechibd.engine import (
     CancelToken,
     HibernateOptions,
-    ImageVerdict,
     Observer,
     ResumeOptions,
     Role,
@@ -123,8 +122,9 @@ class ScriptedEngine:
     ) -> None:
         self.calls.append(("resume", image, options))
         info = await asyncio.to_thread(self.inspect, image)
-        if info["verdict"] != ImageVerdict.VALID.value:
-            raise BadImage(f"{image}: {info['reason']}; nothing was loaded")
+        if not info["valid"]:
+            why = info.get("error") or f"the image is {info.get('state')}"
+            raise BadImage(f"{why}; nothing was loaded")
         await self._work(observer, cancel, (State.LOADING,))
         if options.load_only:
             return
@@ -147,22 +147,24 @@ class ScriptedEngine:
         await observer.after_return()
 
     def inspect(self, image: Path) -> dict[str, object]:
+        """In the real engine's format (KexecEngine.inspect)."""
         self.calls.append(("inspect", image))
         try:
             words = image.read_text(errors="replace").split()
         except FileNotFoundError:
-            return {"verdict": ImageVerdict.ABSENT.value, "reason": f"no image at {image}"}
+            return {"valid": False, "error": f"no image at {image}", "path": str(image)}
         except OSError as e:
-            return {"verdict": ImageVerdict.INVALID.value, "reason": f"cannot read {image}: {e}"}
+            return {"valid": False, "error": f"cannot open the image at {image}: {e.strerror}",
+                    "path": str(image)}
         fields = dict(w.partition("=")[::2] for w in words[1:])
         if words[:1] == [IMAGE_MAGIC]:
-            return {"verdict": ImageVerdict.VALID.value, "reason": "",
-                    "boot_id": fields.get("boot_id", ""), "path": str(image), "pages": 4096}
+            return {"valid": True, "path": str(image), "state": "committed",
+                    "boot-id": fields.get("boot_id", ""), "data-pages": 4096}
         if words[:1] == [CONSUMED_MAGIC]:
-            return {"verdict": ImageVerdict.CONSUMED.value,
-                    "reason": "it was resumed already", "boot_id": fields.get("boot_id", "")}
-        return {"verdict": ImageVerdict.INVALID.value,
-                "reason": "not an image (bad magic at offset 0)"}
+            return {"valid": False, "path": str(image), "state": "consumed",
+                    "boot-id": fields.get("boot_id", "")}
+        return {"valid": False, "path": str(image),
+                "error": "not a kexechib image (bad magic at offset 0)"}
 
     # --------------------------------------------------------- script
 

@@ -111,8 +111,9 @@ async def test_dbus_send_calls_methods(daemon, system_bus):
     result = await run(dbus_send(system_bus, "CanHibernate"))
     assert 'string "yes"' in result.stdout
     result = await run(dbus_send(system_bus, "Inspect", "string:"))
-    assert 'string "verdict"' in result.stdout
-    assert 'string "absent"' in result.stdout
+    assert 'string "valid"' in result.stdout
+    assert "boolean false" in result.stdout
+    assert 'string "no image at' in result.stdout
 
 
 async def test_dbus_send_with_a_wrong_signature_gets_invalid_args(daemon, system_bus):

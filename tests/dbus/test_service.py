@@ -291,14 +291,15 @@ async def test_a_call_without_an_interface_header_still_works(daemon, client):
 async def test_inspect_reports_the_configured_image(daemon, client):
     make_image(Path(daemon.engine.image_location), boot_id="other")
     (info,) = await call(client, "Inspect", "s", [""])
-    assert info["verdict"] == Variant("s", "valid")
-    assert info["boot_id"] == Variant("s", "other")
-    assert info["pages"] == Variant("x", 4096)
+    assert info["valid"] == Variant("b", True)
+    assert info["boot-id"] == Variant("s", "other")
+    assert info["data-pages"] == Variant("x", 4096)
 
 
 async def test_inspect_of_an_absent_image_says_absent(daemon, client, tmp_path):
     (info,) = await call(client, "Inspect", "s", [str(tmp_path / "none")])
-    assert info["verdict"] == Variant("s", "absent")
+    assert info["valid"] == Variant("b", False)
+    assert info["error"] == Variant("s", f"no image at {tmp_path / 'none'}")
 
 
 # ------------------------------------------------------------------ configuration, roles
