@@ -17,6 +17,7 @@ import sys
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from buses import POLICY_CONF, POLKIT_BUS_CONF, Polkitd, TestBus, polkitd_unavailable
@@ -97,7 +98,7 @@ def engine(tmp_path: Path) -> ScriptedEngine:
 class RunningDaemon:
     daemon: Daemon
     task: asyncio.Task[int]
-    engine: ScriptedEngine
+    engine: Any  # the ScriptedEngine, or the real engine in test_real_engine.py
 
     @property
     def manager(self):  # type: ignore[no-untyped-def]
@@ -106,7 +107,7 @@ class RunningDaemon:
 
 
 async def start_daemon(
-    bus: TestBus, engine: ScriptedEngine, cmdline: str = "ro quiet", boot_id: str = BOOT_ID,
+    bus: TestBus, engine: Any, cmdline: str = "ro quiet", boot_id: str = BOOT_ID,
     config: Config | None = None,
 ) -> RunningDaemon:
     daemon = Daemon(Runtime(engine, cmdline, boot_id), bus.address, handle_signals=False,
@@ -122,8 +123,9 @@ async def start_daemon(
 
 
 async def stop_daemon(running: RunningDaemon) -> int:
-    running.engine.gate.set()
-    running.engine.jump_gate.set()
+    if isinstance(running.engine, ScriptedEngine):
+        running.engine.gate.set()
+        running.engine.jump_gate.set()
     running.daemon.stop()
     return await asyncio.wait_for(running.task, 30)
 
