@@ -193,7 +193,7 @@ def main(
     try:
         runtime = runtime_factory(config)
     except ImportError as e:
-        log.error("the engine is not available in this installation: %s", e)
+        log.error("the engine or the kernel backends are missing from this installation: %s", e)
         return EXIT_FAILURE
     except (KexechibError, KernelError) as e:
         log.error("cannot open the %s backend: %s", config.daemon.backend, e)
