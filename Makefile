@@ -9,9 +9,14 @@ BIN := $(VENV)/bin
 # Debian packages the project needs: build tools for systemd-python and the
 # purgatory, the real D-Bus/polkit/systemd tools the tests start, and the
 # field's tools the tests and benchmarks compare against.
+# libxml2-utils: xmllint validates the polkit policy against polkit's DTD.
+# python3-dbus-next, python3-systemd: what the installed daemon and CLI run
+# on (Debian's python3, see `make install`); the D-Bus tests also run
+# kexechibctl with it as an unprivileged user.
 APT_PACKAGES := gcc make pkg-config libsystemd-dev python3-dev python3-venv \
 	dbus dbus-bin dbus-daemon libglib2.0-bin polkitd systemd util-linux \
-	binutils cpio zstd lz4
+	binutils cpio zstd lz4 \
+	libxml2-utils python3-dbus-next python3-systemd
 
 .PHONY: all setup check test lint typecheck demo bench purgatory install clean
 
@@ -63,11 +68,44 @@ bench: setup
 	$(BIN)/python -m bench
 
 # ---------------------------------------------------------------- install
+# Where Debian expects each file.  The Python package goes where Debian's
+# python3 finds it; its dependencies are Debian packages (python3-dbus-next,
+# python3-systemd, python3-pyelftools, python3-cffi, python3-zstandard,
+# python3-lz4).  DESTDIR is respected; /etc/kexechibd.conf is only created
+# when absent, so an administrator's file survives reinstalls.
 DESTDIR ?=
 PREFIX ?= /usr
+SYSCONFDIR ?= /etc
+PYTHONDIR ?= $(PREFIX)/lib/python3/dist-packages
+UNITDIR ?= $(PREFIX)/lib/systemd/system
+DBUSDIR ?= $(PREFIX)/share/dbus-1
+POLKITDIR ?= $(PREFIX)/share/polkit-1/actions
+DOCDIR ?= $(PREFIX)/share/doc/kexechibd
+UNITS := kexechibd.service kexechib-save.target kexechib-save.service kexechib-resume.service
+INSTALL ?= install
 
 install:
-	@echo "install: see the D-Bus/systemd issue"
+	$(INSTALL) -d $(DESTDIR)$(PREFIX)/sbin $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PYTHONDIR) \
+		$(DESTDIR)$(UNITDIR)/systemd-hibernate.service.d $(DESTDIR)$(DBUSDIR)/system.d \
+		$(DESTDIR)$(DBUSDIR)/system-services $(DESTDIR)$(DBUSDIR)/interfaces \
+		$(DESTDIR)$(POLKITDIR) $(DESTDIR)$(DOCDIR) $(DESTDIR)$(SYSCONFDIR)
+	find kexechibd -name '*.py' -o -name py.typed | sort | while read -r f; do \
+		$(INSTALL) -D -m 0644 "$$f" "$(DESTDIR)$(PYTHONDIR)/$$f"; done
+	printf '#!/usr/bin/python3\nimport sys\n\nfrom kexechibd.daemon.main import main\n\nsys.exit(main())\n' \
+		> $(DESTDIR)$(PREFIX)/sbin/kexechibd
+	printf '#!/usr/bin/python3\nimport sys\n\nfrom kexechibd.ctl.main import main\n\nsys.exit(main())\n' \
+		> $(DESTDIR)$(PREFIX)/bin/kexechibctl
+	chmod 0755 $(DESTDIR)$(PREFIX)/sbin/kexechibd $(DESTDIR)$(PREFIX)/bin/kexechibctl
+	$(INSTALL) -m 0644 $(addprefix systemd/,$(UNITS)) $(DESTDIR)$(UNITDIR)/
+	$(INSTALL) -m 0644 systemd/systemd-hibernate.service.d/kexechib.conf \
+		$(DESTDIR)$(UNITDIR)/systemd-hibernate.service.d/
+	$(INSTALL) -m 0644 dbus/org.kexechib1.conf $(DESTDIR)$(DBUSDIR)/system.d/
+	$(INSTALL) -m 0644 dbus/org.kexechib1.service $(DESTDIR)$(DBUSDIR)/system-services/
+	$(INSTALL) -m 0644 dbus/org.kexechib1.xml $(DESTDIR)$(DBUSDIR)/interfaces/
+	$(INSTALL) -m 0644 dbus/org.kexechib1.policy $(DESTDIR)$(POLKITDIR)/
+	$(INSTALL) -m 0644 systemd/kexechibd.conf.example docs/DESIGN.md README.md $(DESTDIR)$(DOCDIR)/
+	test -e $(DESTDIR)$(SYSCONFDIR)/kexechibd.conf || \
+		$(INSTALL) -m 0644 systemd/kexechibd.conf.example $(DESTDIR)$(SYSCONFDIR)/kexechibd.conf
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -65,6 +65,18 @@ class NoPeer(KexechibError):
     name = "NoPeer"
 
 
+class NotRunning(KexechibError):
+    """``Cancel`` with no operation in progress."""
+
+    name = "NotRunning"
+
+
+class TooLate(KexechibError):
+    """``Cancel`` after the point of no return."""
+
+    name = "TooLate"
+
+
 class ConfigError(KexechibError):
     """The configuration file is invalid."""
 

@@ -1,0 +1,1 @@
+"""kexechibctl: the command-line client of kexechibd."""

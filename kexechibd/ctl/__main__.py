@@ -1,0 +1,5 @@
+import sys
+
+from kexechibd.ctl.main import main
+
+sys.exit(main())

@@ -1,0 +1,107 @@
+"""kexechibctl's side of the bus: calls to org.kexechib1.Manager and a
+watch on its ``PropertiesChanged``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from dbus_next.aio.message_bus import MessageBus
+from dbus_next.constants import MessageFlag, MessageType
+from dbus_next.message import Message
+from dbus_next.signature import Variant
+
+from kexechibd.daemon import busutil
+from kexechibd.daemon.service import BUS_NAME, INTERFACE, OBJECT_PATH
+
+PROPERTIES = "org.freedesktop.DBus.Properties"
+
+# What a caller is told when nobody serves the name (no activation here).
+_NOT_RUNNING = (
+    "org.freedesktop.DBus.Error.ServiceUnknown",
+    "org.freedesktop.DBus.Error.NameHasNoOwner",
+)
+
+
+class DaemonError(Exception):
+    """An error reply: ``name`` is the D-Bus error name, the message is the
+    daemon's (which says what to do)."""
+
+    def __init__(self, name: str, message: str) -> None:
+        super().__init__(message)
+        self.name = name
+        self.message = message
+
+    @property
+    def not_running(self) -> bool:
+        return self.name in _NOT_RUNNING
+
+
+class ManagerClient:
+    def __init__(self, bus: MessageBus, *, interactive: bool) -> None:
+        self.bus = bus
+        self.interactive = interactive
+        self._watchers: list[Callable[[Message], Any]] = []
+
+    @classmethod
+    async def connect(cls, address: str | None, *, interactive: bool) -> ManagerClient:
+        return cls(await busutil.connect(address), interactive=interactive)
+
+    async def close(self) -> None:
+        for handler in self._watchers:
+            self.bus.remove_message_handler(handler)
+        await busutil.close(self.bus)
+
+    async def call(
+        self, member: str, signature: str = "", body: Sequence[object] = (), *,
+        interface: str = INTERFACE,
+    ) -> list[Any]:
+        flags = MessageFlag.NONE
+        if self.interactive:
+            flags = MessageFlag.ALLOW_INTERACTIVE_AUTHORIZATION
+        reply = await self.bus.call(
+            Message(
+                destination=BUS_NAME, path=OBJECT_PATH, interface=interface, member=member,
+                signature=signature, body=list(body), flags=flags,
+            )
+        )
+        if reply is None:
+            raise DaemonError("org.freedesktop.DBus.Error.NoReply", "no reply")
+        if reply.message_type == MessageType.ERROR:
+            text = reply.body[0] if reply.body and isinstance(reply.body[0], str) else ""
+            raise DaemonError(reply.error_name or "", text or (reply.error_name or "failed"))
+        return list(reply.body)
+
+    async def properties(self) -> dict[str, object]:
+        (values,) = await self.call("GetAll", "s", [INTERFACE], interface=PROPERTIES)
+        assert isinstance(values, dict)
+        return {name: variant.value for name, variant in values.items()}
+
+    async def watch(self, on_change: Callable[[Mapping[str, object]], None]) -> None:
+        """Call ``on_change`` with every PropertiesChanged of the Manager."""
+        rule = (
+            f"type='signal',sender='{BUS_NAME}',path='{OBJECT_PATH}',"
+            f"interface='{PROPERTIES}',member='PropertiesChanged',arg0='{INTERFACE}'"
+        )
+        reply = await self.bus.call(
+            Message(
+                destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
+                interface="org.freedesktop.DBus", member="AddMatch", signature="s", body=[rule],
+            )
+        )
+        if reply is None or reply.message_type == MessageType.ERROR:
+            return  # no progress display, the call itself still works
+
+        def handler(msg: Message) -> None:
+            if (
+                msg.message_type == MessageType.SIGNAL
+                and msg.member == "PropertiesChanged"
+                and msg.path == OBJECT_PATH
+                and msg.body
+                and msg.body[0] == INTERFACE
+            ):
+                changed: dict[str, Variant] = msg.body[1]
+                on_change({name: variant.value for name, variant in changed.items()})
+
+        self.bus.add_message_handler(handler)
+        self._watchers.append(handler)

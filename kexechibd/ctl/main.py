@@ -1,0 +1,248 @@
+"""``kexechibctl``: control kexechibd over D-Bus, and image tools.
+
+Long operations (hibernate, resume, jump-back) wait for the daemon's reply
+— for hibernate that is after this system has resumed — and show progress
+from the daemon's ``PropertiesChanged``.  Ctrl-C asks the daemon to cancel
+(the caller who started an operation may always cancel it); a second
+Ctrl-C leaves without waiting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from dbus_next.signature import Variant
+
+from kexechibd import __version__
+from kexechibd.ctl import offline
+from kexechibd.ctl.client import DaemonError, ManagerClient
+from kexechibd.ctl.progress import display_for
+from kexechibd.engine import COMPRESSIONS, Mode
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+STATUS_ORDER = ("State", "Progress", "LastError", "Role", "Backend", "Support", "ImageLocation")
+
+EPILOG = """\
+exit status:
+  0    success (can-hibernate: the answer is yes or challenge)
+  1    the daemon refused or failed (its message is printed), or it is not
+       running; can-hibernate: the answer is no or na
+  2    bad command-line usage
+  130  interrupted by a second Ctrl-C
+
+Authorization: root may do everything; for other users polkit decides
+(org.kexechib1.hibernate, .resume, .jump-back, .cancel, .inspect).  On a
+terminal kexechibctl lets polkit ask for a password (--no-ask-password
+prevents that).
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kexechibctl",
+        description="Control kexechibd, the kexec-jump hibernation daemon.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--bus", metavar="ADDRESS",
+        help="D-Bus address (default: $DBUS_SYSTEM_BUS_ADDRESS, else the system bus)",
+    )
+    parser.add_argument("--no-ask-password", action="store_true",
+                        help="never let polkit ask for a password")
+    parser.add_argument("-q", "--quiet", action="store_true", help="show no progress")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    commands.add_parser("status", help="show the daemon's state and what this kernel supports")
+    commands.add_parser("can-hibernate", help="print yes, no, challenge or na (as logind's)")
+    p = commands.add_parser("hibernate", help="hibernate; returns after the system has resumed")
+    p.add_argument("--mode", choices=[m.value for m in Mode],
+                   help="after saving: power off (default) or jump back (a checkpoint)")
+    p.add_argument("--compression", choices=COMPRESSIONS, help="image compression")
+    p.add_argument("--level", type=int, help="compression level")
+    p.add_argument("--image", metavar="PATH", help="where to write the image")
+    p = commands.add_parser("resume", help="verify and load an image, then jump into it")
+    p.add_argument("image", help="the image (an empty string: the configured one)")
+    p.add_argument("--load-only", action="store_true", help="load it but do not jump")
+    p.add_argument("--force", action="store_true", help="resume even where the daemon would refuse")
+    commands.add_parser("jump-back", help="jump to the other running kernel")
+    commands.add_parser("cancel", help="cancel the running hibernate or resume")
+    p = commands.add_parser("inspect", help="ask the daemon about an image")
+    p.add_argument("image", nargs="?", default="", help="default: the configured image")
+    offline.add_parser(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "image":
+        return offline.run(args)
+    try:
+        return asyncio.run(_run(args))
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+
+
+def _fail(error: DaemonError) -> int:
+    if error.not_running:
+        print("kexechibctl: kexechibd is not running (nobody owns org.kexechib1 on this bus); "
+              "start it with `systemctl start kexechibd`", file=sys.stderr)
+    else:
+        print(f"kexechibctl: {error.message} [{error.name}]", file=sys.stderr)
+    return EXIT_FAILURE
+
+
+async def _run(args: argparse.Namespace) -> int:
+    interactive = sys.stdin.isatty() and not args.no_ask_password
+    try:
+        client = await ManagerClient.connect(args.bus, interactive=interactive)
+    except (OSError, ValueError) as e:
+        print(f"kexechibctl: cannot connect to the bus: {e}", file=sys.stderr)
+        return EXIT_FAILURE
+    try:
+        return await COMMANDS[args.command](client, args)
+    except DaemonError as e:
+        return _fail(e)
+    finally:
+        await client.close()
+
+
+async def _status(client: ManagerClient, args: argparse.Namespace) -> int:
+    props = await client.properties()
+    for name in STATUS_ORDER:
+        value = props.get(name, "")
+        if name == "Progress" and isinstance(value, float):
+            value = f"{value:.0%}"
+        print(f"{name + ':':15} {value}")
+    return EXIT_OK
+
+
+async def _can_hibernate(client: ManagerClient, args: argparse.Namespace) -> int:
+    (answer,) = await client.call("CanHibernate")
+    print(answer)
+    return EXIT_OK if answer in ("yes", "challenge") else EXIT_FAILURE
+
+
+def _options(args: argparse.Namespace) -> dict[str, Variant]:
+    options: dict[str, Variant] = {}
+    if getattr(args, "mode", None):
+        options["mode"] = Variant("s", args.mode)
+    if getattr(args, "compression", None):
+        options["compression"] = Variant("s", args.compression)
+    if getattr(args, "level", None) is not None:
+        options["level"] = Variant("i", args.level)
+    if getattr(args, "image", None) and args.command == "hibernate":
+        options["image"] = Variant("s", args.image)
+    if getattr(args, "load_only", False):
+        options["load-only"] = Variant("b", True)
+    if getattr(args, "force", False):
+        options["force"] = Variant("b", True)
+    return options
+
+
+async def _long_call(
+    client: ManagerClient, args: argparse.Namespace, operation: str,
+    member: str, signature: str = "", body: Sequence[object] = (),
+) -> int:
+    """A call that may take minutes: progress while waiting, Ctrl-C cancels."""
+    display = display_for(sys.stdout, operation, quiet=args.quiet)
+    current: dict[str, Any] = {"State": "", "Progress": 0.0}
+
+    def on_change(changed: Mapping[str, object]) -> None:
+        current.update(changed)
+        if "State" in changed or "Progress" in changed:
+            display.update(str(current["State"]), float(current["Progress"]))
+
+    await client.watch(on_change)
+    loop = asyncio.get_running_loop()
+    interrupts: list[asyncio.Task[None]] = []
+    pending = asyncio.create_task(client.call(member, signature, body))
+
+    def on_interrupt() -> None:
+        if not interrupts:
+            display.message("cancelling (Ctrl-C again to stop waiting)")
+            interrupts.append(loop.create_task(_cancel_quietly(client, display)))
+        else:
+            pending.cancel()
+
+    loop.add_signal_handler(signal.SIGINT, on_interrupt)
+    try:
+        await pending
+    except asyncio.CancelledError:
+        display.close()
+        return EXIT_INTERRUPTED
+    except DaemonError:
+        display.close()
+        raise
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
+    display.update(str(current["State"] or "idle"), 1.0)
+    display.close()
+    return EXIT_OK
+
+
+async def _cancel_quietly(client: ManagerClient, display: Any) -> None:
+    try:
+        await client.call("Cancel")
+    except DaemonError as e:
+        display.message(f"cannot cancel: {e.message}")
+
+
+async def _hibernate(client: ManagerClient, args: argparse.Namespace) -> int:
+    code = await _long_call(client, args, "hibernate", "Hibernate", "a{sv}", [_options(args)])
+    if code == EXIT_OK and not args.quiet:
+        print("hibernate: resumed")
+    return code
+
+
+async def _resume(client: ManagerClient, args: argparse.Namespace) -> int:
+    return await _long_call(
+        client, args, "resume", "Resume", "sa{sv}", [args.image, _options(args)]
+    )
+
+
+async def _jump_back(client: ManagerClient, args: argparse.Namespace) -> int:
+    return await _long_call(client, args, "jump-back", "JumpBack")
+
+
+async def _cancel(client: ManagerClient, args: argparse.Namespace) -> int:
+    await client.call("Cancel")
+    return EXIT_OK
+
+
+async def _inspect(client: ManagerClient, args: argparse.Namespace) -> int:
+    (info,) = await client.call("Inspect", "s", [args.image])
+    for key in sorted(info):
+        print(f"{key + ':':15} {_plain(info[key])}")
+    return EXIT_OK
+
+
+def _plain(value: object) -> object:
+    if isinstance(value, Variant):
+        return _plain(value.value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+COMMANDS = {
+    "status": _status,
+    "can-hibernate": _can_hibernate,
+    "hibernate": _hibernate,
+    "resume": _resume,
+    "jump-back": _jump_back,
+    "cancel": _cancel,
+    "inspect": _inspect,
+}

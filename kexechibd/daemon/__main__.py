@@ -1,0 +1,5 @@
+import sys
+
+from kexechibd.daemon.main import main
+
+sys.exit(main())

@@ -1,0 +1,354 @@
+"""``kexechibd``: the process — arguments, configuration, logging, signals,
+sd_notify, the bus connection — around the Manager and its D-Bus shell.
+
+The engine is injected: ``main(runtime_factory=…)``.  The default factory
+opens the kernel backend and the real engine, imported lazily so that this
+module works (and can be tested with a stand-in engine) without them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import textwrap
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from dbus_next.aio.message_bus import MessageBus
+from dbus_next.constants import NameFlag, RequestNameReply
+from dbus_next.errors import DBusError
+
+from kexechibd import __version__
+from kexechibd import config as config_module
+from kexechibd.config import Config
+from kexechibd.daemon import busutil, logs
+from kexechibd.daemon.auth import PolkitAuthorizer
+from kexechibd.daemon.manager import Manager
+from kexechibd.daemon.notify import Notifier, StatusListener, status_text
+from kexechibd.daemon.roles import ImageState, ImageVerdict, detect_role
+from kexechibd.daemon.service import BUS_NAME, ManagerService, hibernate_defaults
+from kexechibd.engine import Engine, ResumeOptions, Role
+from kexechibd.errors import ConfigError, KexechibError
+from kexechibd.kernel.abi import KernelError
+
+if TYPE_CHECKING:
+    from kexechibd.cycle.engine import EngineSettings
+
+log = logging.getLogger("kexechibd.main")
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_CONFIG = 78  # sysexits.h EX_CONFIG; systemd shows it as "CONFIG"
+
+# How long SIGTERM waits for a running operation to give up before we go.
+STOP_GRACE = 20.0
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """What the daemon needs from the machine: the engine, and the two facts
+    role detection reads from the kernel."""
+
+    engine: Engine
+    cmdline: str
+    boot_id: str
+
+
+RuntimeFactory = Callable[[Config], Runtime]
+
+
+def engine_settings(config: Config) -> EngineSettings:
+    """What the engine takes from the configuration."""
+    from kexechibd.cycle.engine import EngineSettings
+
+    return EngineSettings(
+        image_location=config.image.location,
+        compression=config.image.compression,
+        level=config.image.level,
+        chunk_size=config.image.chunk_size,
+        saver_kernel=config.saver.kernel,
+        saver_initrd=config.saver.initrd,
+        saver_cmdline=config.saver.cmdline,
+        window_start=config.saver.window.start,
+        window_size=config.saver.window.size,
+        low_memory=config.saver.low_memory,
+    )
+
+
+def open_runtime(config: Config) -> Runtime:  # pragma: no cover - needs the real backends
+    # Imported here: the engine and the backends are heavy, and the D-Bus
+    # shell is tested (and kexechibctl works) without them.
+    from kexechibd.cycle.engine import KexecEngine
+    from kexechibd.kernel import open_kernel  # type: ignore[attr-defined,unused-ignore]
+
+    kernel = open_kernel(config)
+    return Runtime(
+        KexecEngine(engine_settings(config), kernel), kernel.cmdline(), kernel.identity().boot_id
+    )
+
+
+def _settings_help() -> str:
+    lines = []
+    section = ""
+    for s in config_module.SETTINGS:
+        if s.section != section:
+            section = s.section
+            lines.append(f"  [{section}]")
+        default = config_module.default_text(s.section, s.key) or '""'
+        lines.append(f"    {s.key} = {s.allowed}   (default: {default})")
+        lines.extend(textwrap.wrap(s.doc, 72, initial_indent="        ",
+                                   subsequent_indent="        ", break_on_hyphens=False))
+    return "\n".join(lines)
+
+
+DESCRIPTION = """\
+kexechibd hibernates this machine with kexec jump: the running kernel (A)
+jumps into a small second kernel (B) that saves A's memory to an image and
+powers off; a later boot (C) loads the image back and jumps into A, which
+carries on.  The daemon offers this as org.kexechib1 on the system bus
+(Hibernate, Resume, JumpBack, Cancel, CanHibernate, Inspect); kexechibctl(1)
+and `systemctl hibernate` use it.
+"""
+
+EPILOG = f"""\
+roles:
+  At start the daemon decides which kernel it runs in:
+    saver (B)     kexechib.role=save and kexec_jump_back_entry=0x... are on
+                  the kernel command line; it saves A at once.
+    restorer (C)  a valid image of an earlier boot is at [image] location;
+                  it resumes it with --oneshot (kexechib-resume.service) or
+                  on request (Resume).
+    origin (A)    otherwise: the user's system, which may Hibernate.
+
+configuration ({config_module.DEFAULT_PATH}, INI; every key is optional):
+{_settings_help()}
+
+environment:
+  DBUS_SYSTEM_BUS_ADDRESS  the bus to use when --bus is not given
+  NOTIFY_SOCKET, WATCHDOG_USEC, JOURNAL_STREAM
+                           set by systemd: readiness, watchdog, journal
+
+signals:
+  SIGTERM, SIGINT  cancel a running operation if it is still before its
+                   point of no return, answer pending calls, release the
+                   bus name and exit 0.
+
+exit status:
+  0   stopped on request (or --oneshot had nothing to do / succeeded)
+  1   failure (the bus went away, the name was taken, --oneshot failed)
+  2   bad command-line usage
+  78  invalid configuration file
+
+files:
+  {config_module.DEFAULT_PATH}                  configuration
+  /usr/share/dbus-1/system.d/org.kexechib1.conf  bus policy
+  /usr/share/polkit-1/actions/org.kexechib1.policy  polkit actions
+"""
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="kexechibd",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--config", type=Path, metavar="FILE",
+        help=f"configuration file (default: {config_module.DEFAULT_PATH} if it exists)",
+    )
+    parser.add_argument(
+        "--bus", metavar="ADDRESS",
+        help="D-Bus address to serve on (default: $DBUS_SYSTEM_BUS_ADDRESS, else the system bus)",
+    )
+    parser.add_argument(
+        "--oneshot", action="store_true",
+        help="do the role's automatic work without D-Bus and exit: save A in kernel B, "
+        "resume the image in a restorer boot, nothing in A",
+    )
+    parser.add_argument("--debug", action="store_true", help="log debug messages")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    return parser.parse_args(argv)
+
+
+def main(
+    argv: Sequence[str] | None = None, *, runtime_factory: RuntimeFactory = open_runtime
+) -> int:
+    args = parse_args(argv)
+    logs.setup("debug" if args.debug else "info")
+    try:
+        config = config_module.load(args.config)
+    except ConfigError as e:
+        log.error("%s", e)
+        return EXIT_CONFIG
+    if not args.debug:
+        logging.getLogger("kexechibd").setLevel(logs.LEVELS[config.daemon.log_level])
+    try:
+        runtime = runtime_factory(config)
+    except ImportError as e:
+        log.error("the engine or the kernel backends are missing from this installation: %s", e)
+        return EXIT_FAILURE
+    except (KexechibError, KernelError) as e:
+        log.error("cannot open the %s backend: %s", config.daemon.backend, e)
+        return EXIT_FAILURE
+    return asyncio.run(Daemon(runtime, args.bus, oneshot=args.oneshot, config=config).run())
+
+
+class Daemon:
+    """One run of the daemon: decide the role, then serve the bus (or, with
+    ``oneshot``, do the role's automatic work) until stopped."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        bus_address: str | None,
+        *,
+        oneshot: bool = False,
+        notifier: Notifier | None = None,
+        handle_signals: bool = True,
+        config: Config | None = None,
+    ) -> None:
+        self._runtime = runtime
+        self._config = Config() if config is None else config
+        self._bus_address = bus_address
+        self._oneshot = oneshot
+        self._notifier = Notifier() if notifier is None else notifier
+        self._handle_signals = handle_signals
+        self._stop = asyncio.Event()
+        self.ready = asyncio.Event()  # set once the name is owned
+        self.manager: Manager | None = None
+
+    def stop(self) -> None:
+        """What SIGTERM does."""
+        self._stop.set()
+
+    async def start_manager(self) -> Manager:
+        engine = self._runtime.engine
+        location = Path(engine.image_location)
+        if await asyncio.to_thread(os.path.lexists, location):
+            image = ImageState.from_inspect(await asyncio.to_thread(engine.inspect, location))
+        else:
+            image = ImageState(ImageVerdict.ABSENT)
+        decision = detect_role(self._runtime.cmdline, image, self._runtime.boot_id)
+        log.info("role %s: %s", decision.role.value, decision.reason,
+                 extra={"KEXECHIB_ROLE": decision.role.value})
+        if decision.problem:
+            log.error("%s", decision.problem)
+        manager = Manager(engine, decision)
+        self.manager = manager
+        report = await manager.refresh_support()
+        log.info("backend %s: %s", engine.backend, report.summary)
+        return manager
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        signals = (signal.SIGTERM, signal.SIGINT) if self._handle_signals else ()
+        for signum in signals:
+            loop.add_signal_handler(signum, self._on_signal, signum)
+        try:
+            manager = await self.start_manager()
+            if self._oneshot:
+                return await self._run_oneshot(manager)
+            return await self._serve(manager)
+        finally:
+            for signum in signals:
+                loop.remove_signal_handler(signum)
+
+    def _on_signal(self, signum: int) -> None:
+        log.info("%s: stopping", signal.Signals(signum).name)
+        self._stop.set()
+
+    async def _connect(self, manager: Manager) -> tuple[MessageBus, ManagerService] | None:
+        """Connect, export the object and own the name (None: could not)."""
+        try:
+            bus = await busutil.connect(self._bus_address)
+        except (OSError, DBusError, ValueError) as e:
+            log.error("cannot connect to the bus: %s", e)
+            return None
+        service = ManagerService(
+            bus, manager, PolkitAuthorizer(bus),
+            hibernate_defaults=hibernate_defaults(self._config),
+        )
+        service.export()
+        try:
+            reply = await bus.request_name(BUS_NAME, NameFlag.DO_NOT_QUEUE)
+        except DBusError as e:
+            log.error("cannot own %s: %s", BUS_NAME, e.text)
+            await busutil.close(bus)
+            return None
+        if reply != RequestNameReply.PRIMARY_OWNER:
+            log.error("%s is already owned by another process; is kexechibd running?", BUS_NAME)
+            await busutil.close(bus)
+            return None
+        return bus, service
+
+    async def _serve(self, manager: Manager) -> int:
+        manager.add_listener(StatusListener(manager, self._notifier))
+        stop = asyncio.create_task(self._stop.wait())
+        # SIGTERM is honoured even while the bus is slow to answer.
+        connecting = asyncio.create_task(self._connect(manager))
+        await asyncio.wait({stop, connecting}, return_when=asyncio.FIRST_COMPLETED)
+        if not connecting.done():
+            connecting.cancel()
+            log.info("stopped before serving")
+            return EXIT_OK
+        connected = connecting.result()
+        if connected is None:
+            stop.cancel()
+            return EXIT_FAILURE
+        bus, service = connected
+        log.info("serving %s", BUS_NAME)
+        self._notifier.ready(status_text(manager))
+        self.ready.set()
+        watchdog = asyncio.create_task(self._notifier.feed_watchdog())
+        if manager.role is Role.SAVER and not manager.decision.problem:
+            manager.start_save()
+
+        disconnected = asyncio.create_task(busutil.wait_for_disconnect(bus))
+        await asyncio.wait({stop, disconnected}, return_when=asyncio.FIRST_COMPLETED)
+        lost = disconnected.done()
+        stop.cancel()
+        self._notifier.stopping()
+        await manager.shutdown(STOP_GRACE)
+        watchdog.cancel()
+        if lost:
+            log.error("the bus connection was lost")
+            return EXIT_FAILURE
+        await service.drain(5.0)
+        with contextlib.suppress(DBusError, OSError):
+            await service.flush()
+            await bus.release_name(BUS_NAME)
+        service.unexport()
+        await busutil.close(bus)
+        disconnected.cancel()
+        log.info("stopped")
+        return EXIT_OK
+
+    async def _run_oneshot(self, manager: Manager) -> int:
+        engine = self._runtime.engine
+        if manager.role is Role.ORIGIN:
+            log.info("nothing to do: %s", manager.decision.reason)
+            return EXIT_OK
+        if manager.role is Role.SAVER:
+            work = manager.save()
+        else:
+            work = manager.resume(Path(engine.image_location), ResumeOptions())
+        task = asyncio.create_task(work)
+        stop = asyncio.create_task(self._stop.wait())
+        await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+        if not task.done():
+            await manager.shutdown(STOP_GRACE)
+        stop.cancel()
+        try:
+            await task
+        except KexechibError as e:
+            log.error("%s", e, extra={"KEXECHIB_ERROR": e.dbus_name})
+            return EXIT_FAILURE
+        return EXIT_OK

@@ -1,0 +1,404 @@
+"""The daemon's core without D-Bus: the state machine behind ``/org/kexechib1``.
+
+``Manager`` owns what the D-Bus object shows (the properties of DESIGN §5,
+by their D-Bus names), runs one operation at a time (a second one gets
+``Busy``), hands the engine a fresh ``CancelToken`` and an ``Observer`` per
+operation, and turns the engine's reports into property changes for its
+listeners (the D-Bus shell, the sd_notify status).  It knows nothing about
+buses, callers or authorization: the shell authorizes first, then calls in.
+
+Threading: every public method runs on the event loop.  The engine may
+report from worker threads; those reports are queued onto the loop, in
+order, and dropped once their operation has ended.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import threading
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from kexechibd.daemon.roles import RoleDecision
+from kexechibd.engine import (
+    CancelToken,
+    Engine,
+    HibernateOptions,
+    ResumeOptions,
+    Role,
+    State,
+)
+from kexechibd.errors import (
+    Busy,
+    Cancelled,
+    Failed,
+    KernelRefused,
+    KexechibError,
+    NotRunning,
+    NotSupported,
+    TooLate,
+)
+from kexechibd.kernel.abi import KernelError
+from kexechibd.kernel.api import SupportReport
+
+log = logging.getLogger("kexechibd.manager")
+
+# The D-Bus properties of org.kexechib1.Manager and their signatures.
+PROPERTY_SIGNATURES: dict[str, str] = {
+    "State": "s",
+    "Role": "s",
+    "Backend": "s",
+    "Support": "s",
+    "LastError": "s",
+    "ImageLocation": "s",
+    "Progress": "d",
+}
+
+# Progress is published in steps of at least this much (plus 0 and 1), so a
+# chatty engine cannot flood the bus; every published value is signalled.
+PROGRESS_STEP = 0.01
+
+
+class ManagerListener(Protocol):
+    def properties_changed(self, changed: Mapping[str, object]) -> None:
+        """Some properties have new values (only those that changed)."""
+        ...
+
+    async def prepare_for_hibernate(self, start: bool) -> None:
+        """Announce ``PrepareForHibernate(start)``; return once it has left."""
+        ...
+
+
+def as_daemon_error(exc: BaseException) -> KexechibError:
+    """What a caller is told about ``exc``: our named errors pass unchanged,
+    a kernel's refusal becomes ``KernelRefused`` with the kernel's own
+    explanation, anything else is ``Failed`` (the traceback goes to the log)."""
+    if isinstance(exc, KexechibError):
+        return exc
+    if isinstance(exc, KernelError):
+        return KernelRefused(str(exc))
+    if isinstance(exc, asyncio.CancelledError):
+        return Cancelled("the daemon stopped before the operation finished; nothing was changed")
+    return Failed(f"internal error ({type(exc).__name__}: {exc}); the daemon's log has details")
+
+
+def describe(error: KexechibError) -> str:
+    """The ``LastError`` text: D-Bus error name, then the message."""
+    return f"{error.dbus_name}: {error}"
+
+
+@dataclass(eq=False)
+class Operation:
+    kind: str
+    owner: str
+    token: CancelToken = field(default_factory=CancelToken)
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    # PrepareForHibernate(true) went out and no matching false yet.
+    announced: bool = False
+
+
+class _OperationObserver:
+    """The ``Observer`` one operation's engine call reports to."""
+
+    def __init__(self, manager: Manager, op: Operation) -> None:
+        self._manager = manager
+        self._op = op
+
+    def set_state(self, state: State) -> None:
+        self._manager._from_engine(self._op, lambda: self._manager._engine_state(state))
+
+    def set_progress(self, fraction: float, phase: str) -> None:
+        self._manager._from_engine(
+            self._op, lambda: self._manager._engine_progress(fraction, phase)
+        )
+
+    async def before_jump(self) -> None:
+        await self._manager._announce(self._op, True)
+
+    async def after_return(self) -> None:
+        await self._manager._announce(self._op, False)
+
+
+class Manager:
+    def __init__(self, engine: Engine, decision: RoleDecision) -> None:
+        self._engine = engine
+        self._decision = decision
+        self._listeners: list[ManagerListener] = []
+        self._op: Operation | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread = 0
+        self._phase = ""
+        self._support: SupportReport | None = None
+        self._background: set[asyncio.Task[None]] = set()
+        self._props: dict[str, object] = {
+            "State": State.IDLE.value,
+            "Role": decision.role.value,
+            "Backend": engine.backend,
+            "Support": "",
+            "LastError": describe(NotSupported(decision.problem)) if decision.problem else "",
+            "ImageLocation": engine.image_location,
+            "Progress": 0.0,
+        }
+        if decision.problem:
+            self._props["State"] = State.FAILED.value
+
+    # ------------------------------------------------------------ reading
+
+    @property
+    def role(self) -> Role:
+        return self._decision.role
+
+    @property
+    def decision(self) -> RoleDecision:
+        return self._decision
+
+    @property
+    def state(self) -> State:
+        return State(self._props["State"])
+
+    @property
+    def phase(self) -> str:
+        return self._phase
+
+    @property
+    def properties(self) -> dict[str, object]:
+        return dict(self._props)
+
+    def get(self, name: str) -> object:
+        return self._props[name]
+
+    @property
+    def operation(self) -> Operation | None:
+        """The running operation, if any (``owner`` is who started it)."""
+        return self._op
+
+    def add_listener(self, listener: ManagerListener) -> None:
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: ManagerListener) -> None:
+        self._listeners.remove(listener)
+
+    # ------------------------------------------------------------ support
+
+    async def refresh_support(self) -> SupportReport:
+        """Ask the engine what the kernel supports (off the loop: it reads
+        /proc and /sys) and publish the summary as ``Support``."""
+        report = await asyncio.to_thread(self._engine.support)
+        self._support = report
+        self._publish({"Support": report.summary})
+        return report
+
+    async def hibernate_unavailable(self) -> str:
+        """Why ``Hibernate`` cannot work here ('' when it can): the reason
+        behind ``CanHibernate`` = ``na``."""
+        if self._decision.problem:
+            return self._decision.problem
+        if self.role is Role.SAVER:
+            return "this is kernel B (the saver); hibernate from the origin system"
+        if self.role is Role.RESTORER:
+            return (
+                f"a valid image of an earlier boot is waiting at {self._engine.image_location}; "
+                "resume it (kexechibctl resume) or discard it first, since hibernating "
+                "now would overwrite it"
+            )
+        report = await self.refresh_support()
+        if not report.can_hibernate:
+            return f"{report.summary}; see `kexechibctl status`"
+        return ""
+
+    # ------------------------------------------------------------ operations
+
+    async def hibernate(self, options: HibernateOptions, *, owner: str = "") -> None:
+        """Full cycle from A.  Returns after A has resumed; raises a named
+        error while A still runs."""
+        self.check_free()
+        reason = await self.hibernate_unavailable()
+        if reason:
+            raise NotSupported(f"cannot hibernate: {reason}")
+        await self._run(
+            "hibernate", owner, State.PREPARING,
+            lambda observer, token: self._engine.hibernate(options, observer, token),
+        )
+
+    async def resume(self, image: Path, options: ResumeOptions, *, owner: str = "") -> None:
+        """Verify and load ``image``, then jump; returns only on failure or
+        with ``load-only``."""
+        if self.role is Role.SAVER:
+            raise NotSupported("cannot resume in kernel B (the saver); boot normally to resume")
+        await self._run(
+            "resume", owner, State.LOADING,
+            lambda observer, token: self._engine.resume(image, options, observer, token),
+        )
+
+    async def save(self, *, owner: str = "") -> None:
+        """Role B: save A, then power off or jump back."""
+        if self.role is not Role.SAVER:
+            raise NotSupported(f"only kernel B saves an image; this is the {self.role.value}")
+        if self._decision.problem:
+            raise NotSupported(f"cannot save: {self._decision.problem}")
+        await self._run("save", owner, State.SAVING, self._engine.save)
+
+    async def jump_back(self, *, owner: str = "") -> None:
+        """Jump to the peer kernel; returns when this kernel is jumped back into."""
+        await self._run(
+            "jump-back", owner, State.JUMPING,
+            lambda observer, token: self._engine.jump_back(observer),
+        )
+
+    async def inspect(self, image: Path) -> dict[str, object]:
+        """Metadata and verdict of ``image``; not an operation, so it also
+        answers while one runs."""
+        return await asyncio.to_thread(self._engine.inspect, image)
+
+    def start_save(self) -> asyncio.Task[None]:
+        """Run the saver in the background (role B does this at start)."""
+        task = asyncio.get_running_loop().create_task(self._save_in_background())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
+
+    async def _save_in_background(self) -> None:
+        try:
+            await self.save()
+        except KexechibError as e:
+            log.error("saving A failed: %s", e, extra={"KEXECHIB_ERROR": e.dbus_name})
+
+    def cancel(self) -> Operation:
+        """Request cancellation of the running operation; its caller then
+        gets ``Cancelled``.  Raises ``NotRunning`` or ``TooLate``."""
+        op = self._op
+        if op is None:
+            raise NotRunning("no operation is running; nothing to cancel")
+        if not op.token.cancel():
+            raise TooLate(
+                f"the {op.kind} has passed the point of no return and can no longer be cancelled"
+            )
+        log.info("cancel requested for %s", op.kind, extra={"KEXECHIB_OPERATION": op.kind})
+        return op
+
+    async def shutdown(self, grace: float) -> None:
+        """Stop: cancel what can be cancelled and wait (up to ``grace``
+        seconds) for the running operation to end."""
+        op = self._op
+        if op is None:
+            return
+        if not op.token.cancel():
+            log.warning("stopping: the %s is past the point of no return; waiting for it", op.kind)
+        try:
+            await asyncio.wait_for(op.done.wait(), grace)
+        except TimeoutError:
+            log.error("stopping: the %s did not end within %.0f s", op.kind, grace)
+
+    # ------------------------------------------------------------ internals
+
+    def check_free(self) -> None:
+        """Raise ``Busy`` while an operation runs."""
+        if self._op is not None:
+            who = f" (started by {self._op.owner})" if self._op.owner else ""
+            raise Busy(
+                f"a {self._op.kind} is already running{who}; wait for it to finish "
+                "or cancel it (kexechibctl cancel)"
+            )
+
+    async def _run(
+        self,
+        kind: str,
+        owner: str,
+        initial: State,
+        work: Callable[[_OperationObserver, CancelToken], Awaitable[None]],
+    ) -> None:
+        self.check_free()
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        op = Operation(kind, owner)
+        self._op = op
+        self._phase = ""
+        extra = {"KEXECHIB_OPERATION": kind, "KEXECHIB_CALLER": owner or "daemon"}
+        log.info("%s started%s", kind, f" by {owner}" if owner else "", extra=extra)
+        self._publish({"State": initial.value, "Progress": 0.0, "LastError": ""})
+        try:
+            await work(_OperationObserver(self, op), op.token)
+        except BaseException as exc:
+            error = as_daemon_error(exc)
+            if isinstance(error, Failed) and not isinstance(exc, KexechibError):
+                log.error("%s failed unexpectedly", kind, exc_info=exc, extra=extra)
+            else:
+                log.warning("%s failed: %s", kind, error,
+                            extra={**extra, "KEXECHIB_ERROR": error.dbus_name})
+            await self._end(op, error)
+            if isinstance(exc, asyncio.CancelledError) or error is exc:
+                raise
+            raise error from exc
+        else:
+            log.info("%s finished", kind, extra=extra)
+            await self._end(op, None)
+
+    async def _end(self, op: Operation, error: KexechibError | None) -> None:
+        if op.announced:
+            # logind's convention: false after resume *or failure*.
+            await self._announce(op, False)
+        self._op = None
+        if error is None:
+            self._publish({"State": State.IDLE.value, "Progress": 1.0, "LastError": ""})
+        elif isinstance(error, Cancelled):
+            self._publish({"State": State.IDLE.value, "LastError": describe(error)})
+        else:
+            self._publish({"State": State.FAILED.value, "LastError": describe(error)})
+        op.done.set()
+
+    def _from_engine(self, op: Operation, apply: Callable[[], None]) -> None:
+        """Run ``apply`` on the loop if ``op`` is still the running operation."""
+
+        def guarded() -> None:
+            if self._op is op:
+                apply()
+
+        if threading.get_ident() == self._loop_thread:
+            guarded()
+            return
+        loop = self._loop
+        if loop is None:
+            return
+        # A closed loop means the daemon is gone: nobody is left to tell.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(guarded)
+
+    def _engine_state(self, state: State) -> None:
+        if state.value != self._props["State"]:
+            log.info("state %s", state.value, extra={"KEXECHIB_STATE": state.value})
+        self._publish({"State": state.value})
+
+    def _engine_progress(self, fraction: float, phase: str) -> None:
+        if math.isnan(fraction):
+            return
+        fraction = min(1.0, max(0.0, fraction))
+        if phase != self._phase:
+            self._phase = phase
+            log.debug("phase %s", phase, extra={"KEXECHIB_PHASE": phase})
+        last = self._props["Progress"]
+        assert isinstance(last, float)
+        if fraction in (0.0, 1.0) or abs(fraction - last) >= PROGRESS_STEP:
+            self._publish({"Progress": fraction})
+
+    async def _announce(self, op: Operation, start: bool) -> None:
+        if self._op is not op or op.announced == start:
+            return
+        op.announced = start
+        for listener in list(self._listeners):
+            await listener.prepare_for_hibernate(start)
+
+    def _publish(self, values: Mapping[str, object]) -> None:
+        changed = {k: v for k, v in values.items() if self._props[k] != v}
+        if not changed:
+            return
+        self._props.update(changed)
+        for listener in list(self._listeners):
+            try:
+                listener.properties_changed(changed)
+            except Exception:
+                log.exception("a property listener failed")

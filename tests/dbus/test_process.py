@@ -1,0 +1,259 @@
+"""kexechibd as a process (run_daemon.py: the real main() with the scripted
+engine): sd_notify, SIGTERM, configuration errors, the name, --oneshot, and
+where the log goes."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import REPO, run
+from scripted_engine import make_image
+
+from kexechibd.daemon import logs
+from kexechibd.daemon.notify import Notifier
+from kexechibd.daemon.service import BUS_NAME
+
+LAUNCHER = Path(__file__).resolve().parent / "run_daemon.py"
+
+
+class DaemonProcess:
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+
+    async def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> tuple[int, str]:
+        if self.proc.returncode is None:
+            self.proc.send_signal(sig)
+        return await self.exit(timeout)
+
+    async def exit(self, timeout: float = 30) -> tuple[int, str]:
+        """Wait for the process to end by itself."""
+        try:
+            _, err = await asyncio.wait_for(self.proc.communicate(), timeout)
+        except TimeoutError:
+            self.proc.kill()
+            await self.proc.wait()
+            raise AssertionError(f"kexechibd did not end within {timeout} s") from None
+        assert self.proc.returncode is not None
+        return self.proc.returncode, err.decode()
+
+
+@pytest.fixture
+async def spawned():
+    """Every daemon process a test starts; killed and reaped if still there."""
+    procs: list[asyncio.subprocess.Process] = []
+    yield procs
+    for proc in procs:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def spawn(spawned, bus, tmp_path, *script: str, config: str = "", extra_env=None,
+                args: tuple[str, ...] = ()) -> DaemonProcess:
+    conf = tmp_path / "kexechibd.conf"
+    conf.write_text(config or f"[image]\nlocation = {tmp_path / 'image'}\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "JOURNAL_STREAM"):
+        env.pop(name, None)
+    env.update(extra_env or {})
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, str(LAUNCHER), *script, "--", f"--bus={bus.address}",
+        f"--config={conf}", *args, env=env,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+    spawned.append(proc)
+    return DaemonProcess(proc)
+
+
+async def started(spawned, bus, tmp_path, *script: str, **kw) -> DaemonProcess:
+    daemon = await spawn(spawned, bus, tmp_path, *script, **kw)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 20
+    while not bus.has_owner(BUS_NAME):
+        if daemon.proc.returncode is not None or loop.time() > deadline:
+            code, err = await daemon.stop()
+            raise AssertionError(f"kexechibd did not start ({code}): {err}")
+        await asyncio.sleep(0.05)
+    return daemon
+
+
+def gdbus(bus, *args):
+    return ["gdbus", "call", "--system", "--dest", BUS_NAME, "--object-path", "/org/kexechib1",
+            "--method", *args]
+
+
+@pytest.fixture
+async def notifications(tmp_path):
+    """A NOTIFY_SOCKET read as systemd reads it: promptly (a full socket
+    would block the sender)."""
+    path = tmp_path / "notify"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    sock.setblocking(False)
+    messages: list[dict[str, str]] = []
+
+    async def read() -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            data = await loop.sock_recv(sock, 4096)
+            messages.append(dict(line.split("=", 1) for line in data.decode().splitlines()))
+
+    reader = asyncio.create_task(read())
+    yield path, messages
+    reader.cancel()
+    sock.close()
+
+
+async def test_systemd_hears_ready_status_watchdog_and_stopping(system_bus, tmp_path, spawned,
+                                                                notifications):
+    path, messages = notifications
+    daemon = await started(spawned, system_bus, tmp_path, extra_env={
+        "NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "200000"})
+    await asyncio.sleep(0.5)
+    result = await run(gdbus(system_bus, "org.kexechib1.Manager.Hibernate", "{}"),
+                       env=system_bus.env())
+    assert result.returncode == 0, result.stderr
+    code, err = await daemon.stop()
+    assert code == 0, err
+    await asyncio.sleep(0.1)
+    ready = [m for m in messages if m.get("READY") == "1"]
+    assert len(ready) == 1 and ready[0]["STATUS"].startswith("idle; role origin")
+    assert sum(m.get("WATCHDOG") == "1" for m in messages) >= 3
+    statuses = [m["STATUS"] for m in messages if "STATUS" in m]
+    assert any(s.startswith("hibernate: preparing") for s in statuses)
+    assert any(s.startswith("hibernate: jumping") for s in statuses)
+    assert messages[-1] == {"STOPPING": "1", "STATUS": "stopping"}
+
+
+async def test_sigterm_stops_cleanly_and_releases_the_name(system_bus, tmp_path, spawned):
+    daemon = await started(spawned, system_bus, tmp_path)
+    code, err = await daemon.stop()
+    assert code == 0
+    assert "kexechibd: INFO: SIGTERM: stopping" in err
+    assert "kexechibd: INFO: stopped" in err
+    assert not system_bus.has_owner(BUS_NAME)
+
+
+async def test_sigterm_cancels_a_running_hibernate_and_answers_its_caller(
+    system_bus, tmp_path, spawned
+):
+    daemon = await started(spawned, system_bus, tmp_path, "--hold")
+    caller = asyncio.create_task(run(gdbus(system_bus, "org.kexechib1.Manager.Hibernate", "{}"),
+                                     env=system_bus.env()))
+    await asyncio.sleep(0.5)
+    assert not caller.done()
+    code, err = await daemon.stop()
+    assert code == 0, err
+    answer = await caller
+    assert "org.kexechib1.Error.Cancelled" in answer.stderr
+    assert not system_bus.has_owner(BUS_NAME)
+
+
+async def test_an_invalid_configuration_stops_the_start_with_status_78(
+    system_bus, tmp_path, spawned
+):
+    daemon = await spawn(spawned, system_bus, tmp_path, config="[image]\ncompression = gzip\n")
+    code, err = await daemon.exit()
+    assert code == 78
+    assert "kexechibd.conf: [image] compression = 'gzip'" in err
+    assert "allowed: zstd | lz4 | none" in err
+
+
+async def test_a_second_daemon_cannot_take_the_name(system_bus, tmp_path, spawned):
+    first = await started(spawned, system_bus, tmp_path)
+    try:
+        second_dir = tmp_path / "second"
+        second_dir.mkdir()
+        second = await spawn(spawned, system_bus, second_dir)
+        code, err = await second.exit()
+        assert code == 1
+        assert "org.kexechib1 is already owned by another process" in err
+    finally:
+        assert (await first.stop())[0] == 0
+
+
+async def test_kernel_b_saves_at_start(system_bus, tmp_path, spawned):
+    daemon = await started(spawned, system_bus, tmp_path, "--cmdline",
+                           "kexechib.role=save kexec_jump_back_entry=0x1000")
+    await asyncio.sleep(0.3)
+    code, err = await daemon.stop()
+    assert code == 0
+    assert "role saver" in err
+    assert "save started" in err and "save finished" in err
+
+
+@pytest.mark.parametrize("cmdline, image, code, words", [
+    ("kexechib.role=save kexec_jump_back_entry=0x1000", None, 0, "save finished"),
+    ("kexechib.role=save", None, 1, "kexec_jump_back_entry= is missing"),
+    ("ro quiet", "earlier-boot", 0, "resume finished"),
+    ("ro quiet", "boot-of-this-test", 0, "nothing to do: the valid image was made by this boot"),
+    ("ro quiet", None, 0, "nothing to do: no image"),
+])
+async def test_oneshot_does_the_roles_automatic_work_without_a_bus(
+    tmp_path, cmdline, image, code, words
+):
+    if image is not None:
+        make_image(tmp_path / "image", boot_id=image)
+    conf = tmp_path / "kexechibd.conf"
+    conf.write_text(f"[image]\nlocation = {tmp_path / 'image'}\n")
+    result = await run([sys.executable, str(LAUNCHER), "--cmdline", cmdline, "--",
+                        "--oneshot", f"--config={conf}", "--bus=unix:path=/nonexistent"],
+                       env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert result.returncode == code, result.stderr
+    assert words in result.stderr
+
+
+async def test_without_the_kernel_backends_opener_the_daemon_says_so(system_bus):
+    import kexechibd.kernel
+
+    if hasattr(kexechibd.kernel, "open_kernel"):
+        pytest.skip("kexechibd.kernel.open_kernel has landed; the full-cycle tests start the "
+                    "real runtime")
+    result = await run([sys.executable, "-m", "kexechibd.daemon", f"--bus={system_bus.address}",
+                        "--config=/dev/null"], env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert result.returncode == 1
+    assert "the engine or the kernel backends are missing" in result.stderr
+    assert "open_kernel" in result.stderr
+
+
+# ------------------------------------------------------------------ logging, notify
+
+
+def test_the_journal_is_used_only_when_stderr_is_systemds_journal_stream(tmp_path):
+    stream = open(tmp_path / "stream", "w")  # noqa: SIM115
+    try:
+        st = os.fstat(stream.fileno())
+        journal = {"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"}
+        assert logs.stderr_is_journal(stream, journal)
+        assert type(logs.make_handler("kexechibd", stream, journal)).__name__ == "JournalHandler"
+        assert not logs.stderr_is_journal(stream, {"JOURNAL_STREAM": "1:2"})
+        assert not logs.stderr_is_journal(stream, {})
+        plain = logs.make_handler("kexechibd", stream, {})
+        assert type(plain).__name__ == "StreamHandler"
+    finally:
+        stream.close()
+
+
+def test_stderr_lines_say_who_and_how_severe():
+    buffer = io.StringIO()
+    handler = logs.make_handler("kexechibd", buffer, {})
+    import logging
+
+    record = logging.LogRecord("kexechibd.x", logging.WARNING, __file__, 1, "disk %s", ("full",),
+                               None)
+    handler.handle(record)
+    assert buffer.getvalue() == "kexechibd: WARNING: disk full\n"
+
+
+def test_the_watchdog_is_fed_only_when_systemd_asks_this_process():
+    assert Notifier({"NOTIFY_SOCKET": "/x", "WATCHDOG_USEC": "30000000"}).watchdog_interval == 30
+    other = {"NOTIFY_SOCKET": "/x", "WATCHDOG_USEC": "30000000", "WATCHDOG_PID": "1"}
+    assert Notifier(other).watchdog_interval is None
+    assert Notifier({}).watchdog_interval is None
+    assert not Notifier({}).enabled

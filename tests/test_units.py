@@ -1,0 +1,163 @@
+"""The systemd units and `make install`: every unit passes
+`systemd-analyze verify` (no error, no warning) as installed, next to this
+machine's own units, and `make install` puts every file where Debian
+expects it."""
+
+from __future__ import annotations
+
+import configparser
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+UNITS = ("kexechibd.service", "kexechib-save.target", "kexechib-save.service",
+         "kexechib-resume.service")
+HOST_UNITS = Path("/usr/lib/systemd/system")
+
+pytestmark = pytest.mark.skipif(shutil.which("systemd-analyze") is None,
+                                reason="systemd-analyze is missing (Debian package systemd)")
+
+
+def unit(path: Path) -> configparser.ConfigParser:
+    parser = configparser.ConfigParser(interpolation=None, strict=False, delimiters=("=",))
+    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    parser.read(path)
+    return parser
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    destdir = tmp_path_factory.mktemp("destdir")
+    subprocess.run(["make", "-s", "install", f"DESTDIR={destdir}"], cwd=REPO, check=True,
+                   capture_output=True)
+    return destdir
+
+
+@pytest.fixture(scope="module")
+def root(installed: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A file-system root for `systemd-analyze verify --root`: what `make
+    install` put there, this machine's units (hibernate.target,
+    systemd-hibernate.service, sysinit.target …) and the programs the units
+    run that are not ours."""
+    root = tmp_path_factory.mktemp("root")
+    shutil.copytree(installed, root, dirs_exist_ok=True, symlinks=True)
+    units = root / "usr/lib/systemd/system"
+    for host_unit in HOST_UNITS.iterdir():
+        target = units / host_unit.name
+        if not target.exists() and not target.is_symlink():
+            if host_unit.is_dir() and not host_unit.is_symlink():
+                shutil.copytree(host_unit, target, symlinks=True)
+            else:
+                shutil.copy2(host_unit, target, follow_symlinks=False)
+    (root / "usr/bin").mkdir(parents=True, exist_ok=True)
+    shutil.copy2(shutil.which("run-parts") or "/usr/bin/run-parts", root / "usr/bin/run-parts")
+    for merged in ("bin", "sbin", "lib"):  # Debian's merged /usr
+        (root / merged).symlink_to(f"usr/{merged}")
+    (root / "etc/systemd/system").mkdir(parents=True)
+    return root
+
+
+def verify(root: Path, name: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["systemd-analyze", "verify", "--man=no", "--recursive-errors=no", f"--root={root}", name],
+        capture_output=True, text=True, check=False,
+    )
+
+
+@pytest.mark.parametrize("name", [*UNITS, "systemd-hibernate.service"])
+def test_every_unit_verifies_without_errors_or_warnings(root: Path, name: str) -> None:
+    result = verify(root, name)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == "" and result.stdout == ""
+
+
+def test_verify_does_see_a_broken_unit(root: Path, tmp_path: Path) -> None:
+    """The check has teeth: a mistake in our drop-in fails it."""
+    broken = tmp_path / "root"
+    shutil.copytree(root, broken, symlinks=True)
+    dropin = broken / "usr/lib/systemd/system/systemd-hibernate.service.d/kexechib.conf"
+    dropin.write_text(dropin.read_text().replace("/usr/bin/kexechibctl", "/usr/bin/kexechibct"))
+    result = verify(broken, "systemd-hibernate.service")
+    assert result.returncode != 0
+    assert "/usr/bin/kexechibct" in result.stderr
+
+
+def test_make_install_puts_every_file_where_debian_expects_it(installed: Path) -> None:
+    expected = {
+        "usr/sbin/kexechibd",
+        "usr/bin/kexechibctl",
+        *(f"usr/lib/systemd/system/{u}" for u in UNITS),
+        "usr/lib/systemd/system/systemd-hibernate.service.d/kexechib.conf",
+        "usr/share/dbus-1/system.d/org.kexechib1.conf",
+        "usr/share/dbus-1/system-services/org.kexechib1.service",
+        "usr/share/dbus-1/interfaces/org.kexechib1.xml",
+        "usr/share/polkit-1/actions/org.kexechib1.policy",
+        "usr/share/doc/kexechibd/kexechibd.conf.example",
+        "usr/share/doc/kexechibd/DESIGN.md",
+        "usr/lib/python3/dist-packages/kexechibd/daemon/main.py",
+        "usr/lib/python3/dist-packages/kexechibd/ctl/main.py",
+        "usr/lib/python3/dist-packages/kexechibd/py.typed",
+        "etc/kexechibd.conf",
+    }
+    files = {str(p.relative_to(installed)) for p in installed.rglob("*") if p.is_file()}
+    assert expected <= files
+    for program in ("usr/sbin/kexechibd", "usr/bin/kexechibctl"):
+        assert (installed / program).stat().st_mode & 0o111
+        assert (installed / program).read_text().startswith("#!/usr/bin/python3\n")
+
+
+def test_make_install_keeps_an_existing_configuration(tmp_path: Path) -> None:
+    conf = tmp_path / "etc/kexechibd.conf"
+    conf.parent.mkdir()
+    conf.write_text("[image]\nlevel = 9\n")
+    subprocess.run(["make", "-s", "install", f"DESTDIR={tmp_path}"], cwd=REPO, check=True,
+                   capture_output=True)
+    assert conf.read_text() == "[image]\nlevel = 9\n"
+
+
+def test_the_installed_programs_start_on_debians_python(installed: Path) -> None:
+    probe = subprocess.run(["/usr/bin/python3", "-c", "import dbus_next, systemd.daemon"],
+                           capture_output=True, check=False)
+    if probe.returncode != 0:
+        pytest.skip("Debian's python3-dbus-next / python3-systemd are not installed")
+    env = {"PYTHONPATH": str(installed / "usr/lib/python3/dist-packages"), "PATH": "/usr/bin:/bin"}
+    for program in ("usr/sbin/kexechibd", "usr/bin/kexechibctl"):
+        result = subprocess.run([str(installed / program), "--version"], env=env,
+                                capture_output=True, text=True, check=False)
+        assert result.returncode == 0, result.stderr
+        assert "0.1.0" in result.stdout
+
+
+def test_the_daemon_unit_keeps_what_hibernation_needs() -> None:
+    service = unit(REPO / "systemd/kexechibd.service")["Service"]
+    assert service["Type"] == "notify"
+    assert service["BusName"] == "org.kexechib1"
+    assert "@reboot" in service["SystemCallFilter"]
+    assert "CAP_SYS_BOOT" in service["CapabilityBoundingSet"].split()
+    assert service["UMask"] == "0077"
+    assert "WatchdogSec" in service
+
+
+def test_the_hibernate_dropin_replaces_systemd_sleep_and_blocks_until_resume() -> None:
+    text = (REPO / "systemd/systemd-hibernate.service.d/kexechib.conf").read_text()
+    exec_starts = [line for line in text.splitlines() if line.startswith("ExecStart=")]
+    assert exec_starts == [
+        "ExecStart=", "ExecStart=/usr/bin/kexechibctl --no-ask-password hibernate"]
+
+
+def test_kernel_b_boots_into_the_saver_only() -> None:
+    target = unit(REPO / "systemd/kexechib-save.target")["Unit"]
+    assert target["Requires"] == "kexechib-save.service"
+    saver = unit(REPO / "systemd/kexechib-save.service")
+    assert saver["Unit"]["DefaultDependencies"] == "no"  # no local-fs: A's disks stay untouched
+    assert saver["Service"]["ExecStart"] == "/usr/sbin/kexechibd --oneshot"
+
+
+def test_resume_runs_before_anything_is_mounted_read_write() -> None:
+    resume = unit(REPO / "systemd/kexechib-resume.service")["Unit"]
+    assert resume["DefaultDependencies"] == "no"
+    before = resume["Before"].split()
+    assert "local-fs-pre.target" in before and "systemd-remount-fs.service" in before
