@@ -35,6 +35,7 @@ LEVELS = {"zstd": (-7, 22), "lz4": (0, 16), "none": (-7, 22)}
 CHUNK_MIN = 64 * 1024
 CHUNK_MAX = 256 * 1024 * 1024
 
+
 def parse_size(text: str) -> int:
     """A size as the kernel command line writes it (``kexechibd.cmdline``):
     ``4096``, ``0x1000``, ``64K``, ``128M``, ``1G``, ``2T``."""
@@ -131,8 +132,16 @@ def _choice(*allowed: str) -> Callable[[str], str]:
     return parse
 
 
-_BOOLEANS = {"yes": True, "true": True, "on": True, "1": True,
-             "no": False, "false": False, "off": False, "0": False}
+_BOOLEANS = {
+    "yes": True,
+    "true": True,
+    "on": True,
+    "1": True,
+    "no": False,
+    "false": False,
+    "off": False,
+    "0": False,
+}
 
 
 def _boolean(text: str) -> bool:
@@ -184,38 +193,94 @@ class Setting:
 
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("daemon", "backend", _choice(*BACKENDS), "linux | model",
-            "Kernel backend: the running Linux kernel, or the machine model (DESIGN §7)."),
-    Setting("daemon", "model_dir", _absolute_path, "absolute path",
-            "Directory of the machine model's state (backend = model only)."),
-    Setting("daemon", "log_level", _choice(*LOG_LEVELS), "debug | info | warning | error",
-            "Least severe messages that are logged."),
-    Setting("kexec", "enable_real_kexec", _boolean, "yes | no",
-            "Allow real kexec_load/reboot/power-off calls (DESIGN §9). "
-            "kexechib.enable_kexec=1 on the kernel command line also allows them."),
-    Setting("image", "location", _absolute_path, "absolute path",
-            "The image: a raw partition, or a file A preallocates and B writes by block address."),
-    Setting("image", "compression", _choice(*COMPRESSIONS), " | ".join(COMPRESSIONS),
-            "How image chunks are compressed."),
-    Setting("image", "level", _integer, "zstd -7..22, lz4 0..16",
-            "Compression level."),
-    Setting("image", "chunk_size", _chunk_size,
-            f"size, multiple of {PAGE_SIZE}, {format_size(CHUNK_MIN)}..{format_size(CHUNK_MAX)}",
-            "Bytes of memory per independently compressed chunk."),
-    Setting("saver", "kernel", _absolute_path, "absolute path",
-            "Kernel B's bzImage."),
-    Setting("saver", "initrd", _absolute_path, "absolute path",
-            "Kernel B's initramfs (it must contain kexechibd and kexechib-save.target)."),
-    Setting("saver", "cmdline", _text, "text",
-            "Extra arguments for B's command line (the daemon adds what B needs)."),
-    Setting("saver", "window", MemoryWindow.parse, "SIZE@START, page aligned, e.g. 128M@768M",
-            "B's physical memory window (the engine also wants it 2 MiB aligned, "
-            "at least 32M, inside one range of RAM)."),
-    Setting("saver", "low_memory", _boolean, "yes | no",
-            "Also give B the RAM below 640K, which an x86 kernel needs for its "
-            "real-mode trampoline."),
-    Setting("saver", "mode", _mode, "poweroff | checkpoint",
-            "After saving: power off, or jump back to A (a checkpoint)."),
+    Setting(
+        "daemon",
+        "backend",
+        _choice(*BACKENDS),
+        "linux | model",
+        "Kernel backend: the running Linux kernel, or the machine model (DESIGN §7).",
+    ),
+    Setting(
+        "daemon",
+        "model_dir",
+        _absolute_path,
+        "absolute path",
+        "Directory of the machine model's state (backend = model only).",
+    ),
+    Setting(
+        "daemon",
+        "log_level",
+        _choice(*LOG_LEVELS),
+        "debug | info | warning | error",
+        "Least severe messages that are logged.",
+    ),
+    Setting(
+        "kexec",
+        "enable_real_kexec",
+        _boolean,
+        "yes | no",
+        "Allow real kexec_load/reboot/power-off calls (DESIGN §9). "
+        "kexechib.enable_kexec=1 on the kernel command line also allows them.",
+    ),
+    Setting(
+        "image",
+        "location",
+        _absolute_path,
+        "absolute path",
+        "The image: a raw partition, or a file A preallocates and B writes by block address.",
+    ),
+    Setting(
+        "image",
+        "compression",
+        _choice(*COMPRESSIONS),
+        " | ".join(COMPRESSIONS),
+        "How image chunks are compressed.",
+    ),
+    Setting("image", "level", _integer, "zstd -7..22, lz4 0..16", "Compression level."),
+    Setting(
+        "image",
+        "chunk_size",
+        _chunk_size,
+        f"size, multiple of {PAGE_SIZE}, {format_size(CHUNK_MIN)}..{format_size(CHUNK_MAX)}",
+        "Bytes of memory per independently compressed chunk.",
+    ),
+    Setting("saver", "kernel", _absolute_path, "absolute path", "Kernel B's bzImage."),
+    Setting(
+        "saver",
+        "initrd",
+        _absolute_path,
+        "absolute path",
+        "Kernel B's initramfs (it must contain kexechibd and kexechib-save.target).",
+    ),
+    Setting(
+        "saver",
+        "cmdline",
+        _text,
+        "text",
+        "Extra arguments for B's command line (the daemon adds what B needs).",
+    ),
+    Setting(
+        "saver",
+        "window",
+        MemoryWindow.parse,
+        "SIZE@START, page aligned, e.g. 128M@768M",
+        "B's physical memory window (the engine also wants it 2 MiB aligned, "
+        "at least 32M, inside one range of RAM).",
+    ),
+    Setting(
+        "saver",
+        "low_memory",
+        _boolean,
+        "yes | no",
+        "Also give B the RAM below 640K, which an x86 kernel needs for its real-mode trampoline.",
+    ),
+    Setting(
+        "saver",
+        "mode",
+        _mode,
+        "poweroff | checkpoint",
+        "After saving: power off, or jump back to A (a checkpoint).",
+    ),
 )
 
 
@@ -319,8 +384,11 @@ def _cast(kind: type[_T], value: object) -> _T:
 def parse(text: str, source: Path | str = "<config>") -> Config:
     """Parse INI text (``#`` and ``;`` start comments)."""
     parser = configparser.ConfigParser(
-        interpolation=None, comment_prefixes=("#", ";"), inline_comment_prefixes=None,
-        empty_lines_in_values=False, default_section="\0none",
+        interpolation=None,
+        comment_prefixes=("#", ";"),
+        inline_comment_prefixes=None,
+        empty_lines_in_values=False,
+        default_section="\0none",
     )
     try:
         parser.read_string(text, source=str(source))

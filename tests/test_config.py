@@ -59,7 +59,8 @@ def test_the_example_parses_to_the_defaults_commented_and_uncommented():
     text = EXAMPLE.read_text()
     assert parse(text, EXAMPLE) == Config(source=EXAMPLE)
     uncommented = "\n".join(
-        line[1:] if SETTING_LINE.match(line) else line for line in text.splitlines())
+        line[1:] if SETTING_LINE.match(line) else line for line in text.splitlines()
+    )
     assert parse(uncommented, EXAMPLE) == Config(source=EXAMPLE)
 
 
@@ -87,9 +88,18 @@ def test_every_setting_is_read():
     assert conf.source == Path("/etc/kexechibd.conf")
 
 
-@pytest.mark.parametrize("text, value", [("4096", 4096), ("64K", 65536), ("128M", 128 << 20),
-                                         ("1G", 1 << 30), ("2T", 2 << 40), ("0x1000", 4096),
-                                         (" 16k ", 16 << 10)])
+@pytest.mark.parametrize(
+    "text, value",
+    [
+        ("4096", 4096),
+        ("64K", 65536),
+        ("128M", 128 << 20),
+        ("1G", 1 << 30),
+        ("2T", 2 << 40),
+        ("0x1000", 4096),
+        (" 16k ", 16 << 10),
+    ],
+)
 def test_sizes_are_written_as_on_the_kernel_command_line(text, value):
     assert parse_size(text) == value
 
@@ -100,9 +110,19 @@ def test_a_bad_size_says_what_a_size_is(text):
         parse_size(text)
 
 
-@pytest.mark.parametrize("spelling, value", [("yes", True), ("True", True), ("on", True),
-                                             ("1", True), ("no", False), ("OFF", False),
-                                             ("false", False), ("0", False)])
+@pytest.mark.parametrize(
+    "spelling, value",
+    [
+        ("yes", True),
+        ("True", True),
+        ("on", True),
+        ("1", True),
+        ("no", False),
+        ("OFF", False),
+        ("false", False),
+        ("0", False),
+    ],
+)
 def test_booleans_have_the_usual_spellings(spelling, value):
     assert parse(f"[kexec]\nenable_real_kexec = {spelling}\n").kexec.enable_real_kexec is value
 
@@ -111,8 +131,10 @@ def test_booleans_have_the_usual_spellings(spelling, value):
     "text, words",
     [
         ("[imgae]\nlevel = 3\n", "unknown section [imgae]; known sections: daemon, image, kexec"),
-        ("[kexec]\nenable_kexec = yes\n", "[kexec]: unknown key 'enable_kexec'; known keys: "
-                                          "enable_real_kexec"),
+        (
+            "[kexec]\nenable_kexec = yes\n",
+            "[kexec]: unknown key 'enable_kexec'; known keys: enable_real_kexec",
+        ),
         ("[kexec]\nenable_real_kexec = maybe\n", "[kexec] enable_real_kexec = 'maybe'"),
         ("[daemon]\nbackend = qemu\n", "allowed: linux | model"),
         ("[image]\ncompression = gzip\n", "allowed: zstd | lz4 | none"),
@@ -121,8 +143,10 @@ def test_booleans_have_the_usual_spellings(spelling, value):
         ("[image]\ncompression = lz4\nlevel = -1\n", "lz4 levels go from 0 to 16"),
         ("[image]\nchunk_size = 1001K\n", "must be a multiple of 4096 between 64K and 256M"),
         ("[image]\nchunk_size = 1G\n", "between 64K and 256M"),
-        ("[image]\nlocation = var/lib/image\n", "[image] location = 'var/lib/image': "
-                                               "'var/lib/image' is not an absolute path"),
+        (
+            "[image]\nlocation = var/lib/image\n",
+            "[image] location = 'var/lib/image': 'var/lib/image' is not an absolute path",
+        ),
         ("[saver]\nwindow = 128M\n", "is not SIZE@START"),
         ("[saver]\nwindow = 128M@1000\n", "multiples of the page size"),
         ("[saver]\nwindow = 0@1G\n", "must not be zero"),
@@ -140,9 +164,11 @@ def test_a_bad_value_is_an_error_naming_file_section_key_and_what_is_allowed(tex
 
 
 def test_the_engine_gets_its_settings_from_the_configuration():
-    conf = parse("[image]\nlocation = /dev/vdb\ncompression = lz4\nlevel = 1\nchunk_size = 8M\n"
-                 "[saver]\nkernel = /b/vmlinuz\ninitrd = /b/initrd\ncmdline = console=ttyS0\n"
-                 "window = 256M@1G\nlow_memory = no\n")
+    conf = parse(
+        "[image]\nlocation = /dev/vdb\ncompression = lz4\nlevel = 1\nchunk_size = 8M\n"
+        "[saver]\nkernel = /b/vmlinuz\ninitrd = /b/initrd\ncmdline = console=ttyS0\n"
+        "window = 256M@1G\nlow_memory = no\n"
+    )
     settings = engine_settings(conf)
     assert settings.image_location == Path("/dev/vdb")
     assert (settings.compression, settings.level, settings.chunk_size) == ("lz4", 1, 8 << 20)

@@ -13,12 +13,18 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-UNITS = ("kexechibd.service", "kexechib-save.target", "kexechib-save.service",
-         "kexechib-resume.service")
+UNITS = (
+    "kexechibd.service",
+    "kexechib-save.target",
+    "kexechib-save.service",
+    "kexechib-resume.service",
+)
 HOST_UNITS = Path("/usr/lib/systemd/system")
 
-pytestmark = pytest.mark.skipif(shutil.which("systemd-analyze") is None,
-                                reason="systemd-analyze is missing (Debian package systemd)")
+pytestmark = pytest.mark.skipif(
+    shutil.which("systemd-analyze") is None,
+    reason="systemd-analyze is missing (Debian package systemd)",
+)
 
 
 def unit(path: Path) -> configparser.ConfigParser:
@@ -31,8 +37,9 @@ def unit(path: Path) -> configparser.ConfigParser:
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     destdir = tmp_path_factory.mktemp("destdir")
-    subprocess.run(["make", "-s", "install", f"DESTDIR={destdir}"], cwd=REPO, check=True,
-                   capture_output=True)
+    subprocess.run(
+        ["make", "-s", "install", f"DESTDIR={destdir}"], cwd=REPO, check=True, capture_output=True
+    )
     return destdir
 
 
@@ -63,7 +70,9 @@ def root(installed: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def verify(root: Path, name: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         ["systemd-analyze", "verify", "--man=no", "--recursive-errors=no", f"--root={root}", name],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
 
 
@@ -113,20 +122,29 @@ def test_make_install_keeps_an_existing_configuration(tmp_path: Path) -> None:
     conf = tmp_path / "etc/kexechibd.conf"
     conf.parent.mkdir()
     conf.write_text("[image]\nlevel = 9\n")
-    subprocess.run(["make", "-s", "install", f"DESTDIR={tmp_path}"], cwd=REPO, check=True,
-                   capture_output=True)
+    subprocess.run(
+        ["make", "-s", "install", f"DESTDIR={tmp_path}"], cwd=REPO, check=True, capture_output=True
+    )
     assert conf.read_text() == "[image]\nlevel = 9\n"
 
 
 def test_the_installed_programs_start_on_debians_python(installed: Path) -> None:
-    probe = subprocess.run(["/usr/bin/python3", "-c", "import dbus_next, systemd.daemon"],
-                           capture_output=True, check=False)
+    probe = subprocess.run(
+        ["/usr/bin/python3", "-c", "import dbus_next, systemd.daemon"],
+        capture_output=True,
+        check=False,
+    )
     if probe.returncode != 0:
         pytest.skip("Debian's python3-dbus-next / python3-systemd are not installed")
     env = {"PYTHONPATH": str(installed / "usr/lib/python3/dist-packages"), "PATH": "/usr/bin:/bin"}
     for program in ("usr/sbin/kexechibd", "usr/bin/kexechibctl"):
-        result = subprocess.run([str(installed / program), "--version"], env=env,
-                                capture_output=True, text=True, check=False)
+        result = subprocess.run(
+            [str(installed / program), "--version"],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         assert result.returncode == 0, result.stderr
         assert "0.1.0" in result.stdout
 
@@ -145,7 +163,9 @@ def test_the_hibernate_dropin_replaces_systemd_sleep_and_blocks_until_resume() -
     text = (REPO / "systemd/systemd-hibernate.service.d/kexechib.conf").read_text()
     exec_starts = [line for line in text.splitlines() if line.startswith("ExecStart=")]
     assert exec_starts == [
-        "ExecStart=", "ExecStart=/usr/bin/kexechibctl --no-ask-password hibernate"]
+        "ExecStart=",
+        "ExecStart=/usr/bin/kexechibctl --no-ask-password hibernate",
+    ]
 
 
 def test_kernel_b_boots_into_the_saver_only() -> None:

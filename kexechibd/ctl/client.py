@@ -53,7 +53,11 @@ class ManagerClient:
         await busutil.close(self.bus)
 
     async def call(
-        self, member: str, signature: str = "", body: Sequence[object] = (), *,
+        self,
+        member: str,
+        signature: str = "",
+        body: Sequence[object] = (),
+        *,
         interface: str = INTERFACE,
     ) -> list[Any]:
         flags = MessageFlag.NONE
@@ -61,8 +65,13 @@ class ManagerClient:
             flags = MessageFlag.ALLOW_INTERACTIVE_AUTHORIZATION
         reply = await self.bus.call(
             Message(
-                destination=BUS_NAME, path=OBJECT_PATH, interface=interface, member=member,
-                signature=signature, body=list(body), flags=flags,
+                destination=BUS_NAME,
+                path=OBJECT_PATH,
+                interface=interface,
+                member=member,
+                signature=signature,
+                body=list(body),
+                flags=flags,
             )
         )
         if reply is None:
@@ -85,8 +94,12 @@ class ManagerClient:
         )
         reply = await self.bus.call(
             Message(
-                destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
-                interface="org.freedesktop.DBus", member="AddMatch", signature="s", body=[rule],
+                destination="org.freedesktop.DBus",
+                path="/org/freedesktop/DBus",
+                interface="org.freedesktop.DBus",
+                member="AddMatch",
+                signature="s",
+                body=[rule],
             )
         )
         if reply is None or reply.message_type == MessageType.ERROR:

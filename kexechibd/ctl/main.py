@@ -54,11 +54,13 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "--bus", metavar="ADDRESS",
+        "--bus",
+        metavar="ADDRESS",
         help="D-Bus address (default: $DBUS_SYSTEM_BUS_ADDRESS, else the system bus)",
     )
-    parser.add_argument("--no-ask-password", action="store_true",
-                        help="never let polkit ask for a password")
+    parser.add_argument(
+        "--no-ask-password", action="store_true", help="never let polkit ask for a password"
+    )
     parser.add_argument("-q", "--quiet", action="store_true", help="show no progress")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -66,8 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("status", help="show the daemon's state and what this kernel supports")
     commands.add_parser("can-hibernate", help="print yes, no, challenge or na (as logind's)")
     p = commands.add_parser("hibernate", help="hibernate; returns after the system has resumed")
-    p.add_argument("--mode", choices=[m.value for m in Mode],
-                   help="after saving: power off (default) or jump back (a checkpoint)")
+    p.add_argument(
+        "--mode",
+        choices=[m.value for m in Mode],
+        help="after saving: power off (default) or jump back (a checkpoint)",
+    )
     p.add_argument("--compression", choices=COMPRESSIONS, help="image compression")
     p.add_argument("--level", type=int, help="compression level")
     p.add_argument("--image", metavar="PATH", help="where to write the image")
@@ -95,8 +100,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _fail(error: DaemonError) -> int:
     if error.not_running:
-        print("kexechibctl: kexechibd is not running (nobody owns org.kexechib1 on this bus); "
-              "start it with `systemctl start kexechibd`", file=sys.stderr)
+        print(
+            "kexechibctl: kexechibd is not running (nobody owns org.kexechib1 on this bus); "
+            "start it with `systemctl start kexechibd`",
+            file=sys.stderr,
+        )
     else:
         print(f"kexechibctl: {error.message} [{error.name}]", file=sys.stderr)
     return EXIT_FAILURE
@@ -151,8 +159,12 @@ def _options(args: argparse.Namespace) -> dict[str, Variant]:
 
 
 async def _long_call(
-    client: ManagerClient, args: argparse.Namespace, operation: str,
-    member: str, signature: str = "", body: Sequence[object] = (),
+    client: ManagerClient,
+    args: argparse.Namespace,
+    operation: str,
+    member: str,
+    signature: str = "",
+    body: Sequence[object] = (),
 ) -> int:
     """A call that may take minutes: progress while waiting, Ctrl-C cancels."""
     display = display_for(sys.stdout, operation, quiet=args.quiet)

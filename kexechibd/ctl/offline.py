@@ -17,7 +17,8 @@ from typing import BinaryIO
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     image = subparsers.add_parser(
-        "image", help="work on an image file directly (no daemon needed)",
+        "image",
+        help="work on an image file directly (no daemon needed)",
         description="Offline image tools: they read the file themselves.",
     )
     actions = image.add_subparsers(dest="image_command", required=True, metavar="ACTION")
@@ -71,8 +72,10 @@ def run(args: argparse.Namespace) -> int:
             elif args.image_command == "verify":
                 reader.verify()
                 s = reader.summary
-                print(f"{args.image}: valid, {s.state}; {s.chunks} chunks, "
-                      f"{s.data_pages} data and {s.zero_pages} zero pages checked")
+                print(
+                    f"{args.image}: valid, {s.state}; {s.chunks} chunks, "
+                    f"{s.data_pages} data and {s.zero_pages} zero pages checked"
+                )
             else:
                 with _output(args.output) as out:
                     export_elf_core(reader, out)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from kexechibd import cmdline
 from kexechibd.cycle import kexec_ops
+from kexechibd.cycle.blocking import in_daemon_thread
 from kexechibd.cycle.loader import check_destinations, check_identity, describe, stream_load
 from kexechibd.cycle.params import SaveParams
 from kexechibd.cycle.prepare import SaverFiles, SaverLoad, load_saver, plan_saver_load
@@ -128,7 +129,7 @@ class KexecEngine:
         log.info("jumping to kernel B", extra={"HIBERNATE_ID": params.hibernate_id})
         await observer.before_jump()
         try:
-            await asyncio.to_thread(self.kernel.reboot_kexec)
+            await in_daemon_thread(self.kernel.reboot_kexec)
         except abi.KernelError as exc:
             self._unload_quietly()
             raise _refused(exc) from None
@@ -235,14 +236,14 @@ class KexecEngine:
         log.info("image committed: %s", describe(summary))
         if params.mode == Mode.POWEROFF.value:
             observer.set_state(State.JUMPING)
-            await asyncio.to_thread(self.kernel.power_off)
+            await in_daemon_thread(self.kernel.power_off)
         await self._jump_to(entry)
 
     async def _jump_to(self, entry: int) -> None:
         """B → A with the jump-back helper; returns when A jumps to B again."""
         try:
             await asyncio.to_thread(kexec_ops.load_jump_back_helper, self.kernel, entry)
-            await asyncio.to_thread(self.kernel.reboot_kexec)
+            await in_daemon_thread(self.kernel.reboot_kexec)
         except abi.KernelError as exc:
             raise _refused(exc) from None
 
@@ -262,7 +263,7 @@ class KexecEngine:
         observer.set_state(State.JUMPING)
         try:
             await asyncio.to_thread(store.mark_consumed)
-            await asyncio.to_thread(self.kernel.reboot_kexec)
+            await in_daemon_thread(self.kernel.reboot_kexec)
         except abi.KernelError as exc:
             store.mark_committed()
             kexec_ops.unload(self.kernel)
@@ -318,7 +319,7 @@ class KexecEngine:
         observer.set_state(State.JUMPING)
         await observer.before_jump()
         try:
-            await asyncio.to_thread(self.kernel.reboot_kexec)
+            await in_daemon_thread(self.kernel.reboot_kexec)
         except abi.KernelError as exc:
             raise _refused(exc) from None
         finally:

@@ -103,8 +103,15 @@ def _settings_help() -> str:
             lines.append(f"  [{section}]")
         default = config_module.default_text(s.section, s.key) or '""'
         lines.append(f"    {s.key} = {s.allowed}   (default: {default})")
-        lines.extend(textwrap.wrap(s.doc, 72, initial_indent="        ",
-                                   subsequent_indent="        ", break_on_hyphens=False))
+        lines.extend(
+            textwrap.wrap(
+                s.doc,
+                72,
+                initial_indent="        ",
+                subsequent_indent="        ",
+                break_on_hyphens=False,
+            )
+        )
     return "\n".join(lines)
 
 
@@ -161,15 +168,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "--config", type=Path, metavar="FILE",
+        "--config",
+        type=Path,
+        metavar="FILE",
         help=f"configuration file (default: {config_module.DEFAULT_PATH} if it exists)",
     )
     parser.add_argument(
-        "--bus", metavar="ADDRESS",
+        "--bus",
+        metavar="ADDRESS",
         help="D-Bus address to serve on (default: $DBUS_SYSTEM_BUS_ADDRESS, else the system bus)",
     )
     parser.add_argument(
-        "--oneshot", action="store_true",
+        "--oneshot",
+        action="store_true",
         help="do the role's automatic work without D-Bus and exit: save A in kernel B, "
         "resume the image in a restorer boot, nothing in A",
     )
@@ -237,8 +248,12 @@ class Daemon:
         else:
             image = ImageState(ImageVerdict.ABSENT)
         decision = detect_role(self._runtime.cmdline, image, self._runtime.boot_id)
-        log.info("role %s: %s", decision.role.value, decision.reason,
-                 extra={"KEXECHIB_ROLE": decision.role.value})
+        log.info(
+            "role %s: %s",
+            decision.role.value,
+            decision.reason,
+            extra={"KEXECHIB_ROLE": decision.role.value},
+        )
         if decision.problem:
             log.error("%s", decision.problem)
         manager = Manager(engine, decision)
@@ -273,7 +288,9 @@ class Daemon:
             log.error("cannot connect to the bus: %s", e)
             return None
         service = ManagerService(
-            bus, manager, PolkitAuthorizer(bus),
+            bus,
+            manager,
+            PolkitAuthorizer(bus),
             hibernate_defaults=hibernate_defaults(self._config),
         )
         service.export()

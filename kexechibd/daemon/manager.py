@@ -221,7 +221,9 @@ class Manager:
         if reason:
             raise NotSupported(f"cannot hibernate: {reason}")
         await self._run(
-            "hibernate", owner, State.PREPARING,
+            "hibernate",
+            owner,
+            State.PREPARING,
             lambda observer, token: self._engine.hibernate(options, observer, token),
         )
 
@@ -231,7 +233,9 @@ class Manager:
         if self.role is Role.SAVER:
             raise NotSupported("cannot resume in kernel B (the saver); boot normally to resume")
         await self._run(
-            "resume", owner, State.LOADING,
+            "resume",
+            owner,
+            State.LOADING,
             lambda observer, token: self._engine.resume(image, options, observer, token),
         )
 
@@ -246,7 +250,9 @@ class Manager:
     async def jump_back(self, *, owner: str = "") -> None:
         """Jump to the peer kernel; returns when this kernel is jumped back into."""
         await self._run(
-            "jump-back", owner, State.JUMPING,
+            "jump-back",
+            owner,
+            State.JUMPING,
             lambda observer, token: self._engine.jump_back(observer),
         )
 
@@ -328,8 +334,9 @@ class Manager:
             if isinstance(error, Failed) and not isinstance(exc, KexechibError):
                 log.error("%s failed unexpectedly", kind, exc_info=exc, extra=extra)
             else:
-                log.warning("%s failed: %s", kind, error,
-                            extra={**extra, "KEXECHIB_ERROR": error.dbus_name})
+                log.warning(
+                    "%s failed: %s", kind, error, extra={**extra, "KEXECHIB_ERROR": error.dbus_name}
+                )
             await self._end(op, error)
             if isinstance(exc, asyncio.CancelledError) or error is exc:
                 raise

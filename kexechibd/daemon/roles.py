@@ -84,7 +84,8 @@ def detect_role(kernel_cmdline: str, image: ImageState, boot_id: str) -> RoleDec
         if entry is None:
             missing = bad_entry or f"{cmdline.JUMP_BACK_ENTRY}= is missing"
             return RoleDecision(
-                Role.SAVER, said,
+                Role.SAVER,
+                said,
                 problem=(
                     f"{missing}: purgatory did not hand over A's re-entry point, so A "
                     "cannot be saved or jumped back to from here"

@@ -224,9 +224,7 @@ class ManagerService:
 
     async def prepare_for_hibernate(self, start: bool) -> None:
         self._bus.send(
-            Message.new_signal(
-                OBJECT_PATH, INTERFACE, PREPARE_FOR_HIBERNATE.name, "b", [start]
-            )
+            Message.new_signal(OBJECT_PATH, INTERFACE, PREPARE_FOR_HIBERNATE.name, "b", [start])
         )
         await self.flush()
 
@@ -256,13 +254,14 @@ class ManagerService:
         member = METHODS.get(msg.member)
         if member is None:
             return Message.new_error(
-                msg, "org.freedesktop.DBus.Error.UnknownMethod",
-                f"{INTERFACE} has no method {msg.member!r}; "
-                f"it has {', '.join(METHODS)}",
+                msg,
+                "org.freedesktop.DBus.Error.UnknownMethod",
+                f"{INTERFACE} has no method {msg.member!r}; it has {', '.join(METHODS)}",
             )
         if msg.signature != member.in_signature:
             return Message.new_error(
-                msg, INVALID_ARGS,
+                msg,
+                INVALID_ARGS,
                 f"{INTERFACE}.{member.name} takes arguments ({member.in_signature}), "
                 f"not ({msg.signature})",
             )
@@ -284,9 +283,7 @@ class ManagerService:
                 log.error("%s from %s failed", member.name, caller.sender, exc_info=exc)
             reply = Message.new_error(msg, error.dbus_name, str(error))
         else:
-            reply = Message.new_method_return(
-                msg, "".join(sig for _, sig in member.out_args), body
-            )
+            reply = Message.new_method_return(msg, "".join(sig for _, sig in member.out_args), body)
         if not msg.flags & MessageFlag.NO_REPLY_EXPECTED:
             self._bus.send(reply)
 
@@ -295,8 +292,13 @@ class ManagerService:
     ) -> None:
         result = await self._authorizer.check(caller, action, details)
         if result.verdict is not Verdict.YES:
-            log.info("refused %s for %s: %s", action.value, caller.sender, result.verdict.value,
-                     extra={"KEXECHIB_ACTION": action.value, "KEXECHIB_CALLER": caller.sender})
+            log.info(
+                "refused %s for %s: %s",
+                action.value,
+                caller.sender,
+                result.verdict.value,
+                extra={"KEXECHIB_ACTION": action.value, "KEXECHIB_CALLER": caller.sender},
+            )
             raise denial(action, result, caller)
 
     def _image_path(self, image: str) -> Path:

@@ -24,6 +24,7 @@ import json
 import os
 import random
 import struct
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -611,15 +612,21 @@ class Machine:
 
     def wait_entered(self, kernel_id: int, after: int, poll: float = 0.02) -> bool:
         """Block until ``kernel_id`` runs again (entered after generation
-        ``after``); False when it is gone for good."""
-        while True:
-            state = self._read_state()
+        ``after``); False when it is gone for good — or when this process is
+        exiting: unlike a frozen kernel's userspace, a model process may end
+        while its kernel waits (its waiting thread must not hold up exit)."""
+        while threading.main_thread().is_alive():
+            try:
+                state = self._read_state()
+            except FileNotFoundError:
+                return False  # the machine itself was removed
             rec = state["kernels"][str(kernel_id)]
             if rec["status"] == RUNNING and rec["entered"] > after:
                 return True
             if rec["status"] == GONE:
                 return False
             time.sleep(poll)
+        return False
 
 
 def _copy(src: Path, dst: Path) -> Path:

@@ -104,7 +104,8 @@ class TestBus:
         self.log = open(self.dir / "dbus-daemon.log", "wb")  # noqa: SIM115 - lives with the bus
         self.proc = subprocess.Popen(
             ["dbus-daemon", f"--config-file={self.config}", "--nofork", "--nopidfile"],
-            stdout=self.log, stderr=subprocess.STDOUT,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
         )
         try:
             _wait(lambda: self.socket.exists() or self.proc.poll() is not None, 10, "bus start")
@@ -125,7 +126,8 @@ class TestBus:
     def has_owner(self, name: str) -> bool:
         result = subprocess.run(
             ["busctl", f"--address={self.address}", "status", name],
-            capture_output=True, check=False,
+            capture_output=True,
+            check=False,
         )
         return result.returncode == 0
 
@@ -159,12 +161,15 @@ class Polkitd:
         # unshare execs sh, which execs polkitd: one process, this pid.
         self.proc = subprocess.Popen(
             ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
-            env=bus.env(), stdout=self.log, stderr=subprocess.STDOUT,
+            env=bus.env(),
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
         )
         try:
             _wait(
                 lambda: bus.has_owner("org.freedesktop.PolicyKit1") or self.proc.poll() is not None,
-                15, "polkitd start",
+                15,
+                "polkitd start",
             )
             if self.proc.poll() is not None:
                 raise RuntimeError(f"polkitd exited: {self.output()}")

@@ -77,8 +77,10 @@ def polkitd(system_bus: TestBus) -> Iterator[Polkitd | None]:
 @pytest.fixture
 def real_polkit(polkitd: Polkitd | None) -> Polkitd:
     if polkitd is None:
-        pytest.skip(f"the real polkitd cannot run here: {polkitd_unavailable()}; "
-                    "test_authorization.py covers the same logic against a stand-in Authority")
+        pytest.skip(
+            f"the real polkitd cannot run here: {polkitd_unavailable()}; "
+            "test_authorization.py covers the same logic against a stand-in Authority"
+        )
     return polkitd
 
 
@@ -107,11 +109,15 @@ class RunningDaemon:
 
 
 async def start_daemon(
-    bus: TestBus, engine: Any, cmdline: str = "ro quiet", boot_id: str = BOOT_ID,
+    bus: TestBus,
+    engine: Any,
+    cmdline: str = "ro quiet",
+    boot_id: str = BOOT_ID,
     config: Config | None = None,
 ) -> RunningDaemon:
-    daemon = Daemon(Runtime(engine, cmdline, boot_id), bus.address, handle_signals=False,
-                    config=config)
+    daemon = Daemon(
+        Runtime(engine, cmdline, boot_id), bus.address, handle_signals=False, config=config
+    )
     task = asyncio.create_task(daemon.run())
     ready = asyncio.create_task(daemon.ready.wait())
     await asyncio.wait({task, ready}, timeout=10, return_when=asyncio.FIRST_COMPLETED)
@@ -131,8 +137,9 @@ async def stop_daemon(running: RunningDaemon) -> int:
 
 
 @pytest.fixture
-async def daemon(system_bus: TestBus, polkitd: Polkitd | None,
-                 engine: ScriptedEngine) -> AsyncIterator[RunningDaemon]:
+async def daemon(
+    system_bus: TestBus, polkitd: Polkitd | None, engine: ScriptedEngine
+) -> AsyncIterator[RunningDaemon]:
     running = await start_daemon(system_bus, engine)
     yield running
     assert await stop_daemon(running) == 0
@@ -150,17 +157,28 @@ async def client(system_bus: TestBus) -> AsyncIterator[MessageBus]:
     await busutil.close(bus)
 
 
-def manager_call(member: str, signature: str = "", body: Sequence[object] = (),
-                 *, interactive: bool = False) -> Message:
+def manager_call(
+    member: str, signature: str = "", body: Sequence[object] = (), *, interactive: bool = False
+) -> Message:
     return Message(
-        destination=BUS_NAME, path=OBJECT_PATH, interface=INTERFACE, member=member,
-        signature=signature, body=list(body),
+        destination=BUS_NAME,
+        path=OBJECT_PATH,
+        interface=INTERFACE,
+        member=member,
+        signature=signature,
+        body=list(body),
         flags=MessageFlag.ALLOW_INTERACTIVE_AUTHORIZATION if interactive else MessageFlag.NONE,
     )
 
 
-async def call(bus: MessageBus, member: str, signature: str = "", body: Sequence[object] = (),
-               *, interactive: bool = False) -> list[object]:
+async def call(
+    bus: MessageBus,
+    member: str,
+    signature: str = "",
+    body: Sequence[object] = (),
+    *,
+    interactive: bool = False,
+) -> list[object]:
     """Call a Manager method; return the reply body or raise ``CallError``."""
     reply = await bus.call(manager_call(member, signature, body, interactive=interactive))
     if reply.message_type == MessageType.ERROR:
@@ -169,9 +187,16 @@ async def call(bus: MessageBus, member: str, signature: str = "", body: Sequence
 
 
 async def get_property(bus: MessageBus, name: str) -> object:
-    reply = await bus.call(Message(
-        destination=BUS_NAME, path=OBJECT_PATH, interface="org.freedesktop.DBus.Properties",
-        member="Get", signature="ss", body=[INTERFACE, name]))
+    reply = await bus.call(
+        Message(
+            destination=BUS_NAME,
+            path=OBJECT_PATH,
+            interface="org.freedesktop.DBus.Properties",
+            member="Get",
+            signature="ss",
+            body=[INTERFACE, name],
+        )
+    )
     if reply.message_type == MessageType.ERROR:
         raise CallError(reply.error_name, reply.body[0] if reply.body else "")
     return reply.body[0].value
@@ -196,16 +221,30 @@ def as_user(user: str, argv: Sequence[str]) -> list[str]:
     if user == "root":
         return list(argv)
     entry = pwd.getpwnam(user)
-    return ["setpriv", f"--reuid={entry.pw_uid}", f"--regid={entry.pw_gid}",
-            "--clear-groups", "--", *argv]
+    return [
+        "setpriv",
+        f"--reuid={entry.pw_uid}",
+        f"--regid={entry.pw_gid}",
+        "--clear-groups",
+        "--",
+        *argv,
+    ]
 
 
-async def run(argv: Sequence[str], *, user: str = "root", env: dict[str, str] | None = None,
-              timeout: float = 30) -> Completed:
+async def run(
+    argv: Sequence[str],
+    *,
+    user: str = "root",
+    env: dict[str, str] | None = None,
+    timeout: float = 30,
+) -> Completed:
     """Run a client program without blocking the loop the daemon serves on."""
     proc = await asyncio.create_subprocess_exec(
-        *as_user(user, argv), env=env, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL,
+        *as_user(user, argv),
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        stdin=asyncio.subprocess.DEVNULL,
     )
     try:
         out, err = await asyncio.wait_for(proc.communicate(), timeout)
@@ -232,10 +271,14 @@ def ctl_argv(bus: TestBus, *args: str, unprivileged: bool = False) -> list[str]:
 def system_python_unavailable() -> str:
     import subprocess
 
-    probe = subprocess.run([SYSTEM_PYTHON, "-c", "import dbus_next"], capture_output=True,
-                           check=False)
-    return "" if probe.returncode == 0 else f"{SYSTEM_PYTHON} cannot import dbus_next " \
-        "(Debian package python3-dbus-next)"
+    probe = subprocess.run(
+        [SYSTEM_PYTHON, "-c", "import dbus_next"], capture_output=True, check=False
+    )
+    return (
+        ""
+        if probe.returncode == 0
+        else f"{SYSTEM_PYTHON} cannot import dbus_next (Debian package python3-dbus-next)"
+    )
 
 
 @pytest.fixture
@@ -253,10 +296,16 @@ class Signals:
         self.messages: list[Message] = []
 
     async def subscribe(self, bus: MessageBus) -> Signals:
-        reply = await bus.call(Message(
-            destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
-            interface="org.freedesktop.DBus", member="AddMatch", signature="s",
-            body=[f"type='signal',sender='{BUS_NAME}'"]))
+        reply = await bus.call(
+            Message(
+                destination="org.freedesktop.DBus",
+                path="/org/freedesktop/DBus",
+                interface="org.freedesktop.DBus",
+                member="AddMatch",
+                signature="s",
+                body=[f"type='signal',sender='{BUS_NAME}'"],
+            )
+        )
         assert reply.message_type == MessageType.METHOD_RETURN
 
         def handler(msg: Message) -> None:
@@ -269,8 +318,11 @@ class Signals:
     @property
     def changes(self) -> list[dict[str, object]]:
         """The ``changed`` dicts of every PropertiesChanged, in order."""
-        return [{k: v.value for k, v in m.body[1].items()} for m in self.messages
-                if m.member == "PropertiesChanged" and m.body[0] == INTERFACE]
+        return [
+            {k: v.value for k, v in m.body[1].items()}
+            for m in self.messages
+            if m.member == "PropertiesChanged" and m.body[0] == INTERFACE
+        ]
 
     def values(self, name: str) -> list[object]:
         return [c[name] for c in self.changes if name in c]

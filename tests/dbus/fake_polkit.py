@@ -55,8 +55,16 @@ class FakeAuthority:
         if msg.member != "CheckAuthorization" or msg.interface != POLKIT_INTERFACE:
             return None
         (kind, subject), action, details, flags, cancellation_id = msg.body
-        self.requests.append(Request(kind, {k: v.value for k, v in subject.items()}, action,
-                                     dict(details), flags, cancellation_id))
+        self.requests.append(
+            Request(
+                kind,
+                {k: v.value for k, v in subject.items()},
+                action,
+                dict(details),
+                flags,
+                cancellation_id,
+            )
+        )
         task = asyncio.get_running_loop().create_task(self._answer(msg, action))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

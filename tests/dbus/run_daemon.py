@@ -31,7 +31,7 @@ def run(argv: list[str]) -> int:
             engine.gate.clear()
         return Runtime(engine, script.cmdline, script.boot_id)
 
-    return main(argv[split + 1:], runtime_factory=runtime)
+    return main(argv[split + 1 :], runtime_factory=runtime)
 
 
 if __name__ == "__main__":

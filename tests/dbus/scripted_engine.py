@@ -33,12 +33,22 @@ from kexechibd.errors import BadImage, NoPeer
 from kexechibd.kernel.api import SupportReport
 
 SUPPORTED = SupportReport(
-    backend="model", kexec=True, cap_sys_boot=True, lockdown="none",
-    kexec_load_disabled=False, kexec_jump=True, staged_load=True,
+    backend="model",
+    kexec=True,
+    cap_sys_boot=True,
+    lockdown="none",
+    kexec_load_disabled=False,
+    kexec_jump=True,
+    staged_load=True,
 )
 NO_KEXEC = SupportReport(
-    backend="model", kexec=False, cap_sys_boot=True, lockdown="none",
-    kexec_load_disabled=False, kexec_jump=None, staged_load=False,
+    backend="model",
+    kexec=False,
+    cap_sys_boot=True,
+    lockdown="none",
+    kexec_load_disabled=False,
+    kexec_jump=None,
+    staged_load=False,
 )
 
 IMAGE_MAGIC = "SCRIPTED-ENGINE-IMAGE"
@@ -154,17 +164,32 @@ class ScriptedEngine:
         except FileNotFoundError:
             return {"valid": False, "error": f"no image at {image}", "path": str(image)}
         except OSError as e:
-            return {"valid": False, "error": f"cannot open the image at {image}: {e.strerror}",
-                    "path": str(image)}
+            return {
+                "valid": False,
+                "error": f"cannot open the image at {image}: {e.strerror}",
+                "path": str(image),
+            }
         fields = dict(w.partition("=")[::2] for w in words[1:])
         if words[:1] == [IMAGE_MAGIC]:
-            return {"valid": True, "path": str(image), "state": "committed",
-                    "boot-id": fields.get("boot_id", ""), "data-pages": 4096}
+            return {
+                "valid": True,
+                "path": str(image),
+                "state": "committed",
+                "boot-id": fields.get("boot_id", ""),
+                "data-pages": 4096,
+            }
         if words[:1] == [CONSUMED_MAGIC]:
-            return {"valid": False, "path": str(image), "state": "consumed",
-                    "boot-id": fields.get("boot_id", "")}
-        return {"valid": False, "path": str(image),
-                "error": "not a kexechib image (bad magic at offset 0)"}
+            return {
+                "valid": False,
+                "path": str(image),
+                "state": "consumed",
+                "boot-id": fields.get("boot_id", ""),
+            }
+        return {
+            "valid": False,
+            "path": str(image),
+            "error": "not a kexechib image (bad magic at offset 0)",
+        }
 
     # --------------------------------------------------------- script
 

@@ -42,9 +42,19 @@ DEST = ("org.kexechib1", "/org/kexechib1")
 
 
 def gdbus(member, *args, interactive=False):
-    return ["gdbus", "call", "--system", *(["--interactive"] if interactive else []),
-            "--dest", DEST[0], "--object-path", DEST[1],
-            "--method", f"org.kexechib1.Manager.{member}", *args]
+    return [
+        "gdbus",
+        "call",
+        "--system",
+        *(["--interactive"] if interactive else []),
+        "--dest",
+        DEST[0],
+        "--object-path",
+        DEST[1],
+        "--method",
+        f"org.kexechib1.Manager.{member}",
+        *args,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -72,8 +82,7 @@ async def served(bus, engine):
 
 async def test_the_request_names_the_caller_and_the_action(served, bus, authority):
     authority.verdicts["org.kexechib1.hibernate"] = (True, False)
-    result = await run(gdbus("Hibernate", "{'mode': <'checkpoint'>}"), user="nobody",
-                       env=bus.env())
+    result = await run(gdbus("Hibernate", "{'mode': <'checkpoint'>}"), user="nobody", env=bus.env())
     assert result.returncode == 0, result.stderr
     (request,) = authority.requests
     assert request.subject_kind == "system-bus-name"
@@ -90,8 +99,10 @@ async def test_polkit_may_interact_only_when_the_message_allows_it(served, bus, 
     assert [r.flags for r in authority.requests] == [0, 1, 0]
 
 
-@pytest.mark.parametrize("verdict, answer", [((True, False), "yes"), ((False, True), "challenge"),
-                                             ((False, False), "no")])
+@pytest.mark.parametrize(
+    "verdict, answer",
+    [((True, False), "yes"), ((False, True), "challenge"), ((False, False), "no")],
+)
 async def test_can_hibernate_maps_the_verdict(served, bus, authority, verdict, answer):
     authority.verdicts["org.kexechib1.hibernate"] = verdict
     result = await run(gdbus("CanHibernate"), user="nobody", env=bus.env())
@@ -163,9 +174,12 @@ async def test_whoever_started_an_operation_may_cancel_it(served, bus, authority
     authority.verdicts["org.kexechib1.hibernate"] = (True, False)
     served.engine.gate.clear()
     proc = await asyncio.create_subprocess_exec(
-        *ctl_argv(bus, "hibernate", unprivileged=True), env=ctl_env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        preexec_fn=_drop_to_nobody)
+        *ctl_argv(bus, "hibernate", unprivileged=True),
+        env=ctl_env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        preexec_fn=_drop_to_nobody,
+    )
     await wait_thread_event(served.engine.waiting, 20)
     proc.send_signal(signal.SIGINT)
     _, err = await asyncio.wait_for(proc.communicate(), 20)
@@ -195,16 +209,22 @@ def _drop_to_nobody() -> None:
 
 
 @pytest.mark.parametrize("args, flags", [((), 1), (("--no-ask-password",), 0)])
-async def test_kexechibctl_on_a_terminal_lets_polkit_ask(served, bus, authority, ctl_env,
-                                                        args, flags):
+async def test_kexechibctl_on_a_terminal_lets_polkit_ask(
+    served, bus, authority, ctl_env, args, flags
+):
     reason = system_python_unavailable()
     if reason:
         pytest.skip(reason)
     primary, secondary = pty.openpty()
     try:
         proc = await asyncio.create_subprocess_exec(
-            *ctl_argv(bus, *args, "hibernate", unprivileged=True), env=ctl_env,
-            stdin=secondary, stdout=secondary, stderr=secondary, preexec_fn=_drop_to_nobody)
+            *ctl_argv(bus, *args, "hibernate", unprivileged=True),
+            env=ctl_env,
+            stdin=secondary,
+            stdout=secondary,
+            stderr=secondary,
+            preexec_fn=_drop_to_nobody,
+        )
         await asyncio.wait_for(proc.wait(), 20)
     finally:
         os.close(secondary)

@@ -31,8 +31,12 @@ async def test_status_shows_every_property(daemon, system_bus, ctl_env):
     assert result.returncode == 0, result.stderr
     lines = dict(line.split(":", 1) for line in result.stdout.splitlines())
     assert {k: v.strip() for k, v in lines.items()} == {
-        "State": "idle", "Progress": "0%", "LastError": "", "Role": "origin",
-        "Backend": "model", "Support": "supported",
+        "State": "idle",
+        "Progress": "0%",
+        "LastError": "",
+        "Role": "origin",
+        "Backend": "model",
+        "Support": "supported",
         "ImageLocation": daemon.engine.image_location,
     }
 
@@ -46,11 +50,21 @@ async def test_can_hibernate_prints_the_answer_and_exits_by_it(daemon, system_bu
 
 
 async def test_hibernate_waits_and_shows_progress_as_lines(daemon, system_bus, ctl_env):
-    result = await ctl(system_bus, ctl_env, "hibernate", "--mode", "checkpoint",
-                       "--compression", "lz4", "--level", "5")
+    result = await ctl(
+        system_bus,
+        ctl_env,
+        "hibernate",
+        "--mode",
+        "checkpoint",
+        "--compression",
+        "lz4",
+        "--level",
+        "5",
+    )
     assert result.returncode == 0, result.stderr
     assert daemon.engine.operations == [
-        ("hibernate", HibernateOptions(mode=Mode.CHECKPOINT, compression="lz4", level=5))]
+        ("hibernate", HibernateOptions(mode=Mode.CHECKPOINT, compression="lz4", level=5))
+    ]
     lines = result.stdout.splitlines()
     assert "hibernate: preparing" in lines
     assert "hibernate: jumping" in lines
@@ -65,7 +79,8 @@ async def test_a_refusal_exits_1_with_the_daemons_message(daemon, system_bus, ct
     assert result.returncode == 1
     assert result.stderr.strip().endswith(
         "kexechibctl: cannot preallocate the image: no space left on /var "
-        "[org.kexechib1.Error.BadImage]")
+        "[org.kexechib1.Error.BadImage]"
+    )
 
 
 async def test_bad_usage_exits_2(system_bus, ctl_env):
@@ -121,8 +136,11 @@ async def test_jump_back_without_a_peer(daemon, system_bus, ctl_env):
 async def test_ctrl_c_cancels_and_a_second_ctrl_c_leaves(daemon, system_bus, ctl_env):
     daemon.engine.jump_gate.clear()  # past the point of no return: cancel cannot work
     proc = await asyncio.create_subprocess_exec(
-        *ctl_argv(system_bus, "hibernate"), env=ctl_env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        *ctl_argv(system_bus, "hibernate"),
+        env=ctl_env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     await wait_thread_event(daemon.engine.committed, 20)
     proc.send_signal(signal.SIGINT)
     await asyncio.sleep(0.5)
@@ -136,8 +154,12 @@ async def test_ctrl_c_cancels_and_a_second_ctrl_c_leaves(daemon, system_bus, ctl
 async def test_on_a_terminal_progress_is_a_bar(daemon, system_bus, ctl_env):
     primary, secondary = pty.openpty()
     proc = await asyncio.create_subprocess_exec(
-        *ctl_argv(system_bus, "hibernate"), env={**ctl_env, "COLUMNS": "100"},
-        stdin=secondary, stdout=secondary, stderr=secondary)
+        *ctl_argv(system_bus, "hibernate"),
+        env={**ctl_env, "COLUMNS": "100"},
+        stdin=secondary,
+        stdout=secondary,
+        stderr=secondary,
+    )
     os.close(secondary)
     output = bytearray()
     loop = asyncio.get_running_loop()
@@ -159,8 +181,12 @@ async def test_on_a_terminal_progress_is_a_bar(daemon, system_bus, ctl_env):
 
 
 def offline(env, *args):
-    return subprocess.run([sys.executable, "-m", "kexechibd.ctl", "image", *args], env=env,
-                          capture_output=True, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "kexechibd.ctl", "image", *args],
+        env=env,
+        capture_output=True,
+        check=False,
+    )
 
 
 @pytest.fixture
@@ -180,8 +206,10 @@ def real_image(tmp_path):
 def test_image_inspect_prints_what_the_image_says(real_image, ctl_env):
     result = offline(ctl_env, "inspect", str(real_image))
     assert result.returncode == 0, result.stderr
-    fields = {k: v.strip() for k, v in
-              (line.split(":", 1) for line in result.stdout.decode().splitlines())}
+    fields = {
+        k: v.strip()
+        for k, v in (line.split(":", 1) for line in result.stdout.decode().splitlines())
+    }
     assert fields["boot-id"] == "b0b0-1"
     assert fields["state"] == "committed"
     assert fields["jump-back-entry"] == "0x100002000"
@@ -207,10 +235,13 @@ def test_image_export_writes_an_elf_core_readelf_reads(real_image, ctl_env, tmp_
     result = offline(ctl_env, "export", str(real_image), str(core))
     assert result.returncode == 0, result.stderr
     assert core.read_bytes()[:4] == b"\x7fELF"
-    headers = subprocess.run(["readelf", "-l", str(core)], capture_output=True, text=True,
-                             check=True).stdout
-    assert "CORE (Core file)" in subprocess.run(["readelf", "-h", str(core)],
-                                                capture_output=True, text=True).stdout
+    headers = subprocess.run(
+        ["readelf", "-l", str(core)], capture_output=True, text=True, check=True
+    ).stdout
+    assert (
+        "CORE (Core file)"
+        in subprocess.run(["readelf", "-h", str(core)], capture_output=True, text=True).stdout
+    )
     assert headers.count("LOAD") == 2
     again = offline(ctl_env, "export", str(real_image), str(core))
     assert again.returncode == 1 and b"File exists" in again.stderr
@@ -235,12 +266,22 @@ def test_image_tools_on_a_missing_image(ctl_env, tmp_path):
 def test_lines_report_state_changes_and_every_ten_percent():
     out = io.StringIO()
     lines = Lines(out, "hibernate")
-    for state, progress in [("preparing", 0.0), ("preparing", 0.05), ("preparing", 0.12),
-                            ("preparing", 0.19), ("loading", 0.31), ("loading", 1.0)]:
+    for state, progress in [
+        ("preparing", 0.0),
+        ("preparing", 0.05),
+        ("preparing", 0.12),
+        ("preparing", 0.19),
+        ("loading", 0.31),
+        ("loading", 1.0),
+    ]:
         lines.update(state, progress)
     assert out.getvalue().splitlines() == [
-        "hibernate: preparing", "hibernate: preparing 10%", "hibernate: loading",
-        "hibernate: loading 30%", "hibernate: loading 100%"]
+        "hibernate: preparing",
+        "hibernate: preparing 10%",
+        "hibernate: loading",
+        "hibernate: loading 30%",
+        "hibernate: loading 100%",
+    ]
 
 
 def test_a_bar_redraws_one_line_and_ends_it():

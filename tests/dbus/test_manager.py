@@ -60,8 +60,13 @@ def origin(engine):
 async def test_a_new_manager_is_idle_and_shows_the_engine(engine):
     manager, _ = manager_for(engine)
     assert manager.properties == {
-        "State": "idle", "Role": "origin", "Backend": "model", "Support": "",
-        "LastError": "", "ImageLocation": engine.image_location, "Progress": 0.0,
+        "State": "idle",
+        "Role": "origin",
+        "Backend": "model",
+        "Support": "",
+        "LastError": "",
+        "ImageLocation": engine.image_location,
+        "Progress": 0.0,
     }
     await manager.refresh_support()
     assert manager.get("Support") == "supported"
@@ -81,8 +86,11 @@ async def test_only_one_operation_runs_at_a_time(origin, engine):
     engine.gate.clear()
     first = asyncio.create_task(manager.hibernate(HibernateOptions()))
     await wait_thread_event(engine.waiting)
-    for second in (manager.hibernate(HibernateOptions()),
-                   manager.resume(Path("/x"), ResumeOptions()), manager.jump_back()):
+    for second in (
+        manager.hibernate(HibernateOptions()),
+        manager.resume(Path("/x"), ResumeOptions()),
+        manager.jump_back(),
+    ):
         with pytest.raises(Busy, match="a hibernate is already running"):
             await second
     engine.gate.set()
@@ -247,4 +255,3 @@ async def test_the_cancel_token_is_fresh_for_every_operation(origin, engine):
     await manager.hibernate(HibernateOptions())
     assert len(tokens) == 2 and tokens[0] is not tokens[1]
     assert not tokens[1].cancelled
-

@@ -14,8 +14,18 @@ DEST = ("org.kexechib1", "/org/kexechib1")
 
 
 def gdbus(*args, interactive=False):
-    return ["gdbus", "call", "--system", *(["--interactive"] if interactive else []),
-            "--dest", DEST[0], "--object-path", DEST[1], "--method", *args]
+    return [
+        "gdbus",
+        "call",
+        "--system",
+        *(["--interactive"] if interactive else []),
+        "--dest",
+        DEST[0],
+        "--object-path",
+        DEST[1],
+        "--method",
+        *args,
+    ]
 
 
 def busctl(bus, *args):
@@ -28,21 +38,22 @@ def assert_unchanged(daemon):
     assert daemon.manager.get("LastError") == ""
 
 
-@pytest.mark.parametrize("user, answer", [("root", "yes"), ("nobody", "challenge"),
-                                          ("daemon", "yes"), ("bin", "no")])
+@pytest.mark.parametrize(
+    "user, answer", [("root", "yes"), ("nobody", "challenge"), ("daemon", "yes"), ("bin", "no")]
+)
 async def test_can_hibernate_answers_with_polkits_verdict_for_the_caller(
     daemon, system_bus, real_polkit, user, answer
 ):
-    result = await run(gdbus("org.kexechib1.Manager.CanHibernate"), user=user,
-                       env=system_bus.env())
+    result = await run(gdbus("org.kexechib1.Manager.CanHibernate"), user=user, env=system_bus.env())
     assert result.stdout.strip() == f"('{answer}',)", result.stderr
 
 
 async def test_a_caller_polkit_would_challenge_is_denied_without_interaction(
     daemon, system_bus, real_polkit
 ):
-    result = await run(gdbus("org.kexechib1.Manager.Hibernate", "{}"), user="nobody",
-                       env=system_bus.env())
+    result = await run(
+        gdbus("org.kexechib1.Manager.Hibernate", "{}"), user="nobody", env=system_bus.env()
+    )
     assert result.returncode != 0
     assert "org.freedesktop.DBus.Error.AccessDenied" in result.stderr
     assert "authentication is required" in result.stderr
@@ -50,32 +61,45 @@ async def test_a_caller_polkit_would_challenge_is_denied_without_interaction(
 
 
 async def test_an_interactive_caller_without_an_agent_is_denied(daemon, system_bus, real_polkit):
-    result = await run(gdbus("org.kexechib1.Manager.Hibernate", "{}", interactive=True),
-                       user="nobody", env=system_bus.env())
+    result = await run(
+        gdbus("org.kexechib1.Manager.Hibernate", "{}", interactive=True),
+        user="nobody",
+        env=system_bus.env(),
+    )
     assert "org.freedesktop.DBus.Error.AccessDenied" in result.stderr
     assert_unchanged(daemon)
 
 
 async def test_a_caller_polkit_refuses_is_denied(daemon, system_bus, real_polkit):
-    for member, args in (("Hibernate", ["{}"]), ("Resume", ["''", "{}"]), ("JumpBack", []),
-                         ("Inspect", ["'/etc/shadow'"])):
-        result = await run(gdbus(f"org.kexechib1.Manager.{member}", *args), user="bin",
-                           env=system_bus.env())
+    for member, args in (
+        ("Hibernate", ["{}"]),
+        ("Resume", ["''", "{}"]),
+        ("JumpBack", []),
+        ("Inspect", ["'/etc/shadow'"]),
+    ):
+        result = await run(
+            gdbus(f"org.kexechib1.Manager.{member}", *args), user="bin", env=system_bus.env()
+        )
         assert "org.freedesktop.DBus.Error.AccessDenied" in result.stderr, member
         assert "polkit said no" in result.stderr
     assert_unchanged(daemon)
 
 
 async def test_a_caller_polkit_authorizes_may_hibernate(daemon, system_bus, real_polkit):
-    result = await run(gdbus("org.kexechib1.Manager.Hibernate", "{'mode': <'checkpoint'>}"),
-                       user="daemon", env=system_bus.env())
+    result = await run(
+        gdbus("org.kexechib1.Manager.Hibernate", "{'mode': <'checkpoint'>}"),
+        user="daemon",
+        env=system_bus.env(),
+    )
     assert result.returncode == 0, result.stderr
     assert [c[0] for c in daemon.engine.operations] == ["hibernate"]
 
 
 async def test_busctl_as_an_unprivileged_user_is_denied(daemon, system_bus, real_polkit):
-    result = await run(busctl(system_bus, "call", *DEST, "org.kexechib1.Manager", "Hibernate",
-                              "a{sv}", "0"), user="nobody")
+    result = await run(
+        busctl(system_bus, "call", *DEST, "org.kexechib1.Manager", "Hibernate", "a{sv}", "0"),
+        user="nobody",
+    )
     assert result.returncode != 0
     assert "Access denied" in result.stderr
     assert_unchanged(daemon)
@@ -99,32 +123,51 @@ async def test_others_cannot_cancel_an_operation_they_did_not_start(
 async def test_anyone_may_read_properties_and_inspect_the_configured_image(
     daemon, system_bus, real_polkit
 ):
-    result = await run(busctl(system_bus, "get-property", *DEST, "org.kexechib1.Manager", "State"),
-                       user="nobody")
+    result = await run(
+        busctl(system_bus, "get-property", *DEST, "org.kexechib1.Manager", "State"), user="nobody"
+    )
     assert result.stdout.strip() == 's "idle"'
-    result = await run(gdbus("org.kexechib1.Manager.Inspect", "''"), user="nobody",
-                       env=system_bus.env())
+    result = await run(
+        gdbus("org.kexechib1.Manager.Inspect", "''"), user="nobody", env=system_bus.env()
+    )
     assert "'valid': <false>" in result.stdout
 
 
 async def test_the_bus_refuses_setting_properties_to_others(daemon, system_bus):
-    result = await run(busctl(system_bus, "set-property", *DEST, "org.kexechib1.Manager", "State",
-                              "s", "idle"), user="nobody")
+    result = await run(
+        busctl(system_bus, "set-property", *DEST, "org.kexechib1.Manager", "State", "s", "idle"),
+        user="nobody",
+    )
     assert result.returncode != 0
     assert "Access denied" in result.stderr
 
 
 async def test_the_bus_refuses_interfaces_the_policy_does_not_open(daemon, system_bus):
-    result = await run(["dbus-send", f"--bus={system_bus.address}", "--print-reply",
-                        f"--dest={DEST[0]}", DEST[1],
-                        "org.freedesktop.DBus.ObjectManager.GetManagedObjects"], user="nobody")
+    result = await run(
+        [
+            "dbus-send",
+            f"--bus={system_bus.address}",
+            "--print-reply",
+            f"--dest={DEST[0]}",
+            DEST[1],
+            "org.freedesktop.DBus.ObjectManager.GetManagedObjects",
+        ],
+        user="nobody",
+    )
     assert "org.freedesktop.DBus.Error.AccessDenied" in result.stderr
 
 
 async def test_only_root_may_own_the_name(system_bus):
-    request = ["dbus-send", f"--bus={system_bus.address}", "--print-reply",
-               "--dest=org.freedesktop.DBus", "/org/freedesktop/DBus",
-               "org.freedesktop.DBus.RequestName", "string:org.kexechib1", "uint32:4"]
+    request = [
+        "dbus-send",
+        f"--bus={system_bus.address}",
+        "--print-reply",
+        "--dest=org.freedesktop.DBus",
+        "/org/freedesktop/DBus",
+        "org.freedesktop.DBus.RequestName",
+        "string:org.kexechib1",
+        "uint32:4",
+    ]
     refused = await run(request, user="nobody")
     assert "org.freedesktop.DBus.Error.AccessDenied" in refused.stderr
     assert "not allowed to own the service" in refused.stderr

@@ -55,8 +55,15 @@ async def spawned():
             await proc.wait()
 
 
-async def spawn(spawned, bus, tmp_path, *script: str, config: str = "", extra_env=None,
-                args: tuple[str, ...] = ()) -> DaemonProcess:
+async def spawn(
+    spawned,
+    bus,
+    tmp_path,
+    *script: str,
+    config: str = "",
+    extra_env=None,
+    args: tuple[str, ...] = (),
+) -> DaemonProcess:
     conf = tmp_path / "kexechibd.conf"
     conf.write_text(config or f"[image]\nlocation = {tmp_path / 'image'}\n")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -64,9 +71,17 @@ async def spawn(spawned, bus, tmp_path, *script: str, config: str = "", extra_en
         env.pop(name, None)
     env.update(extra_env or {})
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, str(LAUNCHER), *script, "--", f"--bus={bus.address}",
-        f"--config={conf}", *args, env=env,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+        sys.executable,
+        str(LAUNCHER),
+        *script,
+        "--",
+        f"--bus={bus.address}",
+        f"--config={conf}",
+        *args,
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
     spawned.append(proc)
     return DaemonProcess(proc)
 
@@ -84,8 +99,17 @@ async def started(spawned, bus, tmp_path, *script: str, **kw) -> DaemonProcess:
 
 
 def gdbus(bus, *args):
-    return ["gdbus", "call", "--system", "--dest", BUS_NAME, "--object-path", "/org/kexechib1",
-            "--method", *args]
+    return [
+        "gdbus",
+        "call",
+        "--system",
+        "--dest",
+        BUS_NAME,
+        "--object-path",
+        "/org/kexechib1",
+        "--method",
+        *args,
+    ]
 
 
 @pytest.fixture
@@ -110,14 +134,20 @@ async def notifications(tmp_path):
     sock.close()
 
 
-async def test_systemd_hears_ready_status_watchdog_and_stopping(system_bus, tmp_path, spawned,
-                                                                notifications):
+async def test_systemd_hears_ready_status_watchdog_and_stopping(
+    system_bus, tmp_path, spawned, notifications
+):
     path, messages = notifications
-    daemon = await started(spawned, system_bus, tmp_path, extra_env={
-        "NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "200000"})
+    daemon = await started(
+        spawned,
+        system_bus,
+        tmp_path,
+        extra_env={"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "200000"},
+    )
     await asyncio.sleep(0.5)
-    result = await run(gdbus(system_bus, "org.kexechib1.Manager.Hibernate", "{}"),
-                       env=system_bus.env())
+    result = await run(
+        gdbus(system_bus, "org.kexechib1.Manager.Hibernate", "{}"), env=system_bus.env()
+    )
     assert result.returncode == 0, result.stderr
     code, err = await daemon.stop()
     assert code == 0, err
@@ -144,8 +174,9 @@ async def test_sigterm_cancels_a_running_hibernate_and_answers_its_caller(
     system_bus, tmp_path, spawned
 ):
     daemon = await started(spawned, system_bus, tmp_path, "--hold")
-    caller = asyncio.create_task(run(gdbus(system_bus, "org.kexechib1.Manager.Hibernate", "{}"),
-                                     env=system_bus.env()))
+    caller = asyncio.create_task(
+        run(gdbus(system_bus, "org.kexechib1.Manager.Hibernate", "{}"), env=system_bus.env())
+    )
     await asyncio.sleep(0.5)
     assert not caller.done()
     code, err = await daemon.stop()
@@ -179,8 +210,13 @@ async def test_a_second_daemon_cannot_take_the_name(system_bus, tmp_path, spawne
 
 
 async def test_kernel_b_saves_at_start(system_bus, tmp_path, spawned):
-    daemon = await started(spawned, system_bus, tmp_path, "--cmdline",
-                           "kexechib.role=save kexec_jump_back_entry=0x1000")
+    daemon = await started(
+        spawned,
+        system_bus,
+        tmp_path,
+        "--cmdline",
+        "kexechib.role=save kexec_jump_back_entry=0x1000",
+    )
     await asyncio.sleep(0.3)
     code, err = await daemon.stop()
     assert code == 0
@@ -188,13 +224,21 @@ async def test_kernel_b_saves_at_start(system_bus, tmp_path, spawned):
     assert "save started" in err and "save finished" in err
 
 
-@pytest.mark.parametrize("cmdline, image, code, words", [
-    ("kexechib.role=save kexec_jump_back_entry=0x1000", None, 0, "save finished"),
-    ("kexechib.role=save", None, 1, "kexec_jump_back_entry= is missing"),
-    ("ro quiet", "earlier-boot", 0, "resume finished"),
-    ("ro quiet", "boot-of-this-test", 0, "nothing to do: the valid image was made by this boot"),
-    ("ro quiet", None, 0, "nothing to do: no image"),
-])
+@pytest.mark.parametrize(
+    "cmdline, image, code, words",
+    [
+        ("kexechib.role=save kexec_jump_back_entry=0x1000", None, 0, "save finished"),
+        ("kexechib.role=save", None, 1, "kexec_jump_back_entry= is missing"),
+        ("ro quiet", "earlier-boot", 0, "resume finished"),
+        (
+            "ro quiet",
+            "boot-of-this-test",
+            0,
+            "nothing to do: the valid image was made by this boot",
+        ),
+        ("ro quiet", None, 0, "nothing to do: no image"),
+    ],
+)
 async def test_oneshot_does_the_roles_automatic_work_without_a_bus(
     tmp_path, cmdline, image, code, words
 ):
@@ -202,9 +246,19 @@ async def test_oneshot_does_the_roles_automatic_work_without_a_bus(
         make_image(tmp_path / "image", boot_id=image)
     conf = tmp_path / "kexechibd.conf"
     conf.write_text(f"[image]\nlocation = {tmp_path / 'image'}\n")
-    result = await run([sys.executable, str(LAUNCHER), "--cmdline", cmdline, "--",
-                        "--oneshot", f"--config={conf}", "--bus=unix:path=/nonexistent"],
-                       env={**os.environ, "PYTHONPATH": str(REPO)})
+    result = await run(
+        [
+            sys.executable,
+            str(LAUNCHER),
+            "--cmdline",
+            cmdline,
+            "--",
+            "--oneshot",
+            f"--config={conf}",
+            "--bus=unix:path=/nonexistent",
+        ],
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     assert result.returncode == code, result.stderr
     assert words in result.stderr
 
@@ -213,10 +267,19 @@ async def test_without_the_kernel_backends_opener_the_daemon_says_so(system_bus)
     import kexechibd.kernel
 
     if hasattr(kexechibd.kernel, "open_kernel"):
-        pytest.skip("kexechibd.kernel.open_kernel has landed; the full-cycle tests start the "
-                    "real runtime")
-    result = await run([sys.executable, "-m", "kexechibd.daemon", f"--bus={system_bus.address}",
-                        "--config=/dev/null"], env={**os.environ, "PYTHONPATH": str(REPO)})
+        pytest.skip(
+            "kexechibd.kernel.open_kernel has landed; the full-cycle tests start the real runtime"
+        )
+    result = await run(
+        [
+            sys.executable,
+            "-m",
+            "kexechibd.daemon",
+            f"--bus={system_bus.address}",
+            "--config=/dev/null",
+        ],
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     assert result.returncode == 1
     assert "the engine or the kernel backends are missing" in result.stderr
     assert "open_kernel" in result.stderr
@@ -245,8 +308,9 @@ def test_stderr_lines_say_who_and_how_severe():
     handler = logs.make_handler("kexechibd", buffer, {})
     import logging
 
-    record = logging.LogRecord("kexechibd.x", logging.WARNING, __file__, 1, "disk %s", ("full",),
-                               None)
+    record = logging.LogRecord(
+        "kexechibd.x", logging.WARNING, __file__, 1, "disk %s", ("full",), None
+    )
     handler.handle(record)
     assert buffer.getvalue() == "kexechibd: WARNING: disk full\n"
 

@@ -29,8 +29,9 @@ def settings(tmp_path):
 @pytest.fixture
 async def real(system_bus, polkitd, kernel, settings):
     engine = KexecEngine(engine_settings(settings), kernel)
-    running = await start_daemon(system_bus, engine, kernel.cmdline(), kernel.identity().boot_id,
-                                 config=settings)
+    running = await start_daemon(
+        system_bus, engine, kernel.cmdline(), kernel.identity().boot_id, config=settings
+    )
     yield running
     assert await stop_daemon(running) == 0
 
@@ -65,8 +66,9 @@ async def test_a_committed_image_of_another_boot_makes_the_daemon_a_restorer(
         w.add(0x100000, page(1))
         w.commit()
     engine = KexecEngine(engine_settings(settings), kernel)
-    running = await start_daemon(system_bus, engine, kernel.cmdline(),
-                                 kernel.identity().boot_id, config=settings)
+    running = await start_daemon(
+        system_bus, engine, kernel.cmdline(), kernel.identity().boot_id, config=settings
+    )
     try:
         assert await get_property(client, "Role") == "restorer"
         assert await call(client, "CanHibernate") == ["na"]

@@ -133,12 +133,21 @@ async def test_cancel_after_the_point_of_no_return_is_too_late(daemon, client):
 @pytest.mark.parametrize(
     "failure, name, words",
     [
-        (NotSupported("no CONFIG_KEXEC_JUMP"), "org.kexechib1.Error.NotSupported",
-         "no CONFIG_KEXEC_JUMP"),
-        (BadImage("cannot preallocate the image: no space"), "org.kexechib1.Error.BadImage",
-         "no space"),
-        (kexec_load_error(errno.EPERM, load_flags(), 3), "org.kexechib1.Error.KernelRefused",
-         "kernel lockdown"),
+        (
+            NotSupported("no CONFIG_KEXEC_JUMP"),
+            "org.kexechib1.Error.NotSupported",
+            "no CONFIG_KEXEC_JUMP",
+        ),
+        (
+            BadImage("cannot preallocate the image: no space"),
+            "org.kexechib1.Error.BadImage",
+            "no space",
+        ),
+        (
+            kexec_load_error(errno.EPERM, load_flags(), 3),
+            "org.kexechib1.Error.KernelRefused",
+            "kernel lockdown",
+        ),
         (Failed("the saver kernel is missing"), "org.kexechib1.Error.Failed", "saver kernel"),
         (RuntimeError("boom"), "org.kexechib1.Error.Failed", "internal error"),
     ],
@@ -269,10 +278,16 @@ async def test_jump_back_with_no_peer_is_no_peer(daemon, client):
 
 
 async def test_properties_are_read_only(daemon, client):
-    reply = await client.call(Message(
-        destination=BUS_NAME, path=OBJECT_PATH, interface="org.freedesktop.DBus.Properties",
-        member="Set", signature="ssv",
-        body=["org.kexechib1.Manager", "State", Variant("s", "idle")]))
+    reply = await client.call(
+        Message(
+            destination=BUS_NAME,
+            path=OBJECT_PATH,
+            interface="org.freedesktop.DBus.Properties",
+            member="Set",
+            signature="ssv",
+            body=["org.kexechib1.Manager", "State", Variant("s", "idle")],
+        )
+    )
     assert reply.message_type == MessageType.ERROR
     assert reply.error_name == "org.freedesktop.DBus.Error.PropertyReadOnly"
 
@@ -313,12 +328,14 @@ async def test_options_left_out_come_from_the_configuration(system_bus, engine, 
     finally:
         assert await stop_daemon(running) == 0
     assert engine.operations == [
-        ("hibernate", HibernateOptions(mode=Mode.CHECKPOINT, compression="lz4", level=2))]
+        ("hibernate", HibernateOptions(mode=Mode.CHECKPOINT, compression="lz4", level=2))
+    ]
 
 
 async def test_in_kernel_b_the_daemon_saves_at_once(system_bus, engine, client):
-    running = await start_daemon(system_bus, engine,
-                                 cmdline="kexechib.role=save kexec_jump_back_entry=0x1000")
+    running = await start_daemon(
+        system_bus, engine, cmdline="kexechib.role=save kexec_jump_back_entry=0x1000"
+    )
     try:
         await eventually(lambda: engine.operations == [("save",)])
         assert await get_property(client, "Role") == "saver"
