@@ -3,17 +3,19 @@ DESIGN §2.1–§2.2), its entry list in memory, relocation.
 
 The tables keyed by page frame (destination → source, source → destination
 it serves) stand for the hash table the kernel patch adds: every placement
-decision is O(1).
+decision is O(1), and they hold what an image touches, never a slot for every
+page of the machine.
 The entry list is written into indirection pages in model memory when the
-image is finished, exactly as ``relocate_kernel`` walks it — so the backup map
-of a preserve-context image is part of the memory an image saves.
+image is finished, laid out as the kernel lays it out and walked as
+``relocate_kernel`` walks it — so the backup map of a preserve-context image
+is part of the memory an image saves.
 """
 
 from __future__ import annotations
 
 import array
 import bisect
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from kexechibd.kernel import abi
@@ -23,6 +25,7 @@ from kexechibd.model.memory import PhysicalMemory
 
 ENTRY_SOURCE = "source"
 ENTRY_ZERO = "zero"
+ENTRY_INDIRECTION = "indirection"  # only from _walk: a page of the list itself
 NONE = -1  # table value: this page plays no role
 ZERO = -2  # table value: zero-fill destination
 
@@ -66,84 +69,86 @@ class LoadedImage:
         )
 
 
-def walk_entries(memory: PhysicalMemory, head: int) -> Iterator[tuple[str, int, int]]:
-    """``(kind, dest_pfn, src_pfn)`` for every page of the list at ``head``
-    (``src_pfn`` is 0 for zero-fill pages).  Bounded and checked, because the
-    memory it walks may come from an image."""
+def _walk(memory: PhysicalMemory, head: int) -> Iterator[tuple[str, int, int]]:
+    """Every entry of the list at ``head`` and every indirection page (as
+    ``(ENTRY_INDIRECTION, page_pfn, 0)``), refusing any list a kernel could
+    not have written: it may come from an image, so it is bounded (a page is
+    visited once) and checked (one flag per entry, nothing outside memory)."""
     if head == 0:
         return
-    limit = memory.size >> PAGE_SHIFT
+    npages = memory.size >> PAGE_SHIFT
+    seen: set[int] = set()
     page = head
     dest = -1
-    pages_seen = 0
     while True:
-        pages_seen += 1
-        if pages_seen > limit or page % PAGE_SIZE or page + PAGE_SIZE > memory.size:
+        if page % PAGE_SIZE or not 0 <= page < memory.size:
             raise CorruptEntryList(f"bad indirection page {page:#x}")
-        words = array.array("Q", memory.read(page, PAGE_SIZE))
-        next_page = 0
-        for word in words:
+        if page in seen:
+            raise CorruptEntryList(f"indirection page {page:#x} is linked twice (a cycle)")
+        seen.add(page)
+        yield ENTRY_INDIRECTION, page >> PAGE_SHIFT, 0
+        next_page = -1
+        for word in array.array("Q", memory.read(page, PAGE_SIZE)):
+            flag = word & ~abi.PAGE_MASK
             addr = word & abi.PAGE_MASK
-            if word & abi.IND_DESTINATION:
+            if flag == abi.IND_DESTINATION:
                 dest = addr >> PAGE_SHIFT
-            elif word & abi.IND_SOURCE:
-                if dest < 0 or addr + PAGE_SIZE > memory.size:
-                    raise CorruptEntryList(f"source entry {word:#x} without a valid destination")
-                yield ENTRY_SOURCE, dest, addr >> PAGE_SHIFT
+            elif flag == abi.IND_SOURCE or (flag == abi.IND_ZERO and addr == 0):
+                if not 0 <= dest < npages:
+                    raise CorruptEntryList(f"entry {word:#x} has no destination in memory")
+                if flag == abi.IND_ZERO:
+                    yield ENTRY_ZERO, dest, 0
+                elif addr + PAGE_SIZE > memory.size:
+                    raise CorruptEntryList(f"source entry {word:#x} lies outside memory")
+                else:
+                    yield ENTRY_SOURCE, dest, addr >> PAGE_SHIFT
                 dest += 1
-            elif word & abi.IND_ZERO:
-                if dest < 0:
-                    raise CorruptEntryList("zero entry without a destination")
-                yield ENTRY_ZERO, dest, 0
-                dest += 1
-            elif word & abi.IND_INDIRECTION:
+            elif flag == abi.IND_INDIRECTION:
                 next_page = addr
                 break
-            elif word & abi.IND_DONE:
+            elif word == abi.IND_DONE:
                 return
             else:
-                raise CorruptEntryList(f"entry {word:#x} has no known flag")
-        if not next_page:
+                raise CorruptEntryList(f"entry {word:#x} is not one a kernel writes")
+        if next_page < 0:
             raise CorruptEntryList(f"indirection page {page:#x} ends without a link or IND_DONE")
         page = next_page
 
 
-def _runs(pairs: Iterator[tuple[int, int]]) -> Iterator[tuple[int, int, int]]:
-    """Coalesce ``(dest, src)`` page pairs into ``(dest, src, npages)`` runs."""
-    run: list[int] | None = None
-    for dest, src in pairs:
-        if run and dest == run[0] + run[2] and src == run[1] + run[2]:
-            run[2] += 1
-            continue
-        if run:
-            yield run[0], run[1], run[2]
-        run = [dest, src, 1]
-    if run:
-        yield run[0], run[1], run[2]
+def walk_entries(memory: PhysicalMemory, head: int) -> Iterator[tuple[str, int, int]]:
+    """``(kind, dest_pfn, src_pfn)`` for every page of the list at ``head``
+    (``src_pfn`` is 0 for zero-fill pages).  Raises ``CorruptEntryList``."""
+    return ((k, d, s) for k, d, s in _walk(memory, head) if k != ENTRY_INDIRECTION)
+
+
+def _moves(entries: Sequence[tuple[str, int, int]]) -> Iterator[tuple[int, int, int]]:
+    """``(dest, src, length)`` in bytes for the runs of data pages that
+    relocation moves (those that are not their own source)."""
+    pairs = ((d, s) for k, d, s in entries if k == ENTRY_SOURCE and d != s)
+    for run in abi.coalesce_page_map(pairs):
+        yield run.dest_pfn << PAGE_SHIFT, run.src_pfn << PAGE_SHIFT, run.npages << PAGE_SHIFT
 
 
 def relocate(memory: PhysicalMemory, image: LoadedImage) -> None:
     """What ``relocate_kernel`` does before entering the new image: swap every
     destination with its source (preserve-context: the source keeps the old
-    contents), or copy all data pages first and zero the zero-fill pages last."""
+    contents), or copy all data pages first and zero the zero-fill pages last.
+    The whole list is checked before anything moves."""
     entries = list(walk_entries(memory, image.head))
-    sources = ((d, s) for kind, d, s in entries if kind == ENTRY_SOURCE and d != s)
     if image.preserve_context:
-        for dest, src, n in _runs(sources):
-            memory.swap(dest << PAGE_SHIFT, src << PAGE_SHIFT, n << PAGE_SHIFT)
+        for dest, src, length in _moves(entries):
+            memory.swap(dest, src, length)
         return
-    for dest, src, n in _runs(sources):
-        memory.copy(dest << PAGE_SHIFT, src << PAGE_SHIFT, n << PAGE_SHIFT)
-    zeros = ((d, d) for kind, d, _ in entries if kind == ENTRY_ZERO)
-    for dest, _, n in _runs(zeros):
-        memory.zero(dest << PAGE_SHIFT, n << PAGE_SHIFT)
+    for dest, src, length in _moves(entries):
+        memory.copy(dest, src, length)
+    for run in abi.coalesce_page_map((d, d) for k, d, _ in entries if k == ENTRY_ZERO):
+        memory.zero(run.dest_pfn << PAGE_SHIFT, run.npages << PAGE_SHIFT)
 
 
 def swap_back(memory: PhysicalMemory, head: int) -> None:
     """The return path of a preserve-context jump: the same swap again."""
-    pairs = ((d, s) for kind, d, s in walk_entries(memory, head) if kind == ENTRY_SOURCE and d != s)
-    for dest, src, n in _runs(pairs):
-        memory.swap(dest << PAGE_SHIFT, src << PAGE_SHIFT, n << PAGE_SHIFT)
+    for dest, src, length in _moves(list(walk_entries(memory, head))):
+        memory.swap(dest, src, length)
 
 
 def image_pages(memory: PhysicalMemory, image: LoadedImage) -> set[int]:
@@ -151,23 +156,15 @@ def image_pages(memory: PhysicalMemory, image: LoadedImage) -> set[int]:
     pages = {image.control >> PAGE_SHIFT}
     if image.swap:
         pages.add(image.swap >> PAGE_SHIFT)
-    page = image.head
-    while page:
-        pages.add(page >> PAGE_SHIFT)
-        words = array.array("Q", memory.read(page, PAGE_SIZE))
-        page = 0
-        for word in words:
-            if word & abi.IND_SOURCE:
-                pages.add(word >> PAGE_SHIFT)
-            elif word & abi.IND_INDIRECTION:
-                page = word & abi.PAGE_MASK
-                break
-            elif word & abi.IND_DONE:
-                break
+    for kind, pfn, src in _walk(memory, image.head):
+        if kind == ENTRY_INDIRECTION:
+            pages.add(pfn)
+        elif kind == ENTRY_SOURCE:
+            pages.add(src)
     return pages
 
 
-def page_map_of(pairs: Iterator[tuple[str, int, int]]) -> bytes:
+def page_map_of(pairs: Iterable[tuple[str, int, int]]) -> bytes:
     """``/proc/kexec_pgmap`` bytes for entry-list pages (zero-fill pages are not listed)."""
     data = sorted((d, s) for kind, d, s in pairs if kind == ENTRY_SOURCE)
     return abi.encode_page_map(abi.coalesce_page_map(data))
@@ -392,7 +389,9 @@ class ImageBuilder:
                 self.allocator.free(page)
 
     def finish(self, entry: int, *, crash: bool = False) -> LoadedImage:
-        """Terminate the entry list and write it into memory."""
+        """Terminate the entry list and write it into memory, laid out as
+        kimage_add_entry() and kimage_terminate() do: up to 511 entries per
+        indirection page, then the link to the next page or IND_DONE."""
         control = self._alloc_private()
         swap = 0 if crash else self._alloc_private()
         words = array.array("Q")
@@ -404,15 +403,15 @@ class ImageBuilder:
                 (src << PAGE_SHIFT) | abi.IND_SOURCE if kind == ENTRY_SOURCE else abi.IND_ZERO
             )
             expected = dest + 1
-        words.append(abi.IND_DONE)
         per_page = abi.ENTRIES_PER_PAGE - 1
-        chunks = [words[i : i + per_page] for i in range(0, len(words), per_page)]
-        pages = [self._alloc_private() for _ in chunks]
-        for n, (page, chunk) in enumerate(zip(pages, chunks, strict=True)):
-            if n + 1 < len(pages):
-                chunk.append((pages[n + 1] << PAGE_SHIFT) | abi.IND_INDIRECTION)
-            raw = chunk.tobytes()
-            self.memory.write(page << PAGE_SHIFT, raw.ljust(PAGE_SIZE, b"\0"))
+        pages = [self._alloc_private() for _ in range(max(1, -(-len(words) // per_page)))]
+        for n, page in enumerate(pages):
+            chunk = words[n * per_page : (n + 1) * per_page]
+            last = n + 1 == len(pages)
+            chunk.append(
+                abi.IND_DONE if last else (pages[n + 1] << PAGE_SHIFT) | abi.IND_INDIRECTION
+            )
+            self.memory.write(page << PAGE_SHIFT, chunk.tobytes().ljust(PAGE_SIZE, b"\0"))
         return LoadedImage(
             head=pages[0] << PAGE_SHIFT,
             control=control << PAGE_SHIFT,
