@@ -170,6 +170,88 @@ def page_map_of(pairs: Iterable[tuple[str, int, int]]) -> bytes:
     return abi.encode_page_map(abi.coalesce_page_map(data))
 
 
+_CHUNK_SHIFT = 9
+_CHUNK = 1 << _CHUNK_SHIFT
+_CHUNK_MASK = _CHUNK - 1
+_UNUSED_CHUNK = array.array("q", [NONE]) * _CHUNK
+
+
+class _DestTable:
+    """Destination page frame → source page frame, ``ZERO`` or ``NONE``.
+
+    Stands for the kernel patch's hash table: O(1) per look-up, memory for
+    the pages an image touches (allocated 512 frames at a time on first use),
+    never for the whole machine."""
+
+    def __init__(self) -> None:
+        self._chunks: dict[int, array.array[int]] = {}
+
+    def get(self, pfn: int) -> int:
+        chunk = self._chunks.get(pfn >> _CHUNK_SHIFT)
+        return NONE if chunk is None else chunk[pfn & _CHUNK_MASK]
+
+    def _chunk(self, index: int) -> array.array[int]:
+        chunk = self._chunks.get(index)
+        if chunk is None:
+            chunk = self._chunks[index] = array.array("q", _UNUSED_CHUNK)
+        return chunk
+
+    def set(self, pfn: int, value: int) -> None:
+        self._chunk(pfn >> _CHUNK_SHIFT)[pfn & _CHUNK_MASK] = value
+
+    def _pieces(self, first: int, count: int) -> Iterator[tuple[int, int, int]]:
+        """``(pfn, offset in its chunk, length)`` pieces of ``[first, first + count)``."""
+        pfn, end = first, first + count
+        while pfn < end:
+            off = pfn & _CHUNK_MASK
+            n = min(end - pfn, _CHUNK - off)
+            yield pfn, off, n
+            pfn += n
+
+    def set_own(self, first: int, count: int) -> None:
+        """Pages ``[first, first + count)`` are their own sources."""
+        for pfn, off, n in self._pieces(first, count):
+            self._chunk(pfn >> _CHUNK_SHIFT)[off : off + n] = array.array("q", range(pfn, pfn + n))
+
+    def unassigned(self, first: int, count: int) -> int:
+        """How many pages from ``first`` on (at most ``count``) have no source yet."""
+        for pfn, off, n in self._pieces(first, count):
+            chunk = self._chunks.get(pfn >> _CHUNK_SHIFT)
+            if chunk is None:
+                continue
+            for i in range(off, off + n):
+                if chunk[i] >= 0:
+                    return pfn + i - off - first
+        return count
+
+    def mark_zero(self, first: int, count: int) -> list[int]:
+        """Make pages without a source zero-fill destinations; returns the
+        sources of those that have one (they stay data pages)."""
+        sources = []
+        for pfn, off, n in self._pieces(first, count):
+            index = pfn >> _CHUNK_SHIFT
+            chunk = self._chunks.get(index)
+            if chunk is None:
+                chunk = self._chunks[index] = array.array("q", _UNUSED_CHUNK)
+                chunk[off : off + n] = array.array("q", [ZERO]) * n
+                continue
+            for i in range(off, off + n):
+                value = chunk[i]
+                if value >= 0:
+                    sources.append(value)
+                else:
+                    chunk[i] = ZERO
+        return sources
+
+    def items(self) -> Iterator[tuple[int, int]]:
+        """``(dest, source | ZERO)`` in destination order."""
+        for index in sorted(self._chunks):
+            base = index << _CHUNK_SHIFT
+            for off, value in enumerate(self._chunks[index]):
+                if value != NONE:
+                    yield base + off, value
+
+
 class _Intervals:
     """Sorted, merged page-frame intervals: "is this page a destination of a
     data segment in the current call?" in O(log n)."""
@@ -191,7 +273,8 @@ class _Intervals:
 
 class ImageBuilder:
     """An image under construction.  ``staged`` selects DESIGN §2.2's rules
-    (overlap allowed, zero-fill segments, own destination taken first)."""
+    (overlap allowed, zero-fill segments); both kinds take a destination page
+    that is free when its data arrives as its own source first."""
 
     def __init__(
         self,
@@ -205,12 +288,8 @@ class ImageBuilder:
         self.allocator = allocator
         self.preserve_context = preserve_context
         self.staged = staged
-        npages = memory.size >> PAGE_SHIFT
-        # Direct-mapped tables keyed by page frame: O(1) like the kernel's hash.
-        self._src = array.array("q", [NONE]) * npages  # dest → source pfn | ZERO | NONE
-        self._serves = array.array("q", [NONE]) * npages  # source → dest it serves (not own)
-        self._lo = npages
-        self._hi = 0
+        self._src = _DestTable()  # dest → source pfn | ZERO | NONE
+        self._serves: dict[int, int] = {}  # source → the other destination it serves
         self._private: list[int] = []  # control, swap, indirection pages
         self._parked: set[int] = set()
         self._pending = _Intervals(())
@@ -241,40 +320,29 @@ class ImageBuilder:
         return self.staged and not self.preserve_context and seg.bufsz == 0
 
     def _add_zero_fill(self, seg: abi.Segment) -> None:
-        first, end = seg.mem >> PAGE_SHIFT, seg.end >> PAGE_SHIFT
-        self._touch(first, end)
-        table = self._src
-        for dest in range(first, end):
-            src = table[dest]
-            if src >= 0:
-                # Overlap onto a data page: it stays a data page, now zero.
-                self.memory.zero(src << PAGE_SHIFT, PAGE_SIZE)
-            else:
-                table[dest] = ZERO
-
-    def _touch(self, first: int, end: int) -> None:
-        self._lo = min(self._lo, first)
-        self._hi = max(self._hi, end)
+        first = seg.mem >> PAGE_SHIFT
+        for src in self._src.mark_zero(first, seg.memsz >> PAGE_SHIFT):
+            # Overlap onto a data page: it stays a data page, now zero.
+            self.memory.zero(src << PAGE_SHIFT, PAGE_SIZE)
 
     def _add_data(self, seg: abi.Segment) -> None:
         buf = memoryview(seg.buf).cast("B") if seg.bufsz else memoryview(b"")
         first = seg.mem >> PAGE_SHIFT
         npages = seg.memsz >> PAGE_SHIFT
-        self._touch(first, first + npages)
         table = self._src
         i = 0
         while i < npages:
             # Fast path: a run of destination pages that are free here and
-            # play no role yet becomes its own source, written in one go.
+            # have no source yet becomes its own source, written in one go.
             run = self._own_run(first + i, npages - i)
             if run:
                 self._write(first + i, buf, i, run)
                 i += run
                 continue
             dest = first + i
-            src = table[dest]
+            src = table.get(dest)
             if src < 0:
-                if self._serves[dest] >= 0:
+                if dest in self._serves:
                     self._evict(dest)
                     src = dest
                 else:
@@ -284,21 +352,30 @@ class ImageBuilder:
             i += 1
 
     def _assign(self, dest: int, src: int) -> None:
-        self._src[dest] = src
+        self._src.set(dest, src)
         if src != dest:
             self._serves[src] = dest
 
     def _own_run(self, dest: int, limit: int) -> int:
-        count = self.allocator.free_run(dest, limit)
+        """Take the free pages from ``dest`` on that have no source yet (at most
+        ``limit``) as their own sources; how many.  Looks ahead in windows that
+        double, so the work is proportional to the pages taken, not to ``limit``."""
         table = self._src
-        for pfn in range(dest, dest + count):
-            if table[pfn] >= 0:
-                # A destination whose page was busy when its data came.
-                count = pfn - dest
+        if table.get(dest) >= 0:
+            return 0
+        count = 0
+        window = 16
+        while count < limit:
+            want = min(window, limit - count)
+            free = self.allocator.free_run(dest + count, want)
+            got = table.unassigned(dest + count, free)
+            count += got
+            if got < want:
                 break
+            window *= 2
         if count:
             self.allocator.reserve(dest, dest + count)
-            table[dest : dest + count] = array.array("q", range(dest, dest + count))
+            table.set_own(dest, count)
         return count
 
     def _write(self, src: int, buf: memoryview, index: int, npages: int) -> None:
@@ -325,13 +402,13 @@ class ImageBuilder:
             page = self.allocator.alloc()
             if page == dest:
                 return page
-            holder = self._src[page]
+            holder = self._src.get(page)
             if holder >= 0:
                 # ``page`` is a destination whose data waits in ``holder``:
                 # move the data home and reuse ``holder`` (mainline's swap).
                 self.memory.copy(page << PAGE_SHIFT, holder << PAGE_SHIFT, PAGE_SIZE)
-                self._src[page] = page
-                self._serves[holder] = NONE
+                self._src.set(page, page)
+                del self._serves[holder]
                 return holder
             if page in self._pending:
                 self._parked.add(page)
@@ -341,8 +418,7 @@ class ImageBuilder:
     def _evict(self, page: int) -> None:
         """``page`` holds another destination's data but is now a data
         destination itself: move that data to a fresh source first."""
-        other = self._serves[page]
-        self._serves[page] = NONE
+        other = self._serves.pop(page)
         new = self._source_for(other)
         self.memory.copy(new << PAGE_SHIFT, page << PAGE_SHIFT, PAGE_SIZE)
         self._assign(other, new)
@@ -350,12 +426,10 @@ class ImageBuilder:
     # ---------------------------------------------------------------- queries
 
     def entries(self) -> Iterator[tuple[str, int, int]]:
-        table = self._src
-        for dest in range(self._lo, self._hi):
-            src = table[dest]
+        for dest, src in self._src.items():
             if src >= 0:
                 yield ENTRY_SOURCE, dest, src
-            elif src == ZERO:
+            else:
                 yield ENTRY_ZERO, dest, 0
 
     def page_map(self) -> bytes:
@@ -370,30 +444,30 @@ class ImageBuilder:
 
     # ---------------------------------------------------------------- finishing
 
-    def _is_destination(self, pfn: int) -> bool:
-        return self._src[pfn] != NONE
-
-    def _alloc_private(self) -> int:
-        """A page for the kernel's own use during relocation (control, swap,
-        indirection): never any kind of destination, never a source."""
+    def _alloc_private(self, count: int) -> list[int]:
+        """Pages for the kernel's own use during relocation (control, swap,
+        indirection): never any kind of destination, never a source.  The
+        destinations the allocator offers meanwhile are set aside until all
+        ``count`` pages are found, so each is passed once."""
         set_aside = []
+        pages: list[int] = []
         try:
-            while True:
+            while len(pages) < count:
                 page = self.allocator.alloc()
-                if not self._is_destination(page):
+                if self._src.get(page) != NONE:
+                    set_aside.append(page)
+                else:
                     self._private.append(page)
-                    return page
-                set_aside.append(page)
+                    pages.append(page)
         finally:
             for page in set_aside:
                 self.allocator.free(page)
+        return pages
 
     def finish(self, entry: int, *, crash: bool = False) -> LoadedImage:
         """Terminate the entry list and write it into memory, laid out as
         kimage_add_entry() and kimage_terminate() do: up to 511 entries per
         indirection page, then the link to the next page or IND_DONE."""
-        control = self._alloc_private()
-        swap = 0 if crash else self._alloc_private()
         words = array.array("Q")
         expected = -1
         for kind, dest, src in self.entries():
@@ -404,7 +478,10 @@ class ImageBuilder:
             )
             expected = dest + 1
         per_page = abi.ENTRIES_PER_PAGE - 1
-        pages = [self._alloc_private() for _ in range(max(1, -(-len(words) // per_page)))]
+        npages = max(1, -(-len(words) // per_page))
+        private = self._alloc_private(npages + (1 if crash else 2))
+        control, swap = private[0], 0 if crash else private[1]
+        pages = private[-npages:]
         for n, page in enumerate(pages):
             chunk = words[n * per_page : (n + 1) * per_page]
             last = n + 1 == len(pages)
@@ -428,5 +505,5 @@ class ImageBuilder:
         for pfn in self._private:
             self.allocator.free(pfn)
         self._private.clear()
-        self._src = array.array("q")
-        self._serves = array.array("q")
+        self._src = _DestTable()
+        self._serves.clear()
