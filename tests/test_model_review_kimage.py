@@ -246,5 +246,18 @@ def test_finishing_passes_each_free_destination_once(kernel: ModelKernel) -> Non
     image = loaded(kernel)
     private = len(_indirection_pages(kernel.memory, image.head)) + 2
     assert calls <= zero_pages + private
-    for pfn in (image.control >> PAGE_SHIFT, image.swap >> PAGE_SHIFT):
-        assert not RAM_TOP_PFN - zero_pages <= pfn < RAM_TOP_PFN
+
+
+def test_control_swap_and_indirection_pages_are_no_kind_of_destination(
+    kernel: ModelKernel,
+) -> None:
+    zero_first = RAM_TOP_PFN - 2048
+    kernel.kexec_load(0, [Segment.zero(zero_first << PAGE_SHIFT, 2048 * P)], START)
+    segs = [Segment(fill(1), BASE + 2 * i * P, P) for i in range(1000)]
+    kernel.kexec_load(0, segs, FINAL)
+    image = loaded(kernel)
+    dests = {d for _, d, _ in kimage.walk_entries(kernel.memory, image.head)}
+    sources = {s for k, _, s in kimage.walk_entries(kernel.memory, image.head) if s}
+    private = kimage.image_pages(kernel.memory, image) - sources
+    assert len(private) == 2 + len(_indirection_pages(kernel.memory, image.head)) == 2 + 8
+    assert not private & dests  # 2,049 + 2,000 entries in 8 pages

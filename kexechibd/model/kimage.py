@@ -199,8 +199,13 @@ class _DestTable:
     def set(self, pfn: int, value: int) -> None:
         self._chunk(pfn >> _CHUNK_SHIFT)[pfn & _CHUNK_MASK] = value
 
-    def _pieces(self, first: int, count: int) -> Iterator[tuple[int, int, int]]:
+    @staticmethod
+    def _pieces(first: int, count: int) -> Iterator[tuple[int, int, int]]:
         """``(pfn, offset in its chunk, length)`` pieces of ``[first, first + count)``."""
+        off = first & _CHUNK_MASK
+        if off + count <= _CHUNK:  # the common case: one chunk
+            yield first, off, count
+            return
         pfn, end = first, first + count
         while pfn < end:
             off = pfn & _CHUNK_MASK
@@ -211,7 +216,11 @@ class _DestTable:
     def set_own(self, first: int, count: int) -> None:
         """Pages ``[first, first + count)`` are their own sources."""
         for pfn, off, n in self._pieces(first, count):
-            self._chunk(pfn >> _CHUNK_SHIFT)[off : off + n] = array.array("q", range(pfn, pfn + n))
+            chunk = self._chunk(pfn >> _CHUNK_SHIFT)
+            if n == 1:
+                chunk[off] = pfn
+            else:
+                chunk[off : off + n] = array.array("q", range(pfn, pfn + n))
 
     def unassigned(self, first: int, count: int) -> int:
         """How many pages from ``first`` on (at most ``count``) have no source yet."""

@@ -9,9 +9,9 @@ never source addresses.  Vectors are written from DESIGN, not from any
 implementation, and use nothing but the ``Kernel`` protocol.  The same vectors
 run against the machine model here and against a real (patched or mainline)
 kernel inside a lab guest — nothing here jumps, and every vector that names
-destinations beyond a 64 MiB window of free RAM is refused by the kernel
-before it allocates anything (or, staged without preserve-context, allocates
-no source pages at all).
+destinations beyond the 64 MiB window of RAM that ``choose_base`` picks is
+refused by the kernel before it allocates anything (or, staged without
+preserve-context, allocates no source pages at all).
 
 Run in a guest: ``python -m tests.conformance.vectors`` prints one JSON line
 per vector that applies to the running kernel (its features come from the
