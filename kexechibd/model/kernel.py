@@ -115,7 +115,10 @@ class ModelKernel:
         nseg = len(segments)
         self._check_alive()
         # kexec_load_check() and the arch check run before the kexec lock is
-        # taken: their errors win over EBUSY.
+        # taken: their errors win over EBUSY.  ENOSYS, EPERM and EBUSY leave
+        # a staged image alone (the caller may not own it); an EINVAL here
+        # is an error in a staged call like any other: all or nothing
+        # (DESIGN §2.2), so it discards the staged image under the lock.
         err = self._load_check(flags, nseg)
         if err and (err != errno.EINVAL or abi.Stage.of(flags) is abi.Stage.FULL):
             raise abi.kexec_load_error(err, flags, nseg)
@@ -123,9 +126,6 @@ class ModelKernel:
             raise abi.kexec_load_error(err or errno.EBUSY, flags, nseg)
         try:
             if err:
-                # An invalid staged call is an error in a staged call: all or
-                # nothing (DESIGN §2.2).  EPERM and EBUSY leave the staged
-                # image alone: the caller may not own it.
                 self._discard_staged()
                 raise abi.kexec_load_error(err, flags, nseg)
             self._kexec_load(entry, segments, flags)
