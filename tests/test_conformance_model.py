@@ -36,13 +36,34 @@ def mainline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModelKernel]:
     m.close()
 
 
+@pytest.fixture(scope="module")
+def stock(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModelKernel]:
+    """A distribution kernel without CONFIG_KEXEC_JUMP (Debian 12's)."""
+    caps = Capabilities(staged_load=False, kexec_jump=False)
+    m = Machine.create(tmp_path_factory.mktemp("stock") / "m", ram=256 * MIB, capabilities=caps)
+    m.power_on()
+    k = ModelKernel(m)
+    yield k
+    k.close()
+    m.close()
+
+
 PATCHED = [v for v in VECTORS if applicable(v, {"jump", "staged"})]
 MAINLINE = [v for v in VECTORS if applicable(v, {"jump", "mainline"})]
+STOCK = [v for v in VECTORS if applicable(v, {"nojump", "mainline"})]
 
 
-def test_the_profiles_match_the_model_kernels(patched: ModelKernel, mainline: ModelKernel) -> None:
+def test_the_profiles_match_the_model_kernels(
+    patched: ModelKernel, mainline: ModelKernel, stock: ModelKernel
+) -> None:
     assert features_of(patched) == {"jump", "staged"}
     assert features_of(mainline) == {"jump", "mainline"}
+    assert features_of(stock) == {"nojump", "mainline"}
+
+
+def test_vector_names_are_unique() -> None:
+    names = [v.name for v in VECTORS]
+    assert len(names) == len(set(names))
 
 
 @pytest.mark.parametrize("vector", PATCHED, ids=[v.name for v in PATCHED])
@@ -54,4 +75,10 @@ def test_patched_model_kernel(patched: ModelKernel, vector) -> None:
 @pytest.mark.parametrize("vector", MAINLINE, ids=[v.name for v in MAINLINE])
 def test_mainline_model_kernel(mainline: ModelKernel, vector) -> None:
     outcome = run_vector(mainline, vector, choose_base(mainline), staged=False)
+    assert outcome.passed, outcome.problems
+
+
+@pytest.mark.parametrize("vector", STOCK, ids=[v.name for v in STOCK])
+def test_stock_model_kernel(stock: ModelKernel, vector) -> None:
+    outcome = run_vector(stock, vector, choose_base(stock), staged=False)
     assert outcome.passed, outcome.problems

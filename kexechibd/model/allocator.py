@@ -2,8 +2,11 @@
 
 One byte per page frame: 0 = free, 1 = in use or not RAM.  Free pages are
 handed out from the top of memory down, as Linux's buddy allocator does after
-boot (memblock frees pages in ascending order onto LIFO free lists).  The
-staged loader relies on nothing more than that (DESIGN §2.2, placement).
+boot (memblock frees pages in ascending order onto LIFO free lists), and a
+page freed above the last one handed out comes back first.  Placement
+(``kimage``) relies on none of this order: it takes a destination page
+itself when that page is free (``take``) and checks every other page it is
+given (DESIGN §2.2, placement).
 """
 
 from __future__ import annotations

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import itertools
 import os
 import threading
 from collections.abc import Sequence
@@ -113,47 +112,69 @@ class ModelKernel:
     # ------------------------------------------------------------ kexec_load
 
     def kexec_load(self, entry: int, segments: Sequence[abi.Segment], flags: int) -> None:
+        nseg = len(segments)
+        self._check_alive()
+        # kexec_load_check() and the arch check run before the kexec lock is
+        # taken: their errors win over EBUSY.  ENOSYS, EPERM and EBUSY leave
+        # a staged image alone (the caller may not own it); an EINVAL here
+        # is an error in a staged call like any other: all or nothing
+        # (DESIGN §2.2), so it discards the staged image under the lock.
+        err = self._load_check(flags, nseg)
+        if err and (err != errno.EINVAL or abi.Stage.of(flags) is abi.Stage.FULL):
+            raise abi.kexec_load_error(err, flags, nseg)
         if not self._kexec_lock.acquire(blocking=False):
-            raise abi.kexec_load_error(errno.EBUSY, flags, len(segments))
+            raise abi.kexec_load_error(err or errno.EBUSY, flags, nseg)
         try:
-            self._check_alive()
+            if err:
+                self._discard_staged()
+                raise abi.kexec_load_error(err, flags, nseg)
             self._kexec_load(entry, segments, flags)
         finally:
             self._kexec_lock.release()
 
-    def _kexec_load(self, entry: int, segments: Sequence[abi.Segment], flags: int) -> None:
+    def _load_check(self, flags: int, nseg: int) -> int:
+        """``kexec_load_check()`` and the syscall's arch check: 0 or the errno."""
         caps = self._caps()
-        nseg = len(segments)
-
-        def fail(err: int) -> NoReturn:
-            raise abi.kexec_load_error(err, flags, nseg)
-
         if not caps.kexec:
-            fail(errno.ENOSYS)
+            return errno.ENOSYS
         if not caps.cap_sys_boot or caps.kexec_load_disabled or caps.lockdown != "none":
-            fail(errno.EPERM)
+            return errno.EPERM
         accepted = abi.KEXEC_ON_CRASH
         if caps.kexec_jump:
             accepted |= abi.KEXEC_PRESERVE_CONTEXT
         if caps.staged_load:
             accepted |= abi.KEXEC_STAGE_MASK
         if flags & accepted != flags & ~abi.KEXEC_ARCH_MASK:
-            fail(errno.EINVAL)
+            return errno.EINVAL
         stage = abi.Stage.of(flags)
         if stage is not abi.Stage.FULL and flags & abi.KEXEC_ON_CRASH:
-            fail(errno.EINVAL)
+            return errno.EINVAL
         if nseg > stage.segment_max:
-            fail(errno.EINVAL)
+            return errno.EINVAL
         if flags & abi.KEXEC_ARCH_MASK not in (abi.KEXEC_ARCH_DEFAULT, abi.KEXEC_ARCH_X86_64):
-            fail(errno.EINVAL)
+            return errno.EINVAL
+        return 0
+
+    def _kexec_load(self, entry: int, segments: Sequence[abi.Segment], flags: int) -> None:
+        nseg = len(segments)
+
+        def fail(err: int) -> NoReturn:
+            raise abi.kexec_load_error(err, flags, nseg)
+
+        stage = abi.Stage.of(flags)
         preserve = bool(flags & abi.KEXEC_PRESERVE_CONTEXT)
 
         if stage is abi.Stage.FULL:
             if flags & abi.KEXEC_ON_CRASH:
-                # No crashkernel= region is reserved on model machines.
-                if nseg:
+                if nseg == 0:
+                    return  # unloads the crash image; model machines never have one
+                # No crashkernel= on model machines: crashk_res is [0, 0], so
+                # kimage_alloc_init() refuses any other entry, and after
+                # sanity_check_segment_list()'s common checks its crash-region
+                # check refuses every segment.
+                if entry != 0:
                     fail(errno.EADDRNOTAVAIL)
-                return
+                fail(self._sanity_check(segments, full=True) or errno.EADDRNOTAVAIL)
             if nseg == 0:
                 self._unload()
                 return
@@ -225,10 +246,12 @@ class ModelKernel:
                 # it and crashes while relocating).
                 return errno.EADDRNOTAVAIL
         if full:
-            spans = sorted((s.mem, s.end) for s in segments if s.memsz)
-            for (_, end), (start, _) in itertools.pairwise(spans):
-                if start < end:
-                    return errno.EINVAL
+            # The kernel's pairwise test, so that an empty segment strictly
+            # inside another overlaps it too (at most 16 segments here).
+            for i, seg in enumerate(segments):
+                for other in segments[:i]:
+                    if seg.end > other.mem and seg.mem < other.end:
+                        return errno.EINVAL
         for seg in segments:
             if seg.bufsz > seg.memsz:
                 return errno.EINVAL

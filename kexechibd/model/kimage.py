@@ -3,17 +3,19 @@ DESIGN §2.1–§2.2), its entry list in memory, relocation.
 
 The tables keyed by page frame (destination → source, source → destination
 it serves) stand for the hash table the kernel patch adds: every placement
-decision is O(1).
+decision is O(1), and they hold what an image touches, never a slot for every
+page of the machine.
 The entry list is written into indirection pages in model memory when the
-image is finished, exactly as ``relocate_kernel`` walks it — so the backup map
-of a preserve-context image is part of the memory an image saves.
+image is finished, laid out as the kernel lays it out and walked as
+``relocate_kernel`` walks it — so the backup map of a preserve-context image
+is part of the memory an image saves.
 """
 
 from __future__ import annotations
 
 import array
 import bisect
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from kexechibd.kernel import abi
@@ -23,6 +25,7 @@ from kexechibd.model.memory import PhysicalMemory
 
 ENTRY_SOURCE = "source"
 ENTRY_ZERO = "zero"
+ENTRY_INDIRECTION = "indirection"  # only from _walk: a page of the list itself
 NONE = -1  # table value: this page plays no role
 ZERO = -2  # table value: zero-fill destination
 
@@ -66,84 +69,86 @@ class LoadedImage:
         )
 
 
-def walk_entries(memory: PhysicalMemory, head: int) -> Iterator[tuple[str, int, int]]:
-    """``(kind, dest_pfn, src_pfn)`` for every page of the list at ``head``
-    (``src_pfn`` is 0 for zero-fill pages).  Bounded and checked, because the
-    memory it walks may come from an image."""
+def _walk(memory: PhysicalMemory, head: int) -> Iterator[tuple[str, int, int]]:
+    """Every entry of the list at ``head`` and every indirection page (as
+    ``(ENTRY_INDIRECTION, page_pfn, 0)``), refusing any list a kernel could
+    not have written: it may come from an image, so it is bounded (a page is
+    visited once) and checked (one flag per entry, nothing outside memory)."""
     if head == 0:
         return
-    limit = memory.size >> PAGE_SHIFT
+    npages = memory.size >> PAGE_SHIFT
+    seen: set[int] = set()
     page = head
     dest = -1
-    pages_seen = 0
     while True:
-        pages_seen += 1
-        if pages_seen > limit or page % PAGE_SIZE or page + PAGE_SIZE > memory.size:
+        if page % PAGE_SIZE or not 0 <= page < memory.size:
             raise CorruptEntryList(f"bad indirection page {page:#x}")
-        words = array.array("Q", memory.read(page, PAGE_SIZE))
-        next_page = 0
-        for word in words:
+        if page in seen:
+            raise CorruptEntryList(f"indirection page {page:#x} is linked twice (a cycle)")
+        seen.add(page)
+        yield ENTRY_INDIRECTION, page >> PAGE_SHIFT, 0
+        next_page = -1
+        for word in array.array("Q", memory.read(page, PAGE_SIZE)):
+            flag = word & ~abi.PAGE_MASK
             addr = word & abi.PAGE_MASK
-            if word & abi.IND_DESTINATION:
+            if flag == abi.IND_DESTINATION:
                 dest = addr >> PAGE_SHIFT
-            elif word & abi.IND_SOURCE:
-                if dest < 0 or addr + PAGE_SIZE > memory.size:
-                    raise CorruptEntryList(f"source entry {word:#x} without a valid destination")
-                yield ENTRY_SOURCE, dest, addr >> PAGE_SHIFT
+            elif flag == abi.IND_SOURCE or (flag == abi.IND_ZERO and addr == 0):
+                if not 0 <= dest < npages:
+                    raise CorruptEntryList(f"entry {word:#x} has no destination in memory")
+                if flag == abi.IND_ZERO:
+                    yield ENTRY_ZERO, dest, 0
+                elif addr + PAGE_SIZE > memory.size:
+                    raise CorruptEntryList(f"source entry {word:#x} lies outside memory")
+                else:
+                    yield ENTRY_SOURCE, dest, addr >> PAGE_SHIFT
                 dest += 1
-            elif word & abi.IND_ZERO:
-                if dest < 0:
-                    raise CorruptEntryList("zero entry without a destination")
-                yield ENTRY_ZERO, dest, 0
-                dest += 1
-            elif word & abi.IND_INDIRECTION:
+            elif flag == abi.IND_INDIRECTION:
                 next_page = addr
                 break
-            elif word & abi.IND_DONE:
+            elif word == abi.IND_DONE:
                 return
             else:
-                raise CorruptEntryList(f"entry {word:#x} has no known flag")
-        if not next_page:
+                raise CorruptEntryList(f"entry {word:#x} is not one a kernel writes")
+        if next_page < 0:
             raise CorruptEntryList(f"indirection page {page:#x} ends without a link or IND_DONE")
         page = next_page
 
 
-def _runs(pairs: Iterator[tuple[int, int]]) -> Iterator[tuple[int, int, int]]:
-    """Coalesce ``(dest, src)`` page pairs into ``(dest, src, npages)`` runs."""
-    run: list[int] | None = None
-    for dest, src in pairs:
-        if run and dest == run[0] + run[2] and src == run[1] + run[2]:
-            run[2] += 1
-            continue
-        if run:
-            yield run[0], run[1], run[2]
-        run = [dest, src, 1]
-    if run:
-        yield run[0], run[1], run[2]
+def walk_entries(memory: PhysicalMemory, head: int) -> Iterator[tuple[str, int, int]]:
+    """``(kind, dest_pfn, src_pfn)`` for every page of the list at ``head``
+    (``src_pfn`` is 0 for zero-fill pages).  Raises ``CorruptEntryList``."""
+    return ((k, d, s) for k, d, s in _walk(memory, head) if k != ENTRY_INDIRECTION)
+
+
+def _moves(entries: Sequence[tuple[str, int, int]]) -> Iterator[tuple[int, int, int]]:
+    """``(dest, src, length)`` in bytes for the runs of data pages that
+    relocation moves (those that are not their own source)."""
+    pairs = ((d, s) for k, d, s in entries if k == ENTRY_SOURCE and d != s)
+    for run in abi.coalesce_page_map(pairs):
+        yield run.dest_pfn << PAGE_SHIFT, run.src_pfn << PAGE_SHIFT, run.npages << PAGE_SHIFT
 
 
 def relocate(memory: PhysicalMemory, image: LoadedImage) -> None:
     """What ``relocate_kernel`` does before entering the new image: swap every
     destination with its source (preserve-context: the source keeps the old
-    contents), or copy all data pages first and zero the zero-fill pages last."""
+    contents), or copy all data pages first and zero the zero-fill pages last.
+    The whole list is checked before anything moves."""
     entries = list(walk_entries(memory, image.head))
-    sources = ((d, s) for kind, d, s in entries if kind == ENTRY_SOURCE and d != s)
     if image.preserve_context:
-        for dest, src, n in _runs(sources):
-            memory.swap(dest << PAGE_SHIFT, src << PAGE_SHIFT, n << PAGE_SHIFT)
+        for dest, src, length in _moves(entries):
+            memory.swap(dest, src, length)
         return
-    for dest, src, n in _runs(sources):
-        memory.copy(dest << PAGE_SHIFT, src << PAGE_SHIFT, n << PAGE_SHIFT)
-    zeros = ((d, d) for kind, d, _ in entries if kind == ENTRY_ZERO)
-    for dest, _, n in _runs(zeros):
-        memory.zero(dest << PAGE_SHIFT, n << PAGE_SHIFT)
+    for dest, src, length in _moves(entries):
+        memory.copy(dest, src, length)
+    for run in abi.coalesce_page_map((d, d) for k, d, _ in entries if k == ENTRY_ZERO):
+        memory.zero(run.dest_pfn << PAGE_SHIFT, run.npages << PAGE_SHIFT)
 
 
 def swap_back(memory: PhysicalMemory, head: int) -> None:
     """The return path of a preserve-context jump: the same swap again."""
-    pairs = ((d, s) for kind, d, s in walk_entries(memory, head) if kind == ENTRY_SOURCE and d != s)
-    for dest, src, n in _runs(pairs):
-        memory.swap(dest << PAGE_SHIFT, src << PAGE_SHIFT, n << PAGE_SHIFT)
+    for dest, src, length in _moves(list(walk_entries(memory, head))):
+        memory.swap(dest, src, length)
 
 
 def image_pages(memory: PhysicalMemory, image: LoadedImage) -> set[int]:
@@ -151,26 +156,109 @@ def image_pages(memory: PhysicalMemory, image: LoadedImage) -> set[int]:
     pages = {image.control >> PAGE_SHIFT}
     if image.swap:
         pages.add(image.swap >> PAGE_SHIFT)
-    page = image.head
-    while page:
-        pages.add(page >> PAGE_SHIFT)
-        words = array.array("Q", memory.read(page, PAGE_SIZE))
-        page = 0
-        for word in words:
-            if word & abi.IND_SOURCE:
-                pages.add(word >> PAGE_SHIFT)
-            elif word & abi.IND_INDIRECTION:
-                page = word & abi.PAGE_MASK
-                break
-            elif word & abi.IND_DONE:
-                break
+    for kind, pfn, src in _walk(memory, image.head):
+        if kind == ENTRY_INDIRECTION:
+            pages.add(pfn)
+        elif kind == ENTRY_SOURCE:
+            pages.add(src)
     return pages
 
 
-def page_map_of(pairs: Iterator[tuple[str, int, int]]) -> bytes:
+def page_map_of(pairs: Iterable[tuple[str, int, int]]) -> bytes:
     """``/proc/kexec_pgmap`` bytes for entry-list pages (zero-fill pages are not listed)."""
     data = sorted((d, s) for kind, d, s in pairs if kind == ENTRY_SOURCE)
     return abi.encode_page_map(abi.coalesce_page_map(data))
+
+
+_CHUNK_SHIFT = 9
+_CHUNK = 1 << _CHUNK_SHIFT
+_CHUNK_MASK = _CHUNK - 1
+_UNUSED_CHUNK = array.array("q", [NONE]) * _CHUNK
+
+
+class _DestTable:
+    """Destination page frame → source page frame, ``ZERO`` or ``NONE``.
+
+    Stands for the kernel patch's hash table: O(1) per look-up, memory for
+    the pages an image touches (allocated 512 frames at a time on first use),
+    never for the whole machine."""
+
+    def __init__(self) -> None:
+        self._chunks: dict[int, array.array[int]] = {}
+
+    def get(self, pfn: int) -> int:
+        chunk = self._chunks.get(pfn >> _CHUNK_SHIFT)
+        return NONE if chunk is None else chunk[pfn & _CHUNK_MASK]
+
+    def _chunk(self, index: int) -> array.array[int]:
+        chunk = self._chunks.get(index)
+        if chunk is None:
+            chunk = self._chunks[index] = array.array("q", _UNUSED_CHUNK)
+        return chunk
+
+    def set(self, pfn: int, value: int) -> None:
+        self._chunk(pfn >> _CHUNK_SHIFT)[pfn & _CHUNK_MASK] = value
+
+    @staticmethod
+    def _pieces(first: int, count: int) -> Iterator[tuple[int, int, int]]:
+        """``(pfn, offset in its chunk, length)`` pieces of ``[first, first + count)``."""
+        off = first & _CHUNK_MASK
+        if off + count <= _CHUNK:  # the common case: one chunk
+            yield first, off, count
+            return
+        pfn, end = first, first + count
+        while pfn < end:
+            off = pfn & _CHUNK_MASK
+            n = min(end - pfn, _CHUNK - off)
+            yield pfn, off, n
+            pfn += n
+
+    def set_own(self, first: int, count: int) -> None:
+        """Pages ``[first, first + count)`` are their own sources."""
+        for pfn, off, n in self._pieces(first, count):
+            chunk = self._chunk(pfn >> _CHUNK_SHIFT)
+            if n == 1:
+                chunk[off] = pfn
+            else:
+                chunk[off : off + n] = array.array("q", range(pfn, pfn + n))
+
+    def unassigned(self, first: int, count: int) -> int:
+        """How many pages from ``first`` on (at most ``count``) have no source yet."""
+        for pfn, off, n in self._pieces(first, count):
+            chunk = self._chunks.get(pfn >> _CHUNK_SHIFT)
+            if chunk is None:
+                continue
+            for i in range(off, off + n):
+                if chunk[i] >= 0:
+                    return pfn + i - off - first
+        return count
+
+    def mark_zero(self, first: int, count: int) -> list[int]:
+        """Make pages without a source zero-fill destinations; returns the
+        sources of those that have one (they stay data pages)."""
+        sources = []
+        for pfn, off, n in self._pieces(first, count):
+            index = pfn >> _CHUNK_SHIFT
+            chunk = self._chunks.get(index)
+            if chunk is None:
+                chunk = self._chunks[index] = array.array("q", _UNUSED_CHUNK)
+                chunk[off : off + n] = array.array("q", [ZERO]) * n
+                continue
+            for i in range(off, off + n):
+                value = chunk[i]
+                if value >= 0:
+                    sources.append(value)
+                else:
+                    chunk[i] = ZERO
+        return sources
+
+    def items(self) -> Iterator[tuple[int, int]]:
+        """``(dest, source | ZERO)`` in destination order."""
+        for index in sorted(self._chunks):
+            base = index << _CHUNK_SHIFT
+            for off, value in enumerate(self._chunks[index]):
+                if value != NONE:
+                    yield base + off, value
 
 
 class _Intervals:
@@ -194,7 +282,8 @@ class _Intervals:
 
 class ImageBuilder:
     """An image under construction.  ``staged`` selects DESIGN §2.2's rules
-    (overlap allowed, zero-fill segments, own destination taken first)."""
+    (overlap allowed, zero-fill segments); both kinds take a destination page
+    that is free when its data arrives as its own source first."""
 
     def __init__(
         self,
@@ -208,12 +297,8 @@ class ImageBuilder:
         self.allocator = allocator
         self.preserve_context = preserve_context
         self.staged = staged
-        npages = memory.size >> PAGE_SHIFT
-        # Direct-mapped tables keyed by page frame: O(1) like the kernel's hash.
-        self._src = array.array("q", [NONE]) * npages  # dest → source pfn | ZERO | NONE
-        self._serves = array.array("q", [NONE]) * npages  # source → dest it serves (not own)
-        self._lo = npages
-        self._hi = 0
+        self._src = _DestTable()  # dest → source pfn | ZERO | NONE
+        self._serves: dict[int, int] = {}  # source → the other destination it serves
         self._private: list[int] = []  # control, swap, indirection pages
         self._parked: set[int] = set()
         self._pending = _Intervals(())
@@ -244,40 +329,29 @@ class ImageBuilder:
         return self.staged and not self.preserve_context and seg.bufsz == 0
 
     def _add_zero_fill(self, seg: abi.Segment) -> None:
-        first, end = seg.mem >> PAGE_SHIFT, seg.end >> PAGE_SHIFT
-        self._touch(first, end)
-        table = self._src
-        for dest in range(first, end):
-            src = table[dest]
-            if src >= 0:
-                # Overlap onto a data page: it stays a data page, now zero.
-                self.memory.zero(src << PAGE_SHIFT, PAGE_SIZE)
-            else:
-                table[dest] = ZERO
-
-    def _touch(self, first: int, end: int) -> None:
-        self._lo = min(self._lo, first)
-        self._hi = max(self._hi, end)
+        first = seg.mem >> PAGE_SHIFT
+        for src in self._src.mark_zero(first, seg.memsz >> PAGE_SHIFT):
+            # Overlap onto a data page: it stays a data page, now zero.
+            self.memory.zero(src << PAGE_SHIFT, PAGE_SIZE)
 
     def _add_data(self, seg: abi.Segment) -> None:
         buf = memoryview(seg.buf).cast("B") if seg.bufsz else memoryview(b"")
         first = seg.mem >> PAGE_SHIFT
         npages = seg.memsz >> PAGE_SHIFT
-        self._touch(first, first + npages)
         table = self._src
         i = 0
         while i < npages:
             # Fast path: a run of destination pages that are free here and
-            # play no role yet becomes its own source, written in one go.
+            # have no source yet becomes its own source, written in one go.
             run = self._own_run(first + i, npages - i)
             if run:
                 self._write(first + i, buf, i, run)
                 i += run
                 continue
             dest = first + i
-            src = table[dest]
+            src = table.get(dest)
             if src < 0:
-                if self._serves[dest] >= 0:
+                if dest in self._serves:
                     self._evict(dest)
                     src = dest
                 else:
@@ -287,21 +361,30 @@ class ImageBuilder:
             i += 1
 
     def _assign(self, dest: int, src: int) -> None:
-        self._src[dest] = src
+        self._src.set(dest, src)
         if src != dest:
             self._serves[src] = dest
 
     def _own_run(self, dest: int, limit: int) -> int:
-        count = self.allocator.free_run(dest, limit)
+        """Take the free pages from ``dest`` on that have no source yet (at most
+        ``limit``) as their own sources; how many.  Looks ahead in windows that
+        double, so the work is proportional to the pages taken, not to ``limit``."""
         table = self._src
-        for pfn in range(dest, dest + count):
-            if table[pfn] >= 0:
-                # A destination whose page was busy when its data came.
-                count = pfn - dest
+        if table.get(dest) >= 0:
+            return 0
+        count = 0
+        window = 16
+        while count < limit:
+            want = min(window, limit - count)
+            free = self.allocator.free_run(dest + count, want)
+            got = table.unassigned(dest + count, free)
+            count += got
+            if got < want:
                 break
+            window *= 2
         if count:
             self.allocator.reserve(dest, dest + count)
-            table[dest : dest + count] = array.array("q", range(dest, dest + count))
+            table.set_own(dest, count)
         return count
 
     def _write(self, src: int, buf: memoryview, index: int, npages: int) -> None:
@@ -328,13 +411,13 @@ class ImageBuilder:
             page = self.allocator.alloc()
             if page == dest:
                 return page
-            holder = self._src[page]
+            holder = self._src.get(page)
             if holder >= 0:
                 # ``page`` is a destination whose data waits in ``holder``:
                 # move the data home and reuse ``holder`` (mainline's swap).
                 self.memory.copy(page << PAGE_SHIFT, holder << PAGE_SHIFT, PAGE_SIZE)
-                self._src[page] = page
-                self._serves[holder] = NONE
+                self._src.set(page, page)
+                del self._serves[holder]
                 return holder
             if page in self._pending:
                 self._parked.add(page)
@@ -344,8 +427,7 @@ class ImageBuilder:
     def _evict(self, page: int) -> None:
         """``page`` holds another destination's data but is now a data
         destination itself: move that data to a fresh source first."""
-        other = self._serves[page]
-        self._serves[page] = NONE
+        other = self._serves.pop(page)
         new = self._source_for(other)
         self.memory.copy(new << PAGE_SHIFT, page << PAGE_SHIFT, PAGE_SIZE)
         self._assign(other, new)
@@ -353,12 +435,10 @@ class ImageBuilder:
     # ---------------------------------------------------------------- queries
 
     def entries(self) -> Iterator[tuple[str, int, int]]:
-        table = self._src
-        for dest in range(self._lo, self._hi):
-            src = table[dest]
+        for dest, src in self._src.items():
             if src >= 0:
                 yield ENTRY_SOURCE, dest, src
-            elif src == ZERO:
+            else:
                 yield ENTRY_ZERO, dest, 0
 
     def page_map(self) -> bytes:
@@ -373,28 +453,30 @@ class ImageBuilder:
 
     # ---------------------------------------------------------------- finishing
 
-    def _is_destination(self, pfn: int) -> bool:
-        return self._src[pfn] != NONE
-
-    def _alloc_private(self) -> int:
-        """A page for the kernel's own use during relocation (control, swap,
-        indirection): never any kind of destination, never a source."""
+    def _alloc_private(self, count: int) -> list[int]:
+        """Pages for the kernel's own use during relocation (control, swap,
+        indirection): never any kind of destination, never a source.  The
+        destinations the allocator offers meanwhile are set aside until all
+        ``count`` pages are found, so each is passed once."""
         set_aside = []
+        pages: list[int] = []
         try:
-            while True:
+            while len(pages) < count:
                 page = self.allocator.alloc()
-                if not self._is_destination(page):
+                if self._src.get(page) != NONE:
+                    set_aside.append(page)
+                else:
                     self._private.append(page)
-                    return page
-                set_aside.append(page)
+                    pages.append(page)
         finally:
             for page in set_aside:
                 self.allocator.free(page)
+        return pages
 
     def finish(self, entry: int, *, crash: bool = False) -> LoadedImage:
-        """Terminate the entry list and write it into memory."""
-        control = self._alloc_private()
-        swap = 0 if crash else self._alloc_private()
+        """Terminate the entry list and write it into memory, laid out as
+        kimage_add_entry() and kimage_terminate() do: up to 511 entries per
+        indirection page, then the link to the next page or IND_DONE."""
         words = array.array("Q")
         expected = -1
         for kind, dest, src in self.entries():
@@ -404,15 +486,18 @@ class ImageBuilder:
                 (src << PAGE_SHIFT) | abi.IND_SOURCE if kind == ENTRY_SOURCE else abi.IND_ZERO
             )
             expected = dest + 1
-        words.append(abi.IND_DONE)
         per_page = abi.ENTRIES_PER_PAGE - 1
-        chunks = [words[i : i + per_page] for i in range(0, len(words), per_page)]
-        pages = [self._alloc_private() for _ in chunks]
-        for n, (page, chunk) in enumerate(zip(pages, chunks, strict=True)):
-            if n + 1 < len(pages):
-                chunk.append((pages[n + 1] << PAGE_SHIFT) | abi.IND_INDIRECTION)
-            raw = chunk.tobytes()
-            self.memory.write(page << PAGE_SHIFT, raw.ljust(PAGE_SIZE, b"\0"))
+        npages = max(1, -(-len(words) // per_page))
+        private = self._alloc_private(npages + (1 if crash else 2))
+        control, swap = private[0], 0 if crash else private[1]
+        pages = private[-npages:]
+        for n, page in enumerate(pages):
+            chunk = words[n * per_page : (n + 1) * per_page]
+            last = n + 1 == len(pages)
+            chunk.append(
+                abi.IND_DONE if last else (pages[n + 1] << PAGE_SHIFT) | abi.IND_INDIRECTION
+            )
+            self.memory.write(page << PAGE_SHIFT, chunk.tobytes().ljust(PAGE_SIZE, b"\0"))
         return LoadedImage(
             head=pages[0] << PAGE_SHIFT,
             control=control << PAGE_SHIFT,
@@ -429,5 +514,5 @@ class ImageBuilder:
         for pfn in self._private:
             self.allocator.free(pfn)
         self._private.clear()
-        self._src = array.array("q")
-        self._serves = array.array("q")
+        self._src = _DestTable()
+        self._serves.clear()

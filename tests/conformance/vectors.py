@@ -4,17 +4,24 @@ Each vector is a sequence of ``kexec_load`` calls against a ``Kernel`` with
 the expected errno of every call and what ``/proc/kexec_pgmap`` and
 ``kexec_loaded`` must say afterwards.  Expectations are allocator independent
 (which physical pages become sources differs between kernels): they name the
-destination pages a map lists and the placement invariant, never source
-addresses.  The same vectors run against the machine model here and against a
-real (patched or mainline) kernel inside a lab guest — nothing here jumps.
+destination pages a map lists, the map's format and the placement invariant,
+never source addresses.  Vectors are written from DESIGN, not from any
+implementation, and use nothing but the ``Kernel`` protocol.  The same vectors
+run against the machine model here and against a real (patched or mainline)
+kernel inside a lab guest — nothing here jumps, and every vector that names
+destinations beyond the 64 MiB window of RAM that ``choose_base`` picks is
+refused by the kernel before it allocates anything (or, staged without
+preserve-context, allocates no source pages at all).
 
-Run in a guest: ``python -m tests.conformance.vectors [--profile mainline]``
-prints one JSON line per vector.
+Run in a guest: ``python -m tests.conformance.vectors`` prints one JSON line
+per vector that applies to the running kernel (its features come from the
+backend's capability probe).
 """
 
 from __future__ import annotations
 
 import errno
+import itertools
 import json
 import sys
 from collections.abc import Callable, Sequence
@@ -27,7 +34,22 @@ from kexechibd.kernel.api import Kernel, MemoryKind
 P = PAGE_SIZE
 OK = 0
 
-Build = Callable[[int], Sequence[Segment]]  # base address → segments
+
+@dataclass(frozen=True)
+class Target:
+    """Where a vector runs: ``base`` of a free RAM window, ``ram`` the bytes
+    of RAM in the kernel's memory map (for the ½-RAM rule)."""
+
+    base: int
+    ram: int
+
+    def pages_of(self, fraction: float) -> int:
+        """Whole pages making up ``fraction`` of RAM."""
+        return int(self.ram * fraction) // P
+
+
+Build = Callable[[Target], Sequence[Segment]]  # target → segments
+PageSet = Callable[[Target], set[int]]  # target → destination page frames
 
 
 @dataclass(frozen=True)
@@ -44,9 +66,10 @@ class Vector:
     rule: str
     calls: tuple[Call, ...]
     loaded: bool | None = None  # kexec_loaded afterwards (None: not checked)
-    map_pages: Callable[[int], set[int]] | None = None  # dest pfns the map lists (base → set)
+    map_pages: PageSet | None = None  # dest pfns the map lists afterwards
     map_unchanged_by_last: bool = False  # the last call allocated nothing
-    requires: frozenset[str] = field(default_factory=frozenset)  # "jump", "staged", "mainline"
+    # "jump", "nojump", "staged", "mainline" (see features_of)
+    requires: frozenset[str] = field(default_factory=frozenset)
 
 
 def seg(
@@ -59,36 +82,61 @@ def seg(
 ) -> Build:
     """A segment ``offset_pages`` pages above the base."""
 
-    def build(base: int) -> list[Segment]:
+    def build(t: Target) -> list[Segment]:
         memsz = npages * P
         size = memsz if bufsz is None else bufsz
         buf = data if data is not None else bytes([fill]) * size
-        return [Segment(buf, base + offset_pages * P, memsz)]
+        return [Segment(buf, t.base + offset_pages * P, memsz)]
 
     return build
 
 
-def raw(make: Callable[[int], list[Segment]]) -> Build:
+def raw(make: Callable[[Target], list[Segment]]) -> Build:
     return make
 
 
+def at(mem: int, memsz: int, bufsz: int = 0) -> Build:
+    """A segment at an absolute address (for the address checks)."""
+    return lambda t: [Segment(b"\x5a" * bufsz, mem, memsz)]
+
+
+def unaligned(offset_pages: int) -> Build:
+    """A one-page segment 8 bytes past a page boundary."""
+    return lambda t: [Segment(b"", t.base + offset_pages * P + 8, P)]
+
+
+def empty_at(offset_pages: int) -> Build:
+    """A segment with ``memsz == 0`` ``offset_pages`` pages above the base."""
+    return lambda t: [Segment(b"", t.base + offset_pages * P, 0)]
+
+
+def ram_share(first: float, fraction: float) -> Build:
+    """A bufsz 0 segment from ``first`` of RAM covering ``fraction`` of RAM
+    (physical addresses from 0; the kernel never checks that they are RAM)."""
+    return lambda t: [Segment(b"", t.pages_of(first) * P, t.pages_of(fraction) * P)]
+
+
 def many(*builds: Build) -> Build:
-    def build(base: int) -> list[Segment]:
-        return [s for b in builds for s in b(base)]
+    def build(t: Target) -> list[Segment]:
+        return [s for b in builds for s in b(t)]
 
     return build
 
 
 def none() -> Build:
-    return lambda base: []
+    return lambda t: []
 
 
-def pages(offset: int, n: int) -> Callable[[int], set[int]]:
-    return lambda base: {(base // P) + offset + i for i in range(n)}
+def pages(offset: int, n: int) -> PageSet:
+    return lambda t: {(t.base // P) + offset + i for i in range(n)}
 
 
-def union(*fns: Callable[[int], set[int]]) -> Callable[[int], set[int]]:
-    return lambda base: set().union(*(f(base) for f in fns))
+def union(*fns: PageSet) -> PageSet:
+    return lambda t: set().union(*(f(t) for f in fns))
+
+
+def no_pages() -> PageSet:
+    return lambda t: set()
 
 
 FULL = abi.load_flags(Stage.FULL)
@@ -99,9 +147,13 @@ FINAL = abi.load_flags(Stage.FINAL)
 START_KEEP = abi.load_flags(Stage.START, preserve_context=True)
 MID_KEEP = abi.load_flags(Stage.MID, preserve_context=True)
 FINAL_KEEP = abi.load_flags(Stage.FINAL, preserve_context=True)
+FOREIGN_ARCH = 3 << 16  # KEXEC_ARCH_386
+UNKNOWN_FLAG = 0x80
 S = frozenset({"staged"})
 J = frozenset({"jump"})
 SJ = frozenset({"staged", "jump"})
+NOJUMP = frozenset({"nojump"})
+WRAPS = (1 << 64) - P  # mem + memsz wraps around the address space
 
 VECTORS: tuple[Vector, ...] = (
     # ---------------------------------------------------------- mainline (§2.1)
@@ -127,17 +179,17 @@ VECTORS: tuple[Vector, ...] = (
     Vector(
         "unaligned_mem",
         "§2.1 mem must be page aligned",
-        (Call(raw(lambda b: [Segment(b"x", b + 8, P)]), FULL, errno.EADDRNOTAVAIL),),
+        (Call(raw(lambda t: [Segment(b"x", t.base + 8, P)]), FULL, errno.EADDRNOTAVAIL),),
     ),
     Vector(
         "unaligned_memsz",
         "§2.1 memsz must be a multiple of the page size",
-        (Call(raw(lambda b: [Segment(b"x", b, P + 8)]), FULL, errno.EADDRNOTAVAIL),),
+        (Call(raw(lambda t: [Segment(b"x", t.base, P + 8)]), FULL, errno.EADDRNOTAVAIL),),
     ),
     Vector(
         "beyond_limit",
         "§2.1 destinations beyond the addressable limit",
-        (Call(raw(lambda b: [Segment(b"x", 1 << 46, P)]), FULL, errno.EADDRNOTAVAIL),),
+        (Call(at(1 << 46, P, 1), FULL, errno.EADDRNOTAVAIL),),
     ),
     Vector(
         "full_overlap",
@@ -153,12 +205,12 @@ VECTORS: tuple[Vector, ...] = (
     Vector(
         "bad_arch",
         "§2.1 a foreign architecture is refused",
-        (Call(seg(0, 1), abi.load_flags(arch=3 << 16), errno.EINVAL),),
+        (Call(seg(0, 1), abi.load_flags(arch=FOREIGN_ARCH), errno.EINVAL),),
     ),
     Vector(
         "unknown_flag",
         "§2.1 flags the kernel does not know are refused",
-        (Call(seg(0, 1), FULL | 0x80, errno.EINVAL),),
+        (Call(seg(0, 1), FULL | UNKNOWN_FLAG, errno.EINVAL),),
     ),
     Vector(
         "preserve_full",
@@ -317,11 +369,11 @@ VECTORS: tuple[Vector, ...] = (
         "§2.2 an error in a staged call discards the staged image",
         (
             Call(seg(0, 1), START),
-            Call(raw(lambda b: [Segment(b"x", b + 8, P)]), MID, errno.EADDRNOTAVAIL),
+            Call(raw(lambda t: [Segment(b"x", t.base + 8, P)]), MID, errno.EADDRNOTAVAIL),
             Call(none(), FINAL, errno.EINVAL),
         ),
         loaded=False,
-        map_pages=lambda b: set(),
+        map_pages=no_pages(),
         requires=S,
     ),
     Vector(
@@ -388,7 +440,440 @@ VECTORS: tuple[Vector, ...] = (
         "§2.2 with nothing loaded the map is empty",
         (Call(seg(0, 2), START), Call(none(), FINAL), Call(none(), FULL)),
         loaded=False,
-        map_pages=lambda b: set(),
+        map_pages=no_pages(),
+        requires=S,
+    ),
+    # ---------------------------------------------------------- mainline (§2.1), continued
+    Vector(
+        "full_adjacent_segments",
+        "§2.1 segments that touch do not overlap",
+        (Call(many(seg(0, 1), seg(1, 1)), FULL),),
+        loaded=True,
+        map_pages=pages(0, 2),
+    ),
+    Vector(
+        "full_overlap_nested",
+        "§2.1 a segment inside another overlaps it",
+        (Call(many(seg(0, 4), seg(1, 1)), FULL, errno.EINVAL),),
+        loaded=False,
+    ),
+    Vector(
+        "full_overlap_any_order",
+        "§2.1 overlap is found whatever the segment order",
+        (Call(many(seg(4, 2), seg(8, 1), seg(0, 5)), FULL, errno.EINVAL),),
+        loaded=False,
+    ),
+    Vector(
+        "full_overlap_empty_segment_inside",
+        "§2.1 an empty segment strictly inside another overlaps it",
+        (Call(many(seg(0, 2), empty_at(1)), FULL, errno.EINVAL),),
+        loaded=False,
+    ),
+    Vector(
+        "full_empty_segment_at_an_edge",
+        "§2.1 an empty segment at another's start or end does not overlap it",
+        (Call(many(seg(0, 2), empty_at(0), empty_at(2)), FULL),),
+        loaded=True,
+        map_pages=pages(0, 2),
+    ),
+    Vector(
+        "full_empty_segment_alone",
+        "§2.1 one empty segment is an image (the jump-back helper's load)",
+        (Call(empty_at(0), FULL),),
+        loaded=True,
+        map_pages=no_pages(),
+    ),
+    Vector(
+        "full_wraps_address_space",
+        "§2.1 mem + memsz beyond the address space",
+        (Call(at(WRAPS, 2 * P), FULL, errno.EADDRNOTAVAIL),),
+        loaded=False,
+    ),
+    Vector(
+        "full_address_checks_come_first",
+        "§2.1 an address error in any segment beats bufsz > memsz and overlap",
+        (
+            Call(
+                many(seg(0, 1, bufsz=P + 1), seg(0, 1), unaligned(2)),
+                FULL,
+                errno.EADDRNOTAVAIL,
+            ),
+        ),
+        loaded=False,
+    ),
+    Vector(
+        "full_one_segment_over_half_ram",
+        "§2.1 a segment of more than half of RAM",
+        (Call(ram_share(0, 0.55), FULL, errno.EINVAL),),
+        loaded=False,
+    ),
+    Vector(
+        "full_segments_over_half_ram",
+        "§2.1 segments of more than half of RAM in total",
+        (Call(many(ram_share(0, 0.3), ram_share(0.3, 0.3)), FULL, errno.EINVAL),),
+        loaded=False,
+    ),
+    Vector(
+        "arch_default_accepted",
+        "§2.1 KEXEC_ARCH_DEFAULT is the native architecture",
+        (Call(seg(0, 1), abi.load_flags(arch=abi.KEXEC_ARCH_DEFAULT)),),
+        loaded=True,
+    ),
+    Vector(
+        "full_load_replaces_loaded",
+        "§2.1 a one-shot load replaces the loaded image",
+        (Call(seg(0, 1), FULL), Call(seg(8, 1), FULL)),
+        loaded=True,
+        map_pages=pages(8, 1),
+    ),
+    Vector(
+        "unload_without_image",
+        "§2.1 unloading when nothing is loaded succeeds",
+        (Call(none(), FULL), Call(none(), FULL)),
+        loaded=False,
+    ),
+    Vector(
+        "failed_full_load_keeps_loaded",
+        "§2.1 a refused one-shot load leaves the loaded image alone",
+        (Call(seg(8, 2), FULL), Call(many(seg(0, 2), seg(1, 1)), FULL, errno.EINVAL)),
+        loaded=True,
+        map_pages=pages(8, 2),
+    ),
+    Vector(
+        "preserve_refused_without_kexec_jump",
+        "§2.1 preserve-context without CONFIG_KEXEC_JUMP is EINVAL",
+        (Call(seg(0, 1), FULL_KEEP, errno.EINVAL),),
+        loaded=False,
+        requires=NOJUMP,
+    ),
+    Vector(
+        "full_zero_buffer_is_not_zero_fill",
+        "§2.2 KS_full keeps mainline semantics: bufsz 0 pages get sources",
+        (Call(seg(0, 3, bufsz=0), FULL),),
+        loaded=True,
+        map_pages=pages(0, 3),
+        requires=S,
+    ),
+    # ---------------------------------------------------------- staged (§2.2), continued
+    Vector(
+        "start_empty_keeps_loaded",
+        "§2.2 KS_start with no segments discards only the staged image",
+        (Call(seg(8, 2), FULL), Call(seg(0, 1), START), Call(none(), START)),
+        loaded=True,
+        map_pages=pages(8, 2),
+        requires=S,
+    ),
+    Vector(
+        "start_empty_without_staged",
+        "§2.2 KS_start with no segments and nothing staged returns 0",
+        (Call(none(), START), Call(none(), START)),
+        loaded=False,
+        map_pages=no_pages(),
+        requires=S,
+    ),
+    Vector(
+        "staged_map_replaces_loaded_map",
+        "§2.2 while a stage runs the map is the staged image's, kexec_loaded the old one's",
+        (Call(seg(8, 1), FULL), Call(seg(0, 2), START)),
+        loaded=True,
+        map_pages=pages(0, 2),
+        requires=S,
+    ),
+    Vector(
+        "full_map_listed",
+        "§2.2 with no stage running the map is the loaded (KS_full) image's",
+        (Call(many(seg(0, 2), seg(4, 1)), FULL),),
+        loaded=True,
+        map_pages=union(pages(0, 2), pages(4, 1)),
+        requires=S,
+    ),
+    Vector(
+        "mid_empty_allocates_nothing",
+        "§2.2 KS_mid with no segments changes nothing",
+        (Call(seg(0, 2), START), Call(none(), MID)),
+        loaded=False,
+        map_pages=pages(0, 2),
+        map_unchanged_by_last=True,
+        requires=S,
+    ),
+    Vector(
+        "final_empty_keeps_map",
+        "§2.2 KS_final without segments allocates no source page",
+        (Call(many(seg(0, 2), seg(4, 1)), START), Call(none(), FINAL)),
+        loaded=True,
+        map_pages=union(pages(0, 2), pages(4, 1)),
+        map_unchanged_by_last=True,
+        requires=S,
+    ),
+    Vector(
+        "preserve_placeholder_flow",
+        "§2.2 (§1.1) KS_final overlapping a placeholder keeps the map read before it",
+        (
+            Call(many(seg(0, 2), seg(2, 3, bufsz=0), seg(5, 4, bufsz=0)), START_KEEP),
+            Call(seg(2, 3, bufsz=P + 100, fill=7), FINAL_KEEP),
+        ),
+        loaded=True,
+        map_pages=pages(0, 9),
+        map_unchanged_by_last=True,
+        requires=SJ,
+    ),
+    Vector(
+        "preserve_zero_overlap_stays_data",
+        "§2.2 a bufsz 0 overlap in a preserve-context image keeps its pages",
+        (Call(seg(0, 2), START_KEEP), Call(seg(0, 2, bufsz=0), MID_KEEP)),
+        map_pages=pages(0, 2),
+        map_unchanged_by_last=True,
+        requires=SJ,
+    ),
+    Vector(
+        "mid_keep_after_plain_start",
+        "§2.2 KS_mid with preserve-context after a plain KS_start is EINVAL and discards",
+        (
+            Call(seg(0, 1), START),
+            Call(seg(2, 1), MID_KEEP, errno.EINVAL),
+            Call(none(), FINAL, errno.EINVAL),
+        ),
+        loaded=False,
+        map_pages=no_pages(),
+        requires=SJ,
+    ),
+    Vector(
+        "final_with_other_preserve_bit",
+        "§2.2 KS_final with another preserve-context bit is EINVAL and discards",
+        (
+            Call(seg(0, 1), START_KEEP),
+            Call(none(), FINAL, errno.EINVAL),
+            Call(none(), FINAL_KEEP, errno.EINVAL),
+        ),
+        loaded=False,
+        map_pages=no_pages(),
+        requires=SJ,
+    ),
+    Vector(
+        "crash_with_mid_discards",
+        "§2.2 KEXEC_ON_CRASH with KS_mid is EINVAL and discards",
+        (
+            Call(seg(0, 1), START),
+            Call(seg(2, 1), MID | abi.KEXEC_ON_CRASH, errno.EINVAL),
+            Call(none(), FINAL, errno.EINVAL),
+        ),
+        loaded=False,
+        requires=S,
+    ),
+    Vector(
+        "crash_with_final_discards",
+        "§2.2 KEXEC_ON_CRASH with KS_final is EINVAL and discards",
+        (
+            Call(seg(0, 1), START),
+            Call(none(), FINAL | abi.KEXEC_ON_CRASH, errno.EINVAL),
+            Call(none(), FINAL, errno.EINVAL),
+        ),
+        loaded=False,
+        requires=S,
+    ),
+    Vector(
+        "mid_1025_segments_discards",
+        "§2.2 more than 1024 segments in KS_mid is EINVAL and discards",
+        (
+            Call(seg(0, 1), START),
+            Call(many(*(seg(2 + i, 1) for i in range(1025))), MID, errno.EINVAL),
+            Call(none(), FINAL, errno.EINVAL),
+        ),
+        loaded=False,
+        map_pages=no_pages(),
+        requires=S,
+    ),
+    Vector(
+        "final_1025_segments_discards",
+        "§2.2 more than 1024 segments in KS_final is EINVAL and discards",
+        (
+            Call(seg(0, 1), START),
+            Call(many(*(seg(2 + i, 1) for i in range(1025))), FINAL, errno.EINVAL),
+            Call(none(), FINAL, errno.EINVAL),
+        ),
+        loaded=False,
+        requires=S,
+    ),
+    Vector(
+        "mid_foreign_arch_discards",
+        "§2.2 a foreign architecture in KS_mid is EINVAL and discards",
+        (
+            Call(seg(0, 1), START),
+            Call(seg(2, 1), abi.load_flags(Stage.MID, arch=FOREIGN_ARCH), errno.EINVAL),
+            Call(none(), FINAL, errno.EINVAL),
+        ),
+        loaded=False,
+        requires=S,
+    ),
+    Vector(
+        "mid_unknown_flag_discards",
+        "§2.2 an unknown flag in KS_mid is EINVAL and discards",
+        (
+            Call(seg(0, 1), START),
+            Call(seg(2, 1), MID | UNKNOWN_FLAG, errno.EINVAL),
+            Call(none(), FINAL, errno.EINVAL),
+        ),
+        loaded=False,
+        requires=S,
+    ),
+    Vector(
+        "mid_bufsz_over_memsz_discards",
+        "§2.2 bufsz > memsz in a staged call is EINVAL and discards",
+        (
+            Call(seg(0, 1), START),
+            Call(seg(2, 1, bufsz=P + 1), MID, errno.EINVAL),
+            Call(none(), FINAL, errno.EINVAL),
+        ),
+        loaded=False,
+        map_pages=no_pages(),
+        requires=S,
+    ),
+    Vector(
+        "staged_beyond_limit",
+        "§2.2 the address limit applies to staged calls",
+        (Call(at(1 << 46, P), START, errno.EADDRNOTAVAIL), Call(none(), FINAL, errno.EINVAL)),
+        loaded=False,
+        requires=S,
+    ),
+    Vector(
+        "staged_wraps_address_space",
+        "§2.2 mem + memsz beyond the address space in a staged call",
+        (Call(at(WRAPS, 2 * P), START, errno.EADDRNOTAVAIL),),
+        loaded=False,
+        requires=S,
+    ),
+    Vector(
+        "staged_unaligned_memsz",
+        "§2.2 memsz must be page aligned in a staged call too",
+        (
+            Call(seg(0, 1), START),
+            Call(raw(lambda t: [Segment(b"", t.base + 2 * P, P + 8)]), MID, errno.EADDRNOTAVAIL),
+            Call(none(), FINAL, errno.EINVAL),
+        ),
+        loaded=False,
+        requires=S,
+    ),
+    Vector(
+        "error_in_start_discards_previous",
+        "§2.2 a failed KS_start leaves no staged image, old or new",
+        (
+            Call(seg(0, 1), START),
+            Call(many(seg(2, 1), seg(4, 1, bufsz=P + 1)), START, errno.EINVAL),
+            Call(none(), FINAL, errno.EINVAL),
+        ),
+        loaded=False,
+        map_pages=no_pages(),
+        requires=S,
+    ),
+    Vector(
+        "error_applies_nothing_of_the_call",
+        "§2.2 a call that fails in a later segment loads none of its segments",
+        (
+            Call(seg(0, 1), START),
+            Call(many(seg(2, 1), unaligned(4)), MID, errno.EADDRNOTAVAIL),
+        ),
+        loaded=False,
+        map_pages=no_pages(),
+        requires=S,
+    ),
+    Vector(
+        "error_in_final_keeps_loaded",
+        "§2.2 a failed KS_final leaves the loaded image loaded and discards the staged one",
+        (
+            Call(seg(8, 2), FULL),
+            Call(seg(0, 1), START),
+            Call(unaligned(4), FINAL, errno.EADDRNOTAVAIL),
+            Call(none(), FINAL, errno.EINVAL),
+        ),
+        loaded=True,
+        map_pages=pages(8, 2),
+        requires=S,
+    ),
+    Vector(
+        "staged_zero_fill_over_half_ram",
+        "§2.2 the ½-RAM rule does not apply to staged images (zero-fill: nothing allocated)",
+        (Call(ram_share(0, 0.6), START), Call(seg(0, 1), MID)),
+        loaded=False,
+        map_pages=pages(0, 1),
+        requires=S,
+    ),
+    Vector(
+        "zero_fill_allocates_nothing",
+        "§2.2 zero-fill segments allocate no source pages",
+        (Call(seg(0, 2), START), Call(seg(4, 8, bufsz=0), MID)),
+        loaded=False,
+        map_pages=pages(0, 2),
+        map_unchanged_by_last=True,
+        requires=S,
+    ),
+    Vector(
+        "zero_fill_over_zero_fill",
+        "§2.2 zero-fill over zero-fill stays unlisted",
+        (Call(seg(0, 4, bufsz=0), START), Call(seg(2, 4, bufsz=0), MID)),
+        loaded=False,
+        map_pages=no_pages(),
+        map_unchanged_by_last=True,
+        requires=S,
+    ),
+    Vector(
+        "zero_fill_then_data_in_one_call",
+        "§2.2 a later segment of the same call turns zero-fill pages into data pages",
+        (Call(many(seg(0, 4, bufsz=0), seg(1, 2)), START), Call(none(), FINAL)),
+        loaded=True,
+        map_pages=pages(1, 2),
+        requires=S,
+    ),
+    Vector(
+        "data_then_zero_fill_in_one_call",
+        "§2.2 a later bufsz 0 segment of the same call keeps data pages listed",
+        (Call(many(seg(0, 2), seg(0, 3, bufsz=0)), START), Call(none(), FINAL)),
+        loaded=True,
+        map_pages=pages(0, 2),
+        requires=S,
+    ),
+    Vector(
+        "partial_buffer_overlap_allocates_nothing",
+        "§2.2 0 < bufsz < memsz over existing data pages allocates nothing",
+        (Call(seg(0, 3), START), Call(seg(1, 2, bufsz=10), MID)),
+        loaded=False,
+        map_pages=pages(0, 3),
+        map_unchanged_by_last=True,
+        requires=S,
+    ),
+    Vector(
+        "partial_buffer_over_zero_fill",
+        "§2.2 0 < bufsz < memsz over zero-fill pages makes every page a data page",
+        (Call(seg(0, 4, bufsz=0), START), Call(seg(1, 2, bufsz=10), MID)),
+        loaded=False,
+        map_pages=pages(1, 2),
+        requires=S,
+    ),
+    Vector(
+        "overlap_extends_image",
+        "§2.2 an overlap that reaches past the existing pages adds only the new ones",
+        (Call(seg(0, 2), START), Call(seg(1, 3), MID), Call(seg(3, 2), FINAL)),
+        loaded=True,
+        map_pages=pages(0, 5),
+        requires=S,
+    ),
+    Vector(
+        "final_overlap_allocates_nothing",
+        "§2.2 KS_final overlapping earlier pages exactly keeps the map",
+        (Call(seg(0, 4), START), Call(seg(0, 4, fill=9), FINAL)),
+        loaded=True,
+        map_pages=pages(0, 4),
+        map_unchanged_by_last=True,
+        requires=S,
+    ),
+    Vector(
+        "arch_default_staged",
+        "§2.2 staged calls accept KEXEC_ARCH_DEFAULT",
+        (
+            Call(seg(0, 1), abi.load_flags(Stage.START, arch=abi.KEXEC_ARCH_DEFAULT)),
+            Call(none(), abi.load_flags(Stage.FINAL, arch=abi.KEXEC_ARCH_DEFAULT)),
+        ),
+        loaded=True,
+        map_pages=pages(0, 1),
         requires=S,
     ),
 )
@@ -440,7 +925,22 @@ def _invariant_problems(runs: list[abi.PageMapRun]) -> list[str]:
     return problems[:3]
 
 
+def _format_problems(runs: list[abi.PageMapRun]) -> list[str]:
+    """Records are maximal runs: no record continues its predecessor on both sides
+    (``decode_page_map`` has checked the header, sorting and overlap)."""
+    return [
+        f"records at dest {a.dest_pfn:#x} and {b.dest_pfn:#x} are one run"
+        for a, b in itertools.pairwise(runs)
+        if b.dest_pfn == a.dest_end and b.src_pfn == a.src_pfn + a.npages
+    ][:3]
+
+
+def ram_of(kernel: Kernel) -> int:
+    return sum(r.end - r.start for r in kernel.memory_map() if r.kind is MemoryKind.RAM)
+
+
 def run_vector(kernel: Kernel, vector: Vector, base: int, *, staged: bool) -> Outcome:
+    target = Target(base, ram_of(kernel))
     _reset(kernel, staged)
     errnos = []
     problems = []
@@ -449,7 +949,7 @@ def run_vector(kernel: Kernel, vector: Vector, base: int, *, staged: bool) -> Ou
         if i == len(vector.calls) - 1 and staged:
             map_before_last = _decode(kernel, staged)
         try:
-            kernel.kexec_load(call.entry or base, call.segments(base), call.flags)
+            kernel.kexec_load(call.entry or base, call.segments(target), call.flags)
             got = OK
         except abi.KernelError as exc:
             got = exc.errno
@@ -467,8 +967,9 @@ def run_vector(kernel: Kernel, vector: Vector, base: int, *, staged: bool) -> Ou
         runs = _decode(kernel, staged) or []
         listed = sorted({r.dest_pfn + i for r in runs for i in range(r.npages)})
         problems += _invariant_problems(runs)
+        problems += _format_problems(runs)
         if vector.map_pages is not None:
-            want = vector.map_pages(base)
+            want = vector.map_pages(target)
             if set(listed) != want:
                 extra = sorted(set(listed) - want)[:4]
                 missing = sorted(want - set(listed))[:4]
@@ -486,8 +987,7 @@ def applicable(vector: Vector, features: set[str]) -> bool:
 def features_of(kernel: Kernel) -> set[str]:
     report = kernel.probe()
     features = set()
-    if report.kexec_jump:
-        features.add("jump")
+    features.add("jump" if report.kexec_jump else "nojump")
     features.add("staged" if report.staged_load else "mainline")
     return features
 
