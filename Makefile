@@ -13,7 +13,7 @@ APT_PACKAGES := gcc make pkg-config libsystemd-dev python3-dev python3-venv \
 	dbus dbus-bin dbus-daemon libglib2.0-bin polkitd systemd util-linux \
 	binutils cpio zstd lz4
 
-.PHONY: all setup check test lint typecheck demo bench purgatory install clean
+.PHONY: all setup check test lint typecheck demo bench purgatory install clean lab-kernel
 
 all: check
 
@@ -39,6 +39,12 @@ setup: $(VENV)/.installed purgatory
 
 purgatory: $(VENV)/.apt-stamp
 	@$(MAKE) -s -C purgatory
+
+# ---------------------------------------------------------------- kernel lab
+# Builds (or finds in /var/cache/kexechib-kernel) the lab kernel: Debian's
+# linux-source-6.1 + kernel/patches, tinyconfig + kernel/lab.config.
+lab-kernel:
+	kernel/build.sh
 
 # ---------------------------------------------------------------- checks
 check: setup
