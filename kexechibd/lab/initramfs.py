@@ -9,11 +9,15 @@ root) or else from the fw_cfg file `opt/kexechib/run` (the harness's usual
 way: no quoting, no path that must be visible to the guest). It reports on
 the serial console with lines that start with `KEXECHIB-LAB` and powers off.
 
-The toolbox (`/lab` in the initramfs, bind-mounted at /run/kexechib-lab/ram in
-the new root) holds busybox and host programs with their shared libraries,
-loaded from RAM: a kernel that was jumped back into has lost its 9p session
-(the device is reset on PM restore, and QEMU drops all fids on reset), so
-whatever runs after a kexec jump must not need the 9p root. See docs/lab.md.
+The RAM root (`/lab` in the initramfs, rbind-mounted at /run/kexechib-lab/ram
+in the 9p chroot) is a tiny root of its own: busybox, host programs with
+their shared libraries at their usual paths, and its own proc, sys, dev, run
+and tmp. `chroot /run/kexechib-lab/ram CMD` runs CMD without touching 9p. That
+matters after a kexec jump: the kernel that is jumped back into has lost its
+9p session (PM restore resets the virtio device and QEMU drops every fid on
+reset), and even the dynamic loader of a program started from the 9p root
+looks at /etc/ld.so.preload there. With `kexechib.lab.root=none` the command
+runs in the RAM root itself. See docs/lab.md.
 """
 
 from __future__ import annotations
@@ -22,20 +26,20 @@ import io
 import os
 import stat
 import subprocess
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from kexechibd.lab.debs import unpacked
 
 MARKER = "KEXECHIB-LAB"
-RAM_TOOLBOX = "/run/kexechib-lab/ram"
-GUEST_PATH = f"/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:{RAM_TOOLBOX}"
+RAM_ROOT = "/run/kexechib-lab/ram"
+GUEST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 INIT = r"""#!/bin/busybox sh
 # /init of the kexechibd kernel lab (written by kexechibd/lab/initramfs.py).
 /bin/busybox --install -s /bin
-export PATH=/bin:/lab
+export PATH=/bin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
@@ -59,16 +63,19 @@ for arg in $(cat /proc/cmdline); do
 	esac
 done
 
+# The RAM root: everything a command needs that must not come from 9p.
+mount -t proc proc /lab/proc
+mount -t sysfs sysfs /lab/sys
+mount -t devtmpfs devtmpfs /lab/dev
+mount -t tmpfs -o mode=0755 tmpfs /lab/run
+mount -t tmpfs -o mode=1777 tmpfs /lab/tmp
+
 if [ "$root" = none ]; then
-	new=/
-	mkdir -p /run /tmp
-	mount -t tmpfs -o mode=0755 tmpfs /run
-	mount -t tmpfs -o mode=1777 tmpfs /tmp
-	mkdir -p /run/kexechib-lab
-	ln -s /lab @RAM@
+	new=/lab
+	mkdir -p /lab/run/kexechib-lab
+	ln -s / /lab@RAM@
 else
 	new=/host
-	mkdir -p $new
 	if ! mount -t 9p -o trans=virtio,version=9p2000.L,ro,cache=loose,msize=512000 \
 			"$root" $new; then
 		say "error=mount-9p tag=$root"
@@ -83,11 +90,12 @@ else
 	mount -t tmpfs -o mode=0755 tmpfs $new/run
 	mount -t tmpfs -o mode=1777 tmpfs $new/tmp
 	mkdir -p $new@RAM@ $new/run/lock
-	mount --bind /lab $new@RAM@
+	mount --rbind /lab $new@RAM@
 fi
 
 fwcfg=/sys/firmware/qemu_fw_cfg/by_name/opt/kexechib/run/raw
 if [ -z "$run" ] && [ -r $fwcfg ]; then
+	mkdir -p $new/run/kexechib-lab
 	cat $fwcfg > $new/run/kexechib-lab/run.sh
 	run=/run/kexechib-lab/run.sh
 fi
@@ -105,7 +113,7 @@ finish $?
 
 def init_script() -> str:
     return (
-        INIT.replace("@MARKER@", MARKER).replace("@RAM@", RAM_TOOLBOX).replace("@PATH@", GUEST_PATH)
+        INIT.replace("@MARKER@", MARKER).replace("@RAM@", RAM_ROOT).replace("@PATH@", GUEST_PATH)
     )
 
 
@@ -122,16 +130,16 @@ class Cpio:
     """A newc ("070701") archive, the format the kernel unpacks as initramfs."""
 
     entries: list[_Entry] = field(default_factory=list)
-    _names: set[str] = field(default_factory=set)
+    names: set[str] = field(default_factory=set)
 
     def _add(self, entry: _Entry) -> None:
         name = entry.name.strip("/")
         parent = os.path.dirname(name)
-        if parent and parent not in self._names:
+        if parent and parent not in self.names:
             self.directory(parent)
-        if name in self._names:
+        if name in self.names:
             raise ValueError(f"{name} is already in the archive")
-        self._names.add(name)
+        self.names.add(name)
         entry.name = name
         self.entries.append(entry)
 
@@ -197,48 +205,51 @@ def kexec_path() -> Path:
     return unpacked("kexec-tools") / "sbin" / "kexec"
 
 
+def busybox_applets(busybox: Path) -> list[str]:
+    """Applet paths (e.g. `usr/bin/md5sum`) the busybox binary provides."""
+    out = subprocess.run([str(busybox), "--list-full"], capture_output=True, text=True,
+                         check=True).stdout
+    return [line.strip() for line in out.splitlines() if line.strip()]
+
+
 def build_initramfs(
     programs: Mapping[str, Path] | None = None,
     files: Mapping[str, bytes] | None = None,
-    extra_dirs: Iterable[str] = (),
 ) -> bytes:
     """The lab initramfs as bytes (uncompressed newc: fastest to unpack under TCG).
 
-    `programs` maps toolbox names to host programs: each lands in /lab (in RAM;
-    at /run/kexechib-lab/ram in the guest's chroot) with its shared libraries
-    in /lab/lib and a wrapper that runs it with the loader from there. Busybox
-    is always in the toolbox. `files` adds files by path (mode 0755).
+    `programs` maps paths in the RAM root (e.g. `sbin/kexec`) to host programs;
+    each lands there with its shared libraries and loader at the paths ldd
+    names, so it runs unchanged inside `chroot /run/kexechib-lab/ram`.
+    Busybox and its applets are always there. `files` adds executable files by
+    path in the initramfs (`lab/b.sh` is `/b.sh` in the RAM root).
     """
     archive = Cpio()
-    for d in ("bin", "dev", "proc", "sys", "host", "lab", "lab/lib", *extra_dirs):
+    for d in ("bin", "dev", "proc", "sys", "host", "lab/proc", "lab/sys", "lab/dev",
+              "lab/run", "lab/tmp", "lab/etc", "lab/root"):
         archive.directory(d)
     archive.chardev("dev/console", 5, 1)
-    archive.file("lab/busybox", busybox_path().read_bytes(), 0o755)
-    archive.symlink("bin/busybox", "/lab/busybox")
-    archive.file("init", init_script().encode(), 0o755)
+    busybox = busybox_path()
+    archive.file("lab/bin/busybox", busybox.read_bytes(), 0o755)
+    archive.symlink("bin/busybox", "/lab/bin/busybox")
     libs: dict[str, Path] = {}
-    for name, program in (programs or {}).items():
-        archive.file(f"lab/{name}.bin", program.read_bytes(), 0o755)
-        loader = ""
+    for name, program in sorted((programs or {}).items()):
+        archive.file(f"lab/{name.strip('/')}", program.read_bytes(), 0o755)
         for lib in shared_libraries(program):
-            libs.setdefault(lib.name, lib)
-            if lib.name.startswith("ld-linux"):
-                loader = lib.name
-        wrapper = (
-            f"#!{RAM_TOOLBOX}/busybox sh\n"
-            f'd="${{0%/*}}"\n'
-            f'exec "$d/lib/{loader}" --library-path "$d/lib" "$d/{name}.bin" "$@"\n'
-        )
-        archive.file(f"lab/{name}", wrapper.encode(), 0o755)
+            libs.setdefault(str(lib), lib)
     for name, lib in sorted(libs.items()):
-        archive.file(f"lab/lib/{name}", lib.resolve().read_bytes(), 0o755)
+        archive.file(f"lab/{name.strip('/')}", lib.resolve().read_bytes(), 0o755)
+    for applet in busybox_applets(busybox):
+        if f"lab/{applet}" not in archive.names and applet != "bin/busybox":
+            archive.symlink(f"lab/{applet}", "/bin/busybox")
+    archive.file("init", init_script().encode(), 0o755)
     for path, data in (files or {}).items():
         archive.file(path, data, 0o755)
     return archive.to_bytes()
 
 
 def lab_initramfs(path: Path, with_kexec: bool = True) -> Path:
-    """Write the standard lab initramfs (busybox, and kexec in the toolbox) to `path`."""
-    programs = {"kexec": kexec_path()} if with_kexec else {}
+    """Write the standard lab initramfs (busybox, and kexec in the RAM root) to `path`."""
+    programs = {"sbin/kexec": kexec_path()} if with_kexec else {}
     path.write_bytes(build_initramfs(programs))
     return path

@@ -45,7 +45,7 @@ QEMU = "qemu-system-x86_64"
 # scripts) must be outside the paths the guest covers with tmpfs (/tmp, /run).
 WORK_ROOT = Path("/var/tmp/kexechib-lab")
 BASE_CMDLINE = "console=ttyS0 panic=-1"
-_MARKER_RE = re.compile(MARKER + r" (\w+)((?: [\w.-]+=\S*)*)")
+_MARKER_RE = re.compile(MARKER + r" ([\w-]+)((?: [\w.-]+=\S*)*)")
 
 
 class LabError(RuntimeError):
@@ -146,6 +146,12 @@ class GuestResult:
 
     def tail(self, n: int = 40) -> str:
         return "\n".join(line.text for line in self.lines[-n:])
+
+    def describe(self, lines: int = 60) -> str:
+        """Status and the console's tail, for assertion messages."""
+        return (f"status={self.exit_status} shutdown={self.shutdown_reason} "
+                f"timed_out={self.timed_out} log={self.workdir / 'serial.log'}\n"
+                + self.tail(lines))
 
     def check(self) -> GuestResult:
         """Self if the command exited 0, else LabError with the console's tail."""
@@ -409,11 +415,13 @@ class Guest:
             exit_seen = asyncio.create_task(self.wait_for(rf"{MARKER} exit "))
             done, _ = await asyncio.wait({proc_wait, exit_seen}, timeout=self.remaining(),
                                          return_when=asyncio.FIRST_COMPLETED)
-            if exit_seen in done and proc_wait not in done:
+            exit_printed = exit_seen in done and exit_seen.exception() is None
+            if exit_printed and proc_wait not in done:
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(asyncio.shield(proc_wait),
                                            timeout=min(exit_grace, self.remaining()))
-            elif not done:
+            elif proc_wait not in done:
+                # wait_for gave up at the deadline, or nothing happened at all.
                 self._timed_out = True
             exit_seen.cancel()
             with contextlib.suppress(BaseException):
