@@ -78,3 +78,53 @@ def unpacked(package: str) -> Path:
             shutil.rmtree(target, ignore_errors=True)
             tree.rename(target)
     return target
+
+
+def stock_kernel() -> Path:
+    """Directory with Debian's current stock kernel: `vmlinuz` and its `config`.
+
+    The package that linux-image-amd64 depends on is downloaded into the cache
+    and only /boot is unpacked (the modules are not needed: see docs/lab.md).
+    """
+    out = subprocess.run(
+        ["apt-cache", "depends", "linux-image-amd64"], capture_output=True, text=True,
+        check=False,
+    ).stdout
+    names = [line.split()[-1] for line in out.splitlines()
+             if line.strip().startswith("Depends:") and "linux-image-" in line]
+    if not names:
+        raise DebError("apt-cache depends linux-image-amd64 names no kernel package")
+    package = names[0]
+    version = package_version(package)
+    target = cache_root() / "stock" / f"{package}_{version}".replace(":", "%3a")
+    if (target / "vmlinuz").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / f".lock-{target.name}", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (target / "vmlinuz").exists():
+            return target
+        with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+            os.chmod(tmp, 0o755)
+            result = subprocess.run(
+                ["apt-get", "download", f"{package}={version}"],
+                cwd=tmp, capture_output=True, text=True, check=False,
+            )
+            debs = list(Path(tmp).glob("*.deb"))
+            if result.returncode != 0 or len(debs) != 1:
+                raise DebError(f"apt-get download {package}={version} failed: {result.stderr}")
+            tree = Path(tmp) / "tree"
+            tree.mkdir()
+            subprocess.run(
+                f"dpkg-deb --fsys-tarfile {debs[0]} | tar -x -C {tree} --wildcards './boot/*'",
+                shell=True, check=True,
+            )
+            boot = tree / "boot"
+            out_dir = Path(tmp) / "out"
+            out_dir.mkdir()
+            next(boot.glob("vmlinuz-*")).rename(out_dir / "vmlinuz")
+            next(boot.glob("config-*")).rename(out_dir / "config")
+            (out_dir / "package").write_text(f"{package} {version}\n")
+            shutil.rmtree(target, ignore_errors=True)
+            out_dir.rename(target)
+    return target
