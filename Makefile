@@ -12,6 +12,11 @@ BIN := $(VENV)/bin
 APT_PACKAGES := gcc make pkg-config libsystemd-dev python3-dev python3-venv \
 	dbus dbus-bin dbus-daemon libglib2.0-bin polkitd systemd util-linux \
 	binutils cpio zstd lz4
+# The kernel lab (docs/lab.md): QEMU, and the libraries Debian's kexec binary
+# links (kexec-tools itself is unpacked into the lab cache, not installed: its
+# package would make this machine's own reboots go through kexec).
+# kernel/build.sh installs the kernel build dependencies itself.
+APT_PACKAGES += qemu-system-x86 libxenmisc4.17
 
 .PHONY: all setup check test lint typecheck demo bench purgatory install clean lab-kernel
 

@@ -98,7 +98,13 @@ build() {
 	log "configuring (tinyconfig + $(basename "$FRAGMENT"))"
 	make -C "$src" -s tinyconfig >/dev/null
 	(cd "$src" && scripts/kconfig/merge_config.sh -m .config "$FRAGMENT" >/dev/null)
-	make -C "$src" -s olddefconfig 2>&1 | grep -v 'changes choice state' >&2 || true
+	# Kconfig warns that the fragment overrides tinyconfig's compression
+	# choice; that is intended, anything else is shown.
+	if ! make -C "$src" -s olddefconfig >"$work/olddefconfig.log" 2>&1; then
+		cat "$work/olddefconfig.log" >&2
+		die "make olddefconfig failed"
+	fi
+	grep -v 'changes choice state' "$work/olddefconfig.log" >&2 || true
 	check_config "$src/.config" || die "config fragment not satisfied"
 	log "building bzImage with -j$JOBS"
 	# The banner (uname -v, /proc/version) names the cache key, so a guest

@@ -295,7 +295,13 @@ class Guest:
         qmp_theirs.close()
         self._tasks.append(asyncio.create_task(self._read_serial(serial_ours)))
         self._qmp = QMPClient(spec.name)
-        await asyncio.wait_for(self._qmp.connect(qmp_ours), timeout=30)
+        try:
+            await asyncio.wait_for(self._qmp.connect(qmp_ours), timeout=30)
+        except Exception as exc:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._proc.wait(), timeout=3)
+            said = (self.workdir / "qemu.out").read_text(errors="replace").strip()
+            raise LabError(f"QEMU did not come up ({exc!r}): {said[-2000:]}") from exc
         self._tasks.append(asyncio.create_task(self._watch_events()))
 
     async def stop(self) -> None:
