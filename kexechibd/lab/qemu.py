@@ -436,8 +436,10 @@ class Guest:
             proc_wait.cancel()
         if self._proc.returncode is not None:
             self._ended = time.monotonic()
-        # Let the reader drain what QEMU wrote before it went.
-        await asyncio.sleep(0.05)
+        if self._proc.returncode is not None and self._tasks:
+            # QEMU is gone: the console reader ends at EOF once it has read all.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(self._tasks[0]), timeout=2)
         await self.stop()
         exit_marker = next((m for m in self._markers() if m.kind == "exit"), None)
         status = None
