@@ -17,8 +17,13 @@ APT_PACKAGES := gcc make pkg-config libsystemd-dev python3-dev python3-venv \
 	dbus dbus-bin dbus-daemon libglib2.0-bin polkitd systemd util-linux \
 	binutils cpio zstd lz4 \
 	libxml2-utils python3-dbus-next python3-systemd
+# The kernel lab (docs/lab.md): QEMU, and the libraries Debian's kexec binary
+# links (kexec-tools itself is unpacked into the lab cache, not installed: its
+# package would make this machine's own reboots go through kexec).
+# kernel/build.sh installs the kernel build dependencies itself.
+APT_PACKAGES += qemu-system-x86 libxenmisc4.17
 
-.PHONY: all setup check test lint typecheck demo bench purgatory install clean
+.PHONY: all setup check test lint typecheck demo bench purgatory install clean lab-kernel
 
 all: check
 
@@ -44,6 +49,12 @@ setup: $(VENV)/.installed purgatory
 
 purgatory: $(VENV)/.apt-stamp
 	@$(MAKE) -s -C purgatory
+
+# ---------------------------------------------------------------- kernel lab
+# Builds (or finds in /var/cache/kexechib-kernel) the lab kernel: Debian's
+# linux-source-6.1 + kernel/patches, tinyconfig + kernel/lab.config.
+lab-kernel:
+	kernel/build.sh
 
 # ---------------------------------------------------------------- checks
 check: setup

@@ -1,0 +1,157 @@
+#!/bin/bash
+# Build the kernel lab's bzImage: Debian's linux-source-6.1 + patches/series,
+# configured as tinyconfig + lab.config. The result is cached outside the
+# checkout, keyed by everything that determines it, so a second run is instant.
+#
+#   kernel/build.sh            build if needed; print the bzImage path
+#   kernel/build.sh --path     print the bzImage path if it is cached, else exit 1
+#   kernel/build.sh --key      print the cache key
+#
+# Environment:
+#   KEXECHIB_KERNEL_CACHE  cache root (default /var/cache/kexechib-kernel)
+#   JOBS                   make -j (default 2: the machine is shared)
+#   KEEP_BUILD=1           keep the build tree (for debugging), else it is removed
+#
+# Layout: $KEXECHIB_KERNEL_CACHE/<key>/{bzImage,config,System.map,inputs}
+# The key is the SHA-256 of: the source package's name and version, the config
+# fragment, the series file and every patch in it (in order), the compiler's
+# version and RECIPE below (bump it when this script changes how it builds).
+set -euo pipefail
+
+RECIPE=1
+SRC_PKG=linux-source-6.1
+SRC_TARBALL=/usr/src/linux-source-6.1.tar.xz
+APT_DEPS=(linux-source-6.1 bc bison flex libelf-dev libssl-dev make gcc xz-utils perl)
+
+HERE=$(cd "$(dirname "$0")" && pwd)
+FRAGMENT=$HERE/lab.config
+PATCHES=$HERE/patches
+SERIES=$PATCHES/series
+CACHE=${KEXECHIB_KERNEL_CACHE:-/var/cache/kexechib-kernel}
+JOBS=${JOBS:-2}
+
+log() { echo "lab-kernel: $*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# Patch names from the series file, in order (comments and blank lines skipped).
+series() {
+	sed -e 's/#.*//' -e 's/[[:space:]]*$//' "$SERIES" | grep -v '^$' || true
+}
+
+ensure_packages() {
+	local missing=() p
+	for p in "${APT_DEPS[@]}"; do
+		dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q '^install ok installed' \
+			|| missing+=("$p")
+	done
+	if ((${#missing[@]})); then
+		log "apt: installing ${missing[*]}"
+		export DEBIAN_FRONTEND=noninteractive
+		apt-get -o DPkg::Lock::Timeout=600 update -q >&2
+		apt-get -o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends \
+			"${missing[@]}" >&2
+	fi
+}
+
+compute_key() {
+	local version p
+	version=$(dpkg-query -W -f='${Version}' "$SRC_PKG" 2>/dev/null) \
+		|| die "$SRC_PKG is not installed"
+	{
+		echo "recipe $RECIPE"
+		echo "source $SRC_PKG $version"
+		echo "compiler $(gcc --version | head -n1)"
+		echo "fragment"; cat "$FRAGMENT"
+		echo "series"; cat "$SERIES"
+		for p in $(series); do
+			[[ -f $PATCHES/$p ]] || die "series names $p, which is not in $PATCHES"
+			echo "patch $p"; cat "$PATCHES/$p"
+		done
+	} | sha256sum | cut -c1-16
+}
+
+# Fail if Kconfig dropped any value the fragment asks for (unmet dependency).
+check_config() {
+	local config=$1 line bad=0
+	while IFS= read -r line; do
+		if ! grep -qxF "$line" "$config"; then
+			log "config: '$line' did not survive olddefconfig"
+			bad=1
+		fi
+	done < <(grep -E '^CONFIG_[A-Z0-9_]+=|^# CONFIG_[A-Z0-9_]+ is not set' "$FRAGMENT")
+	return $bad
+}
+
+build() {
+	local key=$1 out=$CACHE/$key
+	local work=$CACHE/build-$key
+	local src=$work/linux-source-6.1
+	local started=$SECONDS p
+	rm -rf "$work"
+	mkdir -p "$work"
+	log "unpacking $SRC_TARBALL"
+	tar -C "$work" -xf "$SRC_TARBALL"
+	for p in $(series); do
+		log "applying $p"
+		patch -d "$src" -p1 --batch --forward --quiet < "$PATCHES/$p"
+	done
+	log "configuring (tinyconfig + $(basename "$FRAGMENT"))"
+	make -C "$src" -s tinyconfig >/dev/null
+	(cd "$src" && scripts/kconfig/merge_config.sh -m .config "$FRAGMENT" >/dev/null)
+	# Kconfig warns that the fragment overrides tinyconfig's compression
+	# choice; that is intended, anything else is shown.
+	if ! make -C "$src" -s olddefconfig >"$work/olddefconfig.log" 2>&1; then
+		cat "$work/olddefconfig.log" >&2
+		die "make olddefconfig failed"
+	fi
+	grep -v 'changes choice state' "$work/olddefconfig.log" >&2 || true
+	check_config "$src/.config" || die "config fragment not satisfied"
+	log "building bzImage with -j$JOBS"
+	# The banner (uname -v, /proc/version) names the cache key, so a guest
+	# log tells which build it ran.
+	KBUILD_BUILD_USER=kexechib KBUILD_BUILD_HOST=lab KBUILD_BUILD_VERSION="$key" \
+		make -C "$src" -s -j"$JOBS" bzImage
+	mkdir -p "$work/out"
+	cp "$src/arch/x86/boot/bzImage" "$src/.config" "$src/System.map" "$work/out/"
+	mv "$work/out/.config" "$work/out/config"
+	{
+		echo "key $key"
+		echo "source $SRC_PKG $(dpkg-query -W -f='${Version}' "$SRC_PKG")"
+		echo "release $(make -C "$src" -s kernelrelease)"
+		echo "patches $(series | tr '\n' ' ')"
+		echo "built $(date -u +%FT%TZ) in $((SECONDS - started)) s"
+	} > "$work/out/inputs"
+	rm -rf "$out"
+	mv "$work/out" "$out"
+	if [[ ${KEEP_BUILD:-0} == 1 ]]; then
+		log "build tree kept in $work"
+	else
+		rm -rf "$work"
+	fi
+	log "built $out/bzImage in $((SECONDS - started)) s"
+}
+
+main() {
+	case ${1:-} in
+	--key)
+		compute_key; return ;;
+	--path)
+		local key; key=$(compute_key)
+		[[ -f $CACHE/$key/bzImage ]] || exit 1
+		echo "$CACHE/$key/bzImage"; return ;;
+	"") ;;
+	*) die "usage: $0 [--path|--key]" ;;
+	esac
+	ensure_packages
+	local key; key=$(compute_key)
+	if [[ ! -f $CACHE/$key/bzImage ]]; then
+		mkdir -p "$CACHE"
+		# One build per key at a time; a waiting run finds the result cached.
+		exec 9>"$CACHE/.lock-$key"
+		flock 9
+		[[ -f $CACHE/$key/bzImage ]] || build "$key"
+	fi
+	echo "$CACHE/$key/bzImage"
+}
+
+main "$@"
