@@ -86,7 +86,7 @@ def open_runtime(config: Config) -> Runtime:  # pragma: no cover - needs the rea
     # Imported here: the engine and the backends are heavy, and the D-Bus
     # shell is tested (and kexechibctl works) without them.
     from kexechibd.cycle.engine import KexecEngine
-    from kexechibd.kernel import open_kernel  # type: ignore[attr-defined,unused-ignore]
+    from kexechibd.kernel import open_kernel
 
     kernel = open_kernel(config)
     return Runtime(

@@ -18,11 +18,12 @@ import asyncio
 import contextlib
 import logging
 import math
+import os
 import threading
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import NoReturn, Protocol
 
 from kexechibd.daemon.roles import RoleDecision
 from kexechibd.engine import (
@@ -44,7 +45,7 @@ from kexechibd.errors import (
     TooLate,
 )
 from kexechibd.kernel.abi import KernelError
-from kexechibd.kernel.api import SupportReport
+from kexechibd.kernel.api import KernelGone, SupportReport
 
 log = logging.getLogger("kexechibd.manager")
 
@@ -72,6 +73,15 @@ class ManagerListener(Protocol):
     async def prepare_for_hibernate(self, start: bool) -> None:
         """Announce ``PrepareForHibernate(start)``; return once it has left."""
         ...
+
+
+def end_with_the_kernel(gone: KernelGone) -> NoReturn:
+    """The kernel under this process kexec'd away for good or powered off
+    (only the machine model lets a process see that): nothing may happen
+    after it — no reply, no signal, no state — so the process ends now."""
+    log.info("the kernel under this process is gone (%s); the process ends with it", gone)
+    logging.shutdown()
+    os._exit(0)
 
 
 def as_daemon_error(exc: BaseException) -> KexechibError:
@@ -329,6 +339,8 @@ class Manager:
         self._publish({"State": initial.value, "Progress": 0.0, "LastError": ""})
         try:
             await work(_OperationObserver(self, op), op.token)
+        except KernelGone as gone:
+            end_with_the_kernel(gone)
         except BaseException as exc:
             error = as_daemon_error(exc)
             if isinstance(error, Failed) and not isinstance(exc, KexechibError):

@@ -41,7 +41,8 @@ def package_version(package: str) -> str:
     if version is None:
         subprocess.run(
             ["apt-get", "-o", "DPkg::Lock::Timeout=600", "update", "-q"],
-            check=True, capture_output=True,
+            check=True,
+            capture_output=True,
         )
         version = _candidate_version(package)
     if version is None:
@@ -67,7 +68,10 @@ def unpacked(package: str) -> Path:
             os.chmod(tmp, 0o755)
             result = subprocess.run(
                 ["apt-get", "download", f"{package}={version}"],
-                cwd=tmp, capture_output=True, text=True, check=False,
+                cwd=tmp,
+                capture_output=True,
+                text=True,
+                check=False,
             )
             debs = list(Path(tmp).glob("*.deb"))
             if result.returncode != 0 or len(debs) != 1:
@@ -87,11 +91,16 @@ def stock_kernel() -> Path:
     and only /boot is unpacked (the modules are not needed: see docs/lab.md).
     """
     out = subprocess.run(
-        ["apt-cache", "depends", "linux-image-amd64"], capture_output=True, text=True,
+        ["apt-cache", "depends", "linux-image-amd64"],
+        capture_output=True,
+        text=True,
         check=False,
     ).stdout
-    names = [line.split()[-1] for line in out.splitlines()
-             if line.strip().startswith("Depends:") and "linux-image-" in line]
+    names = [
+        line.split()[-1]
+        for line in out.splitlines()
+        if line.strip().startswith("Depends:") and "linux-image-" in line
+    ]
     if not names:
         raise DebError("apt-cache depends linux-image-amd64 names no kernel package")
     package = names[0]
@@ -108,7 +117,10 @@ def stock_kernel() -> Path:
             os.chmod(tmp, 0o755)
             result = subprocess.run(
                 ["apt-get", "download", f"{package}={version}"],
-                cwd=tmp, capture_output=True, text=True, check=False,
+                cwd=tmp,
+                capture_output=True,
+                text=True,
+                check=False,
             )
             debs = list(Path(tmp).glob("*.deb"))
             if result.returncode != 0 or len(debs) != 1:
@@ -117,7 +129,8 @@ def stock_kernel() -> Path:
             tree.mkdir()
             subprocess.run(
                 f"dpkg-deb --fsys-tarfile {debs[0]} | tar -x -C {tree} --wildcards './boot/*'",
-                shell=True, check=True,
+                shell=True,
+                check=True,
             )
             boot = tree / "boot"
             out_dir = Path(tmp) / "out"

@@ -112,9 +112,7 @@ finish $?
 
 
 def init_script() -> str:
-    return (
-        INIT.replace("@MARKER@", MARKER).replace("@RAM@", RAM_ROOT).replace("@PATH@", GUEST_PATH)
-    )
+    return INIT.replace("@MARKER@", MARKER).replace("@RAM@", RAM_ROOT).replace("@PATH@", GUEST_PATH)
 
 
 @dataclass
@@ -165,8 +163,19 @@ class Cpio:
         for ino, entry in enumerate([*self.entries, trailer], start=1):
             name = entry.name.encode() + b"\0"
             fields = (
-                ino, entry.mode, 0, 0, 2 if stat.S_ISDIR(entry.mode) else 1, 0,
-                len(entry.data), 0, 0, entry.rdev[0], entry.rdev[1], len(name), 0,
+                ino,
+                entry.mode,
+                0,
+                0,
+                2 if stat.S_ISDIR(entry.mode) else 1,
+                0,
+                len(entry.data),
+                0,
+                0,
+                entry.rdev[0],
+                entry.rdev[1],
+                len(name),
+                0,
             )
             out.write(b"070701" + b"".join(b"%08X" % f for f in fields))
             out.write(name)
@@ -178,9 +187,7 @@ class Cpio:
 
 def shared_libraries(program: Path) -> list[Path]:
     """The shared libraries `program` loads, the dynamic loader included (from ldd)."""
-    out = subprocess.run(
-        ["ldd", str(program)], capture_output=True, text=True, check=False
-    ).stdout
+    out = subprocess.run(["ldd", str(program)], capture_output=True, text=True, check=False).stdout
     libs: list[Path] = []
     for line in out.splitlines():
         parts = line.split()
@@ -207,8 +214,9 @@ def kexec_path() -> Path:
 
 def busybox_applets(busybox: Path) -> list[str]:
     """Applet paths (e.g. `usr/bin/md5sum`) the busybox binary provides."""
-    out = subprocess.run([str(busybox), "--list-full"], capture_output=True, text=True,
-                         check=True).stdout
+    out = subprocess.run(
+        [str(busybox), "--list-full"], capture_output=True, text=True, check=True
+    ).stdout
     return [line.strip() for line in out.splitlines() if line.strip()]
 
 
@@ -225,8 +233,20 @@ def build_initramfs(
     path in the initramfs (`lab/b.sh` is `/b.sh` in the RAM root).
     """
     archive = Cpio()
-    for d in ("bin", "dev", "proc", "sys", "host", "lab/proc", "lab/sys", "lab/dev",
-              "lab/run", "lab/tmp", "lab/etc", "lab/root"):
+    for d in (
+        "bin",
+        "dev",
+        "proc",
+        "sys",
+        "host",
+        "lab/proc",
+        "lab/sys",
+        "lab/dev",
+        "lab/run",
+        "lab/tmp",
+        "lab/etc",
+        "lab/root",
+    ):
         archive.directory(d)
     archive.chardev("dev/console", 5, 1)
     busybox = busybox_path()

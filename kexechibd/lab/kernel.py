@@ -40,9 +40,7 @@ def lab_kernel(build: bool = True) -> Path:
         return Path(cached.stdout.strip())
     if not build:
         raise KernelBuildError("the lab kernel is not built; run `make lab-kernel`")
-    built = subprocess.run(
-        [str(BUILD_SCRIPT)], stdout=subprocess.PIPE, text=True, check=False
-    )
+    built = subprocess.run([str(BUILD_SCRIPT)], stdout=subprocess.PIPE, text=True, check=False)
     if built.returncode != 0:
         raise KernelBuildError(f"{BUILD_SCRIPT} failed with status {built.returncode}")
     return Path(built.stdout.strip().splitlines()[-1])

@@ -69,12 +69,12 @@ class GuestSpec:
     """
 
     command: str
-    kernel: Path | None = None          # default: the lab kernel (built if needed)
-    initrd: Path | None = None          # default: the lab initramfs
+    kernel: Path | None = None  # default: the lab kernel (built if needed)
+    initrd: Path | None = None  # default: the lab initramfs
     memory_mib: int = 512
-    append: str = ""                    # extra kernel arguments
-    disks: tuple[Path, ...] = ()        # raw files as virtio-blk: /dev/vda, /dev/vdb, ...
-    timeout: float = 120.0              # hard limit for the whole guest, seconds
+    append: str = ""  # extra kernel arguments
+    disks: tuple[Path, ...] = ()  # raw files as virtio-blk: /dev/vda, /dev/vdb, ...
+    timeout: float = 120.0  # hard limit for the whole guest, seconds
     accel: str = "tcg"
     cpu: str = "max"
     extra_virtfs: tuple[tuple[str, Path], ...] = ()  # more (mount tag, host path), read-only
@@ -99,12 +99,12 @@ class Marker:
 
 @dataclass(frozen=True)
 class GuestResult:
-    exit_status: int | None       # the command's exit status; None if init never reported one
-    lines: tuple[LogLine, ...]    # the serial console
-    workdir: Path                 # serial.log and the guest's other files
+    exit_status: int | None  # the command's exit status; None if init never reported one
+    lines: tuple[LogLine, ...]  # the serial console
+    workdir: Path  # serial.log and the guest's other files
     timed_out: bool
-    shutdown_reason: str | None   # QMP SHUTDOWN reason: guest-shutdown, guest-reset, ...
-    wall_seconds: float           # QEMU start to QEMU gone
+    shutdown_reason: str | None  # QMP SHUTDOWN reason: guest-shutdown, guest-reset, ...
+    wall_seconds: float  # QEMU start to QEMU gone
 
     @property
     def log(self) -> str:
@@ -142,16 +142,17 @@ class GuestResult:
         texts = [line.text for line in self.lines]
         start = next((i for i, t in enumerate(texts) if f"{MARKER} run " in t), -1)
         end = next((i for i, t in enumerate(texts) if f"{MARKER} exit " in t), len(texts))
-        return "\n".join(texts[start + 1:end])
+        return "\n".join(texts[start + 1 : end])
 
     def tail(self, n: int = 40) -> str:
         return "\n".join(line.text for line in self.lines[-n:])
 
     def describe(self, lines: int = 60) -> str:
         """Status and the console's tail, for assertion messages."""
-        return (f"status={self.exit_status} shutdown={self.shutdown_reason} "
-                f"timed_out={self.timed_out} log={self.workdir / 'serial.log'}\n"
-                + self.tail(lines))
+        return (
+            f"status={self.exit_status} shutdown={self.shutdown_reason} "
+            f"timed_out={self.timed_out} log={self.workdir / 'serial.log'}\n" + self.tail(lines)
+        )
 
     def check(self) -> GuestResult:
         """Self if the command exited 0, else LabError with the console's tail."""
@@ -247,19 +248,47 @@ class Guest:
         run.write_text(spec.command)
         append = f"{BASE_CMDLINE} {spec.append}".strip()
         args = [
-            QEMU, "-nodefaults", "-no-user-config", "-display", "none",
-            "-machine", "pc", "-accel", spec.accel, "-cpu", spec.cpu,
-            "-m", str(spec.memory_mib), "-smp", "1", "-no-reboot",
-            "-kernel", str(kernel), "-initrd", str(initrd), "-append", append,
-            "-chardev", f"socket,id=serial0,fd={serial_fd}", "-serial", "chardev:serial0",
-            "-chardev", f"socket,id=qmp0,fd={qmp_fd}", "-mon", "chardev=qmp0,mode=control",
+            QEMU,
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-machine",
+            "pc",
+            "-accel",
+            spec.accel,
+            "-cpu",
+            spec.cpu,
+            "-m",
+            str(spec.memory_mib),
+            "-smp",
+            "1",
+            "-no-reboot",
+            "-kernel",
+            str(kernel),
+            "-initrd",
+            str(initrd),
+            "-append",
+            append,
+            "-chardev",
+            f"socket,id=serial0,fd={serial_fd}",
+            "-serial",
+            "chardev:serial0",
+            "-chardev",
+            f"socket,id=qmp0,fd={qmp_fd}",
+            "-mon",
+            "chardev=qmp0,mode=control",
             "-virtfs",
             "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
-            "-fw_cfg", f"name=opt/kexechib/run,file={run}",
+            "-fw_cfg",
+            f"name=opt/kexechib/run,file={run}",
         ]
         for tag, path in spec.extra_virtfs:
-            args += ["-virtfs", f"local,path={path},mount_tag={tag},security_model=none,"
-                     "readonly=on,multidevs=remap"]
+            args += [
+                "-virtfs",
+                f"local,path={path},mount_tag={tag},security_model=none,"
+                "readonly=on,multidevs=remap",
+            ]
         for disk in spec.disks:
             args += ["-drive", f"file={disk},if=virtio,format=raw"]
         return [*args, *spec.qemu_args]
@@ -393,16 +422,17 @@ class Guest:
         limit = self.remaining() if timeout is None else min(timeout, self.remaining())
         try:
             waits: set[asyncio.Future[LogLine] | asyncio.Future[int]] = {future, exited}
-            done, _ = await asyncio.wait(waits, timeout=limit,
-                                         return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(waits, timeout=limit, return_when=asyncio.FIRST_COMPLETED)
         finally:
             exited.cancel()
         if future in done:
             return future.result()
         future.cancel()
         why = "QEMU exited" if exited in done else f"no match within {limit:.0f} s"
-        raise LabError(f"waiting for {pattern!r}: {why}; console tail:\n"
-                       + "\n".join(line.text for line in self.lines[-20:]))
+        raise LabError(
+            f"waiting for {pattern!r}: {why}; console tail:\n"
+            + "\n".join(line.text for line in self.lines[-20:])
+        )
 
     async def qmp(self, command: str, **arguments: object) -> object:
         if self._qmp is None:
@@ -419,13 +449,17 @@ class Guest:
         proc_wait = asyncio.create_task(self._proc.wait())
         try:
             exit_seen = asyncio.create_task(self.wait_for(rf"{MARKER} exit "))
-            done, _ = await asyncio.wait({proc_wait, exit_seen}, timeout=self.remaining(),
-                                         return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(
+                {proc_wait, exit_seen},
+                timeout=self.remaining(),
+                return_when=asyncio.FIRST_COMPLETED,
+            )
             exit_printed = exit_seen in done and exit_seen.exception() is None
             if exit_printed and proc_wait not in done:
                 with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(proc_wait),
-                                           timeout=min(exit_grace, self.remaining()))
+                    await asyncio.wait_for(
+                        asyncio.shield(proc_wait), timeout=min(exit_grace, self.remaining())
+                    )
             elif proc_wait not in done:
                 # wait_for gave up at the deadline, or nothing happened at all.
                 self._timed_out = True
@@ -476,7 +510,16 @@ def remove_workdir(result: GuestResult) -> None:
 
 
 __all__ = [
-    "Guest", "GuestResult", "GuestSpec", "LabError", "LogLine", "Marker",
-    "default_initramfs", "new_workdir", "qemu_available", "remove_workdir",
-    "run_guest", "run_guest_async",
+    "Guest",
+    "GuestResult",
+    "GuestSpec",
+    "LabError",
+    "LogLine",
+    "Marker",
+    "default_initramfs",
+    "new_workdir",
+    "qemu_available",
+    "remove_workdir",
+    "run_guest",
+    "run_guest_async",
 ]

@@ -85,5 +85,8 @@ class PageAllocator:
         self._map[start:end] = bytes(end - start)
         self._cursor = max(self._cursor, end)
 
+    def free_in(self, start: int, end: int) -> list[int]:
+        return [start + i for i, v in enumerate(self._map[start:end]) if v == FREE]
+
     def used_in(self, start: int, end: int) -> list[int]:
         return [start + i for i, v in enumerate(self._map[start:end]) if v == USED]

@@ -263,28 +263,6 @@ async def test_oneshot_does_the_roles_automatic_work_without_a_bus(
     assert words in result.stderr
 
 
-async def test_without_the_kernel_backends_opener_the_daemon_says_so(system_bus):
-    import kexechibd.kernel
-
-    if hasattr(kexechibd.kernel, "open_kernel"):
-        pytest.skip(
-            "kexechibd.kernel.open_kernel has landed; the full-cycle tests start the real runtime"
-        )
-    result = await run(
-        [
-            sys.executable,
-            "-m",
-            "kexechibd.daemon",
-            f"--bus={system_bus.address}",
-            "--config=/dev/null",
-        ],
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
-    assert result.returncode == 1
-    assert "the engine or the kernel backends are missing" in result.stderr
-    assert "open_kernel" in result.stderr
-
-
 # ------------------------------------------------------------------ logging, notify
 
 

@@ -19,10 +19,27 @@ def _qemu_problem() -> str | None:
     if reason:
         return reason
     probe = subprocess.run(
-        [QEMU, "-machine", "none", "-accel", "tcg", "-display", "none", "-S",
-         "-monitor", "none", "-serial", "none", "-qmp", "stdio"],
+        [
+            QEMU,
+            "-machine",
+            "none",
+            "-accel",
+            "tcg",
+            "-display",
+            "none",
+            "-S",
+            "-monitor",
+            "none",
+            "-serial",
+            "none",
+            "-qmp",
+            "stdio",
+        ],
         input='{"execute":"qmp_capabilities"}\n{"execute":"quit"}\n',
-        capture_output=True, text=True, timeout=30, check=False,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
     )
     if probe.returncode != 0:
         return f"{QEMU} cannot start: {probe.stderr.strip()[:200]}"
@@ -54,4 +71,3 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     report = outcome.get_result()  # type: ignore[attr-defined]
     if report.when == "call":
         item.rep_call = report  # type: ignore[attr-defined]
-

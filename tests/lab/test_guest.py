@@ -12,8 +12,7 @@ pytestmark = pytest.mark.lab
 
 
 def test_command_runs_in_a_chroot_of_the_host_root(lab: Path, workdir: Path) -> None:
-    result = run_guest(GuestSpec(command="cat /etc/debian_version; echo ran-$((6 * 7))"),
-                       workdir)
+    result = run_guest(GuestSpec(command="cat /etc/debian_version; echo ran-$((6 * 7))"), workdir)
     assert result.exit_status == 0, result.describe()
     assert "ran-42" in result.output
     assert Path("/etc/debian_version").read_text().strip() in result.output
@@ -40,8 +39,9 @@ echo "tmpfs-mounts=$(grep -cE ' /(run|tmp|dev/shm) tmpfs ' /proc/mounts)"
 
 
 def test_guest_kernel_is_the_lab_kernel_with_kexec_jump(lab: Path, workdir: Path) -> None:
-    result = run_guest(GuestSpec(command="zcat /proc/config.gz | grep -E '^CONFIG_KEXEC_JUMP='"),
-                       workdir)
+    result = run_guest(
+        GuestSpec(command="zcat /proc/config.gz | grep -E '^CONFIG_KEXEC_JUMP='"), workdir
+    )
     assert result.exit_status == 0, result.describe()
     assert "CONFIG_KEXEC_JUMP=y" in result.output
     init = result.marker("init")
@@ -50,8 +50,10 @@ def test_guest_kernel_is_the_lab_kernel_with_kexec_jump(lab: Path, workdir: Path
 
 def test_host_python_runs_in_the_guest(lab: Path, workdir: Path) -> None:
     import sys
-    result = run_guest(GuestSpec(command=f"{sys.executable} -c 'import sys; print(sys.version)'"),
-                       workdir)
+
+    result = run_guest(
+        GuestSpec(command=f"{sys.executable} -c 'import sys; print(sys.version)'"), workdir
+    )
     assert result.exit_status == 0, result.describe()
     assert sys.version.split()[0] in result.output
 

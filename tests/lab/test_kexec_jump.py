@@ -79,24 +79,37 @@ done
 
 
 def _a_script(kernel: Path, b_initrd: Path) -> str:
-    return (A_SCRIPT.replace("@RAM@", RAM_ROOT)
-            .replace("@MEM_MIN@", hex(MEM_MIN)).replace("@MEM_MAX@", hex(MEM_MAX))
-            .replace("@B_INITRD@", str(b_initrd)).replace("@KERNEL@", str(kernel)))
+    return (
+        A_SCRIPT.replace("@RAM@", RAM_ROOT)
+        .replace("@MEM_MIN@", hex(MEM_MIN))
+        .replace("@MEM_MAX@", hex(MEM_MAX))
+        .replace("@B_INITRD@", str(b_initrd))
+        .replace("@KERNEL@", str(kernel))
+    )
 
 
 def test_kexec_tools_round_trip_a_b_a_b_a(lab: Path, workdir: Path) -> None:
     b_initrd = workdir / "b.cpio"
-    b_initrd.write_bytes(build_initramfs({"sbin/kexec": kexec_path()},
-                                         {"lab/b.sh": B_SCRIPT.encode()}))
-    result = run_guest(GuestSpec(command=_a_script(lab, b_initrd), memory_mib=MEMORY_MIB,
-                                 name="kjump"), workdir)
+    b_initrd.write_bytes(
+        build_initramfs({"sbin/kexec": kexec_path()}, {"lab/b.sh": B_SCRIPT.encode()})
+    )
+    result = run_guest(
+        GuestSpec(command=_a_script(lab, b_initrd), memory_mib=MEMORY_MIB, name="kjump"), workdir
+    )
     assert result.exit_status == 0, result.describe()
-    sequence = [(m.kind, m.fields.get("round")) for m in result.markers
-                if m.kind.startswith(("a-", "b-"))]
+    sequence = [
+        (m.kind, m.fields.get("round")) for m in result.markers if m.kind.startswith(("a-", "b-"))
+    ]
     assert sequence == [
         ("a-loaded", None),
-        ("a-jump", "1"), ("b-up", None), ("b-jump", "1"), ("a-back", "1"),
-        ("a-jump", "2"), ("b-back", "2"), ("b-jump", "2"), ("a-back", "2"),
+        ("a-jump", "1"),
+        ("b-up", None),
+        ("b-jump", "1"),
+        ("a-back", "1"),
+        ("a-jump", "2"),
+        ("b-back", "2"),
+        ("b-jump", "2"),
+        ("a-back", "2"),
     ], result.describe()
     backs = [m for m in result.markers if m.kind == "a-back"]
     assert all(m.fields["canary"] == "intact" for m in backs), result.describe()

@@ -32,18 +32,30 @@ say "plain load_rc=$? loaded=$(cat /sys/kernel/kexec_loaded)"
 """
 
 
-def test_stock_debian_kernel_refuses_preserve_context_with_einval(lab: Path,
-                                                                   workdir: Path) -> None:
+def test_stock_debian_kernel_refuses_preserve_context_with_einval(lab: Path, workdir: Path) -> None:
     stock = stock_kernel()
     initrd = workdir / "probe.cpio"
-    initrd.write_bytes(build_initramfs(
-        {"sbin/kexec": kexec_path()},
-        {"lab/probe.sh": PROBE.encode(), "lab/bzImage": lab.read_bytes(),
-         "lab/stock.config": (stock / "config").read_bytes()},
-    ))
-    result = run_guest(GuestSpec(
-        command="", kernel=stock / "vmlinuz", initrd=initrd, memory_mib=512,
-        append="kexechib.lab.root=none kexechib.lab.run=/probe.sh", name="stock"), workdir)
+    initrd.write_bytes(
+        build_initramfs(
+            {"sbin/kexec": kexec_path()},
+            {
+                "lab/probe.sh": PROBE.encode(),
+                "lab/bzImage": lab.read_bytes(),
+                "lab/stock.config": (stock / "config").read_bytes(),
+            },
+        )
+    )
+    result = run_guest(
+        GuestSpec(
+            command="",
+            kernel=stock / "vmlinuz",
+            initrd=initrd,
+            memory_mib=512,
+            append="kexechib.lab.root=none kexechib.lab.run=/probe.sh",
+            name="stock",
+        ),
+        workdir,
+    )
     assert result.exit_status == 0, result.describe()
     probe = result.marker("probe")
     assert probe is not None, result.describe()
