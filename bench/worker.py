@@ -1,13 +1,15 @@
 """Our side of each benchmark, one measurement per process:
 
   python -m bench.worker save VMCORE IMAGE [--compression zstd] [--level 1]
+                                          [--model-header ADDR]
       B's saver (kexechibd.cycle.saver.save_image) on an ELF core file, as
-      it reads /proc/vmcore in B; the image goes where params say.
+      it reads /proc/vmcore in B, or (--model-header) on a model machine's
+      /proc/vmcore; the image goes where params say.
   python -m bench.worker resume IMAGE MACHINE [--kernel-process]
       C's loader (kexechibd.cycle.loader: check_destinations, stream_load)
       into the running kernel of a model machine: every kexec_load call, the
       data copied into model memory, KS_final.  The machine is left with the
-      image loaded (never jumped to).
+      image loaded (never jumped to), then unloads it untimed.
 
 Each prints one JSON line: the work's own wall time (interpreter start and
 imports excluded: the daemon is running when it saves or resumes), and
@@ -27,6 +29,7 @@ from typing import BinaryIO
 
 from bench.memory import KernelProxy, reset_peak, rss_kib
 from kexechibd.cycle.params import SaveParams
+from kexechibd.kernel import abi
 from kexechibd.kernel.api import KernelIdentity
 
 CHUNK_SIZE = 4 << 20
@@ -45,6 +48,24 @@ class CoreFileKernel:
         return open(self.path, "rb", buffering=0)
 
 
+class ModelCoreKernel:
+    """``vmcore()`` of a model machine's memory: ``/proc/vmcore`` as the
+    model serves it to B, from an ELF core header at ``header`` in memory."""
+
+    backend = "model"
+
+    def __init__(self, machine: Path, header: int) -> None:
+        from kexechibd.model.machine import Machine
+
+        self.machine = Machine(machine)
+        self.header = header
+
+    def vmcore(self) -> BinaryIO:
+        from kexechibd.model.vmcore import VmcoreFile
+
+        return VmcoreFile(self.machine.memory, self.header)  # type: ignore[return-value]
+
+
 def save(args: argparse.Namespace) -> dict[str, object]:
     from kexechibd.cycle.saver import save_image
 
@@ -60,7 +81,11 @@ def save(args: argparse.Namespace) -> dict[str, object]:
         created=time.time(),
         window=(),
     )
-    kernel = CoreFileKernel(Path(args.vmcore))
+    kernel: CoreFileKernel | ModelCoreKernel = (
+        ModelCoreKernel(Path(args.vmcore), args.model_header)
+        if args.model_header is not None
+        else CoreFileKernel(Path(args.vmcore))
+    )
     start = time.perf_counter()
     summary = save_image(kernel, params, b"", 0x1000)  # type: ignore[arg-type]
     seconds = time.perf_counter() - start
@@ -93,6 +118,8 @@ def resume(args: argparse.Namespace) -> dict[str, object]:
     seconds = time.perf_counter() - start
     reader.close()
     hwm = rss_kib("VmHWM")
+    # Leave the kernel as it was (untimed): a later run loads into it again.
+    kernel.kexec_load(0, [], abi.load_flags(abi.Stage.FULL))
     kernel.close()
     return {
         "seconds": seconds,
@@ -116,6 +143,11 @@ def main(argv: list[str]) -> int:
     s.add_argument("--compression", default="zstd")
     s.add_argument("--level", type=int, default=1)
     s.add_argument("--chunk-size", type=int, default=CHUNK_SIZE)
+    s.add_argument(
+        "--model-header",
+        type=lambda text: int(text, 0),
+        help="VMCORE is a model machine's directory; its ELF core header is at this address",
+    )
     r = sub.add_parser("resume")
     r.add_argument("image")
     r.add_argument("machine")
