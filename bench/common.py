@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import platform
+import re
 import shlex
 import shutil
 import statistics
@@ -119,6 +120,7 @@ def show(argv: Sequence[str], stdout: Path | None = None, stdin: Path | None = N
 def short(cmd: str) -> str:
     """A command with the scratch directory and interpreter path shortened."""
     cmd = cmd.replace(python(), ".venv/bin/python").replace(str(REPO) + "/", "")
+    cmd = re.sub(r"unix:path=/tmp/kexechib-bus-[^/ ]+/system_bus_socket", "$BUS_ADDRESS", cmd)
     for prefix in ("/dev/shm/", "/tmp/"):
         while prefix + "kexechib-bench-" in cmd:
             i = cmd.index(prefix + "kexechib-bench-")
