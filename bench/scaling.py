@@ -100,14 +100,14 @@ def run(scratch: Path, *, quick: bool = False, repeats: int = 3) -> Section:
         saved: dict[str, object] = {}
         loaded: dict[str, object] = {}
         reps = repeats if size <= 2 * GIB else max(1, repeats - 1)
-        for rep in range(reps):
+        for _ in range(reps):  # A's memory as it was: every save sees the same
             r = run_measured(save_argv)
             saved = json.loads(r.stdout.strip().splitlines()[-1])
             save_s.append(r.seconds)
             save_rss.append(r.max_rss_kib)
-            if rep == 0:
-                with Machine(machine) as m:
-                    m.power_on()  # kernel C, into which every resume loads
+        with Machine(machine) as m:
+            m.power_on()  # kernel C, into which every resume loads (and then unloads)
+        for _ in range(reps):
             r = run_measured(resume_argv)
             loaded = json.loads(r.stdout.strip().splitlines()[-1])
             resume_s.append(r.seconds)
