@@ -47,6 +47,7 @@ class Run:
     seconds: float
     max_rss_kib: int  # the child's peak RSS (ru_maxrss)
     stdout: str
+    cpu_seconds: float = 0.0  # user + system time of the child
 
 
 TIME = "/usr/bin/time"  # GNU time (Debian's package "time")
@@ -70,7 +71,7 @@ def run_measured(
     try:
         start = time.perf_counter()
         proc = subprocess.run(
-            [TIME, "-f", "%M", "-o", rss_file, *argv],
+            [TIME, "-f", "%M %U %S", "-o", rss_file, *argv],
             stdout=out,
             stderr=subprocess.PIPE,
             env=env,
@@ -89,7 +90,8 @@ def run_measured(
             f"{proc.stderr.decode(errors='replace')[-3000:]}"
         )
     stdout = proc.stdout.decode(errors="replace") if proc.stdout else ""
-    return Run(seconds, int(rss_text[-1]), stdout)
+    rss, user, system = rss_text[-3:]
+    return Run(seconds, int(rss), stdout, float(user) + float(system))
 
 
 def worker(*args: str) -> list[str]:

@@ -119,6 +119,8 @@ def run(scratch: Path, vm: inputs.Vmcore, repeats: int = 3) -> Section:
     }
     seconds: dict[str, list[float]] = {k: [] for k in cases}
     rss: dict[str, list[int]] = {k: [] for k in cases}
+    cpu: dict[str, list[float]] = {k: [] for k in cases}
+    inproc: dict[str, list[float]] = {k: [] for k in cases}
     info: dict[str, dict[str, object]] = {}
     for _ in range(repeats):
         for name, argv in cases.items():
@@ -128,8 +130,10 @@ def run(scratch: Path, vm: inputs.Vmcore, repeats: int = 3) -> Section:
             r = run_measured(argv, stdout_path=None if ours else Path("/dev/null"))
             seconds[name].append(r.seconds)
             rss[name].append(r.max_rss_kib)
+            cpu[name].append(r.cpu_seconds)
             if ours:
                 info[name] = json.loads(r.stdout.strip().splitlines()[-1])
+                inproc[name].append(float(str(info[name]["seconds"])))
     # The loader's own memory: the model kernel in a process of its own.
     own_argv = worker("resume", str(images["zstd"]), str(machine), "--kernel-process")
     fresh_machine(machine, ram)
@@ -145,6 +149,16 @@ def run(scratch: Path, vm: inputs.Vmcore, repeats: int = 3) -> Section:
         rows.append(
             Row(f"{mine[5:]}: throughput", mbps(memory, a), theirs, mbps(memory, b),
                 ratio(b, a), cmd(mine), cmd(theirs))
+        )  # fmt: skip
+        rows.append(
+            Row(f"{mine[5:]}: throughput of the load itself (no interpreter start)",
+                mbps(memory, median(inproc[mine])), theirs, mbps(memory, b),
+                ratio(b, median(inproc[mine])), "", "")
+        )  # fmt: skip
+        rows.append(
+            Row(f"{mine[5:]}: CPU time (user + system)", f"{median(cpu[mine]):.2f} s", theirs,
+                f"{median(cpu[theirs]):.2f} s", ratio(median(cpu[mine]), median(cpu[theirs])),
+                "", "")
         )  # fmt: skip
         rows.append(
             Row(f"{mine[5:]}: peak RSS (model kernel in the loader's process)",
@@ -164,16 +178,18 @@ def run(scratch: Path, vm: inputs.Vmcore, repeats: int = 3) -> Section:
         f"{ram // MIB} MiB model; our image {images['zstd'].stat().st_size / 1e6:,.1f} MB "
         f"(zstd -1) and {images['lz4'].stat().st_size / 1e6:,.1f} MB (lz4), "
         f"{z['chunks']} chunks, {z['runs']} runs → {z['calls']} kexec_load calls "
-        f"with {z['segments']} segments. Ratios as in 1. Medians of {repeats} interleaved runs; "
-        "times are whole processes (ours: interpreter start included; the load itself took "
-        + ", ".join(f"{k[5:]} {median([float(str(info[k]['seconds']))]):.2f} s" for k in info)
-        + " in the last run).",
+        f"with {z['segments']} segments. Ratios as in 1. Medians of {repeats} interleaved "
+        "runs; times are whole processes (ours: interpreter start and imports included), "
+        "and separately the load itself as the worker timed it.",
         rows,
     )
     a, b = median(seconds["ours zstd"]), median(seconds["zstd -d"])
+    inner = median(inproc["ours zstd"])
     section.verdicts.append(
         f"Target (≥ 80% of `zstd -d`'s throughput on the same data): "
-        f"{'met' if b / a >= 0.8 else 'missed'} — {b / a:.0%}."
+        f"{'met' if b / a >= 0.8 else 'missed'} — {b / a:.0%} (whole process), "
+        f"{b / inner:.0%} (the load itself); CPU time "
+        f"{median(cpu['ours zstd']):.2f} s against {median(cpu['zstd -d']):.2f} s."
     )
     for p in (*images.values(), zst, lz):
         p.unlink(missing_ok=True)

@@ -33,6 +33,7 @@ class Case:
     seconds: list[float] = field(default_factory=list)
     inproc: list[float] = field(default_factory=list)  # ours: the save itself
     rss: list[int] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)
     size: int = 0
     error: str = ""
 
@@ -58,6 +59,7 @@ def measure(cases: Sequence[Case], repeats: int) -> None:
                 continue
             case.seconds.append(r.seconds)
             case.rss.append(r.max_rss_kib)
+            case.cpu.append(r.cpu_seconds)
             if r.stdout.startswith("{"):
                 case.inproc.append(float(json.loads(r.stdout)["seconds"]))
             case.size = case.output.stat().st_size
@@ -147,6 +149,17 @@ def run(scratch: Path, vm: inputs.Vmcore, repeats: int = 3) -> Section:
                 theirs.name,
                 mib(median(theirs.rss)),
                 ratio(median(mine.rss), median(theirs.rss)),
+                "",
+                "",
+            )
+        )
+        rows.append(
+            Row(
+                f"{figure}: CPU time (user + system)",
+                f"{median(mine.cpu):.2f} s",
+                theirs.name,
+                f"{median(theirs.cpu):.2f} s",
+                ratio(median(mine.cpu), median(theirs.cpu)),
                 "",
                 "",
             )
