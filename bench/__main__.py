@@ -49,7 +49,11 @@ def header(started: float, load_before: tuple[float, ...], only: list[str]) -> s
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--only", default=",".join(ALL), help="comma-separated subset")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        help="runs per figure (default: 5 for save and resume, 3 for scaling)",
+    )
     parser.add_argument("--no-doc", action="store_true", help="print only")
     args = parser.parse_args(argv)
     only = [w for w in args.only.split(",") if w]
@@ -68,16 +72,16 @@ def main(argv: list[str]) -> int:
                 from bench import save
 
                 assert vm is not None
-                sections.append(save.run(scratch, vm, args.repeats))
+                sections.append(save.run(scratch, vm, args.repeats or 5))
             elif name == "resume":
                 from bench import resume
 
                 assert vm is not None
-                sections.append(resume.run(scratch, vm, args.repeats))
+                sections.append(resume.run(scratch, vm, args.repeats or 5))
             elif name == "scaling":
                 from bench import scaling
 
-                sections.append(scaling.run(scratch, repeats=args.repeats))
+                sections.append(scaling.run(scratch, repeats=args.repeats or 3))
             elif name == "dbus":
                 from bench import dbuslat
 
