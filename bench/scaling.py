@@ -165,9 +165,9 @@ def run(scratch: Path, *, quick: bool = False, repeats: int = 3) -> Section:
         + (
             "met."
             if spread < 0.1
-            else "the spread is glibc's per-thread arenas (which freed chunk buffers stay "
-            "resident), one run per size; the loader's own allocations are the same at every "
-            "size (tracemalloc peak 4.66 MB at 2 and at 8 GiB, docs below)."
+            else "missed as measured: one run per size, and the spread follows glibc's "
+            "per-thread arenas (freed chunk buffers that stay resident), not the size; see "
+            "the notes below."
         ),
     ]
     if not quick and 2 * GIB in own_rss:
