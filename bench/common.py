@@ -163,5 +163,6 @@ def tool_version(argv: Sequence[str]) -> str:
         out = subprocess.run(list(argv), capture_output=True, text=True, check=False, timeout=10)
     except (OSError, subprocess.TimeoutExpired):
         return "missing"
-    text = (out.stdout or out.stderr).strip().splitlines()
-    return text[0] if text else "?"
+    text = (out.stdout or out.stderr).strip()
+    found = re.search(r"\d+(?::\d+)?(?:\.[\w~+-]+)+", text)
+    return found.group(0) if found else (text.splitlines()[0] if text else "?")
