@@ -50,7 +50,7 @@ def percentile(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=1000, method="inclusive")[int(q * 10) - 1]
 
 
-def fill(machine: Machine) -> None:
+def fill(machine: Machine, data: tuple[int, int] = DATA) -> None:
     """A's memory: text-like and structured pages (compressible, as most is)."""
     from bench.scaling import page_pool
 
@@ -58,8 +58,8 @@ def fill(machine: Machine) -> None:
     fd = os.open(machine.memory.path, os.O_WRONLY)
     try:
         block = b"".join(pool) * (8 * MIB // (len(pool) * PAGE_SIZE) or 1)
-        for addr in range(DATA[0], DATA[1], len(block)):
-            os.pwrite(fd, block[: DATA[1] - addr], addr)
+        for addr in range(data[0], data[1], len(block)):
+            os.pwrite(fd, block[: data[1] - addr], addr)
     finally:
         os.close(fd)
 
@@ -136,11 +136,19 @@ def checkpoint(
     return result, argv, seconds
 
 
-def run(scratch: Path, *, rounds: int = ROUNDS) -> Section:
+def run(
+    scratch: Path,
+    *,
+    rounds: int = ROUNDS,
+    ram: int = RAM,
+    data: tuple[int, int] = DATA,
+    max_cycles: int = MAX_CYCLES,
+) -> Section:
+    """``ram``, ``data`` and ``max_cycles`` shrink it for the quick test."""
     machine_dir = scratch / "dbus-machine"
-    with Machine.create(machine_dir, ram=RAM) as m:
+    with Machine.create(machine_dir, ram=ram) as m:
         m.power_on()
-        fill(m)
+        fill(m, data)
         a_id = m.running
     conf = config(scratch, machine_dir)
     log = scratch / "daemons.log"
@@ -155,7 +163,7 @@ def run(scratch: Path, *, rounds: int = ROUNDS) -> Section:
         idle, idle_argv = client(bus_a.address, rounds)
         # Checkpoints, until the client has its rounds: B saves, jumps back
         # to A, and A hibernates again (a new B, on a new bus).
-        while len(busy["ms"].get("Get State", ())) < rounds and cycles < MAX_CYCLES:
+        while len(busy["ms"].get("Get State", ())) < rounds and cycles < max_cycles:
             cycles += 1
             left = rounds - len(busy["ms"].get("Get State", ()))
             one, busy_argv, seconds = checkpoint(conf, bus_a, machine_dir, a_id, log, left)
@@ -185,7 +193,7 @@ def run(scratch: Path, *, rounds: int = ROUNDS) -> Section:
         __doc__.split("\n\n", 1)[1].strip()  # type: ignore[union-attr]
         + f" Idle: {len(idle['ms']['Get State']):,} rounds (answers: "
         f"{idle['answers']}). Streaming: {n_busy:,} rounds while B saved "
-        f"{(DATA[1] - DATA[0]) >> 20:,} MiB of A's memory (zstd level 3, the default), "
+        f"{(data[1] - data[0]) >> 20:,} MiB of A's memory (zstd level 3, the default), "
         f"over {cycles} checkpoints (B saves, jumps back, A hibernates again; "
         f"{elapsed:.1f} s of B's daemons in all; answers {busy['answers']}). "
         "Ratio: ours ÷ GetId.",

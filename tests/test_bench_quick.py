@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import common, inputs, report, resume, save, scaling
+from bench import common, dbuslat, inputs, report, resume, save, scaling
 from bench.common import run_measured, worker
 from kexechibd.image import ImageMeta, ImageReader, ImageStore
 from kexechibd.kernel.abi import PAGE_SIZE
@@ -171,3 +171,13 @@ def test_the_loaders_peak_rss_does_not_grow_from_a_2_to_an_8_gib_image(tmp_path:
     assert abs(big - small) < 0.1 * small, (
         f"loader peak RSS {small} KiB at 2 GiB, {big} KiB at 8 GiB"
     )
+
+
+def test_the_dbus_benchmark_times_the_daemon_idle_and_while_b_saves(scratch: Path) -> None:
+    section = dbuslat.run(
+        scratch, rounds=30, ram=512 * MIB, data=(384 * MIB, 448 * MIB), max_cycles=1
+    )
+    assert "'CanHibernate': 'yes', 'Get State': 'idle'" in section.intro  # A, idle
+    idle = [r for r in section.rows if "idle" in r.figure]
+    assert len(idle) == 4 and all(r.ours.endswith(" ms") for r in idle)
+    assert "p99 under 5 ms idle" in section.verdicts[0]
