@@ -12,6 +12,7 @@ import pytest
 
 from kexechibd.cycle.engine import EngineSettings, KexecEngine
 from kexechibd.engine import CancelToken, HibernateOptions, Mode, ResumeOptions, Role, State
+from kexechibd.errors import NotSupported
 from kexechibd.image import ImageStore
 from kexechibd.kernel.api import KernelGone
 from kexechibd.model.bzimage import make_bzimage
@@ -139,3 +140,33 @@ async def test_checkpoint_jumps_back_and_the_image_resumes_later(
     assert resumed.id == kernel.id
     assert ram_digest(resumed, observer.excluded) == observer.digest
     resumed.close()
+
+
+async def test_checkpoint_works_on_a_kernel_without_staged_loads(
+    machine: Machine, kernel: ModelKernel, tmp_path: Path
+) -> None:
+    """Mainline kexec jump (no kexechib patch): B is loaded in one KS_full
+    call; a checkpoint and the jump back still work."""
+    machine.set_capabilities(staged_load=False)
+    populate(kernel, pages=1_000, seed=8)
+    config = settings(tmp_path)
+    engine = KexecEngine(config, kernel)
+    observer = Recorder(kernel)
+    hibernate = asyncio.create_task(
+        engine.hibernate(HibernateOptions(mode=Mode.CHECKPOINT), observer, CancelToken())
+    )
+    saver = asyncio.create_task(boot_b_and_save(machine, kernel.id, config))
+    await asyncio.wait_for(hibernate, 60)
+    assert ram_digest(kernel, observer.excluded) == observer.digest
+    assert ImageStore(config.image_location).open().meta.page_map == b""
+    saver.cancel()
+
+
+async def test_hibernating_to_power_off_needs_staged_loads(
+    machine: Machine, kernel: ModelKernel, tmp_path: Path
+) -> None:
+    machine.set_capabilities(staged_load=False)
+    engine = KexecEngine(settings(tmp_path), kernel)
+    with pytest.raises(NotSupported, match="staged-load"):
+        await engine.hibernate(HibernateOptions(mode=Mode.POWEROFF), Recorder(), CancelToken())
+    assert not kernel.kexec_loaded()

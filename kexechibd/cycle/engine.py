@@ -105,7 +105,9 @@ class KexecEngine:
                 f"Hibernate is for the running system; this is kernel {self._role.value}"
             )
         report = self.support()
-        if not report.can_hibernate:
+        if options.mode is Mode.CHECKPOINT and report.can_jump and report.kexec_jump:
+            pass  # a checkpoint needs kexec jump; a resume later needs staged loads in C
+        elif not report.can_hibernate:
             raise NotSupported(f"this kernel cannot hibernate with kexechibd: {report.summary}")
         observer.set_state(State.PREPARING)
         s = self.settings
@@ -117,7 +119,14 @@ class KexecEngine:
         cancel.check()
         observer.set_state(State.LOADING)
         try:
-            await asyncio.to_thread(load_saver, self.kernel, plan, params, checkpoint=cancel.check)
+            await asyncio.to_thread(
+                load_saver,
+                self.kernel,
+                plan,
+                params,
+                staged=report.staged_load,
+                checkpoint=cancel.check,
+            )
         except abi.KernelError as exc:
             raise _refused(exc) from None
         try:
