@@ -113,10 +113,12 @@ def run(args: argparse.Namespace) -> int:
         )
         while machine.running in (None, 1):
             if hibernate.poll() is not None:
-                raise SystemExit(f"demo failed: hibernate ended early:\n{hibernate.stdout.read()}")
+                output, _ = hibernate.communicate()
+                raise SystemExit(f"demo failed: hibernate ended early:\n{output}")
             time.sleep(0.05)
-        b = machine.record(machine.running)  # type: ignore[arg-type]
-        print(f"  kernel B booted in its window: {b.cmdline}")
+        b_id = machine.running
+        if b_id is not None:
+            print(f"  kernel B booted in its window: {machine.record(b_id).cmdline}")
 
         step("B's init starts kexechibd: it saves A from /proc/vmcore and powers off")
         show([str(BIN / "kexechibd"), "--oneshot", f"--config={conf}"])

@@ -96,7 +96,7 @@ async def test_busctl_hibernate_returns_after_power_off_and_resume(
         assert c.returncode == 0, c.stderr
         assert "role restorer" in c.stderr
 
-        out, err = await asyncio.wait_for(busctl.communicate(), 120)
+        _, err = await asyncio.wait_for(busctl.communicate(), 120)
         assert busctl.returncode == 0, err.decode()
         assert machine.running == 1
         assert in_use_digest(machine) == before
