@@ -20,16 +20,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from buses import POLICY_CONF, POLKIT_BUS_CONF, Polkitd, TestBus, polkitd_unavailable
 from dbus_next.aio.message_bus import MessageBus
 from dbus_next.constants import MessageFlag, MessageType
 from dbus_next.message import Message
-from scripted_engine import ScriptedEngine
 
 from kexechibd.config import Config
 from kexechibd.daemon import busutil
 from kexechibd.daemon.main import Daemon, Runtime
 from kexechibd.daemon.service import BUS_NAME, INTERFACE, OBJECT_PATH
+from tests.dbus.buses import POLICY_CONF, POLKIT_BUS_CONF, Polkitd, TestBus, polkitd_unavailable
+from tests.dbus.scripted_engine import ScriptedEngine
 
 REPO = Path(__file__).resolve().parents[2]
 

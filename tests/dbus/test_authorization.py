@@ -10,8 +10,12 @@ import pty
 import signal
 
 import pytest
-from buses import POLICY_CONF, TestBus
-from conftest import (
+
+from kexechibd.daemon import busutil
+from kexechibd.daemon.auth import Action, Caller, PolkitAuthorizer, Verdict
+from kexechibd.daemon.service import BUS_NAME
+from tests.dbus.buses import POLICY_CONF, TestBus
+from tests.dbus.conftest import (
     call,
     ctl_argv,
     eventually,
@@ -21,11 +25,7 @@ from conftest import (
     system_python_unavailable,
     wait_thread_event,
 )
-from fake_polkit import FakeAuthority
-
-from kexechibd.daemon import busutil
-from kexechibd.daemon.auth import Action, Caller, PolkitAuthorizer, Verdict
-from kexechibd.daemon.service import BUS_NAME
+from tests.dbus.fake_polkit import FakeAuthority
 
 # A bus like the others, where root may own polkit's name (the real bus
 # policy lets only the polkitd user own it) and everyone may call it.

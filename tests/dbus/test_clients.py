@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
-from conftest import eventually, get_property, run, wait_thread_event
-
 from kexechibd.engine import Mode
+from tests.dbus.conftest import eventually, get_property, run, wait_thread_event
 
 DEST = ("org.kexechib1", "/org/kexechib1")
 

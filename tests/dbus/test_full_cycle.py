@@ -12,13 +12,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from buses import TestBus
-from conftest import Signals, eventually
-
 from kexechibd.model.bzimage import make_bzimage
 from kexechibd.model.kernel import ModelKernel
 from kexechibd.model.machine import Machine
 from kexechibd.model.workload import in_use_digest, populate
+from tests.dbus.buses import TestBus
+from tests.dbus.conftest import Signals, eventually
 
 MIB = 1 << 20
 DAEMON = [sys.executable, "-m", "kexechibd.daemon"]

@@ -8,7 +8,8 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from conftest import run, wait_thread_event
+
+from tests.dbus.conftest import run, wait_thread_event
 
 DEST = ("org.kexechib1", "/org/kexechib1")
 
@@ -108,7 +109,7 @@ async def test_busctl_as_an_unprivileged_user_is_denied(daemon, system_bus, real
 async def test_others_cannot_cancel_an_operation_they_did_not_start(
     daemon, system_bus, real_polkit, client
 ):
-    from conftest import call
+    from tests.dbus.conftest import call
 
     daemon.engine.gate.clear()
     pending = asyncio.create_task(call(client, "Hibernate", "a{sv}", [{}]))
