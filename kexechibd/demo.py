@@ -123,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
         step("B's init starts kexechibd: it saves A from /proc/vmcore and powers off")
         show([str(BIN / "kexechibd"), "--oneshot", f"--config={conf}"])
         print(f"  machine power: {machine.power}; memory scrambled")
-        show([*ctl, "image", "inspect", str(work / "image")])
+        show([*ctl, "image", "info", str(work / "image")])
 
         step("Power on: kernel C boots; kexechibd finds the image and resumes it")
         machine.power_on()
@@ -146,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
         )
         after = in_use_digest(machine)
         print(f"  A's memory in use: sha256 {after}")
-        show([*ctl, "image", "inspect", str(work / "image")])
+        show([*ctl, "image", "info", str(work / "image")])
 
         ok = hibernate.returncode == 0 and after == before and machine.running == 1
         step(

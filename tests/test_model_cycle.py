@@ -68,9 +68,15 @@ def settings(tmp_path: Path) -> EngineSettings:
     )
 
 
-async def boot_b_and_save(machine: Machine, a_id: int, config: EngineSettings) -> None:
-    """What B's init does: start the daemon, which saves A."""
+async def boot_b_and_save(
+    machine: Machine, a_id: int, config: EngineSettings, a: asyncio.Task[None] | None = None
+) -> None:
+    """What B's init does: start the daemon, which saves A.  ``a`` is A's
+    hibernate task: if it ends before B runs, its error is the test's."""
     while machine.running in (None, a_id):
+        if a is not None and a.done():
+            a.result()
+            raise AssertionError("A's hibernate returned without jumping")
         await asyncio.sleep(0.02)
     b = ModelKernel(machine)
     engine = KexecEngine(config, b)
