@@ -51,6 +51,7 @@ import hashlib
 import logging
 import mmap
 import os
+import re
 import stat
 import struct
 from collections.abc import Callable, Iterator, Sequence
@@ -251,8 +252,8 @@ def _related(rdev: int) -> dict[int, str]:
 
 
 def _unescape(field: str) -> str:
-    """mountinfo escapes space, tab, newline and backslash as octal."""
-    return field.encode().decode("unicode_escape")
+    """mountinfo and swaps write space, tab, newline and backslash as \\ooo."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
 
 
 def _rdev_of(path: str) -> int | None:
@@ -263,29 +264,36 @@ def _rdev_of(path: str) -> int | None:
     return st.st_rdev if stat.S_ISBLK(st.st_mode) else None
 
 
+def _lines(path: Path) -> list[list[str]]:
+    try:
+        return [line.split() for line in path.read_text().splitlines()]
+    except OSError:
+        return []  # no /proc here: the kernel's O_EXCL check still applies
+
+
 def device_in_use(rdev: int) -> str | None:
     """Why the device cannot hold images, as far as this mount namespace and
     sysfs tell: a mount, swap or holder of it, of a partition of it, or of
     the disk it is part of.  None when it is free."""
     related = _related(rdev)
-    with contextlib.suppress(OSError):
-        for line in MOUNTINFO.read_text().splitlines():
-            fields = line.split()
-            sep = fields.index("-")
+    for fields in _lines(MOUNTINFO):
+        try:
+            sep = fields.index("-", 6)
             major, minor = fields[2].split(":")
             dev = os.makedev(int(major), int(minor))
-            source = fields[sep + 2]
-            if dev not in related and source.startswith("/dev/"):
-                # btrfs and other multi-device filesystems report an anonymous
-                # device number; their source names the block device.
-                dev = _rdev_of(source) or dev
-            if dev in related:
-                return f"{related[dev]} is mounted at {_unescape(fields[4])} ({fields[sep + 1]})"
-    with contextlib.suppress(OSError):
-        for line in SWAPS.read_text().splitlines()[1:]:
-            dev_ = _rdev_of(_unescape(line.split()[0]))
-            if dev_ in related:
-                return f"{related[dev_]} is active swap"
+            fstype, source = fields[sep + 1], fields[sep + 2]
+        except (ValueError, IndexError):
+            continue
+        if dev not in related and source.startswith("/dev/"):
+            # btrfs and other multi-device filesystems report an anonymous
+            # device number; their source names the block device.
+            dev = _rdev_of(_unescape(source)) or dev
+        if dev in related:
+            return f"{related[dev]} is mounted at {_unescape(fields[4])} ({fstype})"
+    for fields in _lines(SWAPS)[1:]:
+        dev_ = _rdev_of(_unescape(fields[0])) if fields else None
+        if dev_ in related:
+            return f"{related[dev_]} is active swap"
     for dev, who in related.items():
         with contextlib.suppress(OSError):
             holders = sorted(h.name for h in (_sysfs(dev) / "holders").iterdir())
@@ -335,12 +343,11 @@ class _Device:
         try:
             self.fd = os.open(path, flags)
         except OSError as e:
-            hint = (
-                " (it is in use: mounted, swap, part of RAID or LVM, or opened "
-                "exclusively by another program)"
-                if e.errno == errno.EBUSY
-                else ""
-            )
+            hint = {
+                errno.EBUSY: " (it is in use: mounted, swap, part of RAID or LVM, or "
+                "opened exclusively by another program)",
+                errno.EINVAL: " (does its filesystem support direct I/O?)",
+            }.get(e.errno or 0, "")
             raise ImageError(f"cannot open {path}: {e.strerror}{hint}") from e
         self._bounce: mmap.mmap | None = None
         try:
@@ -625,8 +632,9 @@ class DeviceImageStore(ImageStore):
     @contextlib.contextmanager
     def writer(self, meta: ImageMeta, **writer_kwargs: Any) -> Iterator[ImageWriter]:
         """An ``ImageWriter`` on the slot that does not hold the newest image;
-        ``commit()`` verifies what the device holds, publishes it with the
-        slot record, then retires the older image.  An exception, or leaving
+        ``commit()`` reads back and verifies the header and index the device
+        holds, publishes the image with the slot record, then retires the
+        older image.  An exception, or leaving
         the block without committing, publishes nothing (the writer zeroes
         the new image's header) and leaves the other slot untouched."""
         with self._device(write=True) as dev:
