@@ -318,7 +318,6 @@ class _Device:
 
     def __init__(self, path: Path, *, write: bool, allow_regular_file: bool) -> None:
         self.path = path
-        self.write_mode = write
         try:
             st = os.stat(path)  # follows /dev/disk/by-* links
         except FileNotFoundError as e:
