@@ -6,6 +6,7 @@ continues with its memory byte for byte as it was at the jump."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -176,3 +177,17 @@ async def test_hibernating_to_power_off_needs_staged_loads(
     with pytest.raises(NotSupported, match="staged-load"):
         await engine.hibernate(HibernateOptions(mode=Mode.POWEROFF), Recorder(), CancelToken())
     assert not kernel.kexec_loaded()
+
+
+async def test_an_image_device_too_small_for_the_worst_case_is_refused_before_the_jump(
+    machine: Machine, kernel: ModelKernel, tmp_path: Path
+) -> None:
+    from tests.test_image_blockstore import make_disk
+
+    with make_disk(tmp_path, "loop") as disk:
+        config = dataclasses.replace(settings(tmp_path), image_location=disk.path)
+        engine = KexecEngine(config, kernel)
+        with pytest.raises(NotSupported, match="holds 15 MiB"):
+            await engine.hibernate(HibernateOptions(), Recorder(), CancelToken())
+    assert not kernel.kexec_loaded()
+    assert machine.running == kernel.id
