@@ -120,20 +120,29 @@ async def test_hibernate_power_off_and_resume_restores_a_byte_for_byte(
         ImageStore(config.image_location).open().require_resumable()
 
 
-async def test_checkpoint_jumps_back_and_the_image_resumes_later(
-    machine: Machine, kernel: ModelKernel, tmp_path: Path
-) -> None:
-    populate(kernel, pages=2_000, seed=6)
-    config = settings(tmp_path)
+async def checkpoint(
+    machine: Machine, kernel: ModelKernel, config: EngineSettings
+) -> tuple[Recorder, asyncio.Task[None]]:
+    """Hibernate in checkpoint mode: B saves and jumps back; returns once A
+    is back, with the observer and B's (waiting) saver task."""
     engine = KexecEngine(config, kernel)
     observer = Recorder(kernel)
     hibernate = asyncio.create_task(
         engine.hibernate(HibernateOptions(mode=Mode.CHECKPOINT), observer, CancelToken())
     )
-    saver = asyncio.create_task(boot_b_and_save(machine, kernel.id, config))
+    saver = asyncio.create_task(boot_b_and_save(machine, kernel.id, config, hibernate))
     await asyncio.wait_for(hibernate, 60)
     assert machine.running == kernel.id
     assert ram_digest(kernel, observer.excluded) == observer.digest
+    return observer, saver
+
+
+async def test_checkpoint_jumps_back_and_the_image_resumes_later(
+    machine: Machine, kernel: ModelKernel, tmp_path: Path
+) -> None:
+    populate(kernel, pages=2_000, seed=6)
+    config = settings(tmp_path)
+    observer, saver = await checkpoint(machine, kernel, config)
     assert ImageStore(config.image_location).open().summary.state == "committed"
     # A carries on and changes its memory; later the machine loses power.
     populate(kernel, pages=500, seed=7)
@@ -157,14 +166,7 @@ async def test_checkpoint_works_on_a_kernel_without_staged_loads(
     machine.set_capabilities(staged_load=False)
     populate(kernel, pages=1_000, seed=8)
     config = settings(tmp_path)
-    engine = KexecEngine(config, kernel)
-    observer = Recorder(kernel)
-    hibernate = asyncio.create_task(
-        engine.hibernate(HibernateOptions(mode=Mode.CHECKPOINT), observer, CancelToken())
-    )
-    saver = asyncio.create_task(boot_b_and_save(machine, kernel.id, config))
-    await asyncio.wait_for(hibernate, 60)
-    assert ram_digest(kernel, observer.excluded) == observer.digest
+    _, saver = await checkpoint(machine, kernel, config)
     assert ImageStore(config.image_location).open().meta.page_map == b""
     saver.cancel()
 

@@ -350,3 +350,25 @@ async def eventually(predicate, timeout: float = 5.0) -> None:  # type: ignore[n
 async def wait_thread_event(event, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
     """Wait for a threading.Event without blocking the loop."""
     await eventually(event.is_set, timeout)
+
+
+def gdbus(method: str, *args: str, interactive: bool = False) -> list[str]:
+    """A ``gdbus call`` of ``method`` (full name) on our object; ``--system``
+    honours DBUS_SYSTEM_BUS_ADDRESS."""
+    return [
+        "gdbus",
+        "call",
+        "--system",
+        *(["--interactive"] if interactive else []),
+        "--dest",
+        "org.kexechib1",
+        "--object-path",
+        "/org/kexechib1",
+        "--method",
+        method,
+        *args,
+    ]
+
+
+def busctl(bus: TestBus, *args: str) -> list[str]:
+    return ["busctl", f"--address={bus.address}", *args]

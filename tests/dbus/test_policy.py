@@ -9,28 +9,9 @@ import asyncio
 
 import pytest
 
-from tests.dbus.conftest import run, wait_thread_event
+from tests.dbus.conftest import busctl, gdbus, run, wait_thread_event
 
 DEST = ("org.kexechib1", "/org/kexechib1")
-
-
-def gdbus(*args, interactive=False):
-    return [
-        "gdbus",
-        "call",
-        "--system",
-        *(["--interactive"] if interactive else []),
-        "--dest",
-        DEST[0],
-        "--object-path",
-        DEST[1],
-        "--method",
-        *args,
-    ]
-
-
-def busctl(bus, *args):
-    return ["busctl", f"--address={bus.address}", *args]
 
 
 def assert_unchanged(daemon):
