@@ -155,10 +155,21 @@ def load_saver(
     plan: SaverLoad,
     params: SaveParams,
     *,
+    staged: bool = True,
     checkpoint: Callable[[], None] = lambda: None,
 ) -> bytes:
     """Load B (DESIGN §1.1 steps 1–3); returns the page map B receives.
-    ``checkpoint`` is called between steps (cancellation raises from it)."""
+
+    Without staged-load support (a mainline kernel with kexec jump) B is
+    loaded in one ``KS_full`` call with the parameters already in place and
+    no page map: enough for a checkpoint and jumps between the kernels, whose
+    images restore through their own backup map.  ``checkpoint`` is called
+    between steps (cancellation raises from it)."""
+    if not staged:
+        archive = _params_archive(plan, params, b"")
+        segments = [archive if s is plan.placeholder else s for s in plan.segments]
+        kernel.kexec_load(plan.entry, segments, abi.load_flags(preserve_context=True))
+        return b""
     flags_start = abi.load_flags(abi.Stage.START, preserve_context=True)
     flags_final = abi.load_flags(abi.Stage.FINAL, preserve_context=True)
     if len(plan.segments) > abi.KEXEC_STAGE_SEGMENT_MAX:
@@ -168,19 +179,21 @@ def load_saver(
         checkpoint()
         page_map = kernel.kexec_pgmap()
         abi.decode_page_map(page_map)
-        archive = pack_params(params, page_map)
-        if len(archive) > plan.placeholder.memsz:
-            raise ConfigError(
-                f"B's parameters ({len(archive)} bytes) exceed the placeholder "
-                f"({plan.placeholder.memsz} bytes)"
-            )
+        archive = _params_archive(plan, params, page_map)
         checkpoint()
-        kernel.kexec_load(
-            plan.entry,
-            [Segment(archive, plan.placeholder.mem, plan.placeholder.memsz)],
-            flags_final,
-        )
+        kernel.kexec_load(plan.entry, [archive], flags_final)
     except BaseException:
         discard_staged(kernel)
         raise
     return page_map
+
+
+def _params_archive(plan: SaverLoad, params: SaveParams, page_map: bytes) -> Segment:
+    """The segment that fills the placeholder with B's parameters."""
+    archive = pack_params(params, page_map)
+    if len(archive) > plan.placeholder.memsz:
+        raise ConfigError(
+            f"B's parameters ({len(archive)} bytes) exceed the placeholder "
+            f"({plan.placeholder.memsz} bytes)"
+        )
+    return Segment(archive, plan.placeholder.mem, plan.placeholder.memsz)
