@@ -177,9 +177,9 @@ def run(
             bus_a.stop()
     rows = []
     for kind in ("CanHibernate", "Get State"):
-        for label, data in (("idle", idle), ("while a hibernate streams", busy)):
-            ms = data["ms"][kind]
-            floor = data["ms"]["GetId"]
+        for label, measured in (("idle", idle), ("while a hibernate streams", busy)):
+            ms = measured["ms"][kind]
+            floor = measured["ms"]["GetId"]
             for q in (50, 99):
                 mine, theirs = percentile(ms, q), percentile(floor, q)
                 rows.append(
@@ -200,9 +200,9 @@ def run(
         rows,
     )
     p99 = {
-        (kind, label): percentile(data["ms"][kind], 99)
+        (kind, label): percentile(measured["ms"][kind], 99)
         for kind in ("CanHibernate", "Get State")
-        for label, data in (("idle", idle), ("busy", busy))
+        for label, measured in (("idle", idle), ("busy", busy))
     }
     idle_ok = max(p99[("CanHibernate", "idle")], p99[("Get State", "idle")]) < 5
     busy_ok = max(p99[("CanHibernate", "busy")], p99[("Get State", "busy")]) < 20
