@@ -18,13 +18,15 @@ memory, which it copies with ``pwrite``).
 
 from __future__ import annotations
 
-import multiprocessing
 from collections.abc import Sequence
-from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from kexechibd.kernel import abi
 from kexechibd.kernel.api import MemoryRange
+
+if TYPE_CHECKING:  # multiprocessing is imported only where a proxy is made
+    from multiprocessing.connection import Connection
 
 
 def rss_kib(field: str = "VmHWM") -> int:
@@ -78,6 +80,8 @@ class KernelProxy:
     backend = "model (separate process)"
 
     def __init__(self, machine: Path) -> None:
+        import multiprocessing
+
         ctx = multiprocessing.get_context("spawn")
         self._conn, child = ctx.Pipe()
         self._proc = ctx.Process(target=serve, args=(child, str(machine)), daemon=True)
