@@ -8,7 +8,7 @@ hibernation.  B's saver reads it through the
 model's ``/proc/vmcore`` (the ELF core header sits in a page the firmware
 map reserves, as A's does outside what B saves) and writes the image; then
 a fresh kernel C on the same machine loads it with staged ``kexec_load``
-calls.  Reported: save and resume time, cost per page of RAM, runs,
+calls.  Reported: save and resume time, cost per page the image covers, runs,
 ``kexec_load`` calls (stages) and segments, and peak RSS — the loader's own
 measured with the model kernel in a process of its own (bench/memory.py).
 There is no reference tool here: the figure to watch is the cost per page,
@@ -134,7 +134,7 @@ def run(scratch: Path, *, quick: bool = False, repeats: int = 3) -> Section:
         [
             "| RAM | pages | runs | save s | save µs/page | resume s | resume µs/page "
             "| kexec_load calls | segments | save RSS | resume RSS (with model kernel) "
-            "| loader RSS alone | runs |",
+            "| loader RSS alone | repeats |",
             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
             *rows,
         ]
