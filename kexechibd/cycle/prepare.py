@@ -18,7 +18,7 @@ from kexechibd.cycle.params import SaveParams, pack_params
 from kexechibd.cycle.window import Window
 from kexechibd.errors import ConfigError
 from kexechibd.kernel import abi
-from kexechibd.kernel.abi import PAGE_SIZE, Segment, page_align_up
+from kexechibd.kernel.abi import PAGE_SIZE, Segment, page_align_down, page_align_up
 from kexechibd.kernel.api import Kernel, MemoryKind, MemoryRange
 from kexechibd.purgatory import CMDLINE_ROOM, EntryRegs, build_purgatory
 
@@ -100,7 +100,13 @@ def plan_saver_load(
     purgatory: bytes,
 ) -> SaverLoad:
     image = bootproto.BzImage.parse(files.kernel)
-    ram = [r for r in memory_map if r.kind is MemoryKind.RAM]
+    # Whole pages only: a partial page at the end of a firmware RAM range
+    # (QEMU's ends at 0x9fc00) is not memory Linux uses, and images hold pages.
+    ram = [
+        MemoryRange(page_align_up(r.start), page_align_down(r.end))
+        for r in memory_map
+        if r.kind is MemoryKind.RAM and page_align_down(r.end) > page_align_up(r.start)
+    ]
     header = build_elfcorehdr(window.outside(ram), notes=[vmcoreinfo] if vmcoreinfo else [])
 
     cursor = _Cursor(window)
