@@ -48,6 +48,10 @@ say() { echo "@MARKER@ $*"; }
 finish() {
 	say "exit status=$1 uptime=$(up)"
 	sync
+	# Wait for the console to drain (stty sets its own settings with
+	# TCSADRAIN): the kernel's power-off messages would cut into lines still
+	# queued for the serial port.
+	stty -F /dev/console "$(stty -F /dev/console -g)" 2>/dev/null
 	poweroff -f
 	sleep 5
 	reboot -f
