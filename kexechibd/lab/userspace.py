@@ -28,17 +28,19 @@ initrd under /boot, which A's kexechibd loads, and busctl.
 
 Each archive is cached in the lab cache by a key over its inputs (host files
 by path, size and mtime; the checkout's files by content), so a second run
-costs a few stat calls.
+costs a few stat calls; archives unused for a day go when a new one is built.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import os
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -332,12 +334,28 @@ def _stat_id(path: Path) -> bytes:
     return f"{path} {st.st_size} {st.st_mtime_ns}".encode()
 
 
+# Archives of other keys unused for this long are removed when one is built:
+# every change to the checkout makes a new key (about 115 MB for both).
+STALE_SECONDS = 24 * 3600
+
+
+def _prune(directory: Path, name: str, keep: Path) -> None:
+    now = time.time()
+    for path in directory.glob(f"{name}-*.cpio"):
+        with contextlib.suppress(OSError):
+            if path != keep and now - path.stat().st_mtime > STALE_SECONDS:
+                path.unlink()
+                (directory / f".lock-{path.stem}").unlink(missing_ok=True)
+
+
 def _cached(name: str, key: str, build: Callable[[], Iterable[bytes]]) -> Path:
-    """The archive `<name>-<key>.cpio` in the lab cache, built once per key."""
+    """The archive `<name>-<key>.cpio` in the lab cache, built once per key
+    (its mtime says when it was last used)."""
     directory = cache_root() / "initramfs"
     directory.mkdir(parents=True, exist_ok=True)
     final = directory / f"{name}-{key}.cpio"
     if final.exists():
+        final.touch()
         return final
     with open(directory / f".lock-{name}-{key}", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -354,6 +372,7 @@ def _cached(name: str, key: str, build: Callable[[], Iterable[bytes]]) -> Path:
         except BaseException:
             path.unlink(missing_ok=True)
             raise
+    _prune(directory, name, final)
     return final
 
 

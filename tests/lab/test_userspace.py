@@ -4,13 +4,23 @@ read (kexechibd/lab/userspace.py, qemu.py)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
+
+import pytest
 
 from kexechibd import config
 from kexechibd.lab import GuestResult, LogLine
 from kexechibd.lab.initramfs import Cpio
-from kexechibd.lab.userspace import PYC_TAG, STDLIB, _guest_module, bus_config, lab_config
+from kexechibd.lab.userspace import (
+    PYC_TAG,
+    STDLIB,
+    _cached,
+    _guest_module,
+    bus_config,
+    lab_config,
+)
 
 
 def test_lab_config_drives_the_linux_backend_without_enabling_real_kexec(tmp_path: Path) -> None:
@@ -65,3 +75,15 @@ def test_records_are_the_json_after_a_marker_kind() -> None:
     assert result.records("probe") == [{"missing": ["a b"], "kexec": True}]
     assert result.records("vector") == [[1, 2]]
     assert result.records("probe-done") == []
+
+
+def test_archives_are_built_once_and_those_unused_for_a_day_go(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KEXECHIB_KERNEL_CACHE", str(tmp_path))
+    old = _cached("layer", "old", lambda: [b"old"])
+    recent = _cached("layer", "recent", lambda: [b"recent"])
+    assert _cached("layer", "recent", lambda: [b"built again"]).read_bytes() == b"recent"
+    os.utime(old, (0, 0))
+    new = _cached("layer", "new", lambda: [b"new"])
+    assert not old.exists() and recent.exists() and new.read_bytes() == b"new"
