@@ -10,12 +10,15 @@ BIN := $(VENV)/bin
 # purgatory, the real D-Bus/polkit/systemd tools the tests start, and the
 # field's tools the tests and benchmarks compare against.
 # libxml2-utils: xmllint validates the polkit policy against polkit's DTD.
+# makedumpfile, time: `make bench` (GNU time measures the tools' peak RSS);
+# makedumpfile only recommends kexec-tools, which --no-install-recommends
+# keeps out (see the lab's note below).
 # python3-dbus-next, python3-systemd: what the installed daemon and CLI run
 # on (Debian's python3, see `make install`); the D-Bus tests also run
 # kexechibctl with it as an unprivileged user.
 APT_PACKAGES := gcc make pkg-config libsystemd-dev python3-dev python3-venv \
 	dbus dbus-bin dbus-daemon libglib2.0-bin polkitd systemd util-linux \
-	binutils cpio zstd lz4 \
+	binutils cpio zstd lz4 makedumpfile time \
 	libxml2-utils python3-dbus-next python3-systemd
 # The kernel lab (docs/lab.md): QEMU, and the libraries Debian's kexec binary
 # links (kexec-tools itself is unpacked into the lab cache, not installed: its

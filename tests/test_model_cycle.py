@@ -6,6 +6,7 @@ continues with its memory byte for byte as it was at the jump."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -68,9 +69,15 @@ def settings(tmp_path: Path) -> EngineSettings:
     )
 
 
-async def boot_b_and_save(machine: Machine, a_id: int, config: EngineSettings) -> None:
-    """What B's init does: start the daemon, which saves A."""
+async def boot_b_and_save(
+    machine: Machine, a_id: int, config: EngineSettings, a: asyncio.Task[None] | None = None
+) -> None:
+    """What B's init does: start the daemon, which saves A.  ``a`` is A's
+    hibernate task: if it ends before B runs, its error is the test's."""
     while machine.running in (None, a_id):
+        if a is not None and a.done():
+            a.result()
+            raise AssertionError("A's hibernate returned without jumping")
         await asyncio.sleep(0.02)
     b = ModelKernel(machine)
     engine = KexecEngine(config, b)
@@ -113,20 +120,29 @@ async def test_hibernate_power_off_and_resume_restores_a_byte_for_byte(
         ImageStore(config.image_location).open().require_resumable()
 
 
-async def test_checkpoint_jumps_back_and_the_image_resumes_later(
-    machine: Machine, kernel: ModelKernel, tmp_path: Path
-) -> None:
-    populate(kernel, pages=2_000, seed=6)
-    config = settings(tmp_path)
+async def checkpoint(
+    machine: Machine, kernel: ModelKernel, config: EngineSettings
+) -> tuple[Recorder, asyncio.Task[None]]:
+    """Hibernate in checkpoint mode: B saves and jumps back; returns once A
+    is back, with the observer and B's (waiting) saver task."""
     engine = KexecEngine(config, kernel)
     observer = Recorder(kernel)
     hibernate = asyncio.create_task(
         engine.hibernate(HibernateOptions(mode=Mode.CHECKPOINT), observer, CancelToken())
     )
-    saver = asyncio.create_task(boot_b_and_save(machine, kernel.id, config))
+    saver = asyncio.create_task(boot_b_and_save(machine, kernel.id, config, hibernate))
     await asyncio.wait_for(hibernate, 60)
     assert machine.running == kernel.id
     assert ram_digest(kernel, observer.excluded) == observer.digest
+    return observer, saver
+
+
+async def test_checkpoint_jumps_back_and_the_image_resumes_later(
+    machine: Machine, kernel: ModelKernel, tmp_path: Path
+) -> None:
+    populate(kernel, pages=2_000, seed=6)
+    config = settings(tmp_path)
+    observer, saver = await checkpoint(machine, kernel, config)
     assert ImageStore(config.image_location).open().summary.state == "committed"
     # A carries on and changes its memory; later the machine loses power.
     populate(kernel, pages=500, seed=7)
@@ -150,14 +166,7 @@ async def test_checkpoint_works_on_a_kernel_without_staged_loads(
     machine.set_capabilities(staged_load=False)
     populate(kernel, pages=1_000, seed=8)
     config = settings(tmp_path)
-    engine = KexecEngine(config, kernel)
-    observer = Recorder(kernel)
-    hibernate = asyncio.create_task(
-        engine.hibernate(HibernateOptions(mode=Mode.CHECKPOINT), observer, CancelToken())
-    )
-    saver = asyncio.create_task(boot_b_and_save(machine, kernel.id, config))
-    await asyncio.wait_for(hibernate, 60)
-    assert ram_digest(kernel, observer.excluded) == observer.digest
+    _, saver = await checkpoint(machine, kernel, config)
     assert ImageStore(config.image_location).open().meta.page_map == b""
     saver.cancel()
 
@@ -170,3 +179,17 @@ async def test_hibernating_to_power_off_needs_staged_loads(
     with pytest.raises(NotSupported, match="staged-load"):
         await engine.hibernate(HibernateOptions(mode=Mode.POWEROFF), Recorder(), CancelToken())
     assert not kernel.kexec_loaded()
+
+
+async def test_an_image_device_too_small_for_the_worst_case_is_refused_before_the_jump(
+    machine: Machine, kernel: ModelKernel, tmp_path: Path
+) -> None:
+    from tests.test_image_blockstore import make_disk
+
+    with make_disk(tmp_path, "loop") as disk:
+        config = dataclasses.replace(settings(tmp_path), image_location=disk.path)
+        engine = KexecEngine(config, kernel)
+        with pytest.raises(NotSupported, match="holds 15 MiB"):
+            await engine.hibernate(HibernateOptions(), Recorder(), CancelToken())
+    assert not kernel.kexec_loaded()
+    assert machine.running == kernel.id

@@ -22,7 +22,9 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         description="Offline image tools: they read the file themselves.",
     )
     actions = image.add_subparsers(dest="image_command", required=True, metavar="ACTION")
-    p = actions.add_parser("inspect", help="print an image's metadata (checks the header)")
+    p = actions.add_parser(
+        "info", aliases=["inspect"], help="print an image's metadata (checks the header)"
+    )
     p.add_argument("image", type=Path)
     p.add_argument("--json", action="store_true", help="print JSON")
     p = actions.add_parser("verify", help="read and check every chunk of an image")
@@ -62,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         with ImageStore(args.image).open() as reader:
-            if args.image_command == "inspect":
+            if args.image_command in ("info", "inspect"):
                 info = describe(reader.meta, reader.summary)
                 if args.json:
                     print(json.dumps(info, indent=2, sort_keys=True))

@@ -33,9 +33,9 @@ from kexechibd.engine import (
     State,
 )
 from kexechibd.errors import BadImage, Failed, KernelRefused, KexechibError, NoPeer, NotSupported
-from kexechibd.image import ImageError, ImageStore
+from kexechibd.image import DeviceImageStore, ImageError, ImageStore
 from kexechibd.kernel import abi
-from kexechibd.kernel.api import Kernel, SupportReport
+from kexechibd.kernel.api import Kernel, MemoryKind, SupportReport
 from kexechibd.purgatory import default_purgatory_path
 
 log = logging.getLogger("kexechibd.engine")
@@ -115,6 +115,7 @@ class KexecEngine:
             s.window_start, s.window_size, self.kernel.memory_map(), low_memory=s.low_memory
         )
         params = self._save_params(options, window)
+        await asyncio.to_thread(self._check_room, Path(params.image_location), window)
         plan = await asyncio.to_thread(self._plan_saver, window)
         cancel.check()
         observer.set_state(State.LOADING)
@@ -148,6 +149,25 @@ class KexecEngine:
             log.info("back in A: %s", outcome, extra={"HIBERNATE_ID": params.hibernate_id})
         finally:
             await observer.after_return()
+
+    def _check_room(self, location: Path, window: Window) -> None:
+        """A device slot must hold the worst case (every page incompressible)
+        before A jumps: B could only jump back with "no room" afterwards."""
+        store = ImageStore(location)
+        if not isinstance(store, DeviceImageStore):
+            return
+        try:
+            capacity = store.capacity
+        except ImageError as exc:
+            raise NotSupported(f"the image device cannot be used: {exc}") from None
+        ram = [r for r in self.kernel.memory_map() if r.kind is MemoryKind.RAM]
+        worst = sum(r.size for r in window.outside(ram))
+        if capacity < worst + (worst >> 6):
+            raise NotSupported(
+                f"an image slot of {location} holds {capacity >> 20} MiB, but A's memory "
+                f"outside B's window is {worst >> 20} MiB; use a device at least "
+                f"{(2 * (worst + (worst >> 6))) >> 20} MiB large (two slots)"
+            )
 
     def _save_params(self, options: HibernateOptions, window: Window) -> SaveParams:
         s = self.settings
@@ -192,9 +212,9 @@ class KexecEngine:
         or jumped back to by B after a checkpoint (or a failed save)."""
         store = ImageStore(Path(params.image_location))
         try:
-            reader = store.open()
-            mine = reader.meta.hibernate_id == params.hibernate_id
-            state = reader.summary.state
+            with store.open() as reader:
+                mine = reader.meta.hibernate_id == params.hibernate_id
+                state = reader.summary.state
         except (ImageError, OSError):
             mine, state = False, "missing"
         if mine and state == "consumed":
@@ -287,26 +307,20 @@ class KexecEngine:
             raise BadImage(str(exc)) from None
         except FileNotFoundError:
             raise BadImage(f"no image at {store.path}") from None
-        state = reader.summary.state
-        if state == "invalid":
-            raise BadImage(f"the image at {store.path} was invalidated (already resumed)")
-        if state == "consumed" and not options.force:
-            raise BadImage(
-                f"the image at {store.path} was already used for a resume; resuming it again "
-                "could corrupt filesystems (use the 'force' option if you are sure)"
+        with reader:
+            try:
+                reader.require_resumable(force=options.force)
+                check_identity(reader, self.kernel, force=options.force)
+                pages = check_destinations(reader, self.kernel.memory_map())
+            except ImageError as exc:
+                raise BadImage(f"{store.path}: {exc}") from None
+            report = stream_load(
+                self.kernel,
+                reader,
+                total_pages=pages,
+                progress=observer.set_progress,
+                checkpoint=cancel.check,
             )
-        check_identity(reader, self.kernel, force=options.force)
-        try:
-            pages = check_destinations(reader, self.kernel.memory_map())
-        except ImageError as exc:
-            raise BadImage(str(exc)) from None
-        report = stream_load(
-            self.kernel,
-            reader,
-            total_pages=pages,
-            progress=observer.set_progress,
-            checkpoint=cancel.check,
-        )
         log.info(
             "image loaded: %d calls, %d segments, %d pages",
             report.calls,
@@ -339,10 +353,10 @@ class KexecEngine:
     def inspect(self, image: Path) -> dict[str, object]:
         store = ImageStore(image)
         try:
-            reader = store.open()
+            with store.open() as reader:
+                meta, summary = reader.meta, reader.summary
         except (ImageError, OSError) as exc:
             return {"valid": False, "error": str(exc), "path": str(image)}
-        meta, summary = reader.meta, reader.summary
         return {
             "valid": summary.state == "committed",
             "path": str(image),

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from kexechibd.cycle.kexec_ops import discard_staged
-from kexechibd.cycle.plan import PlannedRun, plan_calls
+from kexechibd.cycle.plan import RunLike, plan_calls
 from kexechibd.errors import BadImage, KernelRefused
 from kexechibd.image import ImageError, ImageReader, ImageSummary
 from kexechibd.kernel import abi
@@ -67,9 +67,11 @@ def check_destinations(reader: ImageReader, memory_map: Sequence[MemoryRange]) -
     return pages
 
 
-def _chunk_stream(reader: ImageReader) -> Iterator[tuple[list[PlannedRun], bytes | memoryview]]:
+def _chunk_stream(
+    reader: ImageReader,
+) -> Iterator[tuple[Sequence[RunLike], bytes | memoryview]]:
     for chunk in reader.chunks():
-        yield [PlannedRun(r.pfn, r.npages, r.zero) for r in chunk.runs], chunk.data
+        yield chunk.runs, chunk.data
 
 
 def stream_load(

@@ -12,8 +12,23 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from kexechibd.kernel.abi import KEXEC_STAGE_SEGMENT_MAX, PAGE_SHIFT, Segment
+
+
+class RunLike(Protocol):
+    """A run of pages: the image's ``Run`` is one (taken as it is, with no
+    per-run conversion: fragmented memory has a run per page)."""
+
+    @property
+    def pfn(self) -> int: ...
+
+    @property
+    def npages(self) -> int: ...
+
+    @property
+    def zero(self) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -24,7 +39,7 @@ class PlannedRun:
 
 
 def plan_calls(
-    chunks: Iterable[tuple[Sequence[PlannedRun], bytes | memoryview]],
+    chunks: Iterable[tuple[Sequence[RunLike], bytes | memoryview]],
     *,
     max_segments: int = KEXEC_STAGE_SEGMENT_MAX,
 ) -> Iterator[list[Segment]]:

@@ -45,6 +45,20 @@ class CoreLayout:
         return sum(s.size for s in self.loads)
 
 
+def _read_exactly(core: BinaryIO, offset: int, n: int) -> bytes:
+    """``n`` bytes at ``offset`` as a fresh ``bytes``, which the image writer
+    keeps without copying (reading into a reused buffer and copying that
+    cost a second pass over all of memory on the saver's busiest thread)."""
+    core.seek(offset)
+    data = core.read(n)
+    while len(data) < n:
+        more = core.read(n - len(data))
+        if not more:
+            raise Failed(f"/proc/vmcore ended early at offset {offset + len(data):#x}")
+        data += more
+    return data
+
+
 def read_core_layout(core: BinaryIO) -> CoreLayout:
     """PT_LOADs and the VMCOREINFO note of ``/proc/vmcore`` (pyelftools)."""
     elf = ELFFile(core)
@@ -109,7 +123,6 @@ def save_image(
         meta = image_meta(params, page_map, jump_back_entry, layout.vmcoreinfo)
         total = max(layout.total, 1)
         done = 0
-        buffer = bytearray(READ_SIZE)
         with store.writer(
             meta, compression=params.compression, level=params.level, chunk_size=params.chunk_size
         ) as writer:
@@ -117,14 +130,7 @@ def save_image(
                 pos = 0
                 while pos < load.size:
                     n = min(READ_SIZE, load.size - pos)
-                    core.seek(load.offset + pos)
-                    view = memoryview(buffer)[:n]
-                    got = core.readinto(view)  # type: ignore[attr-defined]
-                    if got != n:
-                        raise Failed(
-                            f"/proc/vmcore ended early at offset {load.offset + pos + got:#x}"
-                        )
-                    writer.add(load.paddr + pos, bytes(view))
+                    writer.add(load.paddr + pos, _read_exactly(core, load.offset + pos, n))
                     pos += n
                     done += n
                     progress(done / total, "saving")

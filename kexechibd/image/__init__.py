@@ -1,15 +1,18 @@
 """The hibernation image (DESIGN §4; layout in docs/image-format.md).
 
 A pure library: the saver writes one with ``ImageWriter``, the restorer reads
-it with ``ImageReader``, ``ImageStore`` keeps one at a path, and
+it with ``ImageReader``, ``ImageStore(path)`` keeps one in a file or in the two
+slots of a block device (``FileImageStore``, ``DeviceImageStore``), and
 ``export_elf_core`` turns one into a plain ELF core.
 """
 
+from kexechibd.image.blockstore import DeviceImageStore, SlotRecord
 from kexechibd.image.export import export_elf_core
 from kexechibd.image.format import FORMAT_VERSION
 from kexechibd.image.meta import Chunk, ImageError, ImageMeta, ImageSummary, Run
 from kexechibd.image.reader import ImageReader
 from kexechibd.image.store import (
+    FileImageStore,
     ImageStore,
     check_private,
     create_image_file,
@@ -22,6 +25,8 @@ from kexechibd.image.writer import ImageWriter
 __all__ = [
     "FORMAT_VERSION",
     "Chunk",
+    "DeviceImageStore",
+    "FileImageStore",
     "ImageError",
     "ImageMeta",
     "ImageReader",
@@ -29,6 +34,7 @@ __all__ = [
     "ImageSummary",
     "ImageWriter",
     "Run",
+    "SlotRecord",
     "check_private",
     "create_image_file",
     "export_elf_core",

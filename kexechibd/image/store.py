@@ -3,6 +3,12 @@ and their resume state changed in place.
 
 Images hold all of memory, secrets included (DESIGN §9): files are created
 0600 and root-owned, and an image that others could have written is refused.
+
+``ImageStore(path)`` is the one way to reach an image: it returns a
+``FileImageStore`` for a regular file (or a path that does not exist yet) and
+a ``DeviceImageStore`` (``blockstore.py``: two slots on a raw device, which B
+may write without going through A's filesystems, DESIGN §1.3) for a block
+device.  Both offer the same methods.
 """
 
 from __future__ import annotations
@@ -107,14 +113,75 @@ def invalidate_image(f: BinaryIO) -> None:
 
 
 class ImageStore:
-    """The image at one path (a regular file).
+    """Where the image lives: ``ImageStore(path)`` picks the store for what
+    ``path`` is when it is called (see the module's docstring).
+
+    Every store: ``writer()`` yields an ``ImageWriter`` whose ``commit()``
+    publishes the image while a failure leaves the previous one whole;
+    ``open()`` returns a verified ``ImageReader`` on the current image;
+    ``mark_consumed``/``mark_committed``/``invalidate`` change its resume
+    state in place, durably; ``exists()`` says whether there is one.
+    """
+
+    path: Path
+
+    def __new__(cls, path: Path | str, **_options: bool) -> ImageStore:
+        if cls is ImageStore:
+            if _is_block_device(path):
+                from kexechibd.image.blockstore import DeviceImageStore
+
+                cls = DeviceImageStore
+            else:
+                cls = FileImageStore
+        return super().__new__(cls)
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+
+    # The interface; ``ImageStore(path)`` never returns this class itself, so
+    # these are not abstract (mypy would refuse ``ImageStore(path)`` if they were).
+
+    def exists(self) -> bool:
+        raise NotImplementedError
+
+    def writer(
+        self, meta: ImageMeta, **writer_kwargs: Any
+    ) -> contextlib.AbstractContextManager[ImageWriter]:
+        raise NotImplementedError
+
+    def open(self) -> ImageReader:
+        raise NotImplementedError
+
+    def mark_consumed(self) -> None:
+        """COMMITTED → CONSUMED (the restorer is about to jump into it)."""
+        raise NotImplementedError
+
+    def mark_committed(self) -> None:
+        """Undo ``mark_consumed`` when the jump failed (the kernel refused it)."""
+        raise NotImplementedError
+
+    def invalidate(self) -> None:
+        """Any state → INVALID: the image is never resumed again."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self.path)!r})"
+
+
+def _is_block_device(path: Path | str) -> bool:
+    """Follows symlinks: devices are usually named by udev's /dev/disk/by-* links."""
+    try:
+        return stat.S_ISBLK(os.stat(path).st_mode)
+    except OSError:
+        return False  # absent (or unreadable): the file store says what is wrong
+
+
+class FileImageStore(ImageStore):
+    """The image in one regular file.
 
     A new image is written to ``<path>.new`` and renamed over ``<path>`` when it
     commits, so the previous image stays whole until the new one is.
     """
-
-    def __init__(self, path: Path | str) -> None:
-        self.path = Path(path)
 
     @property
     def temp_path(self) -> Path:
@@ -185,7 +252,6 @@ class ImageStore:
             mark_image_consumed(f)
 
     def mark_committed(self) -> None:
-        """Undo ``mark_consumed`` when the jump failed (the kernel refused it)."""
         with self._open(os.O_RDWR) as f:
             unmark_image_consumed(f)
 

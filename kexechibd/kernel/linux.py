@@ -191,30 +191,27 @@ class LinuxKernel:
         if ret != 0:
             raise abi.kexec_load_error(err, flags, len(segments))
 
-    def reboot_kexec(self) -> int:
-        self._guard("reboot(LINUX_REBOOT_CMD_KEXEC)")
+    def _reboot(self, command: int) -> tuple[int, int]:
+        """``reboot(MAGIC1, MAGIC2, command, NULL)`` after syncing."""
         os.sync()
-        ret, err = syscall(
+        return syscall(
             abi.SYS_REBOOT,
             _ffi.cast("int", abi.LINUX_REBOOT_MAGIC1),
             _ffi.cast("int", abi.LINUX_REBOOT_MAGIC2),
-            _ffi.cast("unsigned int", abi.LINUX_REBOOT_CMD_KEXEC),
+            _ffi.cast("unsigned int", command),
             _ffi.NULL,
         )
+
+    def reboot_kexec(self) -> int:
+        self._guard("reboot(LINUX_REBOOT_CMD_KEXEC)")
+        ret, err = self._reboot(abi.LINUX_REBOOT_CMD_KEXEC)
         if ret != 0:
             raise abi.reboot_error(err, "KEXEC")
         return 0
 
     def power_off(self) -> NoReturn:
         self._guard("reboot(LINUX_REBOOT_CMD_POWER_OFF)")
-        os.sync()
-        _, err = syscall(
-            abi.SYS_REBOOT,
-            _ffi.cast("int", abi.LINUX_REBOOT_MAGIC1),
-            _ffi.cast("int", abi.LINUX_REBOOT_MAGIC2),
-            _ffi.cast("unsigned int", abi.LINUX_REBOOT_CMD_POWER_OFF),
-            _ffi.NULL,
-        )
+        _, err = self._reboot(abi.LINUX_REBOOT_CMD_POWER_OFF)
         raise abi.reboot_error(err, "POWER_OFF")
 
     # ------------------------------------------------------------ reading

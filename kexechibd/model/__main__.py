@@ -19,26 +19,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from kexechibd import cmdline
-from kexechibd.kernel.api import MemoryKind
-from kexechibd.model import kimage
 from kexechibd.model.bzimage import make_bzimage
 from kexechibd.model.kernel import ModelKernel
 from kexechibd.model.machine import Machine
-from kexechibd.model.workload import count_runs, digest_ram, populate
-
-
-def in_use_digest(machine: Machine) -> str:
-    """SHA-256 of the pages the running kernel uses (its page allocator's
-    view), its own kexec image left out: what must survive a hibernation."""
-    kid = machine.running
-    if kid is None:
-        raise SystemExit("the machine is off")
-    loaded = machine.record(kid).loaded
-    exclude = kimage.image_pages(machine.memory, loaded) if loaded else set()
-    allocator = machine.load_allocator(kid)
-    ram = [r for r in machine.firmware if r.kind is MemoryKind.RAM]
-    free = {pfn for r in ram for pfn in allocator.free_in(r.start >> 12, r.end >> 12)}
-    return digest_ram(machine.memory, ram, exclude | free)
+from kexechibd.model.workload import count_runs, in_use_digest, populate
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -3,6 +3,12 @@
 Every process that plays a kernel of the same machine maps the same file, so
 what one kernel leaves in memory is what the next one finds — the only
 channel between kernels, as on hardware.
+
+``read`` and ``write`` use ``pread``/``pwrite`` on the file rather than the
+mapping (both see the same page cache): copying a page costs no page fault,
+reading a page that was never written allocates nothing, and memory a model
+kernel copies does not count in its process's RSS — as a real kernel's
+copies do not count in the RSS of the process that asked for them.
 """
 
 from __future__ import annotations
@@ -56,7 +62,10 @@ class PhysicalMemory:
 
     def read(self, addr: int, length: int) -> bytes:
         self.check(addr, length)
-        return self.mm[addr : addr + length]
+        data = os.pread(self._fd, length, addr)
+        while len(data) < length:  # large reads may come back short
+            data += os.pread(self._fd, length - len(data), addr + len(data))
+        return data
 
     def view(self, addr: int, length: int) -> memoryview:
         self.check(addr, length)
@@ -64,7 +73,11 @@ class PhysicalMemory:
 
     def write(self, addr: int, data: bytes | bytearray | memoryview) -> None:
         self.check(addr, len(data))
-        self.mm[addr : addr + len(data)] = data
+        mv = memoryview(data).cast("B")
+        while mv:
+            n = os.pwrite(self._fd, mv, addr)
+            addr += n
+            mv = mv[n:]
 
     def read_u64(self, addr: int) -> int:
         return int.from_bytes(self.read(addr, 8), "little")

@@ -17,7 +17,9 @@ from dataclasses import dataclass
 
 from kexechibd.kernel.abi import PAGE_SHIFT, PAGE_SIZE
 from kexechibd.kernel.api import MemoryKind, MemoryRange
+from kexechibd.model import kimage
 from kexechibd.model.kernel import ModelKernel
+from kexechibd.model.machine import Machine
 from kexechibd.model.memory import PhysicalMemory
 
 WORDS = (
@@ -131,3 +133,21 @@ def digest_ram(
         if r.end > pos:
             h.update(memory.view(pos, r.end - pos))
     return h.hexdigest()
+
+
+def in_use_digest(machine: Machine) -> str:
+    """SHA-256 of the pages the running kernel uses (its page allocator's
+    view), its own kexec image left out: what a hibernation must preserve.
+    Reads the machine directory only, so it works while a daemon drives the
+    kernel."""
+    kid = machine.running
+    if kid is None:
+        raise RuntimeError("the machine is off")
+    loaded = machine.record(kid).loaded
+    exclude = kimage.image_pages(machine.memory, loaded) if loaded else set()
+    allocator = machine.load_allocator(kid)
+    ram = [r for r in machine.firmware if r.kind is MemoryKind.RAM]
+    free = {
+        pfn for r in ram for pfn in allocator.free_in(r.start >> PAGE_SHIFT, r.end >> PAGE_SHIFT)
+    }
+    return digest_ram(machine.memory, ram, exclude | free)

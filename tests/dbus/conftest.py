@@ -20,16 +20,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from buses import POLICY_CONF, POLKIT_BUS_CONF, Polkitd, TestBus, polkitd_unavailable
 from dbus_next.aio.message_bus import MessageBus
 from dbus_next.constants import MessageFlag, MessageType
 from dbus_next.message import Message
-from scripted_engine import ScriptedEngine
 
 from kexechibd.config import Config
 from kexechibd.daemon import busutil
 from kexechibd.daemon.main import Daemon, Runtime
 from kexechibd.daemon.service import BUS_NAME, INTERFACE, OBJECT_PATH
+from tests.dbus.buses import POLICY_CONF, POLKIT_BUS_CONF, Polkitd, TestBus, polkitd_unavailable
+from tests.dbus.scripted_engine import ScriptedEngine
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -350,3 +350,25 @@ async def eventually(predicate, timeout: float = 5.0) -> None:  # type: ignore[n
 async def wait_thread_event(event, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
     """Wait for a threading.Event without blocking the loop."""
     await eventually(event.is_set, timeout)
+
+
+def gdbus(method: str, *args: str, interactive: bool = False) -> list[str]:
+    """A ``gdbus call`` of ``method`` (full name) on our object; ``--system``
+    honours DBUS_SYSTEM_BUS_ADDRESS."""
+    return [
+        "gdbus",
+        "call",
+        "--system",
+        *(["--interactive"] if interactive else []),
+        "--dest",
+        "org.kexechib1",
+        "--object-path",
+        "/org/kexechib1",
+        "--method",
+        method,
+        *args,
+    ]
+
+
+def busctl(bus: TestBus, *args: str) -> list[str]:
+    return ["busctl", f"--address={bus.address}", *args]

@@ -11,10 +11,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from scripted_engine import ScriptedEngine
-
 from kexechibd.config import Config
 from kexechibd.daemon.main import Runtime, main
+from tests.dbus.scripted_engine import ScriptedEngine
 
 
 def run(argv: list[str]) -> int:

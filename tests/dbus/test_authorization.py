@@ -10,22 +10,23 @@ import pty
 import signal
 
 import pytest
-from buses import POLICY_CONF, TestBus
-from conftest import (
+
+from kexechibd.daemon import busutil
+from kexechibd.daemon.auth import Action, Caller, PolkitAuthorizer, Verdict
+from kexechibd.daemon.service import BUS_NAME
+from tests.dbus.buses import POLICY_CONF, TestBus
+from tests.dbus.conftest import (
     call,
     ctl_argv,
     eventually,
+    gdbus,
     run,
     start_daemon,
     stop_daemon,
     system_python_unavailable,
     wait_thread_event,
 )
-from fake_polkit import FakeAuthority
-
-from kexechibd.daemon import busutil
-from kexechibd.daemon.auth import Action, Caller, PolkitAuthorizer, Verdict
-from kexechibd.daemon.service import BUS_NAME
+from tests.dbus.fake_polkit import FakeAuthority
 
 # A bus like the others, where root may own polkit's name (the real bus
 # policy lets only the polkitd user own it) and everyone may call it.
@@ -39,22 +40,6 @@ FAKE_POLKIT_POLICY = """\
 """
 
 DEST = ("org.kexechib1", "/org/kexechib1")
-
-
-def gdbus(member, *args, interactive=False):
-    return [
-        "gdbus",
-        "call",
-        "--system",
-        *(["--interactive"] if interactive else []),
-        "--dest",
-        DEST[0],
-        "--object-path",
-        DEST[1],
-        "--method",
-        f"org.kexechib1.Manager.{member}",
-        *args,
-    ]
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +67,11 @@ async def served(bus, engine):
 
 async def test_the_request_names_the_caller_and_the_action(served, bus, authority):
     authority.verdicts["org.kexechib1.hibernate"] = (True, False)
-    result = await run(gdbus("Hibernate", "{'mode': <'checkpoint'>}"), user="nobody", env=bus.env())
+    result = await run(
+        gdbus("org.kexechib1.Manager.Hibernate", "{'mode': <'checkpoint'>}"),
+        user="nobody",
+        env=bus.env(),
+    )
     assert result.returncode == 0, result.stderr
     (request,) = authority.requests
     assert request.subject_kind == "system-bus-name"
@@ -93,9 +82,15 @@ async def test_the_request_names_the_caller_and_the_action(served, bus, authorit
 
 
 async def test_polkit_may_interact_only_when_the_message_allows_it(served, bus, authority):
-    await run(gdbus("Hibernate", "{}"), user="nobody", env=bus.env())
-    await run(gdbus("Hibernate", "{}", interactive=True), user="nobody", env=bus.env())
-    await run(gdbus("CanHibernate", interactive=True), user="nobody", env=bus.env())
+    await run(gdbus("org.kexechib1.Manager.Hibernate", "{}"), user="nobody", env=bus.env())
+    await run(
+        gdbus("org.kexechib1.Manager.Hibernate", "{}", interactive=True),
+        user="nobody",
+        env=bus.env(),
+    )
+    await run(
+        gdbus("org.kexechib1.Manager.CanHibernate", interactive=True), user="nobody", env=bus.env()
+    )
     assert [r.flags for r in authority.requests] == [0, 1, 0]
 
 
@@ -105,21 +100,25 @@ async def test_polkit_may_interact_only_when_the_message_allows_it(served, bus, 
 )
 async def test_can_hibernate_maps_the_verdict(served, bus, authority, verdict, answer):
     authority.verdicts["org.kexechib1.hibernate"] = verdict
-    result = await run(gdbus("CanHibernate"), user="nobody", env=bus.env())
+    result = await run(gdbus("org.kexechib1.Manager.CanHibernate"), user="nobody", env=bus.env())
     assert result.stdout.strip() == f"('{answer}',)"
 
 
 async def test_root_is_never_asked(served, bus, authority):
-    result = await run(gdbus("CanHibernate"), env=bus.env())
+    result = await run(gdbus("org.kexechib1.Manager.CanHibernate"), env=bus.env())
     assert result.stdout.strip() == "('yes',)"
     assert authority.requests == []
 
 
 async def test_resume_and_inspect_tell_polkit_which_image(served, bus, authority, tmp_path):
     image = str(tmp_path / "another-image")
-    await run(gdbus("Resume", f"'{image}'", "{}"), user="nobody", env=bus.env())
-    await run(gdbus("Inspect", f"'{image}'"), user="nobody", env=bus.env())
-    await run(gdbus("Inspect", "''"), user="nobody", env=bus.env())  # configured: no question
+    await run(
+        gdbus("org.kexechib1.Manager.Resume", f"'{image}'", "{}"), user="nobody", env=bus.env()
+    )
+    await run(gdbus("org.kexechib1.Manager.Inspect", f"'{image}'"), user="nobody", env=bus.env())
+    await run(
+        gdbus("org.kexechib1.Manager.Inspect", "''"), user="nobody", env=bus.env()
+    )  # configured: no question
     assert [(r.action, r.details) for r in authority.requests] == [
         ("org.kexechib1.resume", {"image": image}),
         ("org.kexechib1.inspect", {"image": image}),
@@ -128,19 +127,19 @@ async def test_resume_and_inspect_tell_polkit_which_image(served, bus, authority
 
 async def test_a_polkit_error_denies_and_says_why(served, bus, authority):
     authority.error = "org.freedesktop.PolicyKit1.Error.Failed"
-    result = await run(gdbus("Hibernate", "{}"), user="nobody", env=bus.env())
+    result = await run(gdbus("org.kexechib1.Manager.Hibernate", "{}"), user="nobody", env=bus.env())
     assert "org.freedesktop.DBus.Error.AccessDenied" in result.stderr
     assert "polkit could not be asked (org.freedesktop.PolicyKit1.Error.Failed)" in result.stderr
-    result = await run(gdbus("CanHibernate"), user="nobody", env=bus.env())
+    result = await run(gdbus("org.kexechib1.Manager.CanHibernate"), user="nobody", env=bus.env())
     assert result.stdout.strip() == "('no',)"
     assert served.engine.operations == []
 
 
 async def test_without_polkit_only_root_is_authorized(served, bus):
-    result = await run(gdbus("Hibernate", "{}"), user="nobody", env=bus.env())
+    result = await run(gdbus("org.kexechib1.Manager.Hibernate", "{}"), user="nobody", env=bus.env())
     assert "org.freedesktop.DBus.Error.AccessDenied" in result.stderr
     assert "org.freedesktop.DBus.Error.ServiceUnknown" in result.stderr
-    result = await run(gdbus("Hibernate", "{}"), env=bus.env())
+    result = await run(gdbus("org.kexechib1.Manager.Hibernate", "{}"), env=bus.env())
     assert result.returncode == 0
 
 
@@ -193,7 +192,7 @@ async def test_whoever_started_an_operation_may_cancel_it(served, bus, authority
         served.engine.gate.clear()
         pending = asyncio.create_task(call(root, "Hibernate", "a{sv}", [{}]))
         await wait_thread_event(served.engine.waiting)
-        result = await run(gdbus("Cancel"), user="nobody", env=bus.env())
+        result = await run(gdbus("org.kexechib1.Manager.Cancel"), user="nobody", env=bus.env())
         assert "AccessDenied" in result.stderr
         assert authority.requests[-1].action == "org.kexechib1.cancel"
         served.engine.gate.set()

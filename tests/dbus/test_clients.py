@@ -5,30 +5,10 @@ from __future__ import annotations
 
 import asyncio
 
-from conftest import eventually, get_property, run, wait_thread_event
-
 from kexechibd.engine import Mode
+from tests.dbus.conftest import busctl, eventually, gdbus, get_property, run, wait_thread_event
 
 DEST = ("org.kexechib1", "/org/kexechib1")
-
-
-def busctl(bus, *args):
-    return ["busctl", f"--address={bus.address}", *args]
-
-
-def gdbus(*args):
-    # gdbus --system honours DBUS_SYSTEM_BUS_ADDRESS.
-    return [
-        "gdbus",
-        "call",
-        "--system",
-        "--dest",
-        DEST[0],
-        "--object-path",
-        DEST[1],
-        "--method",
-        *args,
-    ]
 
 
 def dbus_send(bus, member, *args):

@@ -10,12 +10,12 @@ import subprocess
 import xml.etree.ElementTree as ET
 
 import pytest
-from buses import POLICY_CONF, POLKIT_POLICY, REPO, TestBus
-from conftest import run
 from dbus_next import introspection as intr
 
 from kexechibd.daemon.auth import Action
 from kexechibd.daemon.service import BUS_NAME, INTERFACE, METHODS, OBJECT_PATH
+from tests.dbus.buses import POLICY_CONF, POLKIT_POLICY, REPO, TestBus
+from tests.dbus.conftest import run
 
 CONTRACT = REPO / "dbus" / "org.kexechib1.xml"
 ACTIVATION = REPO / "dbus" / "org.kexechib1.service"

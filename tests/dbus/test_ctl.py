@@ -14,12 +14,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import CallError, call, ctl_argv, run, wait_thread_event
-from scripted_engine import NO_KEXEC, make_image
 
 from kexechibd.ctl.progress import Bar, Lines, display_for
 from kexechibd.engine import HibernateOptions, Mode
 from kexechibd.errors import BadImage
+from tests.dbus.conftest import CallError, call, ctl_argv, run, wait_thread_event
+from tests.dbus.scripted_engine import NO_KEXEC, make_image
 
 
 async def ctl(bus, env, *args, **kw):

@@ -11,8 +11,6 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import wait_thread_event
-from scripted_engine import SUPPORTED, make_image
 
 from kexechibd.daemon.manager import Manager
 from kexechibd.daemon.roles import RoleDecision
@@ -35,6 +33,8 @@ from kexechibd.errors import (
     TooLate,
 )
 from kexechibd.kernel.abi import reboot_error
+from tests.dbus.conftest import wait_thread_event
+from tests.dbus.scripted_engine import SUPPORTED, make_image
 
 
 class Recorder:

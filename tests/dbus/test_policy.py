@@ -8,28 +8,10 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from conftest import run, wait_thread_event
+
+from tests.dbus.conftest import busctl, gdbus, run, wait_thread_event
 
 DEST = ("org.kexechib1", "/org/kexechib1")
-
-
-def gdbus(*args, interactive=False):
-    return [
-        "gdbus",
-        "call",
-        "--system",
-        *(["--interactive"] if interactive else []),
-        "--dest",
-        DEST[0],
-        "--object-path",
-        DEST[1],
-        "--method",
-        *args,
-    ]
-
-
-def busctl(bus, *args):
-    return ["busctl", f"--address={bus.address}", *args]
 
 
 def assert_unchanged(daemon):
@@ -108,7 +90,7 @@ async def test_busctl_as_an_unprivileged_user_is_denied(daemon, system_bus, real
 async def test_others_cannot_cancel_an_operation_they_did_not_start(
     daemon, system_bus, real_polkit, client
 ):
-    from conftest import call
+    from tests.dbus.conftest import call
 
     daemon.engine.gate.clear()
     pending = asyncio.create_task(call(client, "Hibernate", "a{sv}", [{}]))

@@ -13,12 +13,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, run
-from scripted_engine import make_image
 
 from kexechibd.daemon import logs
 from kexechibd.daemon.notify import Notifier
 from kexechibd.daemon.service import BUS_NAME
+from tests.dbus.conftest import REPO, run
+from tests.dbus.scripted_engine import make_image
 
 LAUNCHER = Path(__file__).resolve().parent / "run_daemon.py"
 

@@ -6,13 +6,13 @@ over D-Bus (A frozen while B saves and C resumes) is the demo's business."""
 from __future__ import annotations
 
 import pytest
-from conftest import CallError, call, get_property, start_daemon, stop_daemon
 from dbus_next.signature import Variant
 
 from kexechibd.config import parse
 from kexechibd.cycle.engine import KexecEngine
 from kexechibd.daemon.main import engine_settings
 from kexechibd.image import ImageStore
+from tests.dbus.conftest import CallError, call, get_property, start_daemon, stop_daemon
 
 
 @pytest.fixture

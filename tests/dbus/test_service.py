@@ -9,7 +9,16 @@ import errno
 from pathlib import Path
 
 import pytest
-from conftest import (
+from dbus_next.constants import MessageType
+from dbus_next.message import Message
+from dbus_next.signature import Variant
+
+from kexechibd.config import parse
+from kexechibd.daemon.service import BUS_NAME, OBJECT_PATH
+from kexechibd.engine import HibernateOptions, Mode
+from kexechibd.errors import BadImage, Failed, NotSupported
+from kexechibd.kernel.abi import kexec_load_error, load_flags
+from tests.dbus.conftest import (
     CallError,
     call,
     eventually,
@@ -19,16 +28,7 @@ from conftest import (
     stop_daemon,
     wait_thread_event,
 )
-from dbus_next.constants import MessageType
-from dbus_next.message import Message
-from dbus_next.signature import Variant
-from scripted_engine import NO_KEXEC, make_image
-
-from kexechibd.config import parse
-from kexechibd.daemon.service import BUS_NAME, OBJECT_PATH
-from kexechibd.engine import HibernateOptions, Mode
-from kexechibd.errors import BadImage, Failed, NotSupported
-from kexechibd.kernel.abi import kexec_load_error, load_flags
+from tests.dbus.scripted_engine import NO_KEXEC, make_image
 
 # ------------------------------------------------------------------ hibernate
 
