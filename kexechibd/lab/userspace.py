@@ -152,8 +152,8 @@ MACHINE_ID = "6b657865636869626c61620000000001"  # any fixed id: the guests are 
 SAVER_KERNEL = "/boot/bzImage"
 SAVER_INITRD = "/boot/saver.cpio"
 SAVER_SCRIPT = f"/{GUEST_LIB}/saver.sh"
-# The image disk of the daemon guests: the first virtio disk (image_disk).
-IMAGE_DISK = "/dev/vda"
+# The image device of the daemon guests: the first virtio disk, raw (image_disk).
+IMAGE_DEVICE = "/dev/vda"
 # B's window in a 512 MiB guest: usable RAM in QEMU's e820 (which ends at
 # 512 MiB - 128 KiB). B unpacks its initramfs (32 MB) into it and runs the
 # daemon, whose save peaks at about 75 MB: 128 MiB is too small (docs/lab.md).
@@ -163,16 +163,15 @@ WINDOW = "192M@256M"
 def lab_config(
     *,
     window: str = WINDOW,
-    saver_cmdline: str = f"kexechib.lab.imgdisk={IMAGE_DISK}",
-    image: str = "/run/kexechib/image",
+    saver_cmdline: str = "",
+    image: str = IMAGE_DEVICE,
     log_level: str = "info",
 ) -> str:
     """/etc/kexechibd.conf for a lab guest.
 
     Real kexec is enabled by `kexechib.enable_kexec=1` on the guest's command
-    line (the Linux backend's guard reads it), never here. The default image
-    location is not on the image disk: kernel A must not look at the disk
-    before B wrote it (docs/lab.md, "The image disk").
+    line (the Linux backend's guard reads it), never here. Images go to the
+    raw image device that A, B and C all see (`image_disk`).
     """
     cmdline = (
         f"console=ttyS0 panic=-1 kexechib.lab.root=none kexechib.lab.run={SAVER_SCRIPT} "
@@ -475,24 +474,13 @@ def origin_initrd(saver_kernel: Path) -> Path:
     return _cached("origin", key, build)
 
 
-def image_disk(path: Path, size_mib: int = 256) -> Path:
-    """A raw disk file with an empty ext2 filesystem, for the daemon guests'
-    images until the image store writes block devices itself.
-
-    Kernel B mounts it read-write (kexechib.lab.imgdisk=) and writes the
-    image; kernel A mounts it read-only before the jump and reads the image
-    after it (the engine checks that B committed it). A's kernel caches what
-    it read and never learns that B changed the disk, so A must not have read
-    any block that B changes: A looks nothing up on it before the jump (the
-    image is named in Hibernate's options, not in the configuration), and
-    1 KiB inodes put the inodes B allocates (12 and up) in another block of
-    the inode table than the root directory's (inode 2), which A's mount read.
-    """
+def image_disk(path: Path, size_mib: int = 768) -> Path:
+    """A sparse raw disk file for the daemon guests' images: `/dev/vda`, the
+    image device, with the block-device image store's two slots. Each slot
+    must hold A's memory outside B's window uncompressed (the engine checks
+    before the jump): 320 MiB in a 512 MiB guest with the lab's window."""
     with open(path, "wb") as f:
         f.truncate(size_mib << 20)
-    # -I 1024: four inodes per 4 KiB block (see above); -N: a small inode table.
-    mke2fs = ["mke2fs", "-q", "-F", "-t", "ext2", "-b", "4096", "-I", "1024", "-N", "256"]
-    subprocess.run([*mke2fs, str(path)], check=True, stdout=subprocess.DEVNULL)
     return path
 
 

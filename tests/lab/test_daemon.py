@@ -6,18 +6,18 @@ Linux backend, real kexec enabled by kexechib.enable_kexec=1 on the command
 line. In A, kexechibd/lab/guest/checkpoint.sh keeps a tmpfs file and a
 counting process, then with busctl:
 
-1. `Hibernate {mode: checkpoint, image: /img/image}`: A's kexechibd loads B
+1. `Hibernate {mode: checkpoint}`: A's kexechibd loads B
    (the lab bzImage and the same userspace as its initrd) with its own loader
    and purgatory in one KS_full call (no staged loads on this kernel) and
-   jumps. B's /init (kexechibd/lab/guest/saver.sh) mounts the image disk,
-   starts a bus and kexechibd, which sees its role and A's jump-back entry on
-   its command line, saves A and jumps back: the call returns in A.
+   jumps. B's /init (kexechibd/lab/guest/saver.sh) starts a bus and
+   kexechibd, which sees its role and A's jump-back entry on its command
+   line, saves A to the image device and jumps back: the call returns in A.
 2. `JumpBack` in A: B's daemon, waiting inside its jump, resumes and ends its
    save; B's script calls JumpBack on B's bus: A's call returns.
 3. `JumpBack` again: B's JumpBack call returns, B's script calls it again.
 
-Every marker comes from the serial console. The image disk is ext2 on
-virtio-blk, written by B only (see `image_disk`).
+Every marker comes from the serial console. The image device is a raw
+virtio disk (`image_disk`), `[image] location = /dev/vda` in A and B.
 """
 
 from __future__ import annotations

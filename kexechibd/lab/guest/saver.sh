@@ -1,8 +1,7 @@
 # Kernel B of the lab's daemon tests: started by /init when A's kexechibd
 # loaded this kernel with kexechib.lab.run=/usr/lib/kexechib-lab/saver.sh.
 #
-# B mounts the image disk (kexechib.lab.imgdisk=DEVICE) read-write at /img,
-# starts a system bus and kexechibd, which finds its role on the command line
+# B starts a system bus and kexechibd, which finds its role on the command line
 # (kexechib.role=save, kexec_jump_back_entry=) and saves A at once.  In
 # checkpoint mode the daemon then jumps back to A from inside the save; the
 # save ends when A jumps to B again (JumpBack in A).  From then on this script
@@ -11,11 +10,6 @@
 . /usr/lib/kexechib-lab/lab.sh
 
 say "b-up jbe=$(cmdline_value kexec_jump_back_entry) uptime=$(uptime_s)"
-disk=$(cmdline_value kexechib.lab.imgdisk)
-if [ -n "$disk" ]; then
-	mkdir -p /img
-	mount -t ext2 "$disk" /img || { say "b-error=mount-$disk"; exit 1; }
-fi
 start_bus
 start_daemon
 # The save has ended once the daemon is idle with progress 1 (success) or
