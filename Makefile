@@ -24,7 +24,11 @@ APT_PACKAGES := gcc make pkg-config libsystemd-dev python3-dev python3-venv \
 # links (kexec-tools itself is unpacked into the lab cache, not installed: its
 # package would make this machine's own reboots go through kexec).
 # kernel/build.sh installs the kernel build dependencies itself.
-APT_PACKAGES += qemu-system-x86 libxenmisc4.17
+# The guests' userspace (kexechibd/lab/userspace.py) is Debian's python3 with
+# the daemon's dependencies as Debian packages; e2fsprogs makes their image disk.
+APT_PACKAGES += qemu-system-x86 libxenmisc4.17 \
+	python3-pyelftools python3-cffi python3-cffi-backend python3-pycparser python3-ply \
+	python3-zstandard python3-lz4 e2fsprogs
 
 .PHONY: all setup check test lint typecheck demo bench purgatory install clean lab-kernel
 

@@ -114,3 +114,20 @@ def test_memory_does_not_grow_with_the_number_of_runs(
         measure(tmp_path, 128 * MIB, fragmented, 0),  # 32768 runs
         SERIAL_BOUND,
     )
+
+
+def test_memory_does_not_grow_when_every_buffer_holds_a_little_data(tmp_path: Path) -> None:
+    # What B's saver does: a fresh buffer from /proc/vmcore for every add, and
+    # sparse memory, so one chunk gathers a few pages from many buffers.
+    def write() -> None:
+        with (
+            (tmp_path / "image").open("w+b") as f,
+            ImageWriter(f, make_meta(window=()), chunk_size=CHUNK, level=1, threads=0) as w,
+        ):
+            for i in range(64):
+                buffer = bytearray(MIB)
+                buffer[:PS] = page(i)
+                w.add(i * MIB, bytes(buffer))
+            w.commit()
+
+    assert peak(write) < SERIAL_BOUND

@@ -18,7 +18,7 @@ from kexechibd.cycle.params import SaveParams, pack_params
 from kexechibd.cycle.window import Window
 from kexechibd.errors import ConfigError
 from kexechibd.kernel import abi
-from kexechibd.kernel.abi import PAGE_SIZE, Segment, page_align_up
+from kexechibd.kernel.abi import PAGE_SIZE, Segment, page_align_down, page_align_up
 from kexechibd.kernel.api import Kernel, MemoryKind, MemoryRange
 from kexechibd.purgatory import CMDLINE_ROOM, EntryRegs, build_purgatory
 
@@ -51,10 +51,18 @@ def placeholder_size(window: Window) -> int:
     return page_align_up(worst_map + PARAMS_JSON_ROOM)
 
 
-def saver_cmdline(window: Window, elfcorehdr_addr: int, extra: str) -> str:
+def saver_cmdline(
+    window: Window, elfcorehdr_addr: int, extra: str, elfcorehdr_size: int = PAGE_SIZE
+) -> str:
+    # The ELF core header must not be RAM to B: B's kernel reads it as it
+    # reads A's memory (x86 ioremap), which refuses RAM, and /proc/vmcore
+    # is then missing (as kexec-tools does, B gets it outside its RAM).
+    header = MemoryRange(
+        elfcorehdr_addr, elfcorehdr_addr + page_align_up(elfcorehdr_size), MemoryKind.RESERVED
+    )
     parts = [
         f"elfcorehdr={elfcorehdr_addr >> 10}K",
-        cmdline.memmap_exactmap(window.ranges),
+        cmdline.memmap_exactmap([*window.ranges, header]),
         "nokaslr",
         f"{cmdline.ROLE_PARAMETER}={cmdline.ROLE_SAVE}",
         f"{cmdline.ENABLE_KEXEC_PARAMETER}=1",
@@ -92,7 +100,13 @@ def plan_saver_load(
     purgatory: bytes,
 ) -> SaverLoad:
     image = bootproto.BzImage.parse(files.kernel)
-    ram = [r for r in memory_map if r.kind is MemoryKind.RAM]
+    # Whole pages only: a partial page at the end of a firmware RAM range
+    # (QEMU's ends at 0x9fc00) is not memory Linux uses, and images hold pages.
+    ram = [
+        MemoryRange(page_align_up(r.start), page_align_down(r.end))
+        for r in memory_map
+        if r.kind is MemoryKind.RAM and page_align_down(r.end) > page_align_up(r.start)
+    ]
     header = build_elfcorehdr(window.outside(ram), notes=[vmcoreinfo] if vmcoreinfo else [])
 
     cursor = _Cursor(window)
@@ -100,7 +114,7 @@ def plan_saver_load(
         image.load_size, "the kernel", align=max(image.kernel_alignment, PAGE_SIZE)
     )
     hdr_addr = cursor.take(len(header), "the ELF core header")
-    text = saver_cmdline(window, hdr_addr, files.extra_cmdline)
+    text = saver_cmdline(window, hdr_addr, files.extra_cmdline, len(header))
     if len(text) + CMDLINE_ROOM > image.cmdline_size:
         raise ConfigError(
             f"B's command line is {len(text)} bytes; the kernel accepts {image.cmdline_size} "

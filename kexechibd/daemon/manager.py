@@ -30,6 +30,7 @@ from kexechibd.engine import (
     CancelToken,
     Engine,
     HibernateOptions,
+    Mode,
     ResumeOptions,
     Role,
     State,
@@ -203,9 +204,10 @@ class Manager:
         self._publish({"Support": report.summary})
         return report
 
-    async def hibernate_unavailable(self) -> str:
+    async def hibernate_unavailable(self, *, checkpoint: bool = False) -> str:
         """Why ``Hibernate`` cannot work here ('' when it can): the reason
-        behind ``CanHibernate`` = ``na``."""
+        behind ``CanHibernate`` = ``na``.  A ``checkpoint`` needs kexec jump
+        only, as the engine decides: staged loads are for resuming in C."""
         if self._decision.problem:
             return self._decision.problem
         if self.role is Role.SAVER:
@@ -217,6 +219,8 @@ class Manager:
                 "now would overwrite it"
             )
         report = await self.refresh_support()
+        if checkpoint and report.can_jump and report.kexec_jump:
+            return ""
         if not report.can_hibernate:
             return f"{report.summary}; see `kexechibctl status`"
         return ""
@@ -227,7 +231,7 @@ class Manager:
         """Full cycle from A.  Returns after A has resumed; raises a named
         error while A still runs."""
         self.check_free()
-        reason = await self.hibernate_unavailable()
+        reason = await self.hibernate_unavailable(checkpoint=options.mode is Mode.CHECKPOINT)
         if reason:
             raise NotSupported(f"cannot hibernate: {reason}")
         await self._run(

@@ -178,11 +178,25 @@ class ImageWriter:
         pfn = phys_addr // ps
         mv = memoryview(buf)
         try:
-            for first, npages, zero in page_runs(buf, ps):
+            runs = list(page_runs(buf, ps))
+            data_bytes = sum(npages for _, npages, zero in runs if not zero) * ps
+            # Chunks hold views of their data: of `buf` itself when it is mostly
+            # data, else of a copy of its data pages alone.  Views of a sparse
+            # buffer would keep all of it alive until their chunk is written,
+            # and a chunk of sparse memory takes pages from many buffers.
+            compact = 2 * data_bytes < len(buf)
+            if compact:
+                mv = memoryview(
+                    b"".join(mv[f * ps : (f + n) * ps] for f, n, zero in runs if not zero)
+                )
+            at = 0
+            for first, npages, zero in runs:
                 if zero:
                     self._add_zero(pfn + first, npages)
-                else:
-                    self._add_data(pfn + first, npages, mv[first * ps : (first + npages) * ps])
+                    continue
+                start = at if compact else first * ps
+                self._add_data(pfn + first, npages, mv[start : start + npages * ps])
+                at += npages * ps
         except BaseException:
             self._fail()
             raise

@@ -26,7 +26,7 @@ import io
 import os
 import stat
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,6 +48,10 @@ say() { echo "@MARKER@ $*"; }
 finish() {
 	say "exit status=$1 uptime=$(up)"
 	sync
+	# Wait for the console to drain (stty sets its own settings with
+	# TCSADRAIN): the kernel's power-off messages would cut into lines still
+	# queued for the serial port.
+	stty -F /dev/console "$(stty -F /dev/console -g)" 2>/dev/null
 	poweroff -f
 	sleep 5
 	reboot -f
@@ -74,6 +78,12 @@ if [ "$root" = none ]; then
 	new=/lab
 	mkdir -p /lab/run/kexechib-lab
 	ln -s / /lab@RAM@
+	# Kernel B's parameters (DESIGN §3) arrive as an archive appended to its
+	# initrd, unpacked into /kexechib of this root: the command sees them there.
+	if [ -d /kexechib ]; then
+		mkdir -p /lab/kexechib
+		mount --bind /kexechib /lab/kexechib
+	fi
 else
 	new=/host
 	if ! mount -t 9p -o trans=virtio,version=9p2000.L,ro,cache=loose,msize=512000 \
@@ -121,6 +131,7 @@ class _Entry:
     mode: int
     data: bytes = b""
     rdev: tuple[int, int] = (0, 0)
+    mtime: int = 0  # the kernel restores it (INITRAMFS_PRESERVE_MTIME); .pyc files check it
 
 
 @dataclass
@@ -144,8 +155,18 @@ class Cpio:
     def directory(self, name: str, mode: int = 0o755) -> None:
         self._add(_Entry(name, stat.S_IFDIR | mode))
 
-    def file(self, name: str, data: bytes, mode: int = 0o644) -> None:
-        self._add(_Entry(name, stat.S_IFREG | mode, data))
+    def file(self, name: str, data: bytes, mode: int = 0o644, mtime: int = 0) -> None:
+        self._add(_Entry(name, stat.S_IFREG | mode, data, mtime=mtime))
+
+    def host_file(self, name: str, path: Path, mode: int | None = None) -> None:
+        """A copy of the host's file `path` (symlinks followed), with its mtime."""
+        st = path.stat()
+        self.file(
+            name,
+            path.read_bytes(),
+            stat.S_IMODE(st.st_mode) if mode is None else mode,
+            int(st.st_mtime),
+        )
 
     def symlink(self, name: str, target: str) -> None:
         self._add(_Entry(name, stat.S_IFLNK | 0o777, target.encode()))
@@ -168,7 +189,7 @@ class Cpio:
                 0,
                 0,
                 2 if stat.S_ISDIR(entry.mode) else 1,
-                0,
+                entry.mtime,
                 len(entry.data),
                 0,
                 0,
@@ -220,18 +241,29 @@ def busybox_applets(busybox: Path) -> list[str]:
     return [line.strip() for line in out.splitlines() if line.strip()]
 
 
-def build_initramfs(
+def add_programs(archive: Cpio, programs: Mapping[str, Path], root: str = "lab") -> None:
+    """Each program at `root/name`, with the shared libraries and loader ldd
+    names at their usual paths, so that it runs unchanged in `chroot root`."""
+    for name, program in sorted(programs.items()):
+        archive.host_file(f"{root}/{name.strip('/')}", program, 0o755)
+    add_libraries(archive, programs.values(), root)
+
+
+def add_libraries(archive: Cpio, binaries: Iterable[Path], root: str = "lab") -> None:
+    """The shared libraries (and the loader) that `binaries` (programs or
+    shared objects) load, at the paths ldd names, unless already there."""
+    libs = {str(lib): lib for binary in binaries for lib in shared_libraries(binary)}
+    for name, lib in sorted(libs.items()):
+        entry = f"{root}/{name.strip('/')}"
+        if entry not in archive.names:
+            archive.host_file(entry, lib.resolve(), 0o755)
+
+
+def initramfs_archive(
     programs: Mapping[str, Path] | None = None,
     files: Mapping[str, bytes] | None = None,
-) -> bytes:
-    """The lab initramfs as bytes (uncompressed newc: fastest to unpack under TCG).
-
-    `programs` maps paths in the RAM root (e.g. `sbin/kexec`) to host programs;
-    each lands there with its shared libraries and loader at the paths ldd
-    names, so it runs unchanged inside `chroot /run/kexechib-lab/ram`.
-    Busybox and its applets are always there. `files` adds executable files by
-    path in the initramfs (`lab/b.sh` is `/b.sh` in the RAM root).
-    """
+) -> Cpio:
+    """The lab initramfs as an archive that callers may extend (see build_initramfs)."""
     archive = Cpio()
     for d in (
         "bin",
@@ -252,20 +284,29 @@ def build_initramfs(
     busybox = busybox_path()
     archive.file("lab/bin/busybox", busybox.read_bytes(), 0o755)
     archive.symlink("bin/busybox", "/lab/bin/busybox")
-    libs: dict[str, Path] = {}
-    for name, program in sorted((programs or {}).items()):
-        archive.file(f"lab/{name.strip('/')}", program.read_bytes(), 0o755)
-        for lib in shared_libraries(program):
-            libs.setdefault(str(lib), lib)
-    for name, lib in sorted(libs.items()):
-        archive.file(f"lab/{name.strip('/')}", lib.resolve().read_bytes(), 0o755)
+    add_programs(archive, programs or {})
     for applet in busybox_applets(busybox):
         if f"lab/{applet}" not in archive.names and applet != "bin/busybox":
             archive.symlink(f"lab/{applet}", "/bin/busybox")
     archive.file("init", init_script().encode(), 0o755)
     for path, data in (files or {}).items():
         archive.file(path, data, 0o755)
-    return archive.to_bytes()
+    return archive
+
+
+def build_initramfs(
+    programs: Mapping[str, Path] | None = None,
+    files: Mapping[str, bytes] | None = None,
+) -> bytes:
+    """The lab initramfs as bytes (uncompressed newc: fastest to unpack under TCG).
+
+    `programs` maps paths in the RAM root (e.g. `sbin/kexec`) to host programs;
+    each lands there with its shared libraries and loader at the paths ldd
+    names, so it runs unchanged inside `chroot /run/kexechib-lab/ram`.
+    Busybox and its applets are always there. `files` adds executable files by
+    path in the initramfs (`lab/b.sh` is `/b.sh` in the RAM root).
+    """
+    return initramfs_archive(programs, files).to_bytes()
 
 
 def lab_initramfs(path: Path, with_kexec: bool = True) -> Path:

@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import ctypes
 import hashlib
+import json
 import re
 import shutil
 import signal
@@ -46,6 +47,7 @@ QEMU = "qemu-system-x86_64"
 WORK_ROOT = Path("/var/tmp/kexechib-lab")
 BASE_CMDLINE = "console=ttyS0 panic=-1"
 _MARKER_RE = re.compile(MARKER + r" ([\w-]+)((?: [\w.-]+=\S*)*)")
+_RECORD_RE = re.compile(MARKER + r" ([\w-]+) ([\[{].*)$")
 
 
 class LabError(RuntimeError):
@@ -75,8 +77,16 @@ class GuestSpec:
     append: str = ""  # extra kernel arguments
     disks: tuple[Path, ...] = ()  # raw files as virtio-blk: /dev/vda, /dev/vdb, ...
     timeout: float = 120.0  # hard limit for the whole guest, seconds
-    accel: str = "tcg"
-    cpu: str = "max"
+    # A 64 MiB translation cache instead of QEMU's 1 GiB: TCG write-protects
+    # every page it translated code from and handles each store to it on a
+    # slow path, so the page swap when B jumps back to A (B's whole window)
+    # took 10-60 s after B's daemon had run; flushed more often, about 1 s
+    # (docs/lab.md). 16 MiB makes Python's start several times slower.
+    accel: str = "tcg,tb-size=64"
+    # No 5-level paging, like most machines and like the machine model: with
+    # LA57 the kernel's kexec destination limit is 2^52 instead of 2^46, and
+    # the conformance vector `beyond_limit` loads (docs/lab.md).
+    cpu: str = "max,la57=off"
     extra_virtfs: tuple[tuple[str, Path], ...] = ()  # more (mount tag, host path), read-only
     qemu_args: tuple[str, ...] = ()
     name: str = "guest"
@@ -123,6 +133,18 @@ class GuestResult:
     def marker(self, kind: str) -> Marker | None:
         """The first marker of this kind."""
         return next((m for m in self.markers if m.kind == kind), None)
+
+    def records(self, kind: str) -> list[object]:
+        """The JSON values the guest printed as `KEXECHIB-LAB <kind> <json>` lines."""
+        found = []
+        for line in self.lines:
+            m = _RECORD_RE.search(line.text)
+            if m and m.group(1) == kind:
+                try:
+                    found.append(json.loads(m.group(2)))
+                except ValueError as exc:
+                    raise LabError(f"unreadable {kind} record: {line.text!r}") from exc
+        return found
 
     @property
     def boot_seconds(self) -> float | None:

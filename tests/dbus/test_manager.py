@@ -5,6 +5,7 @@ property changes and PrepareForHibernate announcements."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import errno
 import threading
 from pathlib import Path
@@ -13,7 +14,15 @@ import pytest
 
 from kexechibd.daemon.manager import Manager
 from kexechibd.daemon.roles import RoleDecision
-from kexechibd.engine import CancelToken, HibernateOptions, Observer, ResumeOptions, Role, State
+from kexechibd.engine import (
+    CancelToken,
+    HibernateOptions,
+    Mode,
+    Observer,
+    ResumeOptions,
+    Role,
+    State,
+)
 from kexechibd.errors import (
     Busy,
     Cancelled,
@@ -25,7 +34,7 @@ from kexechibd.errors import (
 )
 from kexechibd.kernel.abi import reboot_error
 from tests.dbus.conftest import wait_thread_event
-from tests.dbus.scripted_engine import make_image
+from tests.dbus.scripted_engine import SUPPORTED, make_image
 
 
 class Recorder:
@@ -204,6 +213,20 @@ async def test_hibernate_belongs_to_the_origin(engine):
     with pytest.raises(NotSupported, match=f"waiting at {engine.image_location}"):
         await restorer.hibernate(HibernateOptions())
     assert engine.operations == []
+
+
+async def test_a_checkpoint_needs_kexec_jump_but_not_staged_loads(engine):
+    # A mainline kernel with kexec jump: B saves and jumps back; only a later
+    # resume in C would need staged loads (the engine decides the same way).
+    engine.support_report = dataclasses.replace(SUPPORTED, staged_load=False)
+    manager, _ = manager_for(engine)
+    with pytest.raises(NotSupported, match="no staged-load support"):
+        await manager.hibernate(HibernateOptions())
+    await manager.hibernate(HibernateOptions(mode=Mode.CHECKPOINT))
+    assert [call[0] for call in engine.calls] == ["hibernate"]
+    engine.support_report = dataclasses.replace(SUPPORTED, kexec_jump=False)
+    with pytest.raises(NotSupported, match="no CONFIG_KEXEC_JUMP"):
+        await manager.hibernate(HibernateOptions(mode=Mode.CHECKPOINT))
 
 
 async def test_the_saver_saves_and_only_the_saver(engine):

@@ -1,0 +1,29 @@
+# Kernel B of the lab's daemon tests: started by /init when A's kexechibd
+# loaded this kernel with kexechib.lab.run=/usr/lib/kexechib-lab/saver.sh.
+#
+# B starts a system bus and kexechibd, which finds its role on the command line
+# (kexechib.role=save, kexec_jump_back_entry=) and saves A at once.  In
+# checkpoint mode the daemon then jumps back to A from inside the save; the
+# save ends when A jumps to B again (JumpBack in A).  From then on this script
+# is what a user of B would be: it asks B's daemon to JumpBack, and the call
+# returns each time A jumps to B again.
+. /usr/lib/kexechib-lab/lab.sh
+
+say "b-up jbe=$(cmdline_value kexec_jump_back_entry) uptime=$(uptime_s)"
+start_bus
+start_daemon
+# The save has ended once the daemon is idle with progress 1 (success) or
+# failed; a failed save has already jumped back to A, which reports it.
+wait_for '[ "$(bus_property State)" = failed ] ||
+	{ [ "$(bus_property State)" = idle ] && [ "$(bus_property Progress)" = 1 ]; }' 100000
+state=$(bus_property State)
+peak=$(sed -n 's/^VmHWM:[[:space:]]*\([0-9]*\) kB/\1/p' /proc/$LAB_DAEMON/status)
+say "b-saved state=$state daemon_peak_kib=$peak"
+[ "$state" = idle ] || exit 1
+round=1
+while :; do
+	say "b-jump round=$round"
+	bus_call JumpBack >/dev/null || { say "b-error=jump-back"; exit 1; }
+	round=$((round + 1))
+	say "b-back round=$round"
+done

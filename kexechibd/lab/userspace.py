@@ -1,0 +1,501 @@
+"""The guest userspace: Debian's python3, kexechibd and a system bus in RAM.
+
+A kernel that is jumped back into has lost its 9p root (docs/lab.md), so the
+daemon cannot run from the host's root across a kexec jump. Everything it
+needs lives in the initramfs instead, which is RAM: it survives every jump,
+and kernel B boots the very same archive. Commands run in it with
+`kexechib.lab.root=none` (the RAM root, `/lab` in the archive, is their `/`).
+
+What is in it, besides the lab's /init, busybox and kexec-tools (initramfs.py):
+
+    /usr/bin/python3.11, python3    Debian's interpreter; its stdlib without
+                                    what no guest imports (STDLIB_PRUNED)
+    /usr/lib/python3/dist-packages  the daemon's dependencies from their Debian
+                                    packages (PYTHON_PACKAGES), and the
+                                    checkout's kexechibd (compiled here)
+    /usr/lib/kexechibd/purgatory.ro the checkout's built purgatory
+    /usr/sbin/kexechibd, /usr/bin/kexechibctl   as `make install` writes them
+    /usr/bin/dbus-daemon, dbus-send the system bus and a client
+    /usr/share/dbus-1/system.conf   the lab's system bus (Debian's default policy),
+    /usr/share/dbus-1/system.d/org.kexechib1.conf   ... which includes ours
+    /etc/kexechibd.conf             the lab's daemon configuration (lab_config)
+    /usr/lib/kexechib-lab/          the lab's guest scripts (kexechibd/lab/guest/)
+    /opt/kexechib/tests/conformance the conformance vectors (DESIGN §2)
+
+Kernel A also gets the *origin layer*, a second archive appended to the
+first (the kernel unpacks concatenated archives): kernel B's bzImage and
+initrd under /boot, which A's kexechibd loads, and busctl.
+
+Each archive is cached in the lab cache by a key over its inputs (host files
+by path, size and mtime; the checkout's files by content), so a second run
+costs a few stat calls; archives unused for a day go when a new one is built.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+from kexechibd.lab.initramfs import (
+    Cpio,
+    add_libraries,
+    add_programs,
+    initramfs_archive,
+    kexec_path,
+    shared_libraries,
+)
+from kexechibd.lab.kernel import cache_root
+from kexechibd.lab.qemu import GuestSpec
+from kexechibd.privatebus import SYSTEM_DEFAULT_POLICY
+
+# Bump when the layout or the build changes: it is part of every cache key.
+RECIPE = 1
+
+REPO = Path(__file__).resolve().parents[2]
+GUEST_SCRIPTS = Path(__file__).resolve().parent / "guest"
+
+PYTHON = Path("/usr/bin/python3.11")
+STDLIB = Path("/usr/lib/python3.11")
+DIST_PACKAGES = Path("/usr/lib/python3/dist-packages")
+PYC_TAG = "cpython-311"
+
+# Debian packages of the daemon's Python dependencies (setup.cfg's
+# install_requires, and what they import in turn). The Makefile installs them.
+PYTHON_PACKAGES = (
+    "python3-dbus-next",
+    "python3-systemd",
+    "python3-pyelftools",
+    "python3-cffi",
+    "python3-cffi-backend",
+    "python3-pycparser",
+    "python3-ply",
+    "python3-zstandard",
+    "python3-lz4",
+)
+
+# Parts of the stdlib no guest imports: test suites, IDEs, GUIs, build
+# support (the 25 MB config-3.11 directory holds the static libpython),
+# databases, mail, web and multiprocessing. Fewer bytes boot faster under TCG
+# and leave kernel B's window more room: B unpacks the whole archive into it.
+STDLIB_PRUNED = frozenset(
+    {
+        "test",
+        "idlelib",
+        "tkinter",
+        "turtledemo",
+        "turtle.py",
+        "ensurepip",
+        "lib2to3",
+        "pydoc_data",
+        "pydoc.py",
+        "doctest.py",
+        "distutils",
+        "venv",
+        "unittest",
+        "sqlite3",
+        "curses",
+        "dbm",
+        "email",
+        "http",
+        "html",
+        "wsgiref",
+        "xmlrpc",
+        "multiprocessing",
+        "mailbox.py",
+        "imaplib.py",
+        "nntplib.py",
+        "smtplib.py",
+        "smtpd.py",
+        "ftplib.py",
+        "telnetlib.py",
+        "_pydecimal.py",
+        "site-packages",
+        "dist-packages",
+        "config-3.11-x86_64-linux-gnu",
+    }
+)
+# C extensions left out of lib-dynload (prefixes): tests, the same modules as
+# above, and OpenSSL (hashlib falls back to its built-in SHA-2; OpenSSL's
+# libraries would add 5 MB).
+DYNLOAD_PRUNED = (
+    "_test",
+    "_xx",
+    "xx",
+    "_ctypes_test",
+    "_curses",
+    "_dbm",
+    "_gdbm",
+    "_sqlite3",
+    "_tkinter",
+    "_ssl",
+    "_hashlib",
+    "_codecs_",
+    "audioop",
+    "ossaudiodev",
+    "nis",
+    "readline",
+)
+
+GUEST_LIB = "usr/lib/kexechib-lab"
+SITE = "usr/lib/python3/dist-packages"
+MACHINE_ID = "6b657865636869626c61620000000001"  # any fixed id: the guests are one machine
+
+# Where a lab guest's daemon finds kernel B (the origin layer puts them there).
+SAVER_KERNEL = "/boot/bzImage"
+SAVER_INITRD = "/boot/saver.cpio"
+SAVER_SCRIPT = f"/{GUEST_LIB}/saver.sh"
+# The image device of the daemon guests: the first virtio disk, raw (image_disk).
+IMAGE_DEVICE = "/dev/vda"
+# B's window in a 512 MiB guest: usable RAM in QEMU's e820 (which ends at
+# 512 MiB - 128 KiB). B unpacks its initramfs (32 MB) into it and runs the
+# daemon, whose save peaks at about 75 MB: 128 MiB is too small (docs/lab.md).
+WINDOW = "192M@256M"
+
+
+def lab_config(
+    *,
+    window: str = WINDOW,
+    saver_cmdline: str = "",
+    image: str = IMAGE_DEVICE,
+    log_level: str = "info",
+) -> str:
+    """/etc/kexechibd.conf for a lab guest.
+
+    Real kexec is enabled by `kexechib.enable_kexec=1` on the guest's command
+    line (the Linux backend's guard reads it), never here. Images go to the
+    raw image device that A, B and C all see (`image_disk`).
+    """
+    cmdline = (
+        f"console=ttyS0 panic=-1 kexechib.lab.root=none kexechib.lab.run={SAVER_SCRIPT} "
+        + saver_cmdline
+    ).strip()
+    return (
+        "# kexechibd in a lab guest (kexechibd/lab/userspace.py)\n"
+        "[daemon]\nbackend = linux\n"
+        f"log_level = {log_level}\n"
+        f"[image]\nlocation = {image}\n"
+        f"[saver]\nkernel = {SAVER_KERNEL}\ninitrd = {SAVER_INITRD}\n"
+        f"cmdline = {cmdline}\nwindow = {window}\nmode = checkpoint\n"
+    )
+
+
+def bus_config() -> str:
+    """The guest's /usr/share/dbus-1/system.conf (what `dbus-daemon --system`
+    reads): Debian's default policy, EXTERNAL auth, the usual socket, and the
+    policy files in system.d — kexechibd's own among them."""
+    return (
+        '<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"\n'
+        ' "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">\n'
+        "<busconfig>\n"
+        "  <type>system</type>\n"
+        "  <listen>unix:path=/run/dbus/system_bus_socket</listen>\n"
+        "  <auth>EXTERNAL</auth>\n"
+        f"{SYSTEM_DEFAULT_POLICY}"
+        "  <includedir>system.d</includedir>\n"
+        "</busconfig>\n"
+    )
+
+
+def _wrapper(module: str) -> bytes:
+    # As `make install` writes them.
+    return (
+        f"#!/usr/bin/python3\nimport sys\n\nfrom {module} import main\n\nsys.exit(main())\n"
+    ).encode()
+
+
+class UserspaceError(RuntimeError):
+    """Something the guest userspace needs is not installed on the host."""
+
+
+def _package_files(package: str) -> list[Path]:
+    result = subprocess.run(["dpkg", "-L", package], capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise UserspaceError(
+            f"{package} is not installed (the lab guests need it; run `make setup`)"
+        )
+    return [Path(line) for line in result.stdout.splitlines() if line]
+
+
+def _guest_module(path: Path) -> tuple[str, Path]:
+    """Where a module of Debian's goes in the guest: its compiled form in
+    place of the source (`foo.pyc` where `foo.py` was: Python's sourceless
+    import) when Debian compiled it at install time, else the source. That
+    halves the bytes; tracebacks still name the file and line."""
+    if path.suffix == ".py":
+        pyc = path.parent / "__pycache__" / f"{path.stem}.{PYC_TAG}.pyc"
+        if pyc.is_file():
+            return str(path.with_suffix(".pyc")).lstrip("/"), pyc
+    return str(path).lstrip("/"), path
+
+
+def _stdlib_files() -> Iterator[Path]:
+    for dirpath, dirnames, filenames in os.walk(STDLIB):
+        dirnames[:] = sorted(d for d in dirnames if d not in STDLIB_PRUNED and d != "__pycache__")
+        here = Path(dirpath)
+        for name in sorted(filenames):
+            if here == STDLIB and name in STDLIB_PRUNED:
+                continue
+            if here.name == "lib-dynload" and name.startswith(DYNLOAD_PRUNED):
+                continue
+            yield here / name
+
+
+def _python_files() -> list[tuple[str, Path]]:
+    """(guest path, host file) for the interpreter's stdlib and for the
+    modules of the dependencies' Debian packages."""
+    if not PYTHON.exists():
+        raise UserspaceError(f"{PYTHON} is missing (apt-get install python3)")
+    files = [_guest_module(p) for p in _stdlib_files()]
+    for package in PYTHON_PACKAGES:
+        for path in _package_files(package):
+            if not path.is_relative_to(DIST_PACKAGES) or path.is_symlink() or not path.is_file():
+                continue
+            if any(part.endswith((".egg-info", ".dist-info")) for part in path.parts):
+                continue
+            files.append(_guest_module(path))
+    return files
+
+
+def _checkout_files() -> list[tuple[str, Path]]:
+    """(guest path, checkout file) for what the guests run of this checkout."""
+    purgatory = REPO / "purgatory" / "purgatory.ro"
+    if not purgatory.exists():
+        raise UserspaceError(f"{purgatory} is not built (run `make purgatory`)")
+    out = [("usr/lib/kexechibd/purgatory.ro", purgatory)]
+    package = REPO / "kexechibd"
+    for path in [*sorted(package.rglob("*.py")), package / "py.typed"]:
+        rel = path.relative_to(package)
+        # The harness itself (kexechibd.lab) runs on the host only.
+        if rel.parts[0] == "lab" or not path.is_file():
+            continue
+        out.append((f"{SITE}/kexechibd/{rel}", path))
+    for test in ("__init__.py", "conformance/__init__.py", "conformance/vectors.py"):
+        out.append((f"opt/kexechib/tests/{test}", REPO / "tests" / test))
+    out.append(
+        ("usr/share/dbus-1/system.d/org.kexechib1.conf", REPO / "dbus" / "org.kexechib1.conf")
+    )
+    for path in sorted(GUEST_SCRIPTS.iterdir()):
+        if path.is_file():
+            out.append((f"{GUEST_LIB}/{path.name}", path))
+    return out
+
+
+def _generated() -> dict[str, bytes]:
+    return {
+        "etc/kexechibd.conf": lab_config().encode(),
+        "etc/machine-id": f"{MACHINE_ID}\n".encode(),
+        "etc/passwd": b"root:x:0:0:root:/root:/bin/sh\n",
+        "etc/group": b"root:x:0:\n",
+        "usr/share/dbus-1/system.conf": bus_config().encode(),
+        "usr/sbin/kexechibd": _wrapper("kexechibd.daemon.main"),
+        "usr/bin/kexechibctl": _wrapper("kexechibd.ctl.main"),
+    }
+
+
+def _programs() -> dict[str, Path]:
+    programs = {
+        "usr/bin/python3.11": PYTHON,
+        "usr/bin/dbus-daemon": Path("/usr/bin/dbus-daemon"),
+        "usr/bin/dbus-send": Path("/usr/bin/dbus-send"),
+        "sbin/kexec": kexec_path(),
+    }
+    for name, path in programs.items():
+        if not path.exists():
+            raise UserspaceError(f"{path} is missing; the lab guests need it as /{name}")
+    return programs
+
+
+def _extensions(files: Iterable[tuple[str, Path]]) -> list[Path]:
+    return [path for _, path in files if path.suffix == ".so"]
+
+
+# ---------------------------------------------------------------- cache
+
+
+def _digest(parts: Iterable[bytes]) -> str:
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(len(part).to_bytes(8, "little"))
+        h.update(part)
+    return h.hexdigest()[:16]
+
+
+def _stat_id(path: Path) -> bytes:
+    st = path.stat()
+    return f"{path} {st.st_size} {st.st_mtime_ns}".encode()
+
+
+# Archives of other keys unused for this long are removed when one is built:
+# every change to the checkout makes a new key (about 115 MB for both).
+STALE_SECONDS = 24 * 3600
+
+
+def _prune(directory: Path, name: str, keep: Path) -> None:
+    now = time.time()
+    for path in directory.glob(f"{name}-*.cpio"):
+        with contextlib.suppress(OSError):
+            if path != keep and now - path.stat().st_mtime > STALE_SECONDS:
+                path.unlink()
+                (directory / f".lock-{path.stem}").unlink(missing_ok=True)
+
+
+def _cached(name: str, key: str, build: Callable[[], Iterable[bytes]]) -> Path:
+    """The archive `<name>-<key>.cpio` in the lab cache, built once per key
+    (its mtime says when it was last used)."""
+    directory = cache_root() / "initramfs"
+    directory.mkdir(parents=True, exist_ok=True)
+    final = directory / f"{name}-{key}.cpio"
+    if final.exists():
+        final.touch()
+        return final
+    with open(directory / f".lock-{name}-{key}", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if final.exists():
+            return final
+        with tempfile.NamedTemporaryFile(dir=directory, suffix=".tmp", delete=False) as tmp:
+            path = Path(tmp.name)
+        try:
+            with open(path, "wb") as out:
+                for chunk in build():
+                    out.write(chunk)
+            path.chmod(0o644)
+            path.rename(final)
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+    _prune(directory, name, final)
+    return final
+
+
+# ---------------------------------------------------------------- the archives
+
+
+def _compile(checkout: list[tuple[str, Path]], staging: Path) -> list[tuple[str, Path]]:
+    """Copy the checkout's files to `staging` (guest layout, mtimes kept) and
+    compile its modules with the guest's own interpreter; returns (guest path,
+    staged file) for every file, compiled ones included."""
+    staged = []
+    for name, path in checkout:
+        target = staging / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, target)
+        staged.append((name, target))
+    modules = [str(t) for n, t in staged if n.endswith(".py") and not n.startswith(GUEST_LIB)]
+    subprocess.run(
+        [str(PYTHON), "-m", "compileall", "-q", "-s", str(staging), "-p", "/", *modules],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    for name, target in list(staged):
+        if name.endswith(".py") and not name.startswith(GUEST_LIB):
+            pyc = target.parent / "__pycache__" / f"{target.stem}.{PYC_TAG}.pyc"
+            staged.append((str(Path(name).parent / "__pycache__" / pyc.name), pyc))
+    return staged
+
+
+def userspace_archive() -> Cpio:
+    """The lab initramfs (init, busybox, kexec) with the guest userspace."""
+    programs = _programs()
+    archive = initramfs_archive(programs)
+    python = _python_files()
+    for name, path in python:
+        archive.host_file(f"lab/{name}", path)
+    add_libraries(archive, _extensions(python))
+    archive.symlink("lab/usr/bin/python3", "python3.11")
+    archive.symlink("lab/var/run", "/run")
+    archive.directory("lab/var/lib/kexechib")
+    for name, data in _generated().items():
+        mode = 0o755 if name.startswith(("usr/sbin/", "usr/bin/")) else 0o644
+        archive.file(f"lab/{name}", data, mode)
+    with tempfile.TemporaryDirectory() as staging:
+        for name, path in _compile(_checkout_files(), Path(staging)):
+            archive.host_file(f"lab/{name}", path)
+    return archive
+
+
+def _userspace_key() -> str:
+    from kexechibd.lab.initramfs import busybox_path, init_script
+
+    python = _python_files()
+    programs = _programs()
+    libs = {
+        lib
+        for program in [*programs.values(), *_extensions(python)]
+        for lib in shared_libraries(program)
+    }
+    parts = [f"recipe {RECIPE}".encode(), init_script().encode(), _stat_id(busybox_path())]
+    parts += [_stat_id(p) for p in sorted(programs.values())]
+    parts += [_stat_id(p.resolve()) for p in sorted(libs)]
+    parts += [name.encode() + b" " + _stat_id(path) for name, path in python]
+    parts += [name.encode() + b"\0" + path.read_bytes() for name, path in _checkout_files()]
+    parts += [name.encode() + b"\0" + data for name, data in sorted(_generated().items())]
+    return _digest(parts)
+
+
+def lab_userspace() -> Path:
+    """The guest userspace archive (an initramfs of its own; kernel B's initrd)."""
+    return _cached("userspace", _userspace_key(), lambda: [userspace_archive().to_bytes()])
+
+
+def origin_initrd(saver_kernel: Path) -> Path:
+    """Kernel A's initrd: the userspace, then the origin layer (kernel B's
+    bzImage and initrd under /boot, and busctl)."""
+    userspace = lab_userspace()
+    busctl = Path("/usr/bin/busctl")
+    if not busctl.exists():
+        raise UserspaceError("busctl is missing (apt-get install systemd)")
+    libs = sorted({lib.resolve() for lib in shared_libraries(busctl)})
+    key = _digest(
+        [
+            f"recipe {RECIPE} origin".encode(),
+            userspace.name.encode(),
+            hashlib.sha256(saver_kernel.read_bytes()).digest(),
+            _stat_id(busctl),
+            *(_stat_id(p) for p in libs),
+        ]
+    )
+
+    def build() -> Iterator[bytes]:
+        yield userspace.read_bytes()
+        layer = Cpio()
+        layer.host_file(f"lab{SAVER_KERNEL}", saver_kernel, 0o644)
+        layer.host_file(f"lab{SAVER_INITRD}", userspace, 0o644)
+        add_programs(layer, {"usr/bin/busctl": busctl})
+        yield layer.to_bytes()
+
+    return _cached("origin", key, build)
+
+
+def image_disk(path: Path, size_mib: int = 768) -> Path:
+    """A sparse raw disk file for the daemon guests' images: `/dev/vda`, the
+    image device, with the block-device image store's two slots. Each slot
+    must hold A's memory outside B's window uncompressed (the engine checks
+    before the jump): 320 MiB in a 512 MiB guest with the lab's window."""
+    with open(path, "wb") as f:
+        f.truncate(size_mib << 20)
+    return path
+
+
+def daemon_guest(kernel: Path, workdir: Path, memory_mib: int = 512) -> GuestSpec:
+    """The guest of the daemon test and bench: kernel A runs
+    kexechibd/lab/guest/checkpoint.sh (Hibernate to a checkpoint, then two
+    JumpBacks, over D-Bus) with an image disk in `workdir`."""
+    return GuestSpec(
+        command="",
+        kernel=kernel,
+        initrd=origin_initrd(kernel),
+        memory_mib=memory_mib,
+        append=f"kexechib.lab.root=none kexechib.lab.run=/{GUEST_LIB}/checkpoint.sh "
+        "kexechib.enable_kexec=1",
+        disks=(image_disk(workdir / "image-disk.raw"),),
+        timeout=600,
+        name="daemon",
+    )
