@@ -60,10 +60,12 @@ say "init uptime=$(up) kernel=$(uname -r) version=$(uname -v | cut -d' ' -f1)"
 
 root=hostroot
 run=
+keep=
 for arg in $(cat /proc/cmdline); do
 	case $arg in
 	kexechib.lab.root=*) root=${arg#*=} ;;
 	kexechib.lab.run=*) run=${arg#*=} ;;
+	kexechib.lab.keep=*) keep=${arg#*=} ;;
 	esac
 done
 
@@ -98,7 +100,17 @@ else
 	mount -t devpts -o newinstance,ptmxmode=0666 devpts $new/dev/pts
 	mount -t tmpfs -o mode=1777 tmpfs $new/dev/shm
 	mount -t tmpfs -o mode=0755 tmpfs $new/run
+	# A host directory under /tmp the command needs (the checkout, when it
+	# lives there) stays visible through the guest's own /tmp.
+	if [ -n "$keep" ]; then
+		mkdir -p /hosttmp
+		mount --bind $new/tmp /hosttmp
+	fi
 	mount -t tmpfs -o mode=1777 tmpfs $new/tmp
+	if [ -n "$keep" ]; then
+		mkdir -p "$new$keep"
+		mount --bind "/hosttmp${keep#/tmp}" "$new$keep"
+	fi
 	mkdir -p $new@RAM@ $new/run/lock
 	mount --rbind /lab $new@RAM@
 fi

@@ -46,6 +46,11 @@ QEMU = "qemu-system-x86_64"
 # scripts) must be outside the paths the guest covers with tmpfs (/tmp, /run).
 WORK_ROOT = Path("/var/tmp/kexechib-lab")
 BASE_CMDLINE = "console=ttyS0 panic=-1"
+# Guests cover the host's /tmp with their own tmpfs; a checkout that lives
+# under /tmp (a CI clone, say) is bound back in so commands can use it.
+CHECKOUT = Path(__file__).resolve().parents[2]
+if CHECKOUT.is_relative_to("/tmp"):
+    BASE_CMDLINE += f" kexechib.lab.keep={CHECKOUT}"
 _MARKER_RE = re.compile(MARKER + r" ([\w-]+)((?: [\w.-]+=\S*)*)")
 _RECORD_RE = re.compile(MARKER + r" ([\w-]+) ([\[{].*)$")
 
