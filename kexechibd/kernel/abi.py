@@ -48,7 +48,9 @@ KEXEC_ARCH_X86_64 = 62 << 16
 KEXEC_SEGMENT_MAX = 16
 
 # Highest destination a segment may reach on x86_64 with 4-level paging
-# (KEXEC_DESTINATION_MEMORY_LIMIT = MAXMEM - 1, MAX_PHYSMEM_BITS = 46).
+# (KEXEC_DESTINATION_MEMORY_LIMIT = MAXMEM - 1, MAX_PHYSMEM_BITS = 46).  A
+# kernel running with 5-level paging allows 52 bits; the machine model and
+# the lab guests (-cpu max,la57=off) use 4-level paging.
 KEXEC_DESTINATION_MEMORY_LIMIT = (1 << 46) - 1
 
 # The flags a kernel accepts (KEXEC_FLAGS in include/linux/kexec.h): crash
