@@ -92,9 +92,6 @@ class KexecEngine:
     def support(self) -> SupportReport:
         return self.kernel.probe()
 
-    def store(self, location: Path | None = None) -> ImageStore:
-        return ImageStore(location or self.settings.image_location)
-
     # ------------------------------------------------------------ A: hibernate
 
     async def hibernate(
@@ -105,9 +102,10 @@ class KexecEngine:
                 f"Hibernate is for the running system; this is kernel {self._role.value}"
             )
         report = self.support()
-        if options.mode is Mode.CHECKPOINT and report.can_jump and report.kexec_jump:
-            pass  # a checkpoint needs kexec jump; a resume later needs staged loads in C
-        elif not report.can_hibernate:
+        # A checkpoint needs kexec jump only; hibernating to power off also
+        # needs staged loads (C streams the image in with them).
+        checkpoint_only = options.mode is Mode.CHECKPOINT and report.kexec_jump is True
+        if not (report.can_jump if checkpoint_only else report.can_hibernate):
             raise NotSupported(f"this kernel cannot hibernate with kexechibd: {report.summary}")
         observer.set_state(State.PREPARING)
         s = self.settings
@@ -136,7 +134,7 @@ class KexecEngine:
             self._unload_quietly()
             raise
         observer.set_state(State.JUMPING)
-        log.info("jumping to kernel B", extra={"HIBERNATE_ID": params.hibernate_id})
+        log.info("jumping to kernel B", extra={"KEXECHIB_HIBERNATE_ID": params.hibernate_id})
         await observer.before_jump()
         try:
             await in_daemon_thread(self.kernel.reboot_kexec)
@@ -146,7 +144,7 @@ class KexecEngine:
         observer.set_state(State.RESUMING)
         try:
             outcome = await asyncio.to_thread(self._after_return, params)
-            log.info("back in A: %s", outcome, extra={"HIBERNATE_ID": params.hibernate_id})
+            log.info("back in A: %s", outcome, extra={"KEXECHIB_HIBERNATE_ID": params.hibernate_id})
         finally:
             await observer.after_return()
 
