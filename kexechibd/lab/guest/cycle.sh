@@ -56,7 +56,13 @@ manager() {
 }
 hibernate() {
 	if [ "$client" = kexechibctl ]; then
-		kexechibctl hibernate --mode "$cycle"
+		# Through a pipe: its progress as lines (on a terminal, a bar that
+		# redraws itself, which a serial log shows as one line at the end).
+		{
+			kexechibctl hibernate --mode "$cycle"
+			echo $? >/tmp/hibernate.status
+		} | cat
+		return "$(cat /tmp/hibernate.status)"
 	elif [ "$cycle" = poweroff ]; then
 		manager Hibernate 'a{sv}' 0
 	else
