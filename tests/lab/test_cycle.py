@@ -48,6 +48,7 @@ from kexechibd.lab.disk import (
     flip_bytes,
     published_slots,
     slot_header_is_zero,
+    state_word,
 )
 from kexechibd.lab.qemu import Guest
 from kexechibd.lab.userspace import cycle_guest, restorer_guest
@@ -182,6 +183,14 @@ def test_a_unloads_b_and_invalidates_the_consumed_image(poweroff: CycleRun) -> N
     assert (after["daemon"], after["kexec_loaded"], after["pgmap_bytes"]) == ("idle", "0", "0")
     info = image_info(poweroff.resume)
     assert (info["state"], info["valid"], info["mode"]) == ("invalid", False, "poweroff"), info
+
+
+def test_a_s_disk_works_after_the_resume_and_its_write_reached_it(poweroff: CycleRun) -> None:
+    # C reset and used the same virtio disk; A's driver restored it, and
+    # A's kexechibd wrote the image's new state through it.
+    disk = poweroff.hibernate.workdir.parent / "image-disk.raw"
+    (slot,) = published_slots(disk)
+    assert state_word(disk, slot) == b"INVALID\0"
 
 
 # ============================================================== checkpoint, later resume
