@@ -1,17 +1,26 @@
-"""``make demo``: a full hibernate → power off → resume cycle, driven over
-D-Bus with ``kexechibctl`` and ``busctl``, on a private system bus, with the
-machine model as the kernels' backend.
+"""``make demo``: hibernate → power off → resume between real kernels in QEMU.
 
-Each kernel's daemon is its own process, as on a real machine: kexechibd in A
-serves the bus; when A jumps, the demo plays B's boot (``kexechibd --oneshot``
-saves A and powers off), then the power button and C's boot (``kexechibd
---oneshot`` finds the image and resumes).  A's pending ``kexechibctl
-hibernate`` then returns, and the demo checks A's memory byte for byte.
+QEMU 1 boots kernel A: the lab kernel (Linux 6.1 with this project's
+staged-load patches, kernel/) and the guest userspace (kexechibd/lab/): a
+system bus, kexechibd, a workload that counts in its memory and writes tmpfs,
+a tmpfs file. ``kexechibctl hibernate`` asks A's kexechibd to hibernate: it
+loads kernel B with a staged load and jumps; B saves A to a virtio disk and
+powers off, and QEMU 1 exits. QEMU 2 boots kernel C on the same disk; its
+``kexechibd --oneshot`` (what kexechib-resume.service runs) streams the image
+into staged loads and jumps into A, which carries on where it stopped: the
+pending ``kexechibctl hibernate`` returns. The demo shows each kernel's
+console as it comes (kexechibctl's progress in A, B's save, C's load), then
+its verdict and the phases' times. (kexechibd/lab/cycle.py, docs/lab.md.)
+
+``--model`` runs the cycle on the machine model instead: no QEMU, no kernel,
+a private bus on this machine, A's memory compared byte for byte.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
 import os
 import shutil
 import subprocess
@@ -21,12 +30,11 @@ import textwrap
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from kexechibd.model.bzimage import make_bzimage
-from kexechibd.model.kernel import ModelKernel
-from kexechibd.model.machine import Machine
-from kexechibd.model.workload import count_runs, in_use_digest, populate
-from kexechibd.privatebus import PrivateBus
+if TYPE_CHECKING:
+    from kexechibd.lab.cycle import CycleRun
+    from kexechibd.lab.qemu import GuestResult, LogLine
 
 MIB = 1 << 20
 BIN = Path(sys.executable).parent
@@ -34,6 +42,208 @@ BIN = Path(sys.executable).parent
 
 def step(text: str) -> None:
     print(f"\n\033[1m==> {text}\033[0m" if sys.stdout.isatty() else f"\n==> {text}", flush=True)
+
+
+# ---------------------------------------------------------------- real kernels
+
+
+class Console:
+    """Which kernel a console line comes from, and what of it the demo shows."""
+
+    def __init__(self) -> None:
+        self.kernel = {"1": "A", "2": "C"}
+        self.boots = {"1": 0, "2": 0}
+
+    def line(self, which: str, line: LogLine) -> None:
+        text = line.text
+        # QEMU 1's second kernel banner is B's; on QEMU 2, A follows C's jump.
+        if text.startswith("Linux version "):
+            self.boots[which] += 1
+            if which == "1" and self.boots[which] == 2:
+                self.kernel[which] = "B"
+        shown = self.show(text)
+        if shown is not None:
+            print(f"  [{line.seconds:6.1f} s] {self.kernel[which]} | {shown}", flush=True)
+        if "kexec_core: Starting new kernel" in text:
+            self.kernel[which] = "A"
+
+    def show(self, text: str) -> str | None:
+        from kexechibd.lab.initramfs import MARKER
+
+        if text.startswith("Command line: "):
+            return text
+        if text.startswith("kexechibd: "):
+            return text.removeprefix("kexechibd: ").removeprefix("INFO: ")
+        if text.startswith("hibernate: "):  # kexechibctl's progress lines
+            return f"kexechibctl: {text}"
+        if "kexec_core: Starting new kernel" in text or "reboot: Power down" in text:
+            return text
+        if not text.startswith(MARKER + " "):
+            return None
+        kind, _, rest = text.removeprefix(MARKER + " ").partition(" ")
+        if kind in ("a-image", "a-bus"):
+            return self._record(kind, rest)
+        fields = dict(f.split("=", 1) for f in rest.split() if "=" in f)
+        return {
+            "init": "the kernel is up: /init runs",
+            "daemon-up": "system bus and kexechibd running",
+            "a-ready": f"workload pid {fields.get('pid')} counting ({fields.get('counter')}), "
+            "1 MiB file in tmpfs",
+            "a-hibernate": f"$ kexechibctl hibernate --mode poweroff   "
+            f"(workload counter {fields.get('counter')})",
+            "b-up": f"kernel B's /init; A's re-entry point {fields.get('jbe')}",
+            "save-progress": f"B saves A: {fields.get('percent')}%",
+            "c-up": "kernel C's /init: kexechibd --oneshot",
+            "c-boots-on": f"C boots on (kexechibd status {fields.get('status')})",
+            "a-back": f"kexechibctl hibernate returned, status {fields.get('status')} "
+            f"(workload counter {fields.get('counter')})",
+            "a-state": f"tmpfs file {fields.get('canary')}; workload pid {fields.get('pid')}, "
+            f"memory {fields.get('memory')}, counting {fields.get('counter')} -> "
+            f"{fields.get('later')}; kexechibd {fields.get('daemon')}; "
+            f"kexec_loaded {fields.get('kexec_loaded')}",
+            "exit": f"A's script ended (status {fields.get('status')}); A powers off",
+        }.get(kind)
+
+    @staticmethod
+    def _record(kind: str, text: str) -> str | None:
+        try:
+            record = json.loads(text)
+        except ValueError:
+            return None
+        if kind == "a-bus":
+            if record.get("type") == "error":
+                return f"bus: error reply {record.get('error_name')}"
+            (value,) = record["payload"]["data"]
+            return f"bus: {record.get('member')}({str(value).lower()})"
+        (info,) = record["data"]
+        v = {key: value["data"] for key, value in info.items()}
+        return (
+            f"Inspect: image {v.get('state')}, {v.get('data-pages')} data pages, "
+            f"{v.get('chunks')} chunks, {v.get('stored-bytes')} bytes ({v.get('compression')})"
+        )
+
+
+def _fields(result: GuestResult | None, kind: str) -> dict[str, str]:
+    if result is None:
+        return {}
+    marker = result.marker(kind)
+    return marker.fields if marker else {}
+
+
+def verdict(run: CycleRun) -> list[tuple[bool, str]]:
+    """What the demo checks, from the two consoles."""
+    one, two = run.hibernate, run.resume
+    log2 = two.log if two else ""
+    ready, before = _fields(one, "a-ready"), _fields(one, "a-hibernate")
+    back, after = _fields(two, "a-back"), _fields(two, "a-state")
+    loaded = next((ln.text for ln in (two.lines if two else ()) if "image loaded:" in ln.text), "")
+    signals = [
+        r["payload"]["data"][0]
+        for r in (two.records("a-bus") if two else [])
+        if isinstance(r, dict) and r.get("member") == "PrepareForHibernate"
+    ]
+    counted = after.get("counter", "0").isdigit() and int(after.get("later", "0")) > int(
+        after["counter"]
+    )
+    return [
+        (
+            "image committed" in one.log and one.shutdown_reason == "guest-shutdown",
+            "B saved A to the disk and powered off (QEMU 1 exited)",
+        ),
+        (
+            "Starting new kernel" in log2 and bool(loaded),
+            f"C loaded the image with staged loads ({loaded.partition('image loaded: ')[2]}) "
+            "and jumped into A",
+        ),
+        (
+            back.get("status") == "0" and "hibernate: resumed" in log2,
+            "the pending kexechibctl hibernate returned success in A",
+        ),
+        (
+            after.get("pid") == ready.get("pid") and after.get("memory") == "intact" and counted,
+            f"the workload (pid {ready.get('pid')}) kept its memory and counts on: "
+            f"{before.get('counter')} at the call, {back.get('counter')} when it returned",
+        ),
+        (after.get("canary") == "intact", "the 1 MiB tmpfs file is intact"),
+        (signals == [True, False], "PrepareForHibernate went true, then false"),
+        (
+            "back in A: resumed from the image" in log2 and after.get("kexec_loaded") == "0",
+            "A's kexechibd invalidated the consumed image and unloaded B",
+        ),
+    ]
+
+
+def run_lab(args: argparse.Namespace) -> int:
+    from kexechibd.lab import lab_kernel, new_workdir, qemu_available
+    from kexechibd.lab.cycle import hibernate_cycle
+    from kexechibd.lab.disk import chunk_spans, published_slots
+    from kexechibd.lab.userspace import origin_initrd
+
+    reason = qemu_available()
+    if reason:
+        print(f"demo: {reason}; `python -m kexechibd.demo --model` needs no QEMU", file=sys.stderr)
+        return 1
+    step("The lab kernel (Linux 6.1 + kernel/patches) and the guests' userspace")
+    print("  (kernel/build.sh builds the kernel once, about 6 minutes; then it is cached)")
+    kernel = lab_kernel()
+    initrd = origin_initrd(kernel)
+    print(f"  kernel {kernel}\n  initrd {initrd} ({initrd.stat().st_size >> 20} MiB)")
+    workdir = new_workdir("demo")
+    console = Console()
+    started = time.monotonic()
+
+    def between(first: GuestResult) -> None:
+        print(f"  QEMU 1 exited ({first.shutdown_reason}) after {first.wall_seconds:.1f} s")
+        slots = published_slots(workdir / "image-disk.raw")
+        if slots:
+            spans = chunk_spans(workdir / "image-disk.raw", slots[0])
+            print(
+                f"  the disk, read on the host: slot {'AB'[slots[0].index]} holds image "
+                f"#{slots[0].sequence}, {slots[0].image_length} bytes in {len(spans)} chunks"
+            )
+        step(
+            "QEMU 2 boots kernel C on the same disk: kexechibd --oneshot resumes the "
+            "image, A carries on"
+        )
+
+    step(
+        "QEMU 1 boots kernel A (512 MiB, 1 CPU, TCG): bus, kexechibd, a workload; "
+        "kexechibctl hibernate; B saves A and powers off"
+    )
+    try:
+        run = asyncio.run(
+            hibernate_cycle(
+                kernel, workdir, client="kexechibctl", on_line=console.line, between=between
+            )
+        )
+    except BaseException:
+        print(f"\n(kept {workdir})")
+        raise
+    checks = verdict(run)
+    ok = all(passed for passed, _ in checks)
+    step("What happened")
+    for passed, text in checks:
+        print(f"  [{'ok' if passed else 'FAILED'}] {text}")
+    print("\n  times (host seconds, TCG on this machine's cores):")
+    for name, seconds in run.times():
+        print(f"    {name:45} {seconds:7.2f}")
+    print(f"    {'the whole demo (both QEMU runs)':45} {time.monotonic() - started:7.2f}")
+    step(
+        "Verdict: "
+        + (
+            "A hibernated, powered off and resumed on real kernels, as it was"
+            if ok
+            else f"FAILED; consoles in {workdir}"
+        )
+    )
+    if ok and not args.keep:
+        shutil.rmtree(workdir, ignore_errors=True)
+    else:
+        print(f"\n(kept {workdir}: qemu-1/serial.log, qemu-2/serial.log, image-disk.raw)")
+    return 0 if ok else 1
+
+
+# ---------------------------------------------------------------- the machine model
 
 
 def show(argv: Sequence[str], env: dict[str, str] | None = None) -> str:
@@ -54,6 +264,8 @@ def scratch() -> Path:
 
 
 def write_config(work: Path, machine: Path) -> Path:
+    from kexechibd.model.bzimage import make_bzimage
+
     (work / "vmlinuz-b").write_bytes(make_bzimage(kernel_size=256 << 10, init_size=2 * MIB))
     (work / "initrd-b").write_bytes(b"")
     conf = work / "kexechibd.conf"
@@ -67,7 +279,12 @@ def write_config(work: Path, machine: Path) -> Path:
     return conf
 
 
-def run(args: argparse.Namespace) -> int:
+def run_model(args: argparse.Namespace) -> int:
+    from kexechibd.model.kernel import ModelKernel
+    from kexechibd.model.machine import Machine
+    from kexechibd.model.workload import count_runs, in_use_digest, populate
+    from kexechibd.privatebus import PrivateBus
+
     work = scratch()
     bus: PrivateBus | None = None
     daemon: subprocess.Popen[str] | None = None
@@ -176,12 +393,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--ram", type=int, default=1024, help="model RAM in MiB (default 1024)")
     parser.add_argument(
-        "--pages", type=int, default=60_000, help="pages the workload fills (default 60000)"
+        "--model",
+        action="store_true",
+        help="run the cycle on the machine model instead of real kernels in QEMU",
     )
-    parser.add_argument("--keep", action="store_true", help="keep the scratch directory")
-    return run(parser.parse_args(argv))
+    parser.add_argument(
+        "--ram", type=int, default=1024, help="with --model: model RAM in MiB (default 1024)"
+    )
+    parser.add_argument(
+        "--pages",
+        type=int,
+        default=60_000,
+        help="with --model: pages the workload fills (default 60000)",
+    )
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the work directory (consoles, disk, model)"
+    )
+    args = parser.parse_args(argv)
+    return run_model(args) if args.model else run_lab(args)
 
 
 if __name__ == "__main__":

@@ -59,3 +59,34 @@ def setup(level: str, identifier: str = "kexechibd") -> logging.Handler:
     root.setLevel(LEVELS[level])
     root.propagate = False
     return handler
+
+
+class ProgressLog:
+    """Logs every 10 % of an operation's progress (a Manager listener).
+
+    With ``--oneshot`` — kernel B's save, kernel C's resume early in boot
+    (``kexechib-resume.service``) — there is no bus to watch ``Progress`` on:
+    the log, on the console and in the journal, is where someone waiting
+    sees how far it got.  State changes are logged by the Manager itself."""
+
+    def __init__(self, operation: str) -> None:
+        self._operation = operation
+        self._log = logging.getLogger("kexechibd.progress")
+        self._state = ""
+        self._decile = 0
+
+    def properties_changed(self, changed: Mapping[str, object]) -> None:
+        state = changed.get("State")
+        if isinstance(state, str) and state != self._state:
+            self._state = state
+            self._decile = 0
+        progress = changed.get("Progress")
+        if not isinstance(progress, float) or self._state in ("idle", "failed"):
+            return
+        decile = int(progress * 10 + 1e-9)
+        if decile > self._decile:
+            self._decile = decile
+            self._log.info("%s: %s %d%%", self._operation, self._state, decile * 10)
+
+    async def prepare_for_hibernate(self, start: bool) -> None:
+        return None

@@ -354,8 +354,10 @@ class Daemon:
             log.info("nothing to do: %s", manager.decision.reason)
             return EXIT_OK
         if manager.role is Role.SAVER:
+            manager.add_listener(logs.ProgressLog("save"))
             work = manager.save()
         else:
+            manager.add_listener(logs.ProgressLog("resume"))
             work = manager.resume(Path(engine.image_location), ResumeOptions())
         task = asyncio.create_task(work)
         stop = asyncio.create_task(self._stop.wait())

@@ -30,7 +30,7 @@ import signal
 import socket
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -237,6 +237,8 @@ class Guest:
     spec: GuestSpec
     workdir: Path | None = None
     lines: list[LogLine] = field(default_factory=list)
+    # Called with every console line as it arrives (make demo shows progress).
+    on_line: Callable[[LogLine], None] | None = None
 
     def __post_init__(self) -> None:
         self._proc: asyncio.subprocess.Process | None = None
@@ -405,6 +407,8 @@ class Guest:
             if not waiter.future.done() and waiter.pattern.search(text):
                 waiter.future.set_result(line)
                 self._waiters.remove(waiter)
+        if self.on_line is not None:
+            self.on_line(line)
 
     async def _read_serial(self, sock: socket.socket) -> None:
         reader, writer = await asyncio.open_connection(sock=sock)
@@ -465,6 +469,14 @@ class Guest:
         if self._qmp is None:
             raise LabError("QMP is not connected")
         return await self._qmp.execute(command, arguments or None)
+
+    async def kill(self) -> None:
+        """SIGKILL QEMU now: the guest loses power mid-stride, with no flush
+        and no shutdown. `wait()` then sums up as usual."""
+        if self._proc is not None and self._proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self._proc.kill()
+            await self._proc.wait()
 
     async def wait(self, exit_grace: float = 10.0) -> GuestResult:
         """Wait for the guest to end (or the deadline), stop QEMU, and sum up.

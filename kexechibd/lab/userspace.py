@@ -183,14 +183,16 @@ def lab_config(
         f"log_level = {log_level}\n"
         f"[image]\nlocation = {image}\n"
         f"[saver]\nkernel = {SAVER_KERNEL}\ninitrd = {SAVER_INITRD}\n"
-        f"cmdline = {cmdline}\nwindow = {window}\nmode = checkpoint\n"
+        f"cmdline = {cmdline}\nwindow = {window}\nmode = poweroff\n"
     )
 
 
 def bus_config() -> str:
     """The guest's /usr/share/dbus-1/system.conf (what `dbus-daemon --system`
-    reads): Debian's default policy, EXTERNAL auth, the usual socket, and the
-    policy files in system.d — kexechibd's own among them."""
+    reads): Debian's default policy, and like Debian's root may monitor the
+    bus (`busctl monitor`, which the cycle's A uses to see signals and error
+    replies); EXTERNAL auth, the usual socket, and the policy files in
+    system.d — kexechibd's own among them."""
     return (
         '<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"\n'
         ' "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">\n'
@@ -199,6 +201,10 @@ def bus_config() -> str:
         "  <listen>unix:path=/run/dbus/system_bus_socket</listen>\n"
         "  <auth>EXTERNAL</auth>\n"
         f"{SYSTEM_DEFAULT_POLICY}"
+        '  <policy user="root">\n'
+        '    <allow send_destination="org.freedesktop.DBus"\n'
+        '           send_interface="org.freedesktop.DBus.Monitoring"/>\n'
+        "  </policy>\n"
         "  <includedir>system.d</includedir>\n"
         "</busconfig>\n"
     )
@@ -498,4 +504,58 @@ def daemon_guest(kernel: Path, workdir: Path, memory_mib: int = 512) -> GuestSpe
         disks=(image_disk(workdir / "image-disk.raw"),),
         timeout=600,
         name="daemon",
+    )
+
+
+def cycle_guest(
+    kernel: Path,
+    workdir: Path,
+    *,
+    cycle: str = "poweroff",
+    client: str = "busctl",
+    memory_mib: int = 512,
+    timeout: float = 600,
+) -> GuestSpec:
+    """Kernel A of the hibernate cycle (kexechibd/lab/guest/cycle.sh) with a
+    fresh image disk in `workdir`: `cycle` is poweroff, checkpoint or cancel,
+    `client` busctl or kexechibctl. A poweroff cycle ends with B powering
+    off; `restorer_guest` then boots C on the same disk."""
+    return GuestSpec(
+        command="",
+        kernel=kernel,
+        initrd=origin_initrd(kernel),
+        memory_mib=memory_mib,
+        append=f"kexechib.lab.root=none kexechib.lab.run=/{GUEST_LIB}/cycle.sh "
+        f"kexechib.lab.cycle={cycle} kexechib.lab.client={client} kexechib.enable_kexec=1",
+        disks=(image_disk(workdir / "image-disk.raw"),),
+        timeout=timeout,
+        name=f"a-{cycle}",
+    )
+
+
+def restorer_guest(
+    kernel: Path,
+    workdir: Path,
+    *,
+    disk: Path | None = None,
+    memory_mib: int = 512,
+    timeout: float = 600,
+) -> GuestSpec:
+    """Kernel C: a normal boot of the same kernel and initrd, with the same
+    memory size, on the image disk an earlier guest left in `workdir` (or on
+    `disk`) (kexechibd/lab/guest/resume.sh: `kexechibd --oneshot`). When it
+    resumes an image, its console shows A carrying on."""
+    disk = disk or workdir / "image-disk.raw"
+    if not disk.exists():
+        raise FileNotFoundError(f"{disk}: no image disk to resume from")
+    return GuestSpec(
+        command="",
+        kernel=kernel,
+        initrd=origin_initrd(kernel),
+        memory_mib=memory_mib,
+        append=f"kexechib.lab.root=none kexechib.lab.run=/{GUEST_LIB}/resume.sh "
+        "kexechib.enable_kexec=1",
+        disks=(disk,),
+        timeout=timeout,
+        name="c",
     )

@@ -263,6 +263,21 @@ async def test_oneshot_does_the_roles_automatic_work_without_a_bus(
     assert words in result.stderr
 
 
+async def test_oneshot_logs_the_progress_every_ten_percent(tmp_path):
+    # No bus to watch Progress on: a resume early in boot shows it in the log.
+    make_image(tmp_path / "image", boot_id="earlier-boot")
+    conf = tmp_path / "kexechibd.conf"
+    conf.write_text(f"[image]\nlocation = {tmp_path / 'image'}\n")
+    result = await run(
+        [sys.executable, str(LAUNCHER), "--", "--oneshot", f"--config={conf}"],
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert result.returncode == 0, result.stderr
+    progress = [line for line in result.stderr.splitlines() if "resume: loading" in line]
+    # The scripted engine reports five steps.
+    assert progress == [f"kexechibd: INFO: resume: loading {p}%" for p in (20, 40, 60, 80, 100)]
+
+
 # ------------------------------------------------------------------ logging, notify
 
 

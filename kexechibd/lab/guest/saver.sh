@@ -13,10 +13,24 @@ say "b-up jbe=$(cmdline_value kexec_jump_back_entry) uptime=$(uptime_s)"
 start_bus
 start_daemon
 # The save has ended once the daemon is idle with progress 1 (success) or
-# failed; a failed save has already jumped back to A, which reports it.
-wait_for '[ "$(bus_property State)" = failed ] ||
-	{ [ "$(bus_property State)" = idle ] && [ "$(bus_property Progress)" = 1 ]; }' 100000
-state=$(bus_property State)
+# failed; a failed save has already jumped back to A, which reports it. In
+# poweroff mode the daemon powers off as soon as the image is committed.
+# Meanwhile, the save's progress every 10 %.
+shown=-1
+while :; do
+	state=$(bus_property State)
+	progress=$(bus_property Progress)
+	[ "$state" = failed ] && break
+	[ "$state" = idle ] && [ "$progress" = 1 ] && break
+	if [ "$state" = saving ]; then
+		decile=$(echo "$progress" | awk '{ printf "%d", $1 * 10 + 1e-9 }')
+		if [ "$decile" -gt "$shown" ]; then
+			shown=$decile
+			say "save-progress percent=$((decile * 10))"
+		fi
+	fi
+	sleep 0.5
+done
 peak=$(sed -n 's/^VmHWM:[[:space:]]*\([0-9]*\) kB/\1/p' /proc/$LAB_DAEMON/status)
 say "b-saved state=$state daemon_peak_kib=$peak"
 [ "$state" = idle ] || exit 1
