@@ -24,15 +24,27 @@ def _pad4(n: int) -> int:
     return (4 - n % 4) % 4
 
 
-def _header(name: bytes, mode: int, size: int, ino: int) -> bytes:
-    fields = [ino, mode, 0, 0, 1, 0, size, 0, 0, 0, 0, len(name) + 1, 0]
-    return MAGIC + b"".join(b"%08X" % f for f in fields)
-
-
-def _entry(name: str, mode: int, data: bytes, ino: int) -> bytes:
-    raw = name.encode()
-    head = _header(raw, mode, len(data), ino) + raw + b"\0"
+def newc_entry(
+    name: str,
+    mode: int,
+    data: bytes = b"",
+    *,
+    ino: int,
+    nlink: int = 1,
+    mtime: int = 0,
+    rdev: tuple[int, int] = (0, 0),
+) -> bytes:
+    """One entry: header, NUL-terminated name and data, each padded so the
+    next part starts 4-byte aligned (entries start aligned)."""
+    raw = name.encode() + b"\0"
+    fields = [ino, mode, 0, 0, nlink, mtime, len(data), 0, 0, rdev[0], rdev[1], len(raw), 0]
+    head = MAGIC + b"".join(b"%08X" % f for f in fields) + raw
     return head + bytes(_pad4(len(head))) + data + bytes(_pad4(len(data)))
+
+
+def newc_trailer(ino: int = 0) -> bytes:
+    """The entry that ends an archive."""
+    return newc_entry(TRAILER, 0, ino=ino)
 
 
 def build_newc(files: Mapping[str, bytes], *, file_mode: int = 0o600) -> bytes:
@@ -47,11 +59,11 @@ def build_newc(files: Mapping[str, bytes], *, file_mode: int = 0o600) -> bytes:
             directory = "/".join(parts[:depth])
             if directory not in dirs:
                 dirs.add(directory)
-                out.append(_entry(directory, stat.S_IFDIR | 0o700, b"", ino))
+                out.append(newc_entry(directory, stat.S_IFDIR | 0o700, ino=ino))
                 ino += 1
-        out.append(_entry("/".join(parts), stat.S_IFREG | file_mode, files[path], ino))
+        out.append(newc_entry("/".join(parts), stat.S_IFREG | file_mode, files[path], ino=ino))
         ino += 1
-    out.append(_entry(TRAILER, 0, b"", 0))
+    out.append(newc_trailer())
     return b"".join(out)
 
 

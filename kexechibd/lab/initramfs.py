@@ -22,7 +22,6 @@ runs in the RAM root itself. See docs/lab.md.
 
 from __future__ import annotations
 
-import io
 import os
 import stat
 import subprocess
@@ -30,6 +29,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kexechibd import cpio
 from kexechibd.lab.debs import unpacked
 
 MARKER = "KEXECHIB-LAB"
@@ -187,35 +187,19 @@ class Cpio:
         self._add(_Entry(name, stat.S_IFCHR | mode, rdev=(major, minor)))
 
     def to_bytes(self) -> bytes:
-        out = io.BytesIO()
-
-        def pad() -> None:
-            out.write(b"\0" * (-out.tell() % 4))
-
-        trailer = _Entry("TRAILER!!!", 0)
-        for ino, entry in enumerate([*self.entries, trailer], start=1):
-            name = entry.name.encode() + b"\0"
-            fields = (
-                ino,
+        parts = [
+            cpio.newc_entry(
+                entry.name,
                 entry.mode,
-                0,
-                0,
-                2 if stat.S_ISDIR(entry.mode) else 1,
-                entry.mtime,
-                len(entry.data),
-                0,
-                0,
-                entry.rdev[0],
-                entry.rdev[1],
-                len(name),
-                0,
+                entry.data,
+                ino=ino,
+                nlink=2 if stat.S_ISDIR(entry.mode) else 1,
+                mtime=entry.mtime,
+                rdev=entry.rdev,
             )
-            out.write(b"070701" + b"".join(b"%08X" % f for f in fields))
-            out.write(name)
-            pad()
-            out.write(entry.data)
-            pad()
-        return out.getvalue()
+            for ino, entry in enumerate(self.entries, start=1)
+        ]
+        return b"".join([*parts, cpio.newc_trailer(len(self.entries) + 1)])
 
 
 def shared_libraries(program: Path) -> list[Path]:
