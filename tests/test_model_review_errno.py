@@ -69,6 +69,22 @@ def test_eperm_beats_ebusy(busy: ModelKernel) -> None:
     assert _errno(busy, _page(), FULL) == errno.EPERM
 
 
+def test_a_kexec_reboot_without_cap_sys_boot_is_eperm_even_while_the_lock_is_held(
+    busy: ModelKernel,
+) -> None:
+    """reboot(2) checks the capability before kernel_kexec() tries the lock."""
+    busy.machine.set_capabilities(cap_sys_boot=False)
+    with pytest.raises(abi.KernelError) as raised:
+        busy.reboot_kexec()
+    assert raised.value.errno == errno.EPERM
+
+
+def test_a_kexec_reboot_while_the_lock_is_held_is_ebusy(busy: ModelKernel) -> None:
+    with pytest.raises(abi.KernelError) as raised:
+        busy.reboot_kexec()
+    assert raised.value.errno == errno.EBUSY
+
+
 def test_segment_errors_come_after_the_lock(busy: ModelKernel) -> None:
     """Alignment and overlap are checked by sanity_check_segment_list(), under the lock."""
     assert _errno(busy, [Segment(b"", BASE + 8, P)], FULL) == errno.EBUSY

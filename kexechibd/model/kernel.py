@@ -307,6 +307,9 @@ class ModelKernel:
     # ------------------------------------------------------------ reboot
 
     def reboot_kexec(self) -> int:
+        # reboot(2) checks CAP_SYS_BOOT before kernel_kexec() tries the lock.
+        if not self._caps().cap_sys_boot:
+            raise abi.reboot_error(errno.EPERM, "KEXEC")
         if not self._kexec_lock.acquire(blocking=False):
             raise abi.reboot_error(errno.EBUSY, "KEXEC")
         try:
@@ -327,9 +330,6 @@ class ModelKernel:
         return 0
 
     def _jump(self) -> tuple[int, bool]:
-        caps = self._caps()
-        if not caps.cap_sys_boot:
-            raise abi.reboot_error(errno.EPERM, "KEXEC")
         self.flush()
         with self.machine.transaction() as state:
             if state["running"] != self.id:
