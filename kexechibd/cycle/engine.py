@@ -101,19 +101,15 @@ class KexecEngine:
             raise NotSupported(
                 f"Hibernate is for the running system; this is kernel {self._role.value}"
             )
-        report = self.support()
+        report = await asyncio.to_thread(self.support)
         # A checkpoint needs kexec jump only; hibernating to power off also
         # needs staged loads (C streams the image in with them).
         checkpoint_only = options.mode is Mode.CHECKPOINT and report.kexec_jump is True
         if not (report.can_jump if checkpoint_only else report.can_hibernate):
             raise NotSupported(f"this kernel cannot hibernate with kexechibd: {report.summary}")
         observer.set_state(State.PREPARING)
-        s = self.settings
-        window = choose_window(
-            s.window_start, s.window_size, self.kernel.memory_map(), low_memory=s.low_memory
-        )
-        params = self._save_params(options, window)
-        await asyncio.to_thread(self._check_room, Path(params.image_location), window)
+        window, params = await asyncio.to_thread(self._choose_window_and_params, options)
+        await asyncio.to_thread(self._check_location, Path(params.image_location), window)
         plan = await asyncio.to_thread(self._plan_saver, window)
         cancel.check()
         observer.set_state(State.LOADING)
@@ -131,7 +127,7 @@ class KexecEngine:
         try:
             cancel.commit()
         except KexechibError:
-            self._unload_quietly()
+            await asyncio.to_thread(self._unload_quietly)
             raise
         observer.set_state(State.JUMPING)
         log.info("jumping to kernel B", extra={"KEXECHIB_HIBERNATE_ID": params.hibernate_id})
@@ -139,7 +135,7 @@ class KexecEngine:
         try:
             await in_daemon_thread(self.kernel.reboot_kexec)
         except abi.KernelError as exc:
-            self._unload_quietly()
+            await asyncio.to_thread(self._unload_quietly)
             raise _refused(exc) from None
         observer.set_state(State.RESUMING)
         try:
@@ -148,11 +144,18 @@ class KexecEngine:
         finally:
             await observer.after_return()
 
-    def _check_room(self, location: Path, window: Window) -> None:
-        """A device slot must hold the worst case (every page incompressible)
-        before A jumps: B could only jump back with "no room" afterwards."""
+    def _check_location(self, location: Path, window: Window) -> None:
+        """Kernel B must be able to write the image, and a device slot must
+        hold the worst case (every page incompressible): after the jump, B
+        could only jump back with "cannot" or "no room"."""
         store = ImageStore(location)
         if not isinstance(store, DeviceImageStore):
+            if not self.kernel.successors_share_files:
+                raise NotSupported(
+                    f"{location} is not a block device: kernel B has only its initramfs and "
+                    "must not mount A's filesystems, so it cannot write a file there; set "
+                    "[image] location to a raw partition (DESIGN §1.3)"
+                )
             return
         try:
             capacity = store.capacity
@@ -166,6 +169,13 @@ class KexecEngine:
                 f"outside B's window is {worst >> 20} MiB; use a device at least "
                 f"{(2 * (worst + (worst >> 6))) >> 20} MiB large (two slots)"
             )
+
+    def _choose_window_and_params(self, options: HibernateOptions) -> tuple[Window, SaveParams]:
+        s = self.settings
+        window = choose_window(
+            s.window_start, s.window_size, self.kernel.memory_map(), low_memory=s.low_memory
+        )
+        return window, self._save_params(options, window)
 
     def _save_params(self, options: HibernateOptions, window: Window) -> SaveParams:
         s = self.settings
@@ -222,6 +232,16 @@ class KexecEngine:
             self._unload_quietly()
             self._peer_alive = False
             return "resumed from the image"
+        if mine and state == "committed" and params.mode == Mode.POWEROFF.value:
+            # B saved but could not power off.  A carries on, so the image
+            # must never be resumed: that would roll A's disks back.
+            store.invalidate()
+            self._unload_quietly()
+            self._peer_alive = False
+            raise Failed(
+                "kernel B saved the image but could not power off and jumped back; the "
+                "image was withdrawn and A carries on (B's log says why)"
+            )
         if mine and state == "committed":
             self._peer_alive = True
             return "kernel B saved a checkpoint and jumped back"
@@ -245,8 +265,11 @@ class KexecEngine:
         if self._role is not Role.SAVER:
             raise NotSupported("only kernel B saves images")
         observer.set_state(State.SAVING)
-        params, page_map, entry = await asyncio.to_thread(saver_params, self.kernel)
+        # Once A's entry is known, every failure must end in a jump back:
+        # A is frozen and nothing else would ever wake it.
+        a_entry = cmdline.jump_back_entry(self.kernel.cmdline())
         try:
+            params, page_map, entry = await asyncio.to_thread(saver_params, self.kernel)
             summary = await asyncio.to_thread(
                 save_image,
                 self.kernel,
@@ -257,13 +280,20 @@ class KexecEngine:
                 checkpoint=cancel.check,
             )
         except Exception as exc:
+            if a_entry is None:
+                raise
             log.error("saving failed: %s; jumping back to A", exc)
-            await self._jump_to(entry)
+            await self._jump_to(a_entry)
             raise
         log.info("image committed: %s", describe(summary))
         if params.mode == Mode.POWEROFF.value:
             observer.set_state(State.JUMPING)
-            await in_daemon_thread(self.kernel.power_off)
+            try:
+                await in_daemon_thread(self.kernel.power_off)
+            except abi.KernelError as exc:
+                # A sees a committed image it did not ask to keep, and
+                # withdraws it (``_after_return``).
+                log.error("powering off failed: %s; jumping back to A", exc)
         await self._jump_to(entry)
 
     async def _jump_to(self, entry: int) -> None:
@@ -286,15 +316,34 @@ class KexecEngine:
         await asyncio.to_thread(self._load_image, store, options, observer, cancel)
         if options.load_only:
             return
-        cancel.commit()
-        observer.set_state(State.JUMPING)
+        consumed = False
         try:
+            cancel.commit()
+            observer.set_state(State.JUMPING)
             await asyncio.to_thread(store.mark_consumed)
+            consumed = True
             await in_daemon_thread(self.kernel.reboot_kexec)
-        except abi.KernelError as exc:
-            store.mark_committed()
-            kexec_ops.unload(self.kernel)
-            raise _refused(exc) from None
+        except Exception as exc:
+            # Nothing was jumped to: the system must stay as it was, with
+            # A's image neither loaded (a later reboot would enter A without
+            # the image saying so) nor marked consumed.
+            await asyncio.to_thread(self._undo_resume, store, consumed)
+            if isinstance(exc, abi.KernelError):
+                raise _refused(exc) from None
+            if isinstance(exc, (ImageError, OSError)):
+                raise Failed(
+                    f"could not mark {store.path} as being resumed ({exc}); nothing was "
+                    "jumped to and the image is still resumable"
+                ) from None
+            raise
+
+    def _undo_resume(self, store: ImageStore, consumed: bool) -> None:
+        self._unload_quietly()
+        if consumed:
+            try:
+                store.mark_committed()
+            except (ImageError, OSError) as exc:
+                log.warning("could not mark %s resumable again: %s", store.path, exc)
 
     def _load_image(
         self, store: ImageStore, options: ResumeOptions, observer: Observer, cancel: CancelToken

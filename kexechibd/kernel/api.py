@@ -155,6 +155,14 @@ class Kernel(Protocol):
         """``linux`` or ``model``."""
         ...
 
+    @property
+    def successors_share_files(self) -> bool:
+        """Whether the kernels started from this one (B, and C after power-off)
+        can open the files this kernel's paths name.  A real B has only its
+        initramfs and the block devices, and must not mount A's filesystems
+        (DESIGN §1.3); the model's kernels all share the host's filesystem."""
+        ...
+
     def kexec_load(self, entry: int, segments: Sequence[Segment], flags: int) -> None:
         """``kexec_load(2)``; raises a ``KernelError`` subclass on failure."""
         ...

@@ -145,6 +145,7 @@ class LinuxKernel:
     """The running Linux kernel (DESIGN §2.3)."""
 
     backend = "linux"
+    successors_share_files = False
 
     def __init__(
         self,

@@ -33,6 +33,8 @@ class ModelKernel:
     """The running kernel of a model machine."""
 
     backend = "model"
+    # Every model kernel runs on the host and sees its files.
+    successors_share_files = True
 
     def __init__(self, target: machine.Machine | Path | str, kernel_id: int | None = None) -> None:
         self.machine = (
