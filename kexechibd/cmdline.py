@@ -18,6 +18,9 @@ JUMP_BACK_ENTRY = "kexec_jump_back_entry"
 ROLE_PARAMETER = "kexechib.role"
 ROLE_SAVE = "save"
 ENABLE_KEXEC_PARAMETER = "kexechib.enable_kexec"
+# A systemd B boots this target (systemd/kexechib-save.target) instead of
+# default.target: the saver, and none of the mounts of A's filesystems.
+SAVE_TARGET_PARAMETER = "systemd.unit=kexechib-save.target"
 
 _SUFFIX = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 _SIZE = re.compile(r"^(0x[0-9a-fA-F]+|\d+)([KMGTkmgt]?)$")

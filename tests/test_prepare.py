@@ -53,3 +53,9 @@ def test_the_elf_core_header_lists_whole_pages_of_a_s_ram_outside_the_window() -
     elf = ELFFile(io.BytesIO(bytes(segment.buf)))
     loads = [(p["p_paddr"], p["p_paddr"] + p["p_memsz"]) for p in elf.iter_segments("PT_LOAD")]
     assert loads == [(MIB, 256 * MIB), (320 * MIB, 512 * MIB - 0x20000)]
+
+
+def test_a_systemd_b_boots_the_save_target_and_not_a_s_mounts() -> None:
+    _, plan = _plan()
+    assert "systemd.unit=kexechib-save.target" in plan.cmdline.split()
+    assert cmdline.is_save_role(plan.cmdline + " kexec_jump_back_entry=0x1000")

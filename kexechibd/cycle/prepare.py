@@ -65,6 +65,7 @@ def saver_cmdline(
         cmdline.memmap_exactmap([*window.ranges, header]),
         "nokaslr",
         f"{cmdline.ROLE_PARAMETER}={cmdline.ROLE_SAVE}",
+        cmdline.SAVE_TARGET_PARAMETER,
         f"{cmdline.ENABLE_KEXEC_PARAMETER}=1",
     ]
     if extra.strip():
