@@ -30,7 +30,8 @@ APT_PACKAGES += qemu-system-x86 libxenmisc4.17 \
 	python3-pyelftools python3-cffi python3-cffi-backend python3-pycparser python3-ply \
 	python3-zstandard python3-lz4 e2fsprogs
 
-.PHONY: all setup check test lint typecheck demo demo-model bench purgatory install clean lab-kernel
+.PHONY: all setup check test lint typecheck demo demo-model bench purgatory purgatory-object \
+	install clean lab-kernel
 
 all: check
 
@@ -56,6 +57,11 @@ setup: $(VENV)/.installed purgatory
 
 purgatory: $(VENV)/.apt-stamp
 	@$(MAKE) -s -C purgatory
+
+# Only the object `make install` ships, without the apt step: install runs in
+# packaging builds, unprivileged and with the build tools already there.
+purgatory-object:
+	@$(MAKE) -s -C purgatory purgatory.ro
 
 # ---------------------------------------------------------------- kernel lab
 # Builds (or finds in /var/cache/kexechib-kernel) the lab kernel: Debian's
@@ -105,11 +111,16 @@ UNITDIR ?= $(PREFIX)/lib/systemd/system
 DBUSDIR ?= $(PREFIX)/share/dbus-1
 POLKITDIR ?= $(PREFIX)/share/polkit-1/actions
 DOCDIR ?= $(PREFIX)/share/doc/kexechibd
+# The daemon looks for the purgatory in /usr/lib/kexechibd (INSTALLED_PURGATORY
+# in kexechibd/purgatory.py), as the units run /usr/sbin/kexechibd: with
+# another PREFIX, point KEXECHIB_PURGATORY at it.
+PKGLIBDIR ?= $(PREFIX)/lib/kexechibd
 UNITS := kexechibd.service kexechib-save.target kexechib-save.service kexechib-resume.service
 INSTALL ?= install
 
-install:
+install: purgatory-object
 	$(INSTALL) -d $(DESTDIR)$(PREFIX)/sbin $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PYTHONDIR) \
+		$(DESTDIR)$(PKGLIBDIR) \
 		$(DESTDIR)$(UNITDIR)/systemd-hibernate.service.d $(DESTDIR)$(DBUSDIR)/system.d \
 		$(DESTDIR)$(DBUSDIR)/system-services $(DESTDIR)$(DBUSDIR)/interfaces \
 		$(DESTDIR)$(POLKITDIR) $(DESTDIR)$(DOCDIR) $(DESTDIR)$(SYSCONFDIR)
@@ -120,6 +131,7 @@ install:
 	printf '#!/usr/bin/python3\nimport sys\n\nfrom kexechibd.ctl.main import main\n\nsys.exit(main())\n' \
 		> $(DESTDIR)$(PREFIX)/bin/kexechibctl
 	chmod 0755 $(DESTDIR)$(PREFIX)/sbin/kexechibd $(DESTDIR)$(PREFIX)/bin/kexechibctl
+	$(INSTALL) -m 0644 purgatory/purgatory.ro $(DESTDIR)$(PKGLIBDIR)/
 	$(INSTALL) -m 0644 $(addprefix systemd/,$(UNITS)) $(DESTDIR)$(UNITDIR)/
 	$(INSTALL) -m 0644 systemd/systemd-hibernate.service.d/kexechib.conf \
 		$(DESTDIR)$(UNITDIR)/systemd-hibernate.service.d/

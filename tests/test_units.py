@@ -8,6 +8,7 @@ from __future__ import annotations
 import configparser
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -98,6 +99,7 @@ def test_make_install_puts_every_file_where_debian_expects_it(installed: Path) -
     expected = {
         "usr/sbin/kexechibd",
         "usr/bin/kexechibctl",
+        "usr/lib/kexechibd/purgatory.ro",
         *(f"usr/lib/systemd/system/{u}" for u in UNITS),
         "usr/lib/systemd/system/systemd-hibernate.service.d/kexechib.conf",
         "usr/share/dbus-1/system.d/org.kexechib1.conf",
@@ -116,6 +118,27 @@ def test_make_install_puts_every_file_where_debian_expects_it(installed: Path) -
     for program in ("usr/sbin/kexechibd", "usr/bin/kexechibctl"):
         assert (installed / program).stat().st_mode & 0o111
         assert (installed / program).read_text().startswith("#!/usr/bin/python3\n")
+
+
+def test_the_installed_daemon_looks_for_the_purgatory_where_make_install_put_it(
+    installed: Path,
+) -> None:
+    """Asked in the installed tree (this machine has no /usr/lib/kexechibd to
+    search), the installed package names as its installed purgatory the file
+    `make install` put there: the object built from purgatory/."""
+    probe = "from kexechibd import purgatory as p; print(p.__file__); print(p.INSTALLED_PURGATORY)"
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=installed,
+        env={"PYTHONPATH": str(installed / "usr/lib/python3/dist-packages")},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    module, default = result.stdout.splitlines()
+    assert Path(module).is_relative_to(installed)
+    shipped = installed / Path(default).relative_to("/")
+    assert shipped.read_bytes() == (REPO / "purgatory/purgatory.ro").read_bytes()
 
 
 def test_make_install_keeps_an_existing_configuration(tmp_path: Path) -> None:
