@@ -107,8 +107,23 @@ DESTDIR ?=
 PREFIX ?= /usr
 SYSCONFDIR ?= /etc
 PYTHONDIR ?= $(PREFIX)/lib/python3/dist-packages
-UNITDIR ?= $(PREFIX)/lib/systemd/system
+# systemd's and D-Bus's own directories come from their pkg-config files where
+# installed (Debian 12's systemd.pc says /lib/systemd/system; dbus-1.pc comes
+# with libdbus-1-dev and names no policy directory), else the usual places.
+# Evaluated once, and only when not given on the command line.
+PKG_CONFIG ?= pkg-config
+pkg_variable = $(or $(shell $(PKG_CONFIG) --variable=$(1) $(2) 2>/dev/null),$(3))
 DBUSDIR ?= $(PREFIX)/share/dbus-1
+ifndef UNITDIR
+UNITDIR := $(call pkg_variable,systemdsystemunitdir,systemd,$(PREFIX)/lib/systemd/system)
+endif
+ifndef DBUS_SERVICEDIR
+DBUS_SERVICEDIR := $(call pkg_variable,system_bus_services_dir,dbus-1,$(DBUSDIR)/system-services)
+endif
+ifndef DBUS_INTERFACEDIR
+DBUS_INTERFACEDIR := $(call pkg_variable,interfaces_dir,dbus-1,$(DBUSDIR)/interfaces)
+endif
+DBUS_POLICYDIR ?= $(DBUSDIR)/system.d
 POLKITDIR ?= $(PREFIX)/share/polkit-1/actions
 DOCDIR ?= $(PREFIX)/share/doc/kexechibd
 # The daemon looks for the purgatory in /usr/lib/kexechibd (INSTALLED_PURGATORY
@@ -121,8 +136,8 @@ INSTALL ?= install
 install: purgatory-object
 	$(INSTALL) -d $(DESTDIR)$(PREFIX)/sbin $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PYTHONDIR) \
 		$(DESTDIR)$(PKGLIBDIR) \
-		$(DESTDIR)$(UNITDIR)/systemd-hibernate.service.d $(DESTDIR)$(DBUSDIR)/system.d \
-		$(DESTDIR)$(DBUSDIR)/system-services $(DESTDIR)$(DBUSDIR)/interfaces \
+		$(DESTDIR)$(UNITDIR)/systemd-hibernate.service.d $(DESTDIR)$(DBUS_POLICYDIR) \
+		$(DESTDIR)$(DBUS_SERVICEDIR) $(DESTDIR)$(DBUS_INTERFACEDIR) \
 		$(DESTDIR)$(POLKITDIR) $(DESTDIR)$(DOCDIR) $(DESTDIR)$(SYSCONFDIR)
 	find kexechibd -name '*.py' -o -name py.typed | sort | while read -r f; do \
 		$(INSTALL) -D -m 0644 "$$f" "$(DESTDIR)$(PYTHONDIR)/$$f"; done
@@ -135,9 +150,9 @@ install: purgatory-object
 	$(INSTALL) -m 0644 $(addprefix systemd/,$(UNITS)) $(DESTDIR)$(UNITDIR)/
 	$(INSTALL) -m 0644 systemd/systemd-hibernate.service.d/kexechib.conf \
 		$(DESTDIR)$(UNITDIR)/systemd-hibernate.service.d/
-	$(INSTALL) -m 0644 dbus/org.kexechib1.conf $(DESTDIR)$(DBUSDIR)/system.d/
-	$(INSTALL) -m 0644 dbus/org.kexechib1.service $(DESTDIR)$(DBUSDIR)/system-services/
-	$(INSTALL) -m 0644 dbus/org.kexechib1.xml $(DESTDIR)$(DBUSDIR)/interfaces/
+	$(INSTALL) -m 0644 dbus/org.kexechib1.conf $(DESTDIR)$(DBUS_POLICYDIR)/
+	$(INSTALL) -m 0644 dbus/org.kexechib1.service $(DESTDIR)$(DBUS_SERVICEDIR)/
+	$(INSTALL) -m 0644 dbus/org.kexechib1.xml $(DESTDIR)$(DBUS_INTERFACEDIR)/
 	$(INSTALL) -m 0644 dbus/org.kexechib1.policy $(DESTDIR)$(POLKITDIR)/
 	$(INSTALL) -m 0644 systemd/kexechibd.conf.example docs/DESIGN.md README.md $(DESTDIR)$(DOCDIR)/
 	test -e $(DESTDIR)$(SYSCONFDIR)/kexechibd.conf || \

@@ -6,6 +6,7 @@ expects it."""
 from __future__ import annotations
 
 import configparser
+import os
 import shutil
 import subprocess
 import sys
@@ -21,6 +22,28 @@ UNITS = (
     "kexechib-resume.service",
 )
 HOST_UNITS = Path("/usr/lib/systemd/system")
+
+
+def pkg_config_variable(package: str, variable: str, fallback: str) -> str:
+    """Where the package's pkg-config file says its files go (what Debian
+    expects), or the usual place where the file is not installed."""
+    result = subprocess.run(
+        ["pkg-config", f"--variable={variable}", package],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return result.stdout.strip() or fallback
+
+
+# Relative to DESTDIR, as `make install` should choose them on this machine.
+UNIT_DIR = pkg_config_variable("systemd", "systemdsystemunitdir", "/usr/lib/systemd/system")[1:]
+DBUS_SERVICE_DIR = pkg_config_variable(
+    "dbus-1", "system_bus_services_dir", "/usr/share/dbus-1/system-services"
+)[1:]
+DBUS_INTERFACE_DIR = pkg_config_variable(
+    "dbus-1", "interfaces_dir", "/usr/share/dbus-1/interfaces"
+)[1:]
 
 pytestmark = pytest.mark.skipif(
     shutil.which("systemd-analyze") is None,
@@ -51,6 +74,9 @@ def root(installed: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     systemd-hibernate.service, sysinit.target …) and the programs the units
     run that are not ours."""
     root = tmp_path_factory.mktemp("root")
+    for merged in ("bin", "sbin", "lib"):  # Debian's merged /usr, before what lands in /lib
+        (root / "usr" / merged).mkdir(parents=True)
+        (root / merged).symlink_to(f"usr/{merged}")
     shutil.copytree(installed, root, dirs_exist_ok=True, symlinks=True)
     units = root / "usr/lib/systemd/system"
     for host_unit in HOST_UNITS.iterdir():
@@ -60,10 +86,7 @@ def root(installed: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
                 shutil.copytree(host_unit, target, symlinks=True)
             else:
                 shutil.copy2(host_unit, target, follow_symlinks=False)
-    (root / "usr/bin").mkdir(parents=True, exist_ok=True)
     shutil.copy2(shutil.which("run-parts") or "/usr/bin/run-parts", root / "usr/bin/run-parts")
-    for merged in ("bin", "sbin", "lib"):  # Debian's merged /usr
-        (root / merged).symlink_to(f"usr/{merged}")
     (root / "etc/systemd/system").mkdir(parents=True)
     return root
 
@@ -100,11 +123,11 @@ def test_make_install_puts_every_file_where_debian_expects_it(installed: Path) -
         "usr/sbin/kexechibd",
         "usr/bin/kexechibctl",
         "usr/lib/kexechibd/purgatory.ro",
-        *(f"usr/lib/systemd/system/{u}" for u in UNITS),
-        "usr/lib/systemd/system/systemd-hibernate.service.d/kexechib.conf",
+        *(f"{UNIT_DIR}/{u}" for u in UNITS),
+        f"{UNIT_DIR}/systemd-hibernate.service.d/kexechib.conf",
         "usr/share/dbus-1/system.d/org.kexechib1.conf",
-        "usr/share/dbus-1/system-services/org.kexechib1.service",
-        "usr/share/dbus-1/interfaces/org.kexechib1.xml",
+        f"{DBUS_SERVICE_DIR}/org.kexechib1.service",
+        f"{DBUS_INTERFACE_DIR}/org.kexechib1.xml",
         "usr/share/polkit-1/actions/org.kexechib1.policy",
         "usr/share/doc/kexechibd/kexechibd.conf.example",
         "usr/share/doc/kexechibd/DESIGN.md",
@@ -139,6 +162,42 @@ def test_the_installed_daemon_looks_for_the_purgatory_where_make_install_put_it(
     assert Path(module).is_relative_to(installed)
     shipped = installed / Path(default).relative_to("/")
     assert shipped.read_bytes() == (REPO / "purgatory/purgatory.ro").read_bytes()
+
+
+def test_make_install_puts_units_and_bus_files_where_pkg_config_says(tmp_path: Path) -> None:
+    """The real pkg-config, reading .pc files that name other directories
+    (dbus-1.pc is not installed here: it comes with libdbus-1-dev)."""
+    pc_dir = tmp_path / "pkgconfig"
+    pc_dir.mkdir()
+    (pc_dir / "systemd.pc").write_text(
+        "systemdsystemunitdir=/opt/units\nName: systemd\nDescription: x\nVersion: 252\n"
+    )
+    (pc_dir / "dbus-1.pc").write_text(
+        "system_bus_services_dir=/opt/dbus/services\ninterfaces_dir=/opt/dbus/interfaces\n"
+        "Name: dbus\nDescription: x\nVersion: 1.14\n"
+    )
+    destdir = tmp_path / "destdir"
+    subprocess.run(
+        ["make", "-s", "install", f"DESTDIR={destdir}"],
+        cwd=REPO,
+        env={**os.environ, "PKG_CONFIG_PATH": str(pc_dir)},
+        check=True,
+        capture_output=True,
+    )
+    assert (destdir / "opt/units/kexechibd.service").is_file()
+    assert (destdir / "opt/dbus/services/org.kexechib1.service").is_file()
+    assert (destdir / "opt/dbus/interfaces/org.kexechib1.xml").is_file()
+
+
+def test_a_unit_directory_given_to_make_wins_over_pkg_config(tmp_path: Path) -> None:
+    subprocess.run(
+        ["make", "-s", "install", f"DESTDIR={tmp_path}", "UNITDIR=/srv/units"],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+    )
+    assert (tmp_path / "srv/units/kexechibd.service").is_file()
+    assert (tmp_path / "srv/units/systemd-hibernate.service.d/kexechib.conf").is_file()
 
 
 def test_make_install_keeps_an_existing_configuration(tmp_path: Path) -> None:
