@@ -136,7 +136,8 @@ INSTALL ?= install
 install: purgatory-object
 	$(INSTALL) -d $(DESTDIR)$(PREFIX)/sbin $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PYTHONDIR) \
 		$(DESTDIR)$(PKGLIBDIR) \
-		$(DESTDIR)$(UNITDIR)/systemd-hibernate.service.d $(DESTDIR)$(DBUS_POLICYDIR) \
+		$(DESTDIR)$(UNITDIR)/systemd-hibernate.service.d \
+		$(DESTDIR)$(UNITDIR)/systemd-logind.service.d $(DESTDIR)$(DBUS_POLICYDIR) \
 		$(DESTDIR)$(DBUS_SERVICEDIR) $(DESTDIR)$(DBUS_INTERFACEDIR) \
 		$(DESTDIR)$(POLKITDIR) $(DESTDIR)$(DOCDIR) $(DESTDIR)$(SYSCONFDIR)
 	find kexechibd -name '*.py' -o -name py.typed | sort | while read -r f; do \
@@ -150,6 +151,8 @@ install: purgatory-object
 	$(INSTALL) -m 0644 $(addprefix systemd/,$(UNITS)) $(DESTDIR)$(UNITDIR)/
 	$(INSTALL) -m 0644 systemd/systemd-hibernate.service.d/kexechib.conf \
 		$(DESTDIR)$(UNITDIR)/systemd-hibernate.service.d/
+	$(INSTALL) -m 0644 systemd/systemd-logind.service.d/kexechib.conf \
+		$(DESTDIR)$(UNITDIR)/systemd-logind.service.d/
 	$(INSTALL) -m 0644 dbus/org.kexechib1.conf $(DESTDIR)$(DBUS_POLICYDIR)/
 	$(INSTALL) -m 0644 dbus/org.kexechib1.service $(DESTDIR)$(DBUS_SERVICEDIR)/
 	$(INSTALL) -m 0644 dbus/org.kexechib1.xml $(DESTDIR)$(DBUS_INTERFACEDIR)/

@@ -22,6 +22,9 @@ UNITS = (
     "kexechib-resume.service",
 )
 HOST_UNITS = Path("/usr/lib/systemd/system")
+# What the units we install or extend run, other than our own programs
+# (Debian's paths, through the merged /usr).
+HOST_PROGRAMS = (Path("/usr/bin/run-parts"), Path("/usr/lib/systemd/systemd-logind"))
 
 
 def pkg_config_variable(package: str, variable: str, fallback: str) -> str:
@@ -86,7 +89,8 @@ def root(installed: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
                 shutil.copytree(host_unit, target, symlinks=True)
             else:
                 shutil.copy2(host_unit, target, follow_symlinks=False)
-    shutil.copy2(shutil.which("run-parts") or "/usr/bin/run-parts", root / "usr/bin/run-parts")
+    for program in HOST_PROGRAMS:
+        shutil.copy2(program, root / program.relative_to("/"))
     (root / "etc/systemd/system").mkdir(parents=True)
     return root
 
@@ -100,7 +104,7 @@ def verify(root: Path, name: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.mark.parametrize("name", [*UNITS, "systemd-hibernate.service"])
+@pytest.mark.parametrize("name", [*UNITS, "systemd-hibernate.service", "systemd-logind.service"])
 def test_every_unit_verifies_without_errors_or_warnings(root: Path, name: str) -> None:
     result = verify(root, name)
     assert result.returncode == 0, result.stderr
@@ -125,6 +129,7 @@ def test_make_install_puts_every_file_where_debian_expects_it(installed: Path) -
         "usr/lib/kexechibd/purgatory.ro",
         *(f"{UNIT_DIR}/{u}" for u in UNITS),
         f"{UNIT_DIR}/systemd-hibernate.service.d/kexechib.conf",
+        f"{UNIT_DIR}/systemd-logind.service.d/kexechib.conf",
         "usr/share/dbus-1/system.d/org.kexechib1.conf",
         f"{DBUS_SERVICE_DIR}/org.kexechib1.service",
         f"{DBUS_INTERFACE_DIR}/org.kexechib1.xml",
@@ -248,6 +253,14 @@ def test_the_hibernate_dropin_replaces_systemd_sleep_and_blocks_until_resume() -
         "ExecStart=",
         "ExecStart=/usr/bin/kexechibctl --no-ask-password hibernate",
     ]
+
+
+def test_logind_offers_hibernation_without_swap_for_the_kernels_image() -> None:
+    """systemd 252's can_sleep() skips its swap check when this is set, so
+    logind lets Hibernate through to our systemd-hibernate.service drop-in."""
+    dropin = unit(REPO / "systemd/systemd-logind.service.d/kexechib.conf")
+    assert dropin.sections() == ["Service"]
+    assert dict(dropin["Service"]) == {"Environment": "SYSTEMD_BYPASS_HIBERNATION_MEMORY_CHECK=1"}
 
 
 def test_kernel_b_boots_into_the_saver_only() -> None:
