@@ -271,6 +271,13 @@ def test_kernel_b_boots_into_the_saver_only() -> None:
     assert saver["Service"]["ExecStart"] == "/usr/sbin/kexechibd --oneshot"
 
 
+def test_the_saver_pulls_in_the_journal_it_logs_to() -> None:
+    saver = unit(REPO / "systemd/kexechib-save.service")
+    assert saver["Service"]["StandardOutput"] == "journal+console"
+    assert "systemd-journald.socket" in saver["Unit"]["Wants"].split()
+    assert "systemd-journald.socket" in saver["Unit"]["After"].split()
+
+
 def test_resume_runs_before_anything_is_mounted_read_write() -> None:
     resume = unit(REPO / "systemd/kexechib-resume.service")["Unit"]
     assert resume["DefaultDependencies"] == "no"
