@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from kexechibd.config import Config
+
 REPO = Path(__file__).resolve().parents[1]
 UNITS = (
     "kexechibd.service",
@@ -244,6 +246,16 @@ def test_the_daemon_unit_keeps_what_hibernation_needs() -> None:
     assert "CAP_SYS_BOOT" in service["CapabilityBoundingSet"].split()
     assert service["UMask"] == "0077"
     assert "WatchdogSec" in service
+
+
+def test_the_default_image_is_in_the_one_directory_the_daemon_may_write() -> None:
+    """ProtectSystem=strict leaves the daemon only its StateDirectory (an image
+    elsewhere needs ReadWritePaths=, as the unit and the example say)."""
+    service = unit(REPO / "systemd/kexechibd.service")["Service"]
+    assert service["ProtectSystem"] == "strict"
+    assert "ReadWritePaths" not in service
+    state = Path("/var/lib") / service["StateDirectory"]
+    assert Config().image.location.is_relative_to(state)
 
 
 def test_the_hibernate_dropin_replaces_systemd_sleep_and_blocks_until_resume() -> None:
