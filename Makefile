@@ -30,7 +30,8 @@ APT_PACKAGES += qemu-system-x86 libxenmisc4.17 \
 	python3-pyelftools python3-cffi python3-cffi-backend python3-pycparser python3-ply \
 	python3-zstandard python3-lz4 e2fsprogs
 
-.PHONY: all setup check test lint typecheck demo demo-model bench purgatory install clean lab-kernel
+.PHONY: all setup check test lint typecheck demo demo-model bench purgatory purgatory-object \
+	install clean lab-kernel
 
 all: check
 
@@ -56,6 +57,11 @@ setup: $(VENV)/.installed purgatory
 
 purgatory: $(VENV)/.apt-stamp
 	@$(MAKE) -s -C purgatory
+
+# Only the object `make install` ships, without the apt step: install runs in
+# packaging builds, unprivileged and with the build tools already there.
+purgatory-object:
+	@$(MAKE) -s -C purgatory purgatory.ro
 
 # ---------------------------------------------------------------- kernel lab
 # Builds (or finds in /var/cache/kexechib-kernel) the lab kernel: Debian's
@@ -101,17 +107,38 @@ DESTDIR ?=
 PREFIX ?= /usr
 SYSCONFDIR ?= /etc
 PYTHONDIR ?= $(PREFIX)/lib/python3/dist-packages
-UNITDIR ?= $(PREFIX)/lib/systemd/system
+# systemd's and D-Bus's own directories come from their pkg-config files where
+# installed (Debian 12's systemd.pc says /lib/systemd/system; dbus-1.pc comes
+# with libdbus-1-dev and names no policy directory), else the usual places.
+# Evaluated once, and only when not given on the command line.
+PKG_CONFIG ?= pkg-config
+pkg_variable = $(or $(shell $(PKG_CONFIG) --variable=$(1) $(2) 2>/dev/null),$(3))
 DBUSDIR ?= $(PREFIX)/share/dbus-1
+ifndef UNITDIR
+UNITDIR := $(call pkg_variable,systemdsystemunitdir,systemd,$(PREFIX)/lib/systemd/system)
+endif
+ifndef DBUS_SERVICEDIR
+DBUS_SERVICEDIR := $(call pkg_variable,system_bus_services_dir,dbus-1,$(DBUSDIR)/system-services)
+endif
+ifndef DBUS_INTERFACEDIR
+DBUS_INTERFACEDIR := $(call pkg_variable,interfaces_dir,dbus-1,$(DBUSDIR)/interfaces)
+endif
+DBUS_POLICYDIR ?= $(DBUSDIR)/system.d
 POLKITDIR ?= $(PREFIX)/share/polkit-1/actions
 DOCDIR ?= $(PREFIX)/share/doc/kexechibd
+# The daemon looks for the purgatory in /usr/lib/kexechibd (INSTALLED_PURGATORY
+# in kexechibd/purgatory.py), as the units run /usr/sbin/kexechibd: with
+# another PREFIX, point KEXECHIB_PURGATORY at it.
+PKGLIBDIR ?= $(PREFIX)/lib/kexechibd
 UNITS := kexechibd.service kexechib-save.target kexechib-save.service kexechib-resume.service
 INSTALL ?= install
 
-install:
+install: purgatory-object
 	$(INSTALL) -d $(DESTDIR)$(PREFIX)/sbin $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PYTHONDIR) \
-		$(DESTDIR)$(UNITDIR)/systemd-hibernate.service.d $(DESTDIR)$(DBUSDIR)/system.d \
-		$(DESTDIR)$(DBUSDIR)/system-services $(DESTDIR)$(DBUSDIR)/interfaces \
+		$(DESTDIR)$(PKGLIBDIR) \
+		$(DESTDIR)$(UNITDIR)/systemd-hibernate.service.d \
+		$(DESTDIR)$(UNITDIR)/systemd-logind.service.d $(DESTDIR)$(DBUS_POLICYDIR) \
+		$(DESTDIR)$(DBUS_SERVICEDIR) $(DESTDIR)$(DBUS_INTERFACEDIR) \
 		$(DESTDIR)$(POLKITDIR) $(DESTDIR)$(DOCDIR) $(DESTDIR)$(SYSCONFDIR)
 	find kexechibd -name '*.py' -o -name py.typed | sort | while read -r f; do \
 		$(INSTALL) -D -m 0644 "$$f" "$(DESTDIR)$(PYTHONDIR)/$$f"; done
@@ -120,12 +147,15 @@ install:
 	printf '#!/usr/bin/python3\nimport sys\n\nfrom kexechibd.ctl.main import main\n\nsys.exit(main())\n' \
 		> $(DESTDIR)$(PREFIX)/bin/kexechibctl
 	chmod 0755 $(DESTDIR)$(PREFIX)/sbin/kexechibd $(DESTDIR)$(PREFIX)/bin/kexechibctl
+	$(INSTALL) -m 0644 purgatory/purgatory.ro $(DESTDIR)$(PKGLIBDIR)/
 	$(INSTALL) -m 0644 $(addprefix systemd/,$(UNITS)) $(DESTDIR)$(UNITDIR)/
 	$(INSTALL) -m 0644 systemd/systemd-hibernate.service.d/kexechib.conf \
 		$(DESTDIR)$(UNITDIR)/systemd-hibernate.service.d/
-	$(INSTALL) -m 0644 dbus/org.kexechib1.conf $(DESTDIR)$(DBUSDIR)/system.d/
-	$(INSTALL) -m 0644 dbus/org.kexechib1.service $(DESTDIR)$(DBUSDIR)/system-services/
-	$(INSTALL) -m 0644 dbus/org.kexechib1.xml $(DESTDIR)$(DBUSDIR)/interfaces/
+	$(INSTALL) -m 0644 systemd/systemd-logind.service.d/kexechib.conf \
+		$(DESTDIR)$(UNITDIR)/systemd-logind.service.d/
+	$(INSTALL) -m 0644 dbus/org.kexechib1.conf $(DESTDIR)$(DBUS_POLICYDIR)/
+	$(INSTALL) -m 0644 dbus/org.kexechib1.service $(DESTDIR)$(DBUS_SERVICEDIR)/
+	$(INSTALL) -m 0644 dbus/org.kexechib1.xml $(DESTDIR)$(DBUS_INTERFACEDIR)/
 	$(INSTALL) -m 0644 dbus/org.kexechib1.policy $(DESTDIR)$(POLKITDIR)/
 	$(INSTALL) -m 0644 systemd/kexechibd.conf.example docs/DESIGN.md README.md $(DESTDIR)$(DOCDIR)/
 	test -e $(DESTDIR)$(SYSCONFDIR)/kexechibd.conf || \

@@ -193,5 +193,14 @@ def test_the_daemons_help_documents_every_setting(capsys):
     text = capsys.readouterr().out
     for setting in config.SETTINGS:
         assert f"{setting.key} = {setting.allowed}" in text
-    for heading in ("roles:", "environment:", "signals:", "exit status:", "files:"):
+    for heading in (
+        "roles:",
+        "kernel command line:",
+        "environment:",
+        "signals:",
+        "exit status:",
+        "files:",
+        "systemd units:",
+        "see also:",
+    ):
         assert heading in text

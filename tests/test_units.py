@@ -6,11 +6,15 @@ expects it."""
 from __future__ import annotations
 
 import configparser
+import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+
+from kexechibd.config import Config
 
 REPO = Path(__file__).resolve().parents[1]
 UNITS = (
@@ -20,6 +24,31 @@ UNITS = (
     "kexechib-resume.service",
 )
 HOST_UNITS = Path("/usr/lib/systemd/system")
+# What the units we install or extend run, other than our own programs
+# (Debian's paths, through the merged /usr).
+HOST_PROGRAMS = (Path("/usr/bin/run-parts"), Path("/usr/lib/systemd/systemd-logind"))
+
+
+def pkg_config_variable(package: str, variable: str, fallback: str) -> str:
+    """Where the package's pkg-config file says its files go (what Debian
+    expects), or the usual place where the file is not installed."""
+    result = subprocess.run(
+        ["pkg-config", f"--variable={variable}", package],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return result.stdout.strip() or fallback
+
+
+# Relative to DESTDIR, as `make install` should choose them on this machine.
+UNIT_DIR = pkg_config_variable("systemd", "systemdsystemunitdir", "/usr/lib/systemd/system")[1:]
+DBUS_SERVICE_DIR = pkg_config_variable(
+    "dbus-1", "system_bus_services_dir", "/usr/share/dbus-1/system-services"
+)[1:]
+DBUS_INTERFACE_DIR = pkg_config_variable(
+    "dbus-1", "interfaces_dir", "/usr/share/dbus-1/interfaces"
+)[1:]
 
 pytestmark = pytest.mark.skipif(
     shutil.which("systemd-analyze") is None,
@@ -50,6 +79,9 @@ def root(installed: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     systemd-hibernate.service, sysinit.target …) and the programs the units
     run that are not ours."""
     root = tmp_path_factory.mktemp("root")
+    for merged in ("bin", "sbin", "lib"):  # Debian's merged /usr, before what lands in /lib
+        (root / "usr" / merged).mkdir(parents=True)
+        (root / merged).symlink_to(f"usr/{merged}")
     shutil.copytree(installed, root, dirs_exist_ok=True, symlinks=True)
     units = root / "usr/lib/systemd/system"
     for host_unit in HOST_UNITS.iterdir():
@@ -59,10 +91,8 @@ def root(installed: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
                 shutil.copytree(host_unit, target, symlinks=True)
             else:
                 shutil.copy2(host_unit, target, follow_symlinks=False)
-    (root / "usr/bin").mkdir(parents=True, exist_ok=True)
-    shutil.copy2(shutil.which("run-parts") or "/usr/bin/run-parts", root / "usr/bin/run-parts")
-    for merged in ("bin", "sbin", "lib"):  # Debian's merged /usr
-        (root / merged).symlink_to(f"usr/{merged}")
+    for program in HOST_PROGRAMS:
+        shutil.copy2(program, root / program.relative_to("/"))
     (root / "etc/systemd/system").mkdir(parents=True)
     return root
 
@@ -76,7 +106,7 @@ def verify(root: Path, name: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.mark.parametrize("name", [*UNITS, "systemd-hibernate.service"])
+@pytest.mark.parametrize("name", [*UNITS, "systemd-hibernate.service", "systemd-logind.service"])
 def test_every_unit_verifies_without_errors_or_warnings(root: Path, name: str) -> None:
     result = verify(root, name)
     assert result.returncode == 0, result.stderr
@@ -98,11 +128,13 @@ def test_make_install_puts_every_file_where_debian_expects_it(installed: Path) -
     expected = {
         "usr/sbin/kexechibd",
         "usr/bin/kexechibctl",
-        *(f"usr/lib/systemd/system/{u}" for u in UNITS),
-        "usr/lib/systemd/system/systemd-hibernate.service.d/kexechib.conf",
+        "usr/lib/kexechibd/purgatory.ro",
+        *(f"{UNIT_DIR}/{u}" for u in UNITS),
+        f"{UNIT_DIR}/systemd-hibernate.service.d/kexechib.conf",
+        f"{UNIT_DIR}/systemd-logind.service.d/kexechib.conf",
         "usr/share/dbus-1/system.d/org.kexechib1.conf",
-        "usr/share/dbus-1/system-services/org.kexechib1.service",
-        "usr/share/dbus-1/interfaces/org.kexechib1.xml",
+        f"{DBUS_SERVICE_DIR}/org.kexechib1.service",
+        f"{DBUS_INTERFACE_DIR}/org.kexechib1.xml",
         "usr/share/polkit-1/actions/org.kexechib1.policy",
         "usr/share/doc/kexechibd/kexechibd.conf.example",
         "usr/share/doc/kexechibd/DESIGN.md",
@@ -116,6 +148,63 @@ def test_make_install_puts_every_file_where_debian_expects_it(installed: Path) -
     for program in ("usr/sbin/kexechibd", "usr/bin/kexechibctl"):
         assert (installed / program).stat().st_mode & 0o111
         assert (installed / program).read_text().startswith("#!/usr/bin/python3\n")
+
+
+def test_the_installed_daemon_looks_for_the_purgatory_where_make_install_put_it(
+    installed: Path,
+) -> None:
+    """Asked in the installed tree (this machine has no /usr/lib/kexechibd to
+    search), the installed package names as its installed purgatory the file
+    `make install` put there: the object built from purgatory/."""
+    probe = "from kexechibd import purgatory as p; print(p.__file__); print(p.INSTALLED_PURGATORY)"
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=installed,
+        env={"PYTHONPATH": str(installed / "usr/lib/python3/dist-packages")},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    module, default = result.stdout.splitlines()
+    assert Path(module).is_relative_to(installed)
+    shipped = installed / Path(default).relative_to("/")
+    assert shipped.read_bytes() == (REPO / "purgatory/purgatory.ro").read_bytes()
+
+
+def test_make_install_puts_units_and_bus_files_where_pkg_config_says(tmp_path: Path) -> None:
+    """The real pkg-config, reading .pc files that name other directories
+    (dbus-1.pc is not installed here: it comes with libdbus-1-dev)."""
+    pc_dir = tmp_path / "pkgconfig"
+    pc_dir.mkdir()
+    (pc_dir / "systemd.pc").write_text(
+        "systemdsystemunitdir=/opt/units\nName: systemd\nDescription: x\nVersion: 252\n"
+    )
+    (pc_dir / "dbus-1.pc").write_text(
+        "system_bus_services_dir=/opt/dbus/services\ninterfaces_dir=/opt/dbus/interfaces\n"
+        "Name: dbus\nDescription: x\nVersion: 1.14\n"
+    )
+    destdir = tmp_path / "destdir"
+    subprocess.run(
+        ["make", "-s", "install", f"DESTDIR={destdir}"],
+        cwd=REPO,
+        env={**os.environ, "PKG_CONFIG_PATH": str(pc_dir)},
+        check=True,
+        capture_output=True,
+    )
+    assert (destdir / "opt/units/kexechibd.service").is_file()
+    assert (destdir / "opt/dbus/services/org.kexechib1.service").is_file()
+    assert (destdir / "opt/dbus/interfaces/org.kexechib1.xml").is_file()
+
+
+def test_a_unit_directory_given_to_make_wins_over_pkg_config(tmp_path: Path) -> None:
+    subprocess.run(
+        ["make", "-s", "install", f"DESTDIR={tmp_path}", "UNITDIR=/srv/units"],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+    )
+    assert (tmp_path / "srv/units/kexechibd.service").is_file()
+    assert (tmp_path / "srv/units/systemd-hibernate.service.d/kexechib.conf").is_file()
 
 
 def test_make_install_keeps_an_existing_configuration(tmp_path: Path) -> None:
@@ -159,6 +248,16 @@ def test_the_daemon_unit_keeps_what_hibernation_needs() -> None:
     assert "WatchdogSec" in service
 
 
+def test_the_default_image_is_in_the_one_directory_the_daemon_may_write() -> None:
+    """ProtectSystem=strict leaves the daemon only its StateDirectory (an image
+    elsewhere needs ReadWritePaths=, as the unit and the example say)."""
+    service = unit(REPO / "systemd/kexechibd.service")["Service"]
+    assert service["ProtectSystem"] == "strict"
+    assert "ReadWritePaths" not in service
+    state = Path("/var/lib") / service["StateDirectory"]
+    assert Config().image.location.is_relative_to(state)
+
+
 def test_the_hibernate_dropin_replaces_systemd_sleep_and_blocks_until_resume() -> None:
     text = (REPO / "systemd/systemd-hibernate.service.d/kexechib.conf").read_text()
     exec_starts = [line for line in text.splitlines() if line.startswith("ExecStart=")]
@@ -168,12 +267,27 @@ def test_the_hibernate_dropin_replaces_systemd_sleep_and_blocks_until_resume() -
     ]
 
 
+def test_logind_offers_hibernation_without_swap_for_the_kernels_image() -> None:
+    """systemd 252's can_sleep() skips its swap check when this is set, so
+    logind lets Hibernate through to our systemd-hibernate.service drop-in."""
+    dropin = unit(REPO / "systemd/systemd-logind.service.d/kexechib.conf")
+    assert dropin.sections() == ["Service"]
+    assert dict(dropin["Service"]) == {"Environment": "SYSTEMD_BYPASS_HIBERNATION_MEMORY_CHECK=1"}
+
+
 def test_kernel_b_boots_into_the_saver_only() -> None:
     target = unit(REPO / "systemd/kexechib-save.target")["Unit"]
     assert target["Requires"] == "kexechib-save.service"
     saver = unit(REPO / "systemd/kexechib-save.service")
     assert saver["Unit"]["DefaultDependencies"] == "no"  # no local-fs: A's disks stay untouched
     assert saver["Service"]["ExecStart"] == "/usr/sbin/kexechibd --oneshot"
+
+
+def test_the_saver_pulls_in_the_journal_it_logs_to() -> None:
+    saver = unit(REPO / "systemd/kexechib-save.service")
+    assert saver["Service"]["StandardOutput"] == "journal+console"
+    assert "systemd-journald.socket" in saver["Unit"]["Wants"].split()
+    assert "systemd-journald.socket" in saver["Unit"]["After"].split()
 
 
 def test_resume_runs_before_anything_is_mounted_read_write() -> None:

@@ -134,11 +134,33 @@ roles:
                   on request (Resume).
     origin (A)    otherwise: the user's system, which may Hibernate.
 
+kernel command line:
+  kexechib.role=save       this kernel is B: kexechibd saves A (it refuses
+                           without kexec_jump_back_entry=, as A could not be
+                           reached); kexechib-save.service runs only with it,
+                           kexechib-resume.service only without it.
+                           Hibernate puts it on B's command line.
+  kexec_jump_back_entry=0xADDR
+                           A's re-entry point, appended by the purgatory.
+                           Without kexechib.role=save the kernel is taken for
+                           an origin: some other kexec jump, not ours to save.
+  kexechib.enable_kexec=1  allow real kexec_load, reboot and power-off calls,
+                           as [kexec] enable_real_kexec = yes does.
+                           Hibernate puts it on B's command line, so that B
+                           can power off or jump back.
+  noresume, kexechib.noresume
+                           kexechib-resume.service does not run, so this boot
+                           does not resume; the image is left as it is.
+
 configuration ({config_module.DEFAULT_PATH}, INI; every key is optional):
 {_settings_help()}
 
 environment:
   DBUS_SYSTEM_BUS_ADDRESS  the bus to use when --bus is not given
+  KEXECHIB_PURGATORY       the purgatory object Hibernate loads ahead of
+                           kernel B, instead of /usr/lib/kexechibd/purgatory.ro
+                           (or, failing that, the source tree's
+                           purgatory/purgatory.ro); it must name a file
   NOTIFY_SOCKET, WATCHDOG_USEC, JOURNAL_STREAM
                            set by systemd: readiness, watchdog, journal
 
@@ -154,9 +176,40 @@ exit status:
   78  invalid configuration file
 
 files:
-  {config_module.DEFAULT_PATH}                  configuration
-  /usr/share/dbus-1/system.d/org.kexechib1.conf  bus policy
-  /usr/share/polkit-1/actions/org.kexechib1.policy  polkit actions
+  {config_module.DEFAULT_PATH}      configuration
+  /var/lib/kexechib/       state directory: the default image and model_dir
+  /usr/lib/kexechibd/purgatory.ro
+                           the purgatory, which runs between A's jump and B
+  /usr/share/dbus-1/system.d/org.kexechib1.conf
+                           bus policy
+  /usr/share/dbus-1/system-services/org.kexechib1.service
+                           bus activation
+  /usr/share/dbus-1/interfaces/org.kexechib1.xml
+                           the D-Bus interface
+  /usr/share/polkit-1/actions/org.kexechib1.policy
+                           polkit actions
+
+systemd units:
+  kexechibd.service        this daemon, started by bus activation (or at boot
+                           when enabled)
+  kexechib-resume.service  early boot: kexechibd --oneshot resumes an image of
+                           an earlier boot before anything is mounted
+                           read-write
+  kexechib-save.target, kexechib-save.service
+                           what kernel B boots into
+                           (systemd.unit=kexechib-save.target): kexechibd
+                           --oneshot saves A, then powers off or jumps back
+  systemd-hibernate.service.d/kexechib.conf
+                           `systemctl hibernate`, logind and desktops
+                           hibernate through kexechibctl hibernate
+  systemd-logind.service.d/kexechib.conf
+                           logind offers hibernation without swap room for
+                           the kernel's own image
+
+see also:
+  kexechibctl(1), busctl(1) (busctl introspect org.kexechib1 /org/kexechib1),
+  systemd-hibernate.service(8), systemd-logind.service(8),
+  /usr/share/doc/kexechibd/DESIGN.md, /usr/share/doc/kexechibd/README.md
 """
 
 
