@@ -548,6 +548,13 @@ class ExtentImageStore(DeviceImageStore):
         mapped = self.mapping()
         return _Device(device_path(mapped), write=write, extents=mapped, name=self.path)
 
+    def check_writable(self) -> None:
+        """A and C write the file's blocks while its filesystem is mounted,
+        which a kernel built without CONFIG_BLK_DEV_WRITE_MOUNTED refuses:
+        A finds out before it jumps."""
+        with self._device(write=True):
+            pass
+
     def exists(self) -> bool:
         if self.extents is None and not self.path.exists():
             return False
