@@ -87,6 +87,8 @@ REQUEST_EXTENTS = 256  # extents asked for per ioctl
 # B's parameters travel in a 64 KiB room (cycle/prepare.py); a file this
 # fragmented is better recreated than mapped.
 MAX_EXTENTS = 512
+# Before merging: ext4 reports at most 128 MiB an extent, so this is 4 TiB.
+RAW_EXTENTS_LIMIT = 64 * MAX_EXTENTS
 
 # Filesystems whose FIEMAP physical addresses are byte offsets on the block
 # device that st_dev names.  Not btrfs (addresses in its own logical space,
@@ -305,8 +307,10 @@ def fiemap(fd: int) -> list[RawExtent]:
             raise
         got = decode_fiemap(buf)
         out.extend(got)
-        if not got or got[-1].flags & EXTENT_LAST or len(out) > MAX_EXTENTS:
+        if not got or got[-1].flags & EXTENT_LAST:
             return out
+        if len(out) > RAW_EXTENTS_LIMIT:  # bounds memory
+            raise ImageError(f"it is in more than {RAW_EXTENTS_LIMIT} pieces on its device")
         start = got[-1].logical + got[-1].length
 
 
