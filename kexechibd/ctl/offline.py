@@ -32,6 +32,30 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p = actions.add_parser("export", help="write a plain ELF core for readelf, gdb or crash")
     p.add_argument("image", type=Path)
     p.add_argument("output", help="the ELF core to write ('-': standard output)")
+    p = actions.add_parser(
+        "create",
+        help="prepare a file that kernel B can write images into by block address",
+        description="Create PATH (it must not exist) as an image file for a real machine: "
+        "written out with zeros and fsynced, on ext4 or xfs on a plain partition.  Two "
+        "slots, each must hold A's memory outside B's window, incompressible: the daemon "
+        "names the size it needs when it refuses a file that is too small.",
+    )
+    p.add_argument("image", type=Path)
+    p.add_argument(
+        "--size", type=_size, required=True, help="bytes, or with K, M, G or T (powers of 1024)"
+    )
+
+
+def _size(text: str) -> int:
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    scale = units.get(text[-1:].upper(), 1)
+    try:
+        value = int(text[:-1] if scale > 1 else text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r}")
+    return value * scale
 
 
 def describe(meta: object, summary: object) -> dict[str, object]:
@@ -60,9 +84,16 @@ def _output(name: str) -> Iterator[BinaryIO]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from kexechibd.image import ImageError, ImageStore, export_elf_core
+    from kexechibd.image import ImageError, ImageStore, export_elf_core, prepare_image_file
 
     try:
+        if args.image_command == "create":
+            mapped = prepare_image_file(args.image, args.size)
+            print(
+                f"{args.image}: {mapped.size} bytes (two slots of {mapped.size // 2 >> 20} MiB) "
+                f"in {len(mapped.extents)} extents on {mapped.device_name}"
+            )
+            return 0
         with ImageStore(args.image).open() as reader:
             if args.image_command in ("info", "inspect"):
                 info = describe(reader.meta, reader.summary)

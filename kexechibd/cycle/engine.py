@@ -9,6 +9,7 @@ loaded; after it, there is nothing left to undo.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 import uuid
@@ -33,7 +34,14 @@ from kexechibd.engine import (
     State,
 )
 from kexechibd.errors import BadImage, Failed, KernelRefused, KexechibError, NoPeer, NotSupported
-from kexechibd.image import DeviceImageStore, ImageError, ImageStore
+from kexechibd.image import (
+    DeviceImageStore,
+    ExtentImageStore,
+    FileExtents,
+    ImageError,
+    ImageStore,
+)
+from kexechibd.image.extents import size_for
 from kexechibd.kernel import abi
 from kexechibd.kernel.api import Kernel, MemoryKind, SupportReport
 from kexechibd.purgatory import default_purgatory_path
@@ -109,7 +117,8 @@ class KexecEngine:
             raise NotSupported(f"this kernel cannot hibernate with kexechibd: {report.summary}")
         observer.set_state(State.PREPARING)
         window, params = await asyncio.to_thread(self._choose_window_and_params, options)
-        await asyncio.to_thread(self._check_location, Path(params.image_location), window)
+        mapped = await asyncio.to_thread(self._check_location, Path(params.image_location), window)
+        params = dataclasses.replace(params, image_file=mapped)
         plan = await asyncio.to_thread(self._plan_saver, window)
         cancel.check()
         observer.set_state(State.LOADING)
@@ -144,31 +153,48 @@ class KexecEngine:
         finally:
             await observer.after_return()
 
-    def _check_location(self, location: Path, window: Window) -> None:
-        """Kernel B must be able to write the image, and a device slot must
-        hold the worst case (every page incompressible): after the jump, B
-        could only jump back with "cannot" or "no room"."""
+    def _check_location(self, location: Path, window: Window) -> FileExtents | None:
+        """Kernel B must be able to write the image, and a slot must hold
+        the worst case (every page incompressible): after the jump, B could
+        only jump back with "cannot" or "no room".  For a prepared image
+        file, returns the map of its blocks that B writes by: made now, as
+        late as it can be, since A is frozen from the jump on and nothing
+        can move them before B writes."""
+        ram = [r for r in self.kernel.memory_map() if r.kind is MemoryKind.RAM]
+        worst = sum(r.size for r in window.outside(ram))
+        need = worst + (worst >> 6)  # incompressible chunks, plus headers and index
+        create = f"kexechibctl image create {location} --size {size_for(need) >> 20}M"
         store = ImageStore(location)
-        if not isinstance(store, DeviceImageStore):
+        if not isinstance(store, DeviceImageStore):  # a plain file
             if not self.kernel.successors_share_files:
                 raise NotSupported(
                     f"{location} is not a block device: kernel B has only its initramfs and "
-                    "must not mount A's filesystems, so it cannot write a file there; set "
-                    "[image] location to a raw partition (DESIGN §1.3)"
+                    "must not mount A's filesystems, so it can only write a file there by "
+                    f"block address, once the file is prepared: `{create}` (a new file, on "
+                    "ext4 or xfs on a plain partition), or set [image] location to a raw "
+                    "partition (DESIGN §1.3)"
                 )
-            return
+            return None
+        mapped = None
         try:
+            if isinstance(store, ExtentImageStore):
+                mapped = store.mapping()
+                store = ExtentImageStore(location, extents=mapped)
+                store.check_writable()
             capacity = store.capacity
         except ImageError as exc:
-            raise NotSupported(f"the image device cannot be used: {exc}") from None
-        ram = [r for r in self.kernel.memory_map() if r.kind is MemoryKind.RAM]
-        worst = sum(r.size for r in window.outside(ram))
-        if capacity < worst + (worst >> 6):
+            raise NotSupported(f"the image location cannot be used: {exc}") from None
+        if capacity < need:
+            fix = (
+                f"recreate it larger: rm {location}; {create}"
+                if mapped
+                else f"use a device at least {size_for(need) >> 20} MiB large (two slots)"
+            )
             raise NotSupported(
                 f"an image slot of {location} holds {capacity >> 20} MiB, but A's memory "
-                f"outside B's window is {worst >> 20} MiB; use a device at least "
-                f"{(2 * (worst + (worst >> 6))) >> 20} MiB large (two slots)"
+                f"outside B's window is {worst >> 20} MiB; {fix}"
             )
+        return mapped
 
     def _choose_window_and_params(self, options: HibernateOptions) -> tuple[Window, SaveParams]:
         s = self.settings

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from kexechibd import cpio
 from kexechibd.errors import Failed
+from kexechibd.image.extents import FileExtents
 from kexechibd.kernel.api import KernelIdentity
 
 PARAMS_DIR = "kexechib"
@@ -30,10 +31,15 @@ class SaveParams:
     created: float
     window: tuple[tuple[int, int], ...]
     vmcoreinfo: tuple[int, int] | None = None
+    # The image location is a prepared file: where its bytes are on its
+    # device, which B writes by block address (it cannot see the file).
+    image_file: FileExtents | None = None
 
     def to_json(self) -> bytes:
         data = asdict(self)
         data["version"] = VERSION
+        if self.image_file is not None:
+            data["image_file"] = self.image_file.to_dict()  # extents as triples
         return json.dumps(data, indent=1, sort_keys=True).encode()
 
     @classmethod
@@ -46,6 +52,8 @@ class SaveParams:
             data["window"] = tuple(tuple(w) for w in data["window"])
             if data.get("vmcoreinfo") is not None:
                 data["vmcoreinfo"] = tuple(data["vmcoreinfo"])
+            if data.get("image_file") is not None:
+                data["image_file"] = FileExtents.from_dict(data["image_file"])
             return cls(**data)
         except (ValueError, KeyError, TypeError) as exc:
             raise Failed(f"B's parameters are unreadable: {exc}") from None

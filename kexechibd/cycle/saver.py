@@ -20,7 +20,7 @@ from elftools.elf.segments import NoteSegment
 from kexechibd import cmdline
 from kexechibd.cycle.params import SaveParams, read_params
 from kexechibd.errors import Failed
-from kexechibd.image import ImageMeta, ImageStore, ImageSummary
+from kexechibd.image import ExtentImageStore, ImageMeta, ImageStore, ImageSummary
 from kexechibd.kernel.api import Kernel
 
 READ_SIZE = 4 << 20
@@ -106,6 +106,15 @@ def saver_params(kernel: Kernel) -> tuple[SaveParams, bytes, int]:
     return params, page_map, entry
 
 
+def image_store(params: SaveParams) -> ImageStore:
+    """Where B writes: a prepared file by block address on its device, with
+    the map A made of it (B has only its initramfs and never sees A's
+    filesystems), or the location itself (a device; a file in the model)."""
+    if params.image_file is not None:
+        return ExtentImageStore(params.image_location, extents=params.image_file)
+    return ImageStore(Path(params.image_location))
+
+
 def save_image(
     kernel: Kernel,
     params: SaveParams,
@@ -117,7 +126,7 @@ def save_image(
 ) -> ImageSummary:
     """Write A's memory to ``params.image_location``; the previous image there
     stays valid until the new one is committed."""
-    store = ImageStore(Path(params.image_location))
+    store = image_store(params)
     with kernel.vmcore() as core:
         layout = read_core_layout(core)
         meta = image_meta(params, page_map, jump_back_entry, layout.vmcoreinfo)

@@ -58,7 +58,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, BinaryIO, cast
+from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 from kexechibd.image import format
 from kexechibd.image.meta import ImageError, ImageMeta
@@ -71,6 +71,9 @@ from kexechibd.image.store import (
     unmark_image_consumed,
 )
 from kexechibd.image.writer import ImageWriter
+
+if TYPE_CHECKING:
+    from kexechibd.image.extents import FileExtents
 
 log = logging.getLogger(__name__)
 
@@ -314,10 +317,27 @@ def _logical_block_size(rdev: int) -> int:
 
 class _Device:
     """An open image device (or, for tests and tools, a preallocated regular
-    file), every transfer ``O_DIRECT`` and aligned to ``IO_ALIGN``."""
+    file), every transfer ``O_DIRECT`` and aligned to ``IO_ALIGN``.
 
-    def __init__(self, path: Path, *, write: bool, allow_regular_file: bool) -> None:
+    With ``extents``, the slots are not the device's bytes but a file's on
+    it (``extents.py``): offsets are the file's, each transfer is split
+    where an extent ends, and the device is the mounted one that holds the
+    file, so it is neither refused as in use nor claimed ``O_EXCL``.  Safe
+    because nothing else writes those blocks: they are the file's, whose
+    data is written by us only, by block address (``extents.py``)."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        write: bool,
+        allow_regular_file: bool = False,
+        extents: FileExtents | None = None,
+        name: Path | None = None,
+    ) -> None:
         self.path = path
+        self.name = name or path  # what messages call it: the image file, with extents
+        self.extents = extents
         try:
             st = os.stat(path)  # follows /dev/disk/by-* links
         except FileNotFoundError as e:
@@ -327,7 +347,12 @@ class _Device:
         block = stat.S_ISBLK(st.st_mode)
         if not block and not (allow_regular_file and stat.S_ISREG(st.st_mode)):
             raise ImageError(f"{path} is not a block device; refusing it as an image device")
-        if block:
+        if extents is not None and (not block or st.st_rdev != extents.rdev):
+            raise ImageError(
+                f"{path} is not block device {extents.major}:{extents.minor}, which holds "
+                f"{self.name}"
+            )
+        if block and extents is None:
             # Before opening, for a message that names the mount; O_EXCL below
             # is the kernel's own check.
             busy = device_in_use(st.st_rdev)
@@ -337,7 +362,7 @@ class _Device:
                     "(writing one would destroy what is there)"
                 )
         flags = os.O_DIRECT | os.O_CLOEXEC | (os.O_RDWR if write else os.O_RDONLY)
-        if block and write:
+        if block and write and extents is None:
             flags |= os.O_EXCL  # on a block device: claim it exclusively (open(2))
         try:
             self.fd = os.open(path, flags)
@@ -347,6 +372,12 @@ class _Device:
                 "opened exclusively by another program)",
                 errno.EINVAL: " (does its filesystem support direct I/O?)",
             }.get(e.errno or 0, "")
+            if extents is not None and e.errno == errno.EBUSY:
+                hint = (
+                    " (this kernel refuses writes to a block device with a mounted "
+                    "filesystem: CONFIG_BLK_DEV_WRITE_MOUNTED=n or "
+                    "bdev_allow_write_mounted=0; image files need them allowed)"
+                )
             raise ImageError(f"cannot open {path}: {e.strerror}{hint}") from e
         self._bounce: mmap.mmap | None = None
         try:
@@ -363,8 +394,17 @@ class _Device:
                     )
             else:
                 check_private(fst, path)
-            self.layout = SlotLayout.for_device(os.lseek(self.fd, 0, os.SEEK_END))
-            if block:
+            size = os.lseek(self.fd, 0, os.SEEK_END)
+            if extents is not None:
+                if size != extents.device_size:
+                    raise ImageError(
+                        f"{path} has {size} bytes, but {extents.device_name} had "
+                        f"{extents.device_size} when {self.name} was mapped; refusing to "
+                        "write by block address to another device"
+                    )
+                size = extents.size
+            self.layout = SlotLayout.for_device(size)
+            if block and extents is None:
                 # Not for us (nothing here reads through the cache): for tools
                 # that do, such as readelf -n or blkid, drop what this kernel
                 # cached of the device before another kernel wrote it.
@@ -395,26 +435,47 @@ class _Device:
 
     # -- aligned transfers ------------------------------------------------------
 
+    def _spans(self, pos: int, span: int) -> Iterator[tuple[int, int, int]]:
+        """(device offset, offset in the buffer, bytes) for ``span`` bytes
+        from ``pos``: one piece, or with extents one per extent touched."""
+        if self.extents is None:
+            yield pos, 0, span
+            return
+        done = 0
+        for dev_pos, n in self.extents.spans(pos, span):
+            yield dev_pos, done, n
+            done += n
+
     def read_into(self, buf: mmap.mmap, span: int, pos: int) -> int:
         """Fill ``buf[:span]`` from ``pos`` (both aligned); fewer bytes only at
-        the end of the device."""
-        done = 0
+        the end of the device (or file)."""
+        total = 0
         with memoryview(buf) as mv:
-            while done < span:
-                n = os.preadv(self.fd, [mv[done:span]], pos + done)
-                if n == 0:
-                    break
-                done += n
-        return done
+            for dev_pos, at, length in self._spans(pos, span):
+                done = 0
+                while done < length:
+                    n = os.preadv(self.fd, [mv[at + done : at + length]], dev_pos + done)
+                    if n == 0:
+                        return total + done
+                    done += n
+                total += done
+        return total
 
     def write_from(self, buf: mmap.mmap, span: int, pos: int) -> None:
-        done = 0
+        written = 0
         with memoryview(buf) as mv:
-            while done < span:
-                n = os.pwritev(self.fd, [mv[done:span]], pos + done)
-                if n == 0:
-                    raise OSError(errno.EIO, f"{self.path}: nothing written at {pos + done:#x}")
-                done += n
+            for dev_pos, at, length in self._spans(pos, span):
+                done = 0
+                while done < length:
+                    n = os.pwritev(self.fd, [mv[at + done : at + length]], dev_pos + done)
+                    if n == 0:
+                        raise OSError(
+                            errno.EIO, f"{self.path}: nothing written at {dev_pos + done:#x}"
+                        )
+                    done += n
+                written += done
+        if written != span:  # with extents: past the file's end, a bug of ours
+            raise OSError(errno.EIO, f"{self.name}: wrote {written} of {span} bytes at {pos:#x}")
 
     def pread(self, offset: int, n: int) -> bytes:
         """``n`` bytes from ``offset`` (any alignment): the aligned blocks
@@ -448,7 +509,7 @@ class _Device:
         return SlotFile(self, k, owns_device=owns_device)
 
     def describe(self, k: int) -> str:
-        return f"slot {SLOT_NAMES[k]} of {self.path} (from byte {self.layout.offset(k):#x})"
+        return f"slot {SLOT_NAMES[k]} of {self.name} (from byte {self.layout.offset(k):#x})"
 
 
 class SlotFile:
@@ -501,8 +562,8 @@ class SlotFile:
         if self._pos + n > self._size:
             raise ImageError(
                 f"the image does not fit in {self._dev.describe(self.slot)}: it has grown "
-                f"past {self._pos + n} bytes and the slot holds {self._size} (half of the "
-                f"{self._dev.layout.device_size}-byte device, less {RECORD_SIZE} bytes for "
+                f"past {self._pos + n} bytes and the slot holds {self._size} (half of "
+                f"{self._dev.layout.device_size} bytes, less {RECORD_SIZE} bytes for "
                 "its record); nothing was published, the previous image is intact"
             )
         if self._wbuf is None:

@@ -5,10 +5,12 @@ Images hold all of memory, secrets included (DESIGN §9): files are created
 0600 and root-owned, and an image that others could have written is refused.
 
 ``ImageStore(path)`` is the one way to reach an image: it returns a
-``FileImageStore`` for a regular file (or a path that does not exist yet) and
-a ``DeviceImageStore`` (``blockstore.py``: two slots on a raw device, which B
+``DeviceImageStore`` (``blockstore.py``: two slots on a raw device, which B
 may write without going through A's filesystems, DESIGN §1.3) for a block
-device.  Both offer the same methods.
+device, an ``ExtentImageStore`` (``extents.py``: the same two slots in a file
+that ``kexechibctl image create`` prepared, written by block address) for
+such a file, and a ``FileImageStore`` for any other regular file (or a path
+that does not exist yet).  All offer the same methods.
 """
 
 from __future__ import annotations
@@ -125,14 +127,16 @@ class ImageStore:
 
     path: Path
 
-    def __new__(cls, path: Path | str, **_options: bool) -> ImageStore:
+    def __new__(cls, path: Path | str, **_options: object) -> ImageStore:
         if cls is ImageStore:
             if _is_block_device(path):
                 from kexechibd.image.blockstore import DeviceImageStore
 
                 cls = DeviceImageStore
             else:
-                cls = FileImageStore
+                from kexechibd.image.extents import ExtentImageStore, is_prepared
+
+                cls = ExtentImageStore if is_prepared(path) else FileImageStore
         return super().__new__(cls)
 
     def __init__(self, path: Path | str) -> None:
