@@ -9,6 +9,7 @@ import pytest
 from kexechibd.image import ImageError
 from kexechibd.image import extents as ex
 from kexechibd.image.extents import Extent, FileExtents, RawExtent
+from kexechibd.kernel import abi
 
 K = 4096
 MIB = 1 << 20
@@ -17,41 +18,41 @@ MIB = 1 << 20
 def fiemap_reply(extents: list[tuple[int, int, int, int]], room: int | None = None) -> bytes:
     """A buffer as the kernel leaves it: header, then the mapped extents."""
     room = len(extents) if room is None else room
-    head = ex.FIEMAP.pack(0, ex.FIEMAP_MAX_OFFSET, ex.FIEMAP_FLAG_SYNC, len(extents), room, 0)
+    head = abi.FIEMAP.pack(0, abi.FIEMAP_MAX_OFFSET, abi.FIEMAP_FLAG_SYNC, len(extents), room, 0)
     body = b"".join(
-        ex.FIEMAP_EXTENT.pack(lo, ph, n, bytes(16), fl, bytes(12)) for lo, ph, n, fl in extents
+        abi.FIEMAP_EXTENT.pack(lo, ph, n, bytes(16), fl, bytes(12)) for lo, ph, n, fl in extents
     )
-    return head + body + bytes(ex.FIEMAP_EXTENT.size * (room - len(extents)))
+    return head + body + bytes(abi.FIEMAP_EXTENT.size * (room - len(extents)))
 
 
 def test_a_fiemap_reply_decodes_to_its_extents() -> None:
-    reply = fiemap_reply([(0, 40 * K, 8 * K, 0), (8 * K, 100 * K, 4 * K, ex.EXTENT_LAST)], room=4)
+    reply = fiemap_reply([(0, 40 * K, 8 * K, 0), (8 * K, 100 * K, 4 * K, abi.EXTENT_LAST)], room=4)
     assert ex.decode_fiemap(reply) == [
         RawExtent(0, 40 * K, 8 * K, 0),
-        RawExtent(8 * K, 100 * K, 4 * K, ex.EXTENT_LAST),
+        RawExtent(8 * K, 100 * K, 4 * K, abi.EXTENT_LAST),
     ]
 
 
 def test_the_request_asks_for_a_sync_and_has_room_for_the_extents() -> None:
     buf = ex.fiemap_request(0, MIB, 3)
-    assert len(buf) == ex.FIEMAP.size + 3 * ex.FIEMAP_EXTENT.size
-    assert ex.FIEMAP.unpack_from(buf) == (0, MIB, ex.FIEMAP_FLAG_SYNC, 0, 3, 0)
+    assert len(buf) == abi.FIEMAP.size + 3 * abi.FIEMAP_EXTENT.size
+    assert abi.FIEMAP.unpack_from(buf) == (0, MIB, abi.FIEMAP_FLAG_SYNC, 0, 3, 0)
 
 
 def test_a_reply_claiming_more_extents_than_its_room_is_refused() -> None:
     reply = bytearray(fiemap_reply([(0, 0, K, 0)]))
-    ex.FIEMAP.pack_into(reply, 0, 0, 0, 0, 5, 1, 0)
+    abi.FIEMAP.pack_into(reply, 0, 0, 0, 0, 5, 1, 0)
     with pytest.raises(ImageError, match="5 extents in room for 1"):
         ex.decode_fiemap(reply)
 
 
 def test_physically_adjacent_extents_are_merged() -> None:
-    raw = [RawExtent(0, 40 * K, 8 * K, 0), RawExtent(8 * K, 48 * K, 8 * K, ex.EXTENT_LAST)]
+    raw = [RawExtent(0, 40 * K, 8 * K, 0), RawExtent(8 * K, 48 * K, 8 * K, abi.EXTENT_LAST)]
     assert ex.check_extents(raw, 16 * K, "f") == (Extent(0, 40 * K, 16 * K),)
 
 
 def test_extents_beyond_the_end_of_the_file_are_cut_off() -> None:
-    raw = [RawExtent(0, 40 * K, 8 * K, 0), RawExtent(8 * K, 80 * K, 8 * K, ex.EXTENT_LAST)]
+    raw = [RawExtent(0, 40 * K, 8 * K, 0), RawExtent(8 * K, 80 * K, 8 * K, abi.EXTENT_LAST)]
     assert ex.check_extents(raw, 4 * K, "f") == (Extent(0, 40 * K, 4 * K),)
 
 
@@ -70,25 +71,25 @@ def test_extents_beyond_the_end_of_the_file_are_cut_off() -> None:
     ],
 )
 def test_an_extent_with_a_flag_other_than_last_or_merged_is_refused(flag: int, name: str) -> None:
-    raw = [RawExtent(0, 40 * K, 8 * K, ex.EXTENT_LAST | flag)]
+    raw = [RawExtent(0, 40 * K, 8 * K, abi.EXTENT_LAST | flag)]
     with pytest.raises(ImageError, match=f"offset 0x0 is {name}"):
         ex.check_extents(raw, 8 * K, "f")
 
 
 def test_a_hole_between_extents_is_refused() -> None:
-    raw = [RawExtent(0, 40 * K, 4 * K, 0), RawExtent(8 * K, 80 * K, 4 * K, ex.EXTENT_LAST)]
+    raw = [RawExtent(0, 40 * K, 4 * K, 0), RawExtent(8 * K, 80 * K, 4 * K, abi.EXTENT_LAST)]
     with pytest.raises(ImageError, match="has a hole at file offset 0x4000"):
         ex.check_extents(raw, 12 * K, "f")
 
 
 def test_a_hole_at_the_end_is_refused() -> None:
-    raw = [RawExtent(0, 40 * K, 4 * K, ex.EXTENT_LAST)]
+    raw = [RawExtent(0, 40 * K, 4 * K, abi.EXTENT_LAST)]
     with pytest.raises(ImageError, match="hole at file offset 0x4000 \\(to its end at 0x8000\\)"):
         ex.check_extents(raw, 8 * K, "f")
 
 
 def test_an_extent_not_aligned_to_4096_bytes_on_the_device_is_refused() -> None:
-    raw = [RawExtent(0, 10241 * 1024, 8 * K, ex.EXTENT_LAST)]
+    raw = [RawExtent(0, 10241 * 1024, 8 * K, abi.EXTENT_LAST)]
     with pytest.raises(ImageError, match="not aligned to 4096 bytes on the device"):
         ex.check_extents(raw, 8 * K, "f")
 

@@ -30,7 +30,6 @@ import errno
 import fcntl
 import os
 import stat
-import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,37 +51,17 @@ from kexechibd.image.blockstore import (
 )
 from kexechibd.image.meta import ImageError
 from kexechibd.image.store import check_private, create_image_file
+from kexechibd.kernel.abi import (
+    EXTENT_FLAGS,
+    EXTENT_LAST,
+    EXTENT_MERGED,
+    FIEMAP,
+    FIEMAP_EXTENT,
+    FIEMAP_FLAG_SYNC,
+    FIEMAP_MAX_OFFSET,
+    FS_IOC_FIEMAP,
+)
 
-# ===========================================================================
-# FIEMAP (linux/fiemap.h, linux/fs.h)
-# ===========================================================================
-
-FS_IOC_FIEMAP = 0xC020660B  # _IOWR('f', 11, struct fiemap)
-FIEMAP_FLAG_SYNC = 0x1  # write dirty data out first: delayed allocations get blocks
-FIEMAP_MAX_OFFSET = (1 << 64) - 1
-# struct fiemap: fm_start, fm_length, fm_flags, fm_mapped_extents,
-# fm_extent_count, fm_reserved
-FIEMAP = struct.Struct("<QQIIII")
-# struct fiemap_extent: fe_logical, fe_physical, fe_length, fe_reserved64[2],
-# fe_flags, fe_reserved[3]
-FIEMAP_EXTENT = struct.Struct("<QQQ16sI12s")
-
-EXTENT_LAST = 0x1
-EXTENT_MERGED = 0x1000  # the filesystem merged block-sized records: harmless
-# Every other flag says the bytes are not simply at fe_physical on the device,
-# or are not ours alone, or read back as something else through the filesystem.
-EXTENT_FLAGS = {
-    0x2: "UNKNOWN (location not known)",
-    0x4: "DELALLOC (no block allocated yet)",
-    0x8: "ENCODED (compressed or encrypted on disk)",
-    0x80: "DATA_ENCRYPTED",
-    0x100: "NOT_ALIGNED (not block-aligned on disk)",
-    0x200: "DATA_INLINE (stored in metadata)",
-    0x400: "DATA_TAIL (packed with other files' tails)",
-    0x800: "UNWRITTEN (preallocated, never written: reads back as zeros through the "
-    "filesystem, which would discard what we write there)",
-    0x2000: "SHARED (shared with another file or a snapshot)",
-}
 REQUEST_EXTENTS = 256  # extents asked for per ioctl
 # B's parameters travel in a 64 KiB room (cycle/prepare.py); a file this
 # fragmented is better recreated than mapped.
