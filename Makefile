@@ -18,7 +18,7 @@ BIN := $(VENV)/bin
 # kexechibctl with it as an unprivileged user.
 APT_PACKAGES := gcc make pkg-config libsystemd-dev python3-dev python3-venv \
 	dbus dbus-bin dbus-daemon libglib2.0-bin polkitd systemd util-linux \
-	binutils cpio zstd lz4 makedumpfile time \
+	binutils cpio zstd lz4 makedumpfile time btrfs-progs \
 	libxml2-utils python3-dbus-next python3-systemd
 # The kernel lab (docs/lab.md): QEMU, and the libraries Debian's kexec binary
 # links (kexec-tools itself is unpacked into the lab cache, not installed: its

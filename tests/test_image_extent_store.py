@@ -186,7 +186,7 @@ def test_a_filesystem_with_blocks_smaller_than_4096_bytes_is_refused(tmp_path: P
 
 def test_a_file_on_btrfs_is_refused(tmp_path: Path) -> None:
     with (
-        filesystem(tmp_path, "btrfs", "mkfs.btrfs", "-q") as fs,
+        filesystem(tmp_path, "btrfs", "mkfs.btrfs", "-q", size=128 * MIB) as fs,
         pytest.raises(ImageError, match="is on btrfs, whose FIEMAP addresses"),
     ):
         prepare_image_file(fs.where / "image", FILE_SIZE)

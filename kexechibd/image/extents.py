@@ -314,6 +314,24 @@ def mount_of(dev: int) -> Mount | None:
     return None
 
 
+def mount_containing(path: Path | str) -> Mount | None:
+    """The mount that holds ``path``: the longest mount point above it, the
+    last mounted on ties.  For filesystems whose files' ``st_dev`` is not the
+    superblock's (btrfs subvolumes: anonymous device numbers)."""
+    target = os.path.realpath(path)
+    found: Mount | None = None
+    for fields in _lines(MOUNTINFO):
+        try:
+            sep = fields.index("-", 6)
+            where = _unescape(fields[4])
+        except (ValueError, IndexError):
+            continue
+        inside = target == where or target.startswith(where.rstrip("/") + "/")
+        if inside and (found is None or len(where) >= len(found.where)):
+            found = Mount(fields[sep + 1], f"{fields[5]},{fields[sep + 3]}", where)
+    return found
+
+
 def device_name(rdev: int) -> str | None:
     """The kernel's name of block device ``rdev`` (``DEVNAME`` in sysfs)."""
     node = SYS_DEV_BLOCK / f"{os.major(rdev)}:{os.minor(rdev)}"
@@ -348,7 +366,7 @@ def check_backing_device(st: os.stat_result, path: Path | str) -> tuple[int, str
     refused when FIEMAP's addresses are not offsets on it, or when B could
     not open it without setting up what A set up (device-mapper, md)."""
     dev = st.st_dev
-    mount = mount_of(dev)
+    mount = mount_of(dev) or mount_containing(path)
     fstype = mount.fstype if mount else "unknown"
     if fstype == "btrfs":
         raise ImageError(
