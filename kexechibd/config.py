@@ -227,7 +227,8 @@ SETTINGS: tuple[Setting, ...] = (
         "location",
         _absolute_path,
         "absolute path",
-        "The image: a raw partition, or a file A preallocates and B writes by block address. "
+        "The image: a raw partition, or a file prepared with `kexechibctl image create PATH "
+        "--size SIZE` on ext4 or xfs, which B writes by block address. "
         "kexechibd.service may write files only below /var/lib/kexechib (ProtectSystem=strict): "
         "elsewhere, add the file's directory with ReadWritePaths= in a drop-in.",
     ),
