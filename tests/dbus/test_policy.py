@@ -67,6 +67,46 @@ async def test_a_caller_polkit_refuses_is_denied(daemon, system_bus, real_polkit
     assert_unchanged(daemon)
 
 
+@pytest.mark.parametrize(
+    "member, args",
+    [
+        ("Hibernate", ["{'speed': <'fast'>}"]),
+        ("Hibernate", ["{'mode': <'suspend'>}"]),
+        ("Resume", ["'relative/image'", "{}"]),
+        ("Resume", ["''", "{'load-only': <'yes'>}"]),
+        ("Inspect", ["'relative/image'"]),
+    ],
+)
+async def test_an_unauthorized_call_with_bad_arguments_is_denied_not_told_what_is_wrong(
+    daemon, system_bus, real_polkit, member, args
+):
+    result = await run(
+        gdbus(f"org.kexechib1.Manager.{member}", *args), user="bin", env=system_bus.env()
+    )
+    assert "org.freedesktop.DBus.Error.AccessDenied" in result.stderr
+    assert "InvalidOption" not in result.stderr
+    assert_unchanged(daemon)
+
+
+async def test_an_unauthorized_call_while_busy_is_denied_not_told_busy(
+    daemon, system_bus, real_polkit, client
+):
+    from tests.dbus.conftest import call
+
+    daemon.engine.gate.clear()
+    pending = asyncio.create_task(call(client, "Hibernate", "a{sv}", [{}]))
+    await wait_thread_event(daemon.engine.waiting)
+    for member, args in (("Hibernate", ["{}"]), ("Resume", ["''", "{}"]), ("JumpBack", [])):
+        result = await run(
+            gdbus(f"org.kexechib1.Manager.{member}", *args), user="bin", env=system_bus.env()
+        )
+        assert "org.freedesktop.DBus.Error.AccessDenied" in result.stderr, member
+        assert "Busy" not in result.stderr and "already running" not in result.stderr
+    daemon.engine.gate.set()
+    assert await asyncio.wait_for(pending, 10) == []
+    assert [c[0] for c in daemon.engine.operations] == ["hibernate"]
+
+
 async def test_a_caller_polkit_authorizes_may_hibernate(daemon, system_bus, real_polkit):
     result = await run(
         gdbus("org.kexechib1.Manager.Hibernate", "{'mode': <'checkpoint'>}"),
