@@ -307,8 +307,9 @@ class ManagerService:
 
     def _is_configured_image(self, image: object) -> bool:
         """Whether a caller's (unchecked) image argument names the configured
-        image: empty, or the same path however written ("//a/./b" is "/a/b";
-        ".." is kept, so a path through a symlink never counts as the same)."""
+        image: empty, or the path the engine reads as the configured one
+        ("/a//./b" is "/a/b"; ".." is kept, so a path through a symlink never
+        passes for it)."""
         configured = PurePath(str(self._manager.get("ImageLocation")))
         return image == "" or (isinstance(image, str) and PurePath(image) == configured)
 
@@ -325,7 +326,15 @@ class ManagerService:
         # polkit rules may look at the mode; the options are not checked yet,
         # so it is passed as the caller wrote it.
         details = {"mode": str(requested["mode"])} if "mode" in requested else {}
-        await self._authorize(caller, Action.HIBERNATE, details)
+        image = requested.get("image", "")
+        if self._is_configured_image(image):
+            await self._authorize(caller, Action.HIBERNATE, details)
+        else:
+            # Root writes the image wherever the caller says -- another disk,
+            # a system file -- so that is an administrator's decision, not
+            # the active session's.
+            details["image"] = str(image)
+            await self._authorize(caller, Action.HIBERNATE_OTHER_IMAGE, details)
         options = HibernateOptions.from_mapping(requested)
         await self._manager.hibernate(options, owner=caller.sender)
         return []

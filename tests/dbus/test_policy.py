@@ -117,6 +117,33 @@ async def test_a_caller_polkit_authorizes_may_hibernate(daemon, system_bus, real
     assert [c[0] for c in daemon.engine.operations] == ["hibernate"]
 
 
+async def test_an_active_session_user_may_hibernate_to_the_configured_image(
+    daemon, system_bus, real_polkit
+):
+    configured = daemon.manager.get("ImageLocation")
+    for options in ("{}", f"{{'image': <'{configured}'>}}"):
+        result = await run(
+            gdbus("org.kexechib1.Manager.Hibernate", options), user="sys", env=system_bus.env()
+        )
+        assert result.returncode == 0, result.stderr
+    assert [c[0] for c in daemon.engine.operations] == ["hibernate", "hibernate"]
+
+
+async def test_an_active_session_user_may_not_hibernate_to_another_image(
+    daemon, system_bus, real_polkit
+):
+    # B would overwrite whatever the path names, as root: another disk, say.
+    result = await run(
+        gdbus("org.kexechib1.Manager.Hibernate", "{'image': <'/dev/sdb'>}"),
+        user="sys",
+        env=system_bus.env(),
+    )
+    assert "org.freedesktop.DBus.Error.AccessDenied" in result.stderr
+    assert "org.kexechib1.hibernate-other-image" in result.stderr
+    assert "authentication is required" in result.stderr
+    assert_unchanged(daemon)
+
+
 async def test_busctl_as_an_unprivileged_user_is_denied(daemon, system_bus, real_polkit):
     result = await run(
         busctl(system_bus, "call", *DEST, "org.kexechib1.Manager", "Hibernate", "a{sv}", "0"),
