@@ -9,7 +9,7 @@ import asyncio
 
 import pytest
 
-from tests.dbus.conftest import busctl, gdbus, run, wait_thread_event
+from tests.dbus.conftest import busctl, call, gdbus, run, wait_thread_event
 
 DEST = ("org.kexechib1", "/org/kexechib1")
 
@@ -88,14 +88,19 @@ async def test_an_unauthorized_call_with_bad_arguments_is_denied_not_told_what_i
     assert_unchanged(daemon)
 
 
-async def test_an_unauthorized_call_while_busy_is_denied_not_told_busy(
-    daemon, system_bus, real_polkit, client
-):
-    from tests.dbus.conftest import call
-
+async def hibernate_held(daemon, client):
+    """A Hibernate by root, held at the scripted engine's gate until the
+    test sets it."""
     daemon.engine.gate.clear()
     pending = asyncio.create_task(call(client, "Hibernate", "a{sv}", [{}]))
     await wait_thread_event(daemon.engine.waiting)
+    return pending
+
+
+async def test_an_unauthorized_call_while_busy_is_denied_not_told_busy(
+    daemon, system_bus, real_polkit, client
+):
+    pending = await hibernate_held(daemon, client)
     for member, args in (("Hibernate", ["{}"]), ("Resume", ["''", "{}"]), ("JumpBack", [])):
         result = await run(
             gdbus(f"org.kexechib1.Manager.{member}", *args), user="bin", env=system_bus.env()
@@ -157,11 +162,7 @@ async def test_busctl_as_an_unprivileged_user_is_denied(daemon, system_bus, real
 async def test_others_cannot_cancel_an_operation_they_did_not_start(
     daemon, system_bus, real_polkit, client
 ):
-    from tests.dbus.conftest import call
-
-    daemon.engine.gate.clear()
-    pending = asyncio.create_task(call(client, "Hibernate", "a{sv}", [{}]))
-    await wait_thread_event(daemon.engine.waiting)
+    pending = await hibernate_held(daemon, client)
     result = await run(gdbus("org.kexechib1.Manager.Cancel"), user="nobody", env=system_bus.env())
     assert "org.freedesktop.DBus.Error.AccessDenied" in result.stderr
     assert not daemon.manager.operation.token.cancelled
