@@ -120,6 +120,9 @@ class HibernateOptions:
         if not -7 <= level <= 22:
             raise InvalidOption(f"level must be between -7 and 22, not {level}")
         image = str(_option(options, "image", str, ""))
+        if image and not Path(image).is_absolute():
+            # A relative path would be the daemon's working directory's business.
+            raise InvalidOption(f"the image must be an absolute path, not {image!r}")
         return cls(parsed_mode, compression, level, image)
 
 

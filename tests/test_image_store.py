@@ -3,6 +3,7 @@ could have written them, and moved through their resume states in place."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import stat
 from pathlib import Path
@@ -139,6 +140,21 @@ def test_open_refuses_a_symlink_and_a_directory(tmp_path: Path, store: ImageStor
     (tmp_path / "dir").mkdir()
     with pytest.raises(ImageError, match="is not a regular file"):
         ImageStore(tmp_path / "dir").open()
+
+
+def test_open_refuses_a_fifo_without_waiting_for_a_writer(tmp_path: Path) -> None:
+    # Waiting would hold a Resume (or an Inspect) in open(2), where Cancel
+    # cannot reach it, for as long as nobody writes.
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo, 0o600)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        opening = pool.submit(ImageStore(fifo).open)
+        try:
+            with pytest.raises(ImageError, match="is not a regular file"):
+                opening.result(timeout=30)
+        finally:
+            if not opening.done():  # let it go: the test fails instead of hanging
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
 
 
 def test_open_of_a_missing_image_says_so(tmp_path: Path) -> None:

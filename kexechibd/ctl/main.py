@@ -75,7 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--compression", choices=COMPRESSIONS, help="image compression")
     p.add_argument("--level", type=int, help="compression level")
-    p.add_argument("--image", metavar="PATH", help="where to write the image")
+    p.add_argument(
+        "--image",
+        metavar="PATH",
+        help="where to write the image (anywhere but the configured one needs an administrator)",
+    )
     p = commands.add_parser("resume", help="verify and load an image, then jump into it")
     p.add_argument("image", help="the image (an empty string: the configured one)")
     p.add_argument("--load-only", action="store_true", help="load it but do not jump")

@@ -38,6 +38,9 @@ ACCESS_DENIED = "org.freedesktop.DBus.Error.AccessDenied"
 
 class Action(enum.Enum):
     HIBERNATE = "org.kexechib1.hibernate"
+    # Instead of HIBERNATE when the image goes anywhere but the configured
+    # location (as logind asks hibernate-multiple-sessions instead of hibernate).
+    HIBERNATE_OTHER_IMAGE = "org.kexechib1.hibernate-other-image"
     RESUME = "org.kexechib1.resume"
     JUMP_BACK = "org.kexechib1.jump-back"
     CANCEL = "org.kexechib1.cancel"

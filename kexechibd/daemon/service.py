@@ -9,8 +9,12 @@ dbus-next's method decorator hides: the caller's unique name and the
 reply for a wrong signature, and replies that may arrive minutes later
 (``Hibernate`` answers after A has resumed) while other calls are served.
 
-Order of checks for every call: signature → arguments → authorization →
-the operation.  A refused or malformed call changes nothing.
+Order of checks for every call: signature → authorization → arguments →
+the operation.  Authorization comes before anything that depends on the
+daemon's state or on what the arguments mean, so a caller who may not do
+something learns nothing from trying: AccessDenied, never Busy or
+InvalidOption.  (The price: an authorized caller may be asked for a
+password and then told Busy.)  A refused or malformed call changes nothing.
 """
 
 from __future__ import annotations
@@ -301,6 +305,14 @@ class ManagerService:
             )
             raise denial(action, result, caller)
 
+    def _is_configured_image(self, image: object) -> bool:
+        """Whether a caller's (unchecked) image argument names the configured
+        image: empty, or the path the engine reads as the configured one
+        ("/a//./b" is "/a/b"; ".." is kept, so a path through a symlink never
+        passes for it)."""
+        configured = PurePath(str(self._manager.get("ImageLocation")))
+        return image == "" or (isinstance(image, str) and PurePath(image) == configured)
+
     def _image_path(self, image: str) -> Path:
         path = Path(image or str(self._manager.get("ImageLocation")))
         if not path.is_absolute():
@@ -310,24 +322,33 @@ class ManagerService:
     # ---------------------------------------------------- methods
 
     async def _hibernate(self, caller: Caller, args: list[Any]) -> list[Any]:
-        options = HibernateOptions.from_mapping(
-            {**self._hibernate_defaults, **unwrap_options(args[0])}
-        )
-        self._manager.check_free()  # fail fast: no password prompt for a Busy answer
-        await self._authorize(caller, Action.HIBERNATE, {"mode": options.mode.value})
+        requested = {**self._hibernate_defaults, **unwrap_options(args[0])}
+        # polkit rules may look at the mode; the options are not checked yet,
+        # so it is passed as the caller wrote it.
+        details = {"mode": str(requested["mode"])} if "mode" in requested else {}
+        image = requested.get("image", "")
+        if self._is_configured_image(image):
+            await self._authorize(caller, Action.HIBERNATE, details)
+        else:
+            # Root writes the image wherever the caller says -- another disk,
+            # a system file -- so that is an administrator's decision, not
+            # the active session's.
+            details["image"] = str(image)
+            await self._authorize(caller, Action.HIBERNATE_OTHER_IMAGE, details)
+        options = HibernateOptions.from_mapping(requested)
         await self._manager.hibernate(options, owner=caller.sender)
         return []
 
     async def _resume(self, caller: Caller, args: list[Any]) -> list[Any]:
+        await self._authorize(
+            caller, Action.RESUME, {"image": args[0] or str(self._manager.get("ImageLocation"))}
+        )
         image = self._image_path(args[0])
         options = ResumeOptions.from_mapping(unwrap_options(args[1]))
-        self._manager.check_free()
-        await self._authorize(caller, Action.RESUME, {"image": str(image)})
         await self._manager.resume(image, options, owner=caller.sender)
         return []
 
     async def _jump_back(self, caller: Caller, args: list[Any]) -> list[Any]:
-        self._manager.check_free()
         await self._authorize(caller, Action.JUMP_BACK)
         await self._manager.jump_back(owner=caller.sender)
         return []
@@ -350,10 +371,10 @@ class ManagerService:
         return [result.verdict.value]
 
     async def _inspect(self, caller: Caller, args: list[Any]) -> list[Any]:
-        image = self._image_path(args[0])
         # The configured image is public knowledge (like the properties);
         # probing other paths as root is not.
-        if str(image) != self._manager.get("ImageLocation"):
-            await self._authorize(caller, Action.INSPECT, {"image": str(image)})
+        if not self._is_configured_image(args[0]):
+            await self._authorize(caller, Action.INSPECT, {"image": args[0]})
+        image = self._image_path(args[0])
         info = await self._manager.inspect(image)
         return [to_vardict(info)]

@@ -229,13 +229,16 @@ class FileImageStore(ImageStore):
 
     def _open(self, flags: int) -> BinaryIO:
         try:
-            fd = os.open(self.path, flags | _OPEN_FLAGS)
+            # O_NONBLOCK: open(2) of a FIFO would wait for a writer, holding
+            # the caller where Cancel cannot reach; check_private refuses it.
+            fd = os.open(self.path, flags | _OPEN_FLAGS | os.O_NONBLOCK)
         except FileNotFoundError as e:
             raise ImageError(f"no image at {self.path}") from e
         except OSError as e:
             raise ImageError(f"cannot open the image at {self.path}: {e.strerror}") from e
         try:
             check_private(os.fstat(fd), self.path)
+            os.set_blocking(fd, True)
             return os.fdopen(fd, "r+b" if flags & os.O_RDWR else "rb")
         except BaseException:
             os.close(fd)

@@ -5,7 +5,11 @@ Users the tests call as (all exist on every Debian system):
   root    — never asked: the daemon authorizes root itself;
   nobody  — polkit's defaults apply (no session: ``allow_any``);
   daemon  — the test rules say YES to every org.kexechib1 action;
-  bin     — the test rules say NO.
+  bin     — the test rules say NO;
+  sys     — stands for a user of the active local session (which these
+            tests cannot make): YES to org.kexechib1.hibernate, as its
+            allow_active does, and the defaults for the rest (which are
+            the same for the active session: auth_admin_keep).
 """
 
 from __future__ import annotations
@@ -41,6 +45,8 @@ polkit.addRule(function(action, subject) {
         return polkit.Result.YES;
     if (subject.user == "bin")
         return polkit.Result.NO;
+    if (subject.user == "sys" && action.id == "org.kexechib1.hibernate")
+        return polkit.Result.YES;
     return polkit.Result.NOT_HANDLED;
 });
 """

@@ -125,6 +125,28 @@ async def test_resume_and_inspect_tell_polkit_which_image(served, bus, authority
     ]
 
 
+async def test_hibernate_to_another_image_asks_for_the_admin_action_with_the_image(
+    served, bus, authority, tmp_path
+):
+    configured = served.manager.get("ImageLocation")
+    other = str(tmp_path / "elsewhere")
+    folder, _, name = configured.rpartition("/")
+    same = f"{folder}//./{name}"  # the configured path, as Path reads it
+    for image in ("", configured, same, other, "relative"):
+        await run(
+            gdbus("org.kexechib1.Manager.Hibernate", f"{{'image': <'{image}'>}}"),
+            user="nobody",
+            env=bus.env(),
+        )
+    assert [(r.action, r.details) for r in authority.requests] == [
+        ("org.kexechib1.hibernate", {"mode": "poweroff"}),
+        ("org.kexechib1.hibernate", {"mode": "poweroff"}),
+        ("org.kexechib1.hibernate", {"mode": "poweroff"}),
+        ("org.kexechib1.hibernate-other-image", {"mode": "poweroff", "image": other}),
+        ("org.kexechib1.hibernate-other-image", {"mode": "poweroff", "image": "relative"}),
+    ]
+
+
 async def test_a_polkit_error_denies_and_says_why(served, bus, authority):
     authority.error = "org.freedesktop.PolicyKit1.Error.Failed"
     result = await run(gdbus("org.kexechib1.Manager.Hibernate", "{}"), user="nobody", env=bus.env())

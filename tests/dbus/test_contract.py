@@ -185,6 +185,7 @@ def test_the_polkit_policy_has_an_action_for_each_authorization_the_daemon_asks(
     "action, implicit",
     [
         ("org.kexechib1.hibernate", ("auth_admin_keep", "auth_admin_keep", "yes")),
+        ("org.kexechib1.hibernate-other-image", ("auth_admin_keep",) * 3),
         ("org.kexechib1.resume", ("auth_admin_keep",) * 3),
         ("org.kexechib1.jump-back", ("auth_admin_keep",) * 3),
         ("org.kexechib1.cancel", ("auth_admin_keep",) * 3),

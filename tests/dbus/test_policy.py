@@ -9,7 +9,7 @@ import asyncio
 
 import pytest
 
-from tests.dbus.conftest import busctl, gdbus, run, wait_thread_event
+from tests.dbus.conftest import busctl, call, gdbus, run, wait_thread_event
 
 DEST = ("org.kexechib1", "/org/kexechib1")
 
@@ -67,6 +67,51 @@ async def test_a_caller_polkit_refuses_is_denied(daemon, system_bus, real_polkit
     assert_unchanged(daemon)
 
 
+@pytest.mark.parametrize(
+    "member, args",
+    [
+        ("Hibernate", ["{'speed': <'fast'>}"]),
+        ("Hibernate", ["{'mode': <'suspend'>}"]),
+        ("Resume", ["'relative/image'", "{}"]),
+        ("Resume", ["''", "{'load-only': <'yes'>}"]),
+        ("Inspect", ["'relative/image'"]),
+    ],
+)
+async def test_an_unauthorized_call_with_bad_arguments_is_denied_not_told_what_is_wrong(
+    daemon, system_bus, real_polkit, member, args
+):
+    result = await run(
+        gdbus(f"org.kexechib1.Manager.{member}", *args), user="bin", env=system_bus.env()
+    )
+    assert "org.freedesktop.DBus.Error.AccessDenied" in result.stderr
+    assert "InvalidOption" not in result.stderr
+    assert_unchanged(daemon)
+
+
+async def hibernate_held(daemon, client):
+    """A Hibernate by root, held at the scripted engine's gate until the
+    test sets it."""
+    daemon.engine.gate.clear()
+    pending = asyncio.create_task(call(client, "Hibernate", "a{sv}", [{}]))
+    await wait_thread_event(daemon.engine.waiting)
+    return pending
+
+
+async def test_an_unauthorized_call_while_busy_is_denied_not_told_busy(
+    daemon, system_bus, real_polkit, client
+):
+    pending = await hibernate_held(daemon, client)
+    for member, args in (("Hibernate", ["{}"]), ("Resume", ["''", "{}"]), ("JumpBack", [])):
+        result = await run(
+            gdbus(f"org.kexechib1.Manager.{member}", *args), user="bin", env=system_bus.env()
+        )
+        assert "org.freedesktop.DBus.Error.AccessDenied" in result.stderr, member
+        assert "Busy" not in result.stderr and "already running" not in result.stderr
+    daemon.engine.gate.set()
+    assert await asyncio.wait_for(pending, 10) == []
+    assert [c[0] for c in daemon.engine.operations] == ["hibernate"]
+
+
 async def test_a_caller_polkit_authorizes_may_hibernate(daemon, system_bus, real_polkit):
     result = await run(
         gdbus("org.kexechib1.Manager.Hibernate", "{'mode': <'checkpoint'>}"),
@@ -75,6 +120,33 @@ async def test_a_caller_polkit_authorizes_may_hibernate(daemon, system_bus, real
     )
     assert result.returncode == 0, result.stderr
     assert [c[0] for c in daemon.engine.operations] == ["hibernate"]
+
+
+async def test_an_active_session_user_may_hibernate_to_the_configured_image(
+    daemon, system_bus, real_polkit
+):
+    configured = daemon.manager.get("ImageLocation")
+    for options in ("{}", f"{{'image': <'{configured}'>}}"):
+        result = await run(
+            gdbus("org.kexechib1.Manager.Hibernate", options), user="sys", env=system_bus.env()
+        )
+        assert result.returncode == 0, result.stderr
+    assert [c[0] for c in daemon.engine.operations] == ["hibernate", "hibernate"]
+
+
+async def test_an_active_session_user_may_not_hibernate_to_another_image(
+    daemon, system_bus, real_polkit
+):
+    # B would overwrite whatever the path names, as root: another disk, say.
+    result = await run(
+        gdbus("org.kexechib1.Manager.Hibernate", "{'image': <'/dev/sdb'>}"),
+        user="sys",
+        env=system_bus.env(),
+    )
+    assert "org.freedesktop.DBus.Error.AccessDenied" in result.stderr
+    assert "org.kexechib1.hibernate-other-image" in result.stderr
+    assert "authentication is required" in result.stderr
+    assert_unchanged(daemon)
 
 
 async def test_busctl_as_an_unprivileged_user_is_denied(daemon, system_bus, real_polkit):
@@ -90,11 +162,7 @@ async def test_busctl_as_an_unprivileged_user_is_denied(daemon, system_bus, real
 async def test_others_cannot_cancel_an_operation_they_did_not_start(
     daemon, system_bus, real_polkit, client
 ):
-    from tests.dbus.conftest import call
-
-    daemon.engine.gate.clear()
-    pending = asyncio.create_task(call(client, "Hibernate", "a{sv}", [{}]))
-    await wait_thread_event(daemon.engine.waiting)
+    pending = await hibernate_held(daemon, client)
     result = await run(gdbus("org.kexechib1.Manager.Cancel"), user="nobody", env=system_bus.env())
     assert "org.freedesktop.DBus.Error.AccessDenied" in result.stderr
     assert not daemon.manager.operation.token.cancelled

@@ -296,6 +296,38 @@ def test_the_journal_is_used_only_when_stderr_is_systemds_journal_stream(tmp_pat
         stream.close()
 
 
+def test_structured_fields_reach_the_journal(tmp_path, monkeypatch):
+    # journald itself is not ours to write to: sendv, the C call at the end
+    # of systemd.journal.send, is stubbed; everything before it is real.
+    import logging
+
+    from systemd import journal
+
+    sent: list[tuple[str | bytes, ...]] = []
+    monkeypatch.setattr(journal, "sendv", lambda *lines: sent.append(lines))
+    with open(tmp_path / "stream", "w") as stream:
+        st = os.fstat(stream.fileno())
+        handler = logs.make_handler(
+            "kexechibd", stream, {"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"}
+        )
+    logger = logging.Logger("kexechibd.manager")  # not the global one: nothing else sees it
+    logger.addHandler(handler)
+    logger.info(
+        "hibernate started by %s",
+        ":1.5",
+        extra={"KEXECHIB_OPERATION": "hibernate", "KEXECHIB_CALLER": ":1.5"},
+    )
+    (lines,) = sent
+    for field in (
+        "MESSAGE=hibernate started by :1.5",
+        "PRIORITY=6",
+        "SYSLOG_IDENTIFIER=kexechibd",
+        "KEXECHIB_OPERATION=hibernate",
+        "KEXECHIB_CALLER=:1.5",
+    ):
+        assert field in lines
+
+
 def test_stderr_lines_say_who_and_how_severe():
     buffer = io.StringIO()
     handler = logs.make_handler("kexechibd", buffer, {})

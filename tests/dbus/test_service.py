@@ -219,6 +219,7 @@ async def test_an_unknown_method_is_unknown_method(daemon, client):
         ({"mode": Variant("s", "suspend")}, "mode must be 'poweroff' or 'checkpoint'"),
         ({"compression": Variant("s", "gzip")}, "compression must be one of"),
         ({"level": Variant("i", 99)}, "level must be between"),
+        ({"image": Variant("s", "relative/image")}, "must be an absolute path"),
     ],
 )
 async def test_bad_options_are_invalid_option(daemon, client, options, words):
