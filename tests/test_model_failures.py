@@ -259,3 +259,13 @@ async def test_a_file_image_is_refused_when_b_cannot_reach_files(
         await engine.hibernate(HibernateOptions(), Recorder(), CancelToken())
     assert not kernel.kexec_loaded()
     assert machine.running == kernel.id
+
+
+async def test_a_missing_purgatory_is_refused_by_name_before_anything_is_loaded(
+    machine: Machine, kernel: ModelKernel, tmp_path: Path
+) -> None:
+    config = dataclasses.replace(settings(tmp_path), purgatory=tmp_path / "no-purgatory.ro")
+    engine = KexecEngine(config, kernel)
+    with pytest.raises(NotSupported, match=r"cannot read the purgatory: .*no-purgatory\.ro"):
+        await engine.hibernate(HibernateOptions(), Recorder(), CancelToken())
+    assert not kernel.kexec_loaded()

@@ -232,7 +232,10 @@ class KexecEngine:
                 f"cannot read kernel B ({exc.filename}): {exc.strerror}; set [saver] kernel and "
                 "initrd in the configuration"
             ) from None
-        purgatory = (s.purgatory or default_purgatory_path()).read_bytes()
+        try:
+            purgatory = (s.purgatory or default_purgatory_path()).read_bytes()
+        except OSError as exc:
+            raise NotSupported(f"cannot read the purgatory: {exc}") from None
         return plan_saver_load(
             files,
             window,
