@@ -6,9 +6,12 @@ One guest (the lab kernel, 512 MiB, one CPU, QEMU TCG) runs, in kernel A:
    and the guest userspace as its initrd), then `kexec -e` twice; B jumps
    back each time with `kexec --load-jump-back-helper` / `kexec -e`.
 2. kexechibd: B loaded as the daemon's Hibernate loads it (its loader and
-   purgatory, one KS_full call: kexechibd/lab/guest/load_saver.py), then
-   `reboot(LINUX_REBOOT_CMD_KEXEC)` twice; B jumps back with kexechibd's
-   jump-back helper (kexechibd/lab/guest/jumpback.py).
+   purgatory, kexechibd/lab/guest/load_saver.py): the engine's `load_saver`
+   with the path the probe chooses, on the lab kernel the staged one
+   (KS_start with every segment, /proc/kexec_pgmap, KS_final with the
+   parameters; the output says which), then `reboot(LINUX_REBOOT_CMD_KEXEC)`
+   twice; B jumps back with kexechibd's jump-back helper
+   (kexechibd/lab/guest/jumpback.py).
 
 B does nothing but jump back, with the same tool as A. Both give B a window
 of about 128 MiB (kexec-tools [1 MiB, 128 MiB), kexechibd 128M@256M and the
@@ -25,6 +28,7 @@ import argparse
 import shutil
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from kexechibd.lab import GuestResult, GuestSpec, lab_kernel, new_workdir, run_guest
 from kexechibd.lab.userspace import GUEST_LIB, daemon_guest, lab_config, origin_initrd
@@ -140,6 +144,16 @@ def tools_rows(t: Timeline) -> list[tuple[str, float, float]]:
     ]
 
 
+def load_path(t: Timeline) -> str:
+    """How load_saver.py loaded B: the path the daemon's probe chose."""
+    loaded = t.result.marker("ours-loaded")
+    if loaded is None:
+        raise LookupError(f"no marker ours-loaded in {t.result.workdir}")
+    if loaded.fields.get("staged") == "1":
+        return "staged loads (KS_start, /proc/kexec_pgmap, KS_final)"
+    return "one KS_full call (no staged-load support)"
+
+
 def daemon_rows(t: Timeline) -> list[tuple[str, float]]:
     hibernate = t.marker("a-hibernate")
     jumping = t.line("kexechibd: INFO: jumping to kernel B")
@@ -162,8 +176,7 @@ def daemon_rows(t: Timeline) -> list[tuple[str, float]]:
     ]
 
 
-def run_tools() -> GuestResult:
-    kernel = lab_kernel()
+def run_tools(kernel: Path) -> GuestResult:
     spec = GuestSpec(
         command=tools_script(),
         kernel=kernel,
@@ -180,13 +193,15 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--daemon", action="store_true", help="also time the daemon round trip")
     args = parser.parse_args(argv)
 
-    result = run_tools()
+    result = run_tools(lab_kernel())
     if result.exit_status != 0:
         print(result.describe(), file=sys.stderr)
         return 1
+    timeline = Timeline(result)
     print("kexec jump on the lab kernel (QEMU TCG, 512 MiB, 1 CPU), host seconds")
+    print(f"kexechibd loads B as its daemon does on this kernel: {load_path(timeline)}")
     print(f"{'':34} {'kexec-tools':>11} {'kexechibd':>10} {'ratio':>6}")
-    for what, theirs, ours in tools_rows(Timeline(result)):
+    for what, theirs, ours in tools_rows(timeline):
         print(f"{what:34} {theirs:11.2f} {ours:10.2f} {ours / theirs:6.2f}")
     shutil.rmtree(result.workdir, ignore_errors=True)
 

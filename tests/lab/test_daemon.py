@@ -8,8 +8,9 @@ counting process, then with busctl:
 
 1. `Hibernate {mode: checkpoint}`: A's kexechibd loads B
    (the lab bzImage and the same userspace as its initrd) with its own loader
-   and purgatory in one KS_full call (no staged loads on this kernel) and
-   jumps. B's /init (kexechibd/lab/guest/saver.sh) starts a bus and
+   and purgatory — on the lab kernel, which carries the staged-load patches,
+   in two staged calls with /proc/kexec_pgmap read between them (DESIGN
+   §1.1) — and jumps. B's /init (kexechibd/lab/guest/saver.sh) starts a bus and
    kexechibd, which sees its role and A's jump-back entry on its command
    line, saves A to the image device and jumps back: the call returns in A.
 2. `JumpBack` in A: B's daemon, waiting inside its jump, resumes and ends its

@@ -1,8 +1,10 @@
 """Kernel A of the lab bench with kexechibd's loader (bench/lab_kexec.py).
 
 Loads kernel B exactly as the daemon's Hibernate does (the configured window,
-B's kernel and initrd, our purgatory; one KS_full call on a kernel without
-staged loads, DESIGN §1.1), then jumps to B and back ROUNDS times with
+B's kernel and initrd, our purgatory; `load_saver` with `staged` from the
+probe, as the engine calls it: KS_start, /proc/kexec_pgmap, KS_final on a
+kernel with the staged-load patches such as the lab's, one KS_full call on one
+without, DESIGN §1.1), then jumps to B and back ROUNDS times with
 ``reboot(LINUX_REBOOT_CMD_KEXEC)``, and unloads. Marker lines time each step
 on the host's clock; no time is measured here (A's clocks stop while B runs).
 
@@ -71,8 +73,9 @@ def main(argv: Sequence[str]) -> int:
         vmcoreinfo=kernel.vmcoreinfo(),
     )
     say(f"ours-planned segments={len(plan.segments)}")
-    load_saver(kernel, plan, params, staged=kernel.probe().staged_load)
-    say("ours-loaded")
+    staged = kernel.probe().staged_load
+    load_saver(kernel, plan, params, staged=staged)
+    say(f"ours-loaded staged={int(staged)}")
     for round_ in range(1, args.rounds + 1):
         say(f"ours-jump round={round_}")
         kernel.reboot_kexec()
