@@ -95,7 +95,8 @@ class ImageReader:
     def _need(self, size: int, what: str) -> None:
         if self._size < size:
             raise ImageError(
-                f"image truncated: {self._size} bytes, {what} need {size}", offset=self._size
+                f"image truncated: {self._size} bytes, but {size} are needed for {what}",
+                offset=self._size,
             )
 
     def _truncated(self, h: Header) -> ImageError:
