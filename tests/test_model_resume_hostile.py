@@ -17,10 +17,11 @@ import pytest
 from kexechibd.cycle.engine import KexecEngine
 from kexechibd.engine import CancelToken, HibernateOptions, Mode, ResumeOptions
 from kexechibd.errors import BadImage
-from kexechibd.image import ImageMeta, ImageStore
+from kexechibd.image import ImageMeta, ImageStore, Run
 from kexechibd.image import format as fmt
 from kexechibd.kernel import abi
 from kexechibd.kernel.api import KernelGone
+from kexechibd.model import bzimage
 from kexechibd.model.kernel import ModelKernel
 from kexechibd.model.machine import Machine
 from kexechibd.model.workload import populate
@@ -127,6 +128,11 @@ def shape(image: Path) -> Layout:
 def meta_of(image: Path) -> ImageMeta:
     with ImageStore(image).open() as reader:
         return reader.meta
+
+
+def first_run(image: Path) -> Run:
+    with ImageStore(image).open() as reader:
+        return next(iter(reader.covered()))
 
 
 # -- truncation ---------------------------------------------------------------------
@@ -305,7 +311,7 @@ def test_a_missing_image_is_bad_image(saved, tmp_path) -> None:
     assert refused(machine, tmp_path / "absent", tmp_path) == f"no image at {tmp_path / 'absent'}"
 
 
-# -- made elsewhere ------------------------------------------------------------------
+# -- made elsewhere: another machine, another kernel build, other RAM ----------------
 
 
 def test_an_image_of_another_machine_is_refused(saved, tmp_path) -> None:
@@ -316,3 +322,48 @@ def test_an_image_of_another_machine_is_refused(saved, tmp_path) -> None:
         f"{other.machine_id}; refusing to resume another machine's memory"
     )
     other.close()
+
+
+def boot_another_kernel_build(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Firmware boots of the model run the kernel release ``DEFAULT_RELEASE``
+    (the build id is derived from it): C now boots a different build."""
+    monkeypatch.setattr(bzimage, "DEFAULT_RELEASE", bzimage.DEFAULT_RELEASE + "-rebuilt")
+
+
+def test_an_image_of_another_kernel_build_is_refused(saved, tmp_path, monkeypatch) -> None:
+    machine, image = saved
+    boot_another_kernel_build(monkeypatch)
+    c = Restorer(machine)
+    made, here = meta_of(image), c.kernel.identity()
+    assert (made.kernel_release, made.build_id) != (here.release, here.build_id)
+    assert c.refusal(copy(image, tmp_path), tmp_path) == (
+        f"the image was made by kernel {made.kernel_release} (build {made.build_id}), "
+        f"this is {here.release} (build {here.build_id}); boot the same kernel or resume "
+        "with the 'force' option"
+    )
+    assert c.calls == []
+    c.assert_nothing_left()
+
+
+def test_force_resumes_an_image_of_another_kernel_build(saved, tmp_path, monkeypatch) -> None:
+    machine, image = saved
+    boot_another_kernel_build(monkeypatch)
+    c = Restorer(machine)
+    c.resume(copy(image, tmp_path), tmp_path, ResumeOptions(force=True, load_only=True))
+    assert c.calls[0][0] is START and c.calls[-1] == (abi.Stage.FINAL, 0)
+    assert c.kernel.kexec_loaded()
+    c.kernel.close()
+
+
+def test_an_image_restoring_what_is_not_ram_here_is_refused(saved, tmp_path) -> None:
+    """The same machine, but its firmware now reserves the MiB above 1 MiB,
+    where the image's first run goes (the kernel would not check)."""
+    machine, image = saved
+    changed = Machine.create(tmp_path / "changed", ram=512 * MIB, reserved=((MIB, 2 * MIB),))
+    assert changed.machine_id == machine.machine_id
+    run = first_run(image)
+    assert run.pfn << 12 == MIB
+    assert refused(changed, copy(image, tmp_path), tmp_path) == (
+        f"the image restores {MIB:#x}+{run.npages << 12:#x}, which is not RAM on this machine"
+    )
+    changed.close()
