@@ -222,36 +222,39 @@ def test_a_flip_in_a_run_table_is_caught_before_anything_is_loaded(saved, tmp_pa
     )
 
 
+def chunk_data(image: Path, k: int) -> tuple[int, int, str]:
+    """Where chunk ``k``'s stored data starts and ends, and what the reader
+    says when it does not match its checksum."""
+    lay = shape(image)
+    start = lay.payload_at(image.read_bytes(), k)
+    end = lay.entries[k].offset + lay.entries[k].length
+    message = (
+        f"chunk data checksum mismatch ({end - start} bytes from {start:#x}) "
+        f"(chunk {k}, offset {start:#x})"
+    )
+    return start, end, message
+
+
 def test_a_flip_in_the_first_chunks_data_is_refused_before_any_segment_is_loaded(
     saved, tmp_path
 ) -> None:
     machine, image = saved
-    lay = shape(image)
-    payload = lay.payload_at(image.read_bytes(), 0)
-    entry = lay.entries[0]
+    start, _, message = chunk_data(image, 0)
     bad = copy(image, tmp_path)
-    flip(bad, payload + 10)
-    assert refused(machine, bad, tmp_path) == (
-        f"chunk data checksum mismatch ({entry.offset + entry.length - payload} bytes from "
-        f"{payload:#x}) (chunk 0, offset {payload:#x})"
-    )
+    flip(bad, start + 10)
+    assert refused(machine, bad, tmp_path) == message
 
 
 def test_a_flip_in_the_last_chunks_data_discards_everything_staged_before_it(
     saved, tmp_path
 ) -> None:
     machine, image = saved
-    lay = shape(image)
-    last = len(lay.entries) - 1
-    payload = lay.payload_at(image.read_bytes(), last)
-    entry = lay.entries[last]
+    last = len(shape(image).entries) - 1
+    _, end, message = chunk_data(image, last)
     bad = copy(image, tmp_path)
-    flip(bad, entry.offset + entry.length - 1)
+    flip(bad, end - 1)
     c = Restorer(machine)
-    assert c.refusal(bad, tmp_path) == (
-        f"chunk data checksum mismatch ({entry.offset + entry.length - payload} bytes from "
-        f"{payload:#x}) (chunk {last}, offset {payload:#x})"
-    )
+    assert c.refusal(bad, tmp_path) == message
     # Every chunk before the bad one was staged (KS_start, then KS_mid…);
     # then one KS_start with no segments threw all of it away.
     stages = [stage for stage, _ in c.calls]
