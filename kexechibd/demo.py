@@ -32,7 +32,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from kexechibd.errors import ConfigError
+
 if TYPE_CHECKING:
+    from kexechibd.cycle.window import Window
     from kexechibd.lab.cycle import CycleRun
     from kexechibd.lab.qemu import GuestResult, LogLine
 
@@ -263,7 +266,30 @@ def scratch() -> Path:
     return Path(tempfile.mkdtemp(prefix="kexechib-demo-", dir=base))
 
 
-def write_config(work: Path, machine: Path) -> Path:
+def model_window(ram: int) -> Window:
+    """B's window on a model machine with ``ram`` bytes of RAM: a quarter of
+    RAM, at most 128 MiB, in the middle of the largest RAM range (A keeps the
+    rest, and needs free pages outside the window for what the jump swaps
+    out of it), checked as the daemon checks a configured window."""
+    from kexechibd.cycle.window import KERNEL_ALIGN, MIN_WINDOW, choose_window
+    from kexechibd.kernel.api import MemoryKind
+    from kexechibd.model.machine import firmware_map
+
+    e820 = firmware_map(ram)
+    size = min(128 * MIB, ram // 4 // KERNEL_ALIGN * KERNEL_ALIGN)
+    if size < MIN_WINDOW:
+        raise ValueError(
+            f"{ram >> 20} MiB of RAM is too small for the demo: it gives kernel B a quarter "
+            f"of RAM and B needs at least {MIN_WINDOW >> 20} MiB; use --ram "
+            f"{4 * MIN_WINDOW >> 20} or more"
+        )
+    largest = max((r for r in e820 if r.kind is MemoryKind.RAM), key=lambda r: r.size)
+    start = (largest.start + largest.size // 2) // KERNEL_ALIGN * KERNEL_ALIGN
+    return choose_window(start, size, e820, low_memory=True)
+
+
+def write_config(work: Path, machine: Path, window: Window) -> Path:
+    from kexechibd.cmdline import format_size
     from kexechibd.model.bzimage import make_bzimage
 
     (work / "vmlinuz-b").write_bytes(make_bzimage(kernel_size=256 << 10, init_size=2 * MIB))
@@ -274,7 +300,8 @@ def write_config(work: Path, machine: Path) -> Path:
         f"[daemon]\nbackend = model\nmodel_dir = {machine}\n\n"
         f"[image]\nlocation = {work / 'image'}\ncompression = zstd\nlevel = 1\n\n"
         f"[saver]\nkernel = {work / 'vmlinuz-b'}\ninitrd = {work / 'initrd-b'}\n"
-        "window = 128M@512M\nmode = poweroff\n"
+        f"window = {format_size(window.main.size)}@{format_size(window.main.start)}\n"
+        "mode = poweroff\n"
     )
     return conf
 
@@ -285,6 +312,7 @@ def run_model(args: argparse.Namespace) -> int:
     from kexechibd.model.workload import count_runs, in_use_digest, populate
     from kexechibd.privatebus import PrivateBus
 
+    window = model_window(args.ram * MIB)
     work = scratch()
     bus: PrivateBus | None = None
     daemon: subprocess.Popen[str] | None = None
@@ -299,7 +327,8 @@ def run_model(args: argparse.Namespace) -> int:
         )
         before = in_use_digest(machine)
         print(f"  A's memory in use: sha256 {before}")
-        conf = write_config(work, machine.dir)
+        print(f"  kernel B's window: {', '.join(str(r) for r in window.ranges)}")
+        conf = write_config(work, machine.dir, window)
 
         step("A private system bus with our policy; kexechibd starts in A")
         bus = PrivateBus()
@@ -399,7 +428,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="run the cycle on the machine model instead of real kernels in QEMU",
     )
     parser.add_argument(
-        "--ram", type=int, default=1024, help="with --model: model RAM in MiB (default 1024)"
+        "--ram",
+        type=int,
+        default=1024,
+        help="with --model: model RAM in MiB, at least 128 (default 1024); kernel B's "
+        "window is a quarter of it, at most 128 MiB",
     )
     parser.add_argument(
         "--pages",
@@ -411,6 +444,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--keep", action="store_true", help="keep the work directory (consoles, disk, model)"
     )
     args = parser.parse_args(argv)
+    if args.model:
+        # Refuse a machine too small for B before anything is created.
+        try:
+            model_window(args.ram * MIB)
+        except (ValueError, ConfigError) as exc:
+            parser.error(f"--ram {args.ram}: {exc}")
     return run_model(args) if args.model else run_lab(args)
 
 

@@ -8,13 +8,41 @@ import json
 
 import pytest
 
-from kexechibd.demo import Console, main
+from kexechibd.demo import Console, main, model_window
 from kexechibd.lab.qemu import LogLine
 
+MIB = 1 << 20
 
-def test_the_model_cycle_stays_available_with_model(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["--model", "--pages", "2000"]) == 0
-    assert "Verdict: A resumed with its memory byte for byte" in capsys.readouterr().out
+
+def test_the_model_cycle_runs_on_a_512_mib_machine(capsys: pytest.CaptureFixture[str]) -> None:
+    # Issue 4's acceptance machine; a small workload keeps the test quick.
+    assert main(["--model", "--ram", "512", "--pages", "2000"]) == 0
+    out = capsys.readouterr().out
+    assert "kernel B's window: [0x0-0x9efff] System RAM, [0x10000000-0x17ffffff] System RAM" in out
+    assert "Verdict: A resumed with its memory byte for byte" in out
+
+
+@pytest.mark.parametrize(
+    "ram, window",
+    [(128, (64 * MIB, 32 * MIB)), (512, (256 * MIB, 128 * MIB)), (1024, (512 * MIB, 128 * MIB))],
+)
+def test_the_model_window_is_a_quarter_of_ram_at_most_128_mib_in_its_middle(
+    ram: int, window: tuple[int, int]
+) -> None:
+    main_range = model_window(ram * MIB).main
+    assert (main_range.start, main_range.size) == window
+
+
+def test_a_model_too_small_for_b_is_refused_before_anything_runs(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["--model", "--ram", "96"])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.endswith(
+        "error: --ram 96: 96 MiB of RAM is too small for the demo: it gives kernel B a "
+        "quarter of RAM and B needs at least 32 MiB; use --ram 128 or more\n"
+    )
 
 
 def test_the_console_names_each_kernel_and_shows_what_matters(

@@ -6,12 +6,14 @@ from __future__ import annotations
 import io
 import itertools
 import os
+import threading
+from collections.abc import Iterator
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kexechibd.image import FORMAT_VERSION, ImageReader, ImageWriter, Run
+from kexechibd.image import FORMAT_VERSION, ImageReader, ImageWriter, Run, codec
 from kexechibd.image import format as fmt
 from tests.test_image_helpers import (
     PS,
@@ -138,6 +140,32 @@ def test_writing_without_worker_threads_gives_the_same_image() -> None:
     adds = [(0, os.urandom(5 * PS) + b"".join(page(i) for i in range(7)) + bytes(3 * PS))]
     inline, _ = write_image(adds, chunk_size=2 * PS, threads=0)
     assert write_image(adds, chunk_size=2 * PS, threads=3)[0] == inline
+
+
+@pytest.fixture
+def one_cpu() -> Iterator[None]:
+    """This thread (and the threads it starts) may run on one CPU only, as
+    under taskset or a cgroup's cpuset; os.cpu_count() still counts all."""
+    allowed = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(allowed)})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, allowed)
+
+
+def test_chunk_pools_are_sized_to_the_cpus_this_process_may_run_on(one_cpu: None) -> None:
+    assert codec.pool_size() == 1
+
+
+def test_the_writer_starts_no_more_workers_than_usable_cpus(one_cpu: None) -> None:
+    out = io.BytesIO()
+    with ImageWriter(out, make_meta(), chunk_size=PS) as w:
+        for i in range(8):
+            w.add(i * PS, page(i, "random"))
+        workers = {t.name for t in threading.enumerate() if t.name.startswith("kexechib-image")}
+        w.commit()
+    assert len(workers) == 1
 
 
 def test_add_copies_the_buffer_so_callers_may_reuse_it() -> None:

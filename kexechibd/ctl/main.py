@@ -37,6 +37,8 @@ exit status:
   1    the daemon refused or failed (its message is printed), or it is not
        running; can-hibernate: the answer is no or na
   2    bad command-line usage
+  3    image verify: the checksums are OK, but the image is not resumable
+       (consumed or invalid); a damaged image gives 1
   130  interrupted by a second Ctrl-C
 
 Authorization: root may do everything; for other users polkit decides

@@ -14,6 +14,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+# ``image verify`` of an image whose checksums are fine but that will not be
+# resumed as it is: scripts can tell it from damage (1) without parsing text.
+EXIT_NOT_RESUMABLE = 3
+
+# What each resume state means for whoever wants to resume the image.
+STATE_MEANING = {
+    "committed": "resumable",
+    "consumed": "resumed once; resuming it again needs force",
+    "invalid": "consumed or withdrawn; not resumable",
+}
+
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     image = subparsers.add_parser(
@@ -27,7 +38,13 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     p.add_argument("image", type=Path)
     p.add_argument("--json", action="store_true", help="print JSON")
-    p = actions.add_parser("verify", help="read and check every chunk of an image")
+    p = actions.add_parser(
+        "verify",
+        help="read and check every chunk of an image",
+        description="Read the whole image and check every checksum, then say whether "
+        f"it is resumable.  Exit status: 0 intact and resumable; {EXIT_NOT_RESUMABLE} "
+        "intact but not resumable (consumed or invalid); 1 damaged or unreadable.",
+    )
     p.add_argument("image", type=Path)
     p = actions.add_parser("export", help="write a plain ELF core for readelf, gdb or crash")
     p.add_argument("image", type=Path)
@@ -105,10 +122,13 @@ def run(args: argparse.Namespace) -> int:
             elif args.image_command == "verify":
                 reader.verify()
                 s = reader.summary
+                chunks = f"{s.chunks} chunk" + ("s" if s.chunks != 1 else "")
                 print(
-                    f"{args.image}: valid, {s.state}; {s.chunks} chunks, "
-                    f"{s.data_pages} data and {s.zero_pages} zero pages checked"
+                    f"{args.image}: checksums OK ({chunks}, {s.data_pages} data and "
+                    f"{s.zero_pages} zero pages); state: {s.state} ({STATE_MEANING[s.state]})"
                 )
+                if s.state != "committed":
+                    return EXIT_NOT_RESUMABLE
             else:
                 with _output(args.output) as out:
                     export_elf_core(reader, out)

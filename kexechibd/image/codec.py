@@ -4,6 +4,7 @@ keeps its own (non thread-safe) zstd contexts."""
 
 from __future__ import annotations
 
+import os
 import threading
 from dataclasses import dataclass
 
@@ -13,6 +14,14 @@ import zstandard
 from kexechibd.image.format import Codec
 
 Buffer = bytes | bytearray | memoryview
+
+
+def pool_size() -> int:
+    """Threads for a pool that compresses or decompresses chunks: the CPUs
+    this process may run on.  Its affinity mask (taskset, a cgroup's cpuset,
+    systemd's CPUAffinity=) can be narrower than the machine, which
+    ``os.cpu_count()`` counts, and more threads than usable CPUs only contend."""
+    return len(os.sched_getaffinity(0))
 
 
 class CodecError(ValueError):

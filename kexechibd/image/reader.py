@@ -95,7 +95,8 @@ class ImageReader:
     def _need(self, size: int, what: str) -> None:
         if self._size < size:
             raise ImageError(
-                f"image truncated: {self._size} bytes, {what} need {size}", offset=self._size
+                f"image truncated: {self._size} bytes, but {size} are needed for {what}",
+                offset=self._size,
             )
 
     def _truncated(self, h: Header) -> ImageError:
@@ -241,7 +242,7 @@ class ImageReader:
         ``prefetch`` chunks ahead of the one the caller holds."""
         if prefetch < 0:
             raise ValueError("prefetch must be >= 0")
-        workers = (os.cpu_count() or 1) if threads is None else threads
+        workers = codec.pool_size() if threads is None else threads
         return self._chunks(prefetch, workers)
 
     def _chunks(self, prefetch: int, workers: int) -> Iterator[Chunk]:
@@ -281,7 +282,7 @@ class ImageReader:
 
     def verify(self) -> None:
         """Read and check every chunk; ``ImageError`` names the first bad one."""
-        workers = os.cpu_count() or 1
+        workers = codec.pool_size()
         for _chunk in self.chunks(prefetch=workers, threads=workers):
             pass
 

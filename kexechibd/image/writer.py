@@ -110,7 +110,7 @@ class ImageWriter:
                 f"chunk size {chunk_size} must be a multiple of the page size "
                 f"{ps} and at most {format.CHUNK_SIZE_MAX}"
             )
-        threads = (os.cpu_count() or 1) if threads is None else threads
+        threads = codec.pool_size() if threads is None else threads
         if threads < 0:
             raise ValueError(f"threads must be >= 0, not {threads}")
         self._window = sorted(meta.window)

@@ -221,13 +221,50 @@ def test_image_inspect_prints_what_the_image_says(real_image, ctl_env):
 def test_image_verify_checks_every_chunk_and_names_a_bad_one(real_image, ctl_env):
     result = offline(ctl_env, "verify", str(real_image))
     assert result.returncode == 0, result.stderr
-    assert b"valid, committed" in result.stdout
+    assert result.stdout.decode() == (
+        f"{real_image}: checksums OK (1 chunk, 2 data and 1 zero pages); "
+        "state: committed (resumable)\n"
+    )
     data = bytearray(real_image.read_bytes())
     data[-200] ^= 0xFF  # inside the chunk data or the index
     real_image.write_bytes(bytes(data))
     result = offline(ctl_env, "verify", str(real_image))
     assert result.returncode == 1
     assert result.stderr.startswith(b"kexechibctl: ")
+
+
+@pytest.mark.parametrize(
+    "state, meaning",
+    [
+        ("consumed", "resumed once; resuming it again needs force"),
+        ("invalid", "consumed or withdrawn; not resumable"),
+    ],
+)
+def test_image_verify_of_an_intact_image_that_will_not_resume_exits_3(
+    real_image, ctl_env, state, meaning
+):
+    from kexechibd.image import ImageStore
+
+    store = ImageStore(real_image)
+    if state == "consumed":
+        store.mark_consumed()
+    else:
+        store.invalidate()
+    result = offline(ctl_env, "verify", str(real_image))
+    assert result.returncode == 3, result.stderr
+    assert result.stdout.decode() == (
+        f"{real_image}: checksums OK (1 chunk, 2 data and 1 zero pages); "
+        f"state: {state} ({meaning})\n"
+    )
+
+
+def test_the_help_documents_verifys_exit_status(ctl_env):
+    result = subprocess.run(
+        [sys.executable, "-m", "kexechibd.ctl", "--help"], env=ctl_env, capture_output=True
+    )
+    assert b"  3    image verify: the checksums are OK, but the image is not resumable" in (
+        result.stdout
+    )
 
 
 def test_image_export_writes_an_elf_core_readelf_reads(real_image, ctl_env, tmp_path):
