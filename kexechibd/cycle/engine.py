@@ -381,8 +381,8 @@ class KexecEngine:
             reader = store.open()
         except ImageError as exc:
             raise BadImage(str(exc)) from None
-        except FileNotFoundError:
-            raise BadImage(f"no image at {store.path}") from None
+        except OSError as exc:
+            raise BadImage(f"cannot read {store.path}: {exc.strerror or exc}") from None
         with reader:
             try:
                 reader.require_resumable(force=options.force)
