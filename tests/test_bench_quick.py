@@ -181,3 +181,10 @@ def test_the_dbus_benchmark_times_the_daemon_idle_and_while_b_saves(scratch: Pat
     idle = [r for r in section.rows if "idle" in r.figure]
     assert len(idle) == 4 and all(r.ours.endswith(" ms") for r in idle)
     assert "p99 under 5 ms idle" in section.verdicts[0]
+    for row in section.rows:  # each figure names the exact calls compared
+        assert row.ref_command == (
+            "busctl --address=$BUS_ADDRESS call org.freedesktop.DBus /org/freedesktop/DBus "
+            "org.freedesktop.DBus GetId"
+        )
+        assert row.command.startswith("busctl --address=$BUS_ADDRESS call org.kexechib1 ")
+    assert "bench.dbusclient $BUS_ADDRESS 30" in section.extra[0]
