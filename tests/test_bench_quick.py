@@ -106,6 +106,9 @@ def test_the_scaling_benchmark_saves_and_resumes_fragmented_memory(scratch: Path
         pages, runs = int(cells[1].replace(",", "")), int(cells[2].replace(",", ""))
         assert cells[0] == f"{size >> 20:,} MiB"
         assert runs == pages  # every other page: one run per page
+        assert cells[5].endswith("×") and cells[8].endswith("×")  # per page ÷ first row's
+    first = [c.strip() for c in table[2].strip("|").split("|")]
+    assert (first[5], first[8]) == ("1.00×", "1.00×")
 
 
 def test_the_report_keeps_what_it_does_not_write(tmp_path: Path) -> None:
