@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import common, dbuslat, inputs, report, resume, save, scaling
+from bench import common, dbuslat, inputs, placement, report, resume, save, scaling
 from bench.common import run_measured, worker
 from kexechibd.image import ImageMeta, ImageReader, ImageStore
 from kexechibd.kernel.abi import PAGE_SIZE
@@ -191,3 +191,28 @@ def test_the_dbus_benchmark_times_the_daemon_idle_and_while_b_saves(scratch: Pat
         )
         assert row.command.startswith("busctl --address=$BUS_ADDRESS call org.kexechib1 ")
     assert "bench.dbusclient $BUS_ADDRESS 30" in section.extra[0]
+
+
+def test_the_placement_benchmark_places_every_page_and_reports_both_algorithms() -> None:
+    lines, measured = placement.run(
+        placement.QUICK_SIZES, placement.QUICK_MAINLINE_SIZES, budget=60
+    )  # each load is checked as it runs: every page placed, sources valid
+    assert [m.pages for m in measured] == list(placement.QUICK_MAINLINE_SIZES)
+    header, _, *rows = lines
+    assert header.count("|") == 11 and "mainline ÷ ours" in header
+    sizes = sorted({*placement.QUICK_SIZES, *placement.QUICK_MAINLINE_SIZES})
+    assert [int(r.split("|")[1].replace(",", "")) for r in rows] == sizes
+    for row in rows:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert all(cells) and cells[-1].endswith("×")
+        assert "extrapolated" not in row  # every size was measured for mainline too
+
+
+def test_mainline_placement_beyond_the_budget_is_extrapolated_and_says_so() -> None:
+    measured = [placement.Mainline(1_000, 0.5, True), placement.Mainline(2_000, 2.0, True)]
+    assert placement.mainline_series([1_000, 2_000], budget=0.0)[1:] == []
+    guess = placement.extrapolate(measured, 20_000)
+    assert guess == placement.Mainline(20_000, 200.0, False)
+    o = placement.Ours(20_000, 4 << 30, 1.0, 0.25)
+    (row,) = placement.table([(o, guess)])[2:]
+    assert "~200.00 (extrapolated)" in row and "~200× (extrapolated)" in row
