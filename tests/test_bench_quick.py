@@ -3,8 +3,10 @@ full size).  These tests check that each benchmark runs and that its
 outputs are right — images that restore, tables that hold every figure —
 never how fast anything was (DEVELOPING: performance is measured, not
 asserted).  The loader's bounded memory (issue 4) is a correctness property
-and is asserted: resuming a 2 GiB and an 8 GiB sparse image, the loader's
-peak RSS differs by less than 10%."""
+and is asserted with a generous bound: resuming an 8 GiB sparse image, the
+loader's peak RSS is not more than a few MiB above a 2 GiB one's, far less
+than the 96 MiB more page data the big image holds (how close the two
+really are is measured by `make bench`, not asserted here)."""
 
 from __future__ import annotations
 
@@ -163,16 +165,23 @@ def loader_peak(tmp: Path, ram: int) -> tuple[int, ImageReader]:
     return int(out["rss_hwm_kib"]), ImageStore(image).open()
 
 
-def test_the_loaders_peak_rss_does_not_grow_from_a_2_to_an_8_gib_image(tmp_path: Path) -> None:
+# How much more the loader's peak RSS may be for the 8 GiB image than for the
+# 2 GiB one.  Run to run the peak moves by up to about 5 MiB with glibc's
+# per-thread arenas (docs/performance.md: 32.4-37.9 MiB at either size), so
+# a tight bound would be flaky.  A loader whose memory grew with the image
+# would exceed this one: the big image holds 24,576 more data pages (96 MiB)
+# and 49,152 more runs; keeping its decoded chunks would add up to those
+# 96 MiB, and even a list of 300 bytes per extra run about 14 MiB.
+RSS_GROWTH_BOUND_KIB = 12 * 1024
+
+
+def test_the_loaders_peak_rss_does_not_grow_with_the_image(tmp_path: Path) -> None:
     small, small_image = loader_peak(tmp_path, 2 * GIB)
     big, big_image = loader_peak(tmp_path, 8 * GIB)
-    covered = (
-        big_image.summary.data_pages + big_image.summary.zero_pages,
-        small_image.summary.data_pages + small_image.summary.zero_pages,
-    )
-    assert covered[0] > 3.9 * covered[1]  # the big image really covers four times as much
-    assert abs(big - small) < 0.1 * small, (
-        f"loader peak RSS {small} KiB at 2 GiB, {big} KiB at 8 GiB"
+    extra_data_pages = big_image.summary.data_pages - small_image.summary.data_pages
+    assert extra_data_pages * PAGE_SIZE >= 96 * MIB  # the big image really holds more
+    assert big - small < RSS_GROWTH_BOUND_KIB, (
+        f"loader peak RSS {small} KiB at 2 GiB, {big} KiB at 8 GiB: it grew with the image"
     )
 
 
