@@ -7,7 +7,9 @@ property (``org.freedesktop.DBus.Properties.Get``) of org.kexechib1, and
 floor: the bus and this client, without our daemon.  Interleaving the
 three puts them under the same load.  With ``--while-saving`` the rounds
 stop as soon as the daemon's State is no longer ``saving``, and only rounds
-that saw ``saving`` count.  Prints one JSON line: milliseconds per call.
+that saw ``saving`` count.  Prints one JSON line: milliseconds per call, and
+each call as the ``busctl`` command that makes the same call (``calls``),
+so that the report can name exactly what was timed.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import shlex
 import sys
 import time
 
@@ -49,6 +52,15 @@ def messages() -> dict[str, Message]:
     }
 
 
+def busctl(address: str, msg: Message) -> str:
+    """The ``busctl`` command line that sends the same method call."""
+    argv = ["busctl", f"--address={address}", "call", msg.destination, msg.path,
+            msg.interface, msg.member]  # fmt: skip
+    if msg.signature:
+        argv += [msg.signature, *(str(arg) for arg in msg.body)]
+    return shlex.join(str(a) for a in argv)
+
+
 async def measure(address: str, rounds: int, while_saving: bool) -> dict[str, object]:
     bus = await MessageBus(bus_address=address, bus_type=BusType.SYSTEM).connect()
     times: dict[str, list[float]] = {k: [] for k in messages()}
@@ -75,7 +87,12 @@ async def measure(address: str, rounds: int, while_saving: bool) -> dict[str, ob
                 times[kind].append(ms)
     finally:
         bus.disconnect()
-    return {"ms": times, "answers": answers, "seconds": time.perf_counter() - started}
+    return {
+        "ms": times,
+        "answers": answers,
+        "seconds": time.perf_counter() - started,
+        "calls": {kind: busctl(address, msg) for kind, msg in messages().items()},
+    }
 
 
 def main(argv: list[str]) -> int:

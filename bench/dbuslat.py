@@ -171,6 +171,7 @@ def run(
             for kind, ms in one["ms"].items():
                 busy["ms"].setdefault(kind, []).extend(ms)
             busy["answers"] = one["answers"]
+            busy["calls"] = one["calls"]
     finally:
         stop(daemon_a)
         if bus_a is not None:
@@ -180,12 +181,13 @@ def run(
         for label, measured in (("idle", idle), ("while a hibernate streams", busy)):
             ms = measured["ms"][kind]
             floor = measured["ms"]["GetId"]
+            calls = measured["calls"]  # each call as the busctl command that makes it
             for q in (50, 99):
                 mine, theirs = percentile(ms, q), percentile(floor, q)
                 rows.append(
                     Row(f"{kind}, {label}: p{q}", f"{mine:.2f} ms", "GetId (bus floor)",
                         f"{theirs:.2f} ms", ratio(mine, theirs),
-                        short(show(idle_argv if label == "idle" else busy_argv)), "")
+                        short(calls[kind]), short(calls["GetId"]))
                 )  # fmt: skip
     n_busy = len(busy["ms"]["Get State"])
     section = Section(
@@ -198,6 +200,12 @@ def run(
         f"{elapsed:.1f} s of B's daemons in all; answers {busy['answers']}). "
         "Ratio: ours ÷ GetId.",
         rows,
+        extra=[
+            "The commands are the calls as `busctl` makes them; the client makes the same "
+            "calls itself, on one connection, timing each from send to reply: "
+            f"`{short(show(idle_argv))}` (idle) and `{short(show(busy_argv))}` (while B "
+            "saves; `$BUS_ADDRESS` is the bus of the daemon measured)."
+        ],
     )
     p99 = {
         (kind, label): percentile(measured["ms"][kind], 99)

@@ -118,9 +118,11 @@ def run(scratch: Path, *, quick: bool = False, repeats: int = 3) -> Section:
         image.unlink(missing_ok=True)
         s, l_ = median(save_s), median(resume_s)
         per_page[size] = (s / pages * 1e6, l_ / pages * 1e6)
+        first = per_page[sizes[0]]  # cost per page relative to the smallest size's
         rows.append(
             f"| {size >> 20:,} MiB | {pages:,} | {saved['runs']:,} | {s:.2f} | "
-            f"{per_page[size][0]:.2f} | {l_:.2f} | {per_page[size][1]:.2f} | "
+            f"{per_page[size][0]:.2f} | {per_page[size][0] / first[0]:.2f}× | {l_:.2f} | "
+            f"{per_page[size][1]:.2f} | {per_page[size][1] / first[1]:.2f}× | "
             f"{loaded['calls']:,} | {loaded['segments']:,} | {mib(median(save_rss))} | "
             f"{mib(median(resume_rss))} | {mib(own_rss[size])} | {len(save_s)} |"
         )
@@ -132,10 +134,11 @@ def run(scratch: Path, *, quick: bool = False, repeats: int = 3) -> Section:
         print(rows[-1], flush=True)
     table = "\n".join(
         [
-            "| RAM | pages | runs | save s | save µs/page | resume s | resume µs/page "
-            "| kexec_load calls | segments | save RSS | resume RSS (with model kernel) "
-            "| loader RSS alone | repeats |",
-            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            f"| RAM | pages | runs | save s | save µs/page | save per page ÷ "
+            f"{sizes[0] >> 20:,} MiB's | resume s | resume µs/page | resume per page ÷ "
+            f"{sizes[0] >> 20:,} MiB's | kexec_load calls | segments | save RSS "
+            "| resume RSS (with model kernel) | loader RSS alone | repeats |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
             *rows,
         ]
     )

@@ -3,8 +3,10 @@ full size).  These tests check that each benchmark runs and that its
 outputs are right — images that restore, tables that hold every figure —
 never how fast anything was (DEVELOPING: performance is measured, not
 asserted).  The loader's bounded memory (issue 4) is a correctness property
-and is asserted: resuming a 2 GiB and an 8 GiB sparse image, the loader's
-peak RSS differs by less than 10%."""
+and is asserted with a generous bound: resuming an 8 GiB sparse image, the
+loader's peak RSS is not more than a few MiB above a 2 GiB one's, far less
+than the 96 MiB more page data the big image holds (how close the two
+really are is measured by `make bench`, not asserted here)."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import common, dbuslat, inputs, report, resume, save, scaling
+from bench import common, dbuslat, inputs, placement, report, resume, save, scaling
 from bench.common import run_measured, worker
 from kexechibd.image import ImageMeta, ImageReader, ImageStore
 from kexechibd.kernel.abi import PAGE_SIZE
@@ -106,6 +108,9 @@ def test_the_scaling_benchmark_saves_and_resumes_fragmented_memory(scratch: Path
         pages, runs = int(cells[1].replace(",", "")), int(cells[2].replace(",", ""))
         assert cells[0] == f"{size >> 20:,} MiB"
         assert runs == pages  # every other page: one run per page
+        assert cells[5].endswith("×") and cells[8].endswith("×")  # per page ÷ first row's
+    first = [c.strip() for c in table[2].strip("|").split("|")]
+    assert (first[5], first[8]) == ("1.00×", "1.00×")
 
 
 def test_the_report_keeps_what_it_does_not_write(tmp_path: Path) -> None:
@@ -160,16 +165,23 @@ def loader_peak(tmp: Path, ram: int) -> tuple[int, ImageReader]:
     return int(out["rss_hwm_kib"]), ImageStore(image).open()
 
 
-def test_the_loaders_peak_rss_does_not_grow_from_a_2_to_an_8_gib_image(tmp_path: Path) -> None:
+# How much more the loader's peak RSS may be for the 8 GiB image than for the
+# 2 GiB one.  Run to run the peak moves by up to about 5 MiB with glibc's
+# per-thread arenas (docs/performance.md: 32.4-37.9 MiB at either size), so
+# a tight bound would be flaky.  A loader whose memory grew with the image
+# would exceed this one: the big image holds 24,576 more data pages (96 MiB)
+# and 49,152 more runs; keeping its decoded chunks would add up to those
+# 96 MiB, and even a list of 300 bytes per extra run about 14 MiB.
+RSS_GROWTH_BOUND_KIB = 12 * 1024
+
+
+def test_the_loaders_peak_rss_does_not_grow_with_the_image(tmp_path: Path) -> None:
     small, small_image = loader_peak(tmp_path, 2 * GIB)
     big, big_image = loader_peak(tmp_path, 8 * GIB)
-    covered = (
-        big_image.summary.data_pages + big_image.summary.zero_pages,
-        small_image.summary.data_pages + small_image.summary.zero_pages,
-    )
-    assert covered[0] > 3.9 * covered[1]  # the big image really covers four times as much
-    assert abs(big - small) < 0.1 * small, (
-        f"loader peak RSS {small} KiB at 2 GiB, {big} KiB at 8 GiB"
+    extra_data_pages = big_image.summary.data_pages - small_image.summary.data_pages
+    assert extra_data_pages * PAGE_SIZE >= 96 * MIB  # the big image really holds more
+    assert big - small < RSS_GROWTH_BOUND_KIB, (
+        f"loader peak RSS {small} KiB at 2 GiB, {big} KiB at 8 GiB: it grew with the image"
     )
 
 
@@ -181,3 +193,35 @@ def test_the_dbus_benchmark_times_the_daemon_idle_and_while_b_saves(scratch: Pat
     idle = [r for r in section.rows if "idle" in r.figure]
     assert len(idle) == 4 and all(r.ours.endswith(" ms") for r in idle)
     assert "p99 under 5 ms idle" in section.verdicts[0]
+    for row in section.rows:  # each figure names the exact calls compared
+        assert row.ref_command == (
+            "busctl --address=$BUS_ADDRESS call org.freedesktop.DBus /org/freedesktop/DBus "
+            "org.freedesktop.DBus GetId"
+        )
+        assert row.command.startswith("busctl --address=$BUS_ADDRESS call org.kexechib1 ")
+    assert "bench.dbusclient $BUS_ADDRESS 30" in section.extra[0]
+
+
+def test_the_placement_benchmark_places_every_page_and_reports_both_algorithms() -> None:
+    lines, measured = placement.run(
+        placement.QUICK_SIZES, placement.QUICK_MAINLINE_SIZES, budget=60
+    )  # each load is checked as it runs: every page placed, sources valid
+    assert [m.pages for m in measured] == list(placement.QUICK_MAINLINE_SIZES)
+    header, _, *rows = lines
+    assert header.count("|") == 11 and "mainline ÷ ours" in header
+    sizes = sorted({*placement.QUICK_SIZES, *placement.QUICK_MAINLINE_SIZES})
+    assert [int(r.split("|")[1].replace(",", "")) for r in rows] == sizes
+    for row in rows:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert all(cells) and cells[-1].endswith("×")
+        assert "extrapolated" not in row  # every size was measured for mainline too
+
+
+def test_mainline_placement_beyond_the_budget_is_extrapolated_and_says_so() -> None:
+    measured = [placement.Mainline(1_000, 0.5, True), placement.Mainline(2_000, 2.0, True)]
+    assert placement.mainline_series([1_000, 2_000], budget=0.0)[1:] == []
+    guess = placement.extrapolate(measured, 20_000)
+    assert guess == placement.Mainline(20_000, 200.0, False)
+    o = placement.Ours(20_000, 4 << 30, 1.0, 0.25)
+    (row,) = placement.table([(o, guess)])[2:]
+    assert "~200.00 (extrapolated)" in row and "~200× (extrapolated)" in row

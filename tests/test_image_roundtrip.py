@@ -84,6 +84,18 @@ def test_incompressible_chunks_are_stored_raw() -> None:
     assert int.from_bytes(image[e.offset + 16 : e.offset + 20], "little") == fmt.Codec.NONE
 
 
+@pytest.mark.parametrize("threads", [0, 1, 2])
+def test_incompressible_chunks_of_several_pieces_are_stored_as_they_were(threads: int) -> None:
+    # Random pages between zero pages: each chunk's data comes in pieces, is
+    # gathered into the compressing thread's reused buffer, does not shrink
+    # and is stored raw — it must not be the buffer the next chunk reuses.
+    pages = [page(i, "random") if i % 3 else bytes(PS) for i in range(96)]
+    image, _ = write_image([(0, b"".join(pages))], chunk_size=8 * PS, threads=threads)
+    data, zero = read_pages(open_image(image))
+    assert zero == set(range(0, 96, 3))
+    assert data == {i: p for i, p in enumerate(pages) if i % 3}
+
+
 def test_chunks_hold_at_most_chunk_size_of_data() -> None:
     image, summary = write_image([(0, b"".join(page(i) for i in range(37)))], chunk_size=8 * PS)
     sizes = [len(c.data) for c in open_image(image).chunks()]
