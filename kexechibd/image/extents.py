@@ -472,7 +472,8 @@ def is_prepared(path: Path | str) -> bool:
     (either record block starts with the record magic).  Read through the
     filesystem: the magic, once there, never changes."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        # O_NONBLOCK: opening a FIFO must not wait for a writer.
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError:
         return False
     try:
