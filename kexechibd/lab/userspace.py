@@ -490,20 +490,49 @@ def image_disk(path: Path, size_mib: int = 768) -> Path:
     return path
 
 
-def daemon_guest(kernel: Path, workdir: Path, memory_mib: int = 512) -> GuestSpec:
-    """The guest of the daemon test and bench: kernel A runs
-    kexechibd/lab/guest/checkpoint.sh (Hibernate to a checkpoint, then two
-    JumpBacks, over D-Bus) with an image disk in `workdir`."""
+def _script_guest(
+    kernel: Path,
+    script: str,
+    disk: Path,
+    *,
+    name: str,
+    memory_mib: int,
+    timeout: float,
+    params: str = "",
+) -> GuestSpec:
+    """A guest that runs one of kexechibd/lab/guest/'s scripts from the
+    initramfs, with the Linux backend enabled and `disk` as /dev/vda."""
     return GuestSpec(
         command="",
         kernel=kernel,
         initrd=origin_initrd(kernel),
         memory_mib=memory_mib,
-        append=f"kexechib.lab.root=none kexechib.lab.run=/{GUEST_LIB}/checkpoint.sh "
-        "kexechib.enable_kexec=1",
-        disks=(image_disk(workdir / "image-disk.raw"),),
-        timeout=600,
+        append=" ".join(
+            p
+            for p in (
+                f"kexechib.lab.root=none kexechib.lab.run=/{GUEST_LIB}/{script}",
+                params,
+                "kexechib.enable_kexec=1",
+            )
+            if p
+        ),
+        disks=(disk,),
+        timeout=timeout,
+        name=name,
+    )
+
+
+def daemon_guest(kernel: Path, workdir: Path, memory_mib: int = 512) -> GuestSpec:
+    """The guest of the daemon test and bench: kernel A runs
+    kexechibd/lab/guest/checkpoint.sh (Hibernate to a checkpoint, then two
+    JumpBacks, over D-Bus) with an image disk in `workdir`."""
+    return _script_guest(
+        kernel,
+        "checkpoint.sh",
+        image_disk(workdir / "image-disk.raw"),
         name="daemon",
+        memory_mib=memory_mib,
+        timeout=600,
     )
 
 
@@ -520,16 +549,14 @@ def cycle_guest(
     fresh image disk in `workdir`: `cycle` is poweroff, checkpoint or cancel,
     `client` busctl or kexechibctl. A poweroff cycle ends with B powering
     off; `restorer_guest` then boots C on the same disk."""
-    return GuestSpec(
-        command="",
-        kernel=kernel,
-        initrd=origin_initrd(kernel),
-        memory_mib=memory_mib,
-        append=f"kexechib.lab.root=none kexechib.lab.run=/{GUEST_LIB}/cycle.sh "
-        f"kexechib.lab.cycle={cycle} kexechib.lab.client={client} kexechib.enable_kexec=1",
-        disks=(image_disk(workdir / "image-disk.raw"),),
-        timeout=timeout,
+    return _script_guest(
+        kernel,
+        "cycle.sh",
+        image_disk(workdir / "image-disk.raw"),
         name=f"a-{cycle}",
+        memory_mib=memory_mib,
+        timeout=timeout,
+        params=f"kexechib.lab.cycle={cycle} kexechib.lab.client={client}",
     )
 
 
@@ -548,14 +575,6 @@ def restorer_guest(
     disk = disk or workdir / "image-disk.raw"
     if not disk.exists():
         raise FileNotFoundError(f"{disk}: no image disk to resume from")
-    return GuestSpec(
-        command="",
-        kernel=kernel,
-        initrd=origin_initrd(kernel),
-        memory_mib=memory_mib,
-        append=f"kexechib.lab.root=none kexechib.lab.run=/{GUEST_LIB}/resume.sh "
-        "kexechib.enable_kexec=1",
-        disks=(disk,),
-        timeout=timeout,
-        name="c",
+    return _script_guest(
+        kernel, "resume.sh", disk, name="c", memory_mib=memory_mib, timeout=timeout
     )
