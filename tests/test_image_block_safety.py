@@ -33,7 +33,7 @@ def loop_disk(tmp_path: Path) -> Iterator[Disk]:
 @pytest.fixture
 def private_node(loop_disk: Disk) -> Disk:
     if not loop_disk.private_node:
-        pytest.skip("the temp directory is nodev: no device node of our own to chmod")
+        pytest.skip(reason="the temp directory is nodev: no device node of our own to chmod")
     return loop_disk
 
 
@@ -47,7 +47,7 @@ def test_a_mounted_device_is_refused_and_left_untouched(loop_disk: Disk, tmp_pat
     mnt.mkdir()
     mounted = subprocess.run(["mount", str(loop_disk.path), str(mnt)], capture_output=True)
     if mounted.returncode:
-        pytest.skip(f"cannot mount here: {mounted.stderr.decode().strip()}")
+        pytest.skip(reason=f"cannot mount here: {mounted.stderr.decode().strip()}")
     try:
         before = loop_disk.read()
         store = loop_disk.store()
@@ -92,7 +92,7 @@ def disk_gid() -> int:
     try:
         return grp.getgrnam("disk").gr_gid
     except KeyError:
-        pytest.skip("this system has no disk group")
+        pytest.skip(reason="this system has no disk group")
 
 
 def test_a_root_disk_0660_node_is_accepted(private_node: Disk) -> None:

@@ -92,11 +92,12 @@ def make_disk(tmp_path: Path, kind: str, size: int = SIZE) -> Iterator[Disk]:
         return
     loop, why = attach_loop(backing)
     if loop is None:
-        pytest.skip(
+        unavailable = (
             f"loop devices cannot be set up here ({why}); the 'file' variant runs the "
             "same store code on a regular file, but mounts, device nodes and the page "
             "cache of a block device are not exercised"
         )
+        pytest.skip(reason=unavailable)
     try:
         node, private = tmp_path / "disk", True
         try:

@@ -57,7 +57,7 @@ def run(*argv: str) -> None:
 @contextlib.contextmanager
 def filesystem(tmp_path: Path, fstype: str, *mkfs: str, size: int = 64 * MIB) -> Iterator[Mounted]:
     if not shutil.which(mkfs[0]):
-        pytest.skip(f"{mkfs[0]} is not installed: no {fstype} filesystem to test on")
+        pytest.skip(reason=f"{mkfs[0]} is not installed: no {fstype} filesystem to test on")
     with make_disk(tmp_path, "loop", size=size) as disk:
         assert disk.loop is not None
         run(*mkfs, disk.loop)

@@ -216,7 +216,7 @@ def read_only(directory: Path) -> Iterator[None]:
     """``directory`` bind-mounted read-only over itself, as the root
     filesystem is when kexechib-resume.service runs."""
     if os.geteuid() != 0:
-        pytest.skip("a read-only bind mount needs root (make check runs as root)")
+        pytest.skip(reason="a read-only bind mount needs root (make check runs as root)")
     subprocess.run(["mount", "--bind", directory, directory], check=True)
     try:
         subprocess.run(["mount", "-o", "remount,bind,ro", directory], check=True)

@@ -224,7 +224,7 @@ def test_the_installed_programs_start_on_debians_python(installed: Path) -> None
         check=False,
     )
     if probe.returncode != 0:
-        pytest.skip("Debian's python3-dbus-next / python3-systemd are not installed")
+        pytest.skip(reason="Debian's python3-dbus-next / python3-systemd are not installed")
     env = {"PYTHONPATH": str(installed / "usr/lib/python3/dist-packages"), "PATH": "/usr/bin:/bin"}
     for program in ("usr/sbin/kexechibd", "usr/bin/kexechibctl"):
         result = subprocess.run(

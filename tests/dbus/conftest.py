@@ -83,10 +83,11 @@ def polkitd(system_bus: TestBus) -> Iterator[Polkitd | None]:
 @pytest.fixture
 def real_polkit(polkitd: Polkitd | None) -> Polkitd:
     if polkitd is None:
-        pytest.skip(
+        unavailable = (
             f"the real polkitd cannot run here: {polkitd_unavailable()}; "
             "test_authorization.py covers the same logic against a stand-in Authority"
         )
+        pytest.skip(reason=unavailable)
     return polkitd
 
 

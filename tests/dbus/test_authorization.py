@@ -191,7 +191,7 @@ async def test_whoever_started_an_operation_may_cancel_it(served, bus, authority
     # the hibernate it started, from the same connection.
     reason = system_python_unavailable()
     if reason:
-        pytest.skip(reason)
+        pytest.skip(reason=reason)
     authority.verdicts["org.kexechib1.hibernate"] = (True, False)
     served.engine.gate.clear()
     proc = await asyncio.create_subprocess_exec(
@@ -235,7 +235,7 @@ async def test_kexechibctl_on_a_terminal_lets_polkit_ask(
 ):
     reason = system_python_unavailable()
     if reason:
-        pytest.skip(reason)
+        pytest.skip(reason=reason)
     primary, secondary = pty.openpty()
     try:
         proc = await asyncio.create_subprocess_exec(

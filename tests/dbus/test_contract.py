@@ -166,7 +166,7 @@ def test_activation_goes_through_systemd():
 def test_the_polkit_policy_validates_against_polkits_dtd():
     dtd = "/usr/share/polkit-1/policyconfig-1.dtd"
     if shutil.which("xmllint") is None:
-        pytest.skip("xmllint is missing (Debian package libxml2-utils)")
+        pytest.skip(reason="xmllint is missing (Debian package libxml2-utils)")
     result = subprocess.run(
         ["xmllint", "--noout", "--dtdvalid", dtd, str(POLKIT_POLICY)],
         capture_output=True,

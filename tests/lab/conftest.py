@@ -51,7 +51,7 @@ def lab() -> Path:
     """The lab bzImage; skips the test when QEMU cannot run here."""
     reason = _qemu_problem()
     if reason:
-        pytest.skip(f"kernel lab unavailable: {reason}")
+        pytest.skip(reason=f"kernel lab unavailable: {reason}")
     return lab_kernel()
 
 
