@@ -27,7 +27,7 @@ from elftools.elf.elffile import ELFFile
 from elftools.elf.enums import ENUM_E_MACHINE, ENUM_E_TYPE, ENUM_P_TYPE_BASE
 from elftools.elf.notes import iter_notes
 
-from kexechibd.image.meta import MODES, ImageError, ImageMeta, Run
+from kexechibd.image.meta import MODES, ImageError, ImageMeta, ImageSummary, Run
 
 FORMAT_VERSION = 1
 
@@ -145,6 +145,21 @@ class Header:
     @property
     def page_size(self) -> int:
         return self.meta.page_size
+
+    def summary(self) -> ImageSummary:
+        return ImageSummary(
+            self.version,
+            Codec.NAMES[self.codec],
+            self.level,
+            self.chunk_size,
+            self.data_pages,
+            self.zero_pages,
+            self.runs,
+            self.chunks,
+            self.image_length,
+            self.digest.hex(),
+            self.state,
+        )
 
     @property
     def index_length(self) -> int:

@@ -44,19 +44,7 @@ class ImageReader:
         h = self._read_header()
         self._header = h
         self.meta = h.meta
-        self.summary = ImageSummary(
-            h.version,
-            Codec.NAMES[h.codec],
-            h.level,
-            h.chunk_size,
-            h.data_pages,
-            h.zero_pages,
-            h.runs,
-            h.chunks,
-            h.image_length,
-            h.digest.hex(),
-            h.state,
-        )
+        self.summary = h.summary()
         if self._size < h.image_length:
             raise self._truncated(h)
         index = self._read_at(h.index_offset, h.index_length)

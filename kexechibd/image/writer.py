@@ -398,20 +398,7 @@ class ImageWriter:
         return dataclasses.replace(self._meta, window=())  # the window is not saved
 
     def _summary(self) -> ImageSummary:
-        h = self._header
-        return ImageSummary(
-            h.version,
-            self._c.name,
-            h.level,
-            h.chunk_size,
-            h.data_pages,
-            h.zero_pages,
-            h.runs,
-            h.chunks,
-            h.image_length,
-            h.digest.hex(),
-            h.state,
-        )
+        return self._header.summary()
 
     def _check_open(self) -> None:
         if self._state != "open":
