@@ -17,7 +17,9 @@ from __future__ import annotations
 import asyncio
 import os
 import pwd
+import shutil
 import sys
+import tempfile
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -294,6 +296,30 @@ def ctl_env() -> dict[str, str]:
     env["PYTHONPATH"] = str(REPO)
     env.pop("DBUS_SYSTEM_BUS_ADDRESS", None)
     return env
+
+
+@pytest.fixture(scope="session")
+def package_for_anyone() -> Iterator[Path]:
+    """A copy of the package that any user may read: kexechibctl runs as
+    nobody in some tests, and a checkout may sit where nobody cannot look
+    (a clone inside ``mktemp -d``, mode 0700)."""
+    top = Path(tempfile.mkdtemp(prefix="kexechib-ctl-"))
+    try:
+        top.chmod(0o755)
+        shutil.copytree(
+            REPO / "kexechibd", top / "kexechibd", ignore=shutil.ignore_patterns("__pycache__")
+        )
+        for path in top.rglob("*"):
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        yield top
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
+
+
+@pytest.fixture
+def anyone_ctl_env(ctl_env: dict[str, str], package_for_anyone: Path) -> dict[str, str]:
+    """``ctl_env`` for a kexechibctl that runs as an unprivileged user."""
+    return {**ctl_env, "PYTHONPATH": str(package_for_anyone)}
 
 
 class Signals:

@@ -186,7 +186,7 @@ async def test_a_hanging_polkit_times_out_and_the_check_is_cancelled(bus, author
         await busutil.close(connection)
 
 
-async def test_whoever_started_an_operation_may_cancel_it(served, bus, authority, ctl_env):
+async def test_whoever_started_an_operation_may_cancel_it(served, bus, authority, anyone_ctl_env):
     # nobody may hibernate but not cancel; kexechibctl's Ctrl-C still cancels
     # the hibernate it started, from the same connection.
     reason = system_python_unavailable()
@@ -196,7 +196,7 @@ async def test_whoever_started_an_operation_may_cancel_it(served, bus, authority
     served.engine.gate.clear()
     proc = await asyncio.create_subprocess_exec(
         *ctl_argv(bus, "hibernate", unprivileged=True),
-        env=ctl_env,
+        env=anyone_ctl_env,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         preexec_fn=_drop_to_nobody,
@@ -231,7 +231,7 @@ def _drop_to_nobody() -> None:
 
 @pytest.mark.parametrize("args, flags", [((), 1), (("--no-ask-password",), 0)])
 async def test_kexechibctl_on_a_terminal_lets_polkit_ask(
-    served, bus, authority, ctl_env, args, flags
+    served, bus, authority, anyone_ctl_env, args, flags
 ):
     reason = system_python_unavailable()
     if reason:
@@ -240,7 +240,7 @@ async def test_kexechibctl_on_a_terminal_lets_polkit_ask(
     try:
         proc = await asyncio.create_subprocess_exec(
             *ctl_argv(bus, *args, "hibernate", unprivileged=True),
-            env=ctl_env,
+            env=anyone_ctl_env,
             stdin=secondary,
             stdout=secondary,
             stderr=secondary,
