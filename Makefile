@@ -182,7 +182,7 @@ install: purgatory-object
 # DEB_DIR=... puts it elsewhere).
 # lintian reports what it finds and fails the target on an error.
 # dpkg-buildpackage runs in a copy of the checkout's files (tracked and new,
-# not ignored), so the build starts clean, leaves nothing in the checkout and
+# not ignored; outside git, every file but build/ and .venv/), so the build starts clean, leaves nothing in the checkout and
 # does not touch .venv or the purgatory the tests use.
 VERSION = $(shell sed -n 's/^__version__ = "\(.*\)"$$/\1/p' kexechibd/__init__.py)
 DEB_DIR ?= build/deb
@@ -190,7 +190,11 @@ DEB_DIR ?= build/deb
 deb: $(VENV)/.apt-stamp
 	rm -rf $(DEB_DIR)/src $(DEB_DIR)/kexechibd_*
 	mkdir -p $(DEB_DIR)/src/kexechibd-$(VERSION)
-	git ls-files -z --cached --others --exclude-standard | \
+	{ if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then \
+		git ls-files -z --cached --others --exclude-standard; \
+	else find . \( -path ./build -o -path ./.venv -o -name __pycache__ \) -prune \
+		-o -type f -print0; fi; } | \
+		while IFS= read -r -d '' f; do [ ! -e "$$f" ] || printf '%s\0' "$$f"; done | \
 		xargs -0 cp --parents -t $(DEB_DIR)/src/kexechibd-$(VERSION)
 	cd $(DEB_DIR)/src/kexechibd-$(VERSION) && dpkg-buildpackage -b -us -uc
 	mv $(DEB_DIR)/src/*.deb $(DEB_DIR)/src/*.buildinfo $(DEB_DIR)/src/*.changes $(DEB_DIR)/
