@@ -319,3 +319,15 @@ def test_the_deb_enables_resume_at_boot_but_not_the_bus_activated_daemon(
     assert "deb-systemd-helper debian-installed 'kexechib-resume.service'" not in postinst
     assert "deb-systemd-invoke start" not in postinst
     assert "/etc/kexechibd.conf" in (tmp_path / "conffiles").read_text()
+
+
+@pytest.mark.slow
+def test_purging_the_deb_removes_the_daemons_state_directory(deb: Path, tmp_path: Path) -> None:
+    """Read, not run (it would remove this machine's directory): the default
+    image in the unit's StateDirectory= holds all of a system's memory."""
+    subprocess.run(["dpkg-deb", "--control", str(deb), str(tmp_path)], check=True)
+    postrm = (tmp_path / "postrm").read_text()
+    unit = (REPO / "systemd/kexechibd.service").read_text()
+    (state,) = re.findall(r"^StateDirectory=(\S+)$", unit, re.MULTILINE)
+    purge = postrm[postrm.index('if [ "$1" = "purge" ]; then') :]
+    assert purge.splitlines()[1].strip() == f"rm -rf /var/lib/{state}"
