@@ -5,6 +5,7 @@ installed product works without them."""
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 import shutil
@@ -113,6 +114,42 @@ def run_installed(installed: Path, *argv: str) -> subprocess.CompletedProcess[st
         text=True,
         check=False,
     )
+
+
+# The Debian package of each third-party module the product may import.
+DEBIAN_MODULES = {
+    "cffi": "python3-cffi",
+    "dbus_next": "python3-dbus-next",
+    "elftools": "python3-pyelftools",
+    "lz4": "python3-lz4",
+    "systemd": "python3-systemd",
+    "zstandard": "python3-zstandard",
+}
+
+
+def control_depends() -> set[str]:
+    """The binary package's Depends in debian/control, without versions."""
+    text = (REPO / "debian/control").read_text()
+    lines = [line for line in text.splitlines() if not line.startswith("#")]
+    field = "\n".join(lines).split("\nDepends:", 1)[1]
+    field = re.split(r"\n(?! )", field, maxsplit=1)[0]
+    return {d.strip().split()[0] for d in field.split(",") if d.strip()}
+
+
+def test_the_deb_depends_on_everything_the_installed_product_imports(installed: Path) -> None:
+    imported = set()
+    for module in (installed / PACKAGE_DIR / "kexechibd").rglob("*.py"):
+        for node in ast.walk(ast.parse(module.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                imported.add(node.module.split(".")[0])
+    third_party = imported - set(sys.stdlib_module_names) - {"kexechibd"}
+    unknown = third_party - DEBIAN_MODULES.keys()
+    assert unknown == set(), f"no Debian package known for {sorted(unknown)}: add it here"
+    depends = control_depends()
+    missing = {DEBIAN_MODULES[m] for m in third_party} - depends
+    assert missing == set(), f"debian/control's Depends lacks {sorted(missing)}"
 
 
 @needs_debian_python
