@@ -368,3 +368,17 @@ def test_purging_the_deb_removes_the_daemons_state_directory(deb: Path, tmp_path
     (state,) = re.findall(r"^StateDirectory=(\S+)$", unit, re.MULTILINE)
     purge = postrm[postrm.index('if [ "$1" = "purge" ]; then') :]
     assert purge.splitlines()[1].strip() == f"rm -rf /var/lib/{state}"
+
+
+def test_debian_rules_decides_for_every_unit_that_can_be_enabled() -> None:
+    """dh_installsystemd handles only the units debian/rules names: a unit
+    with an [Install] section left out would be neither enabled nor
+    stopped on removal."""
+    rules = (REPO / "debian/rules").read_text()
+    handled = set(re.findall(r"^\tdh_installsystemd .*?(\S+)$", rules, re.MULTILINE))
+    installable = {
+        unit.name
+        for unit in (REPO / "systemd").iterdir()
+        if unit.is_file() and re.search(r"^\[Install\]", unit.read_text(), re.MULTILINE)
+    }
+    assert installable - handled == set(), f"debian/rules does not name {installable - handled}"
