@@ -382,3 +382,15 @@ def test_debian_rules_decides_for_every_unit_that_can_be_enabled() -> None:
         if unit.is_file() and re.search(r"^\[Install\]", unit.read_text(), re.MULTILINE)
     }
     assert installable - handled == set(), f"debian/rules does not name {installable - handled}"
+
+
+@pytest.mark.slow
+@needs_debian_python
+def test_the_programs_in_the_deb_run_on_debians_python(deb: Path, tmp_path: Path) -> None:
+    """The .deb unpacked (not installed: that would put units on this
+    machine), each program run from it alone."""
+    subprocess.run(["dpkg-deb", "--extract", str(deb), str(tmp_path)], check=True)
+    for program in ("usr/sbin/kexechibd", "usr/bin/kexechibctl"):
+        result = run_installed(tmp_path, str(tmp_path / program), "--version")
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.split() == [Path(program).name, kexechibd.__version__]
