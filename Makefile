@@ -29,9 +29,13 @@ APT_PACKAGES := gcc make pkg-config libsystemd-dev python3-dev python3-venv \
 APT_PACKAGES += qemu-system-x86 libxenmisc4.17 \
 	python3-pyelftools python3-cffi python3-cffi-backend python3-pycparser python3-ply \
 	python3-zstandard python3-lz4 e2fsprogs
+# The Debian package (`make deb`, which `make check` builds and lints):
+# dpkg-buildpackage, debhelper with dh_python3, lintian; man-db and
+# groff-base render the man pages (`man -l`).
+APT_PACKAGES += dpkg-dev debhelper dh-python lintian man-db groff-base
 
 .PHONY: all setup check test lint typecheck demo demo-model bench purgatory purgatory-object \
-	install clean lab-kernel
+	install deb clean lab-kernel
 
 all: check
 
@@ -131,7 +135,15 @@ DOCDIR ?= $(PREFIX)/share/doc/kexechibd
 # another PREFIX, point KEXECHIB_PURGATORY at it.
 PKGLIBDIR ?= $(PREFIX)/lib/kexechibd
 UNITS := kexechibd.service kexechib-save.target kexechib-save.service kexechib-resume.service
+MANDIR ?= $(PREFIX)/share/man
 INSTALL ?= install
+# What serves only the tests, the demo and the benchmarks is not part of the
+# installed product (setup.cfg and setup.py leave the same out of a wheel;
+# tests/test_packaging.py checks both).  The product imports none of it: the
+# one reference, `[daemon] backend = model`, fails with a message saying so.
+DEV_ONLY := kexechibd/lab kexechibd/model kexechibd/demo.py kexechibd/privatebus.py
+MAN5 := $(wildcard docs/man/*.5)
+MAN8 := $(wildcard docs/man/*.8)
 
 install: purgatory-object
 	$(INSTALL) -d $(DESTDIR)$(PREFIX)/sbin $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PYTHONDIR) \
@@ -139,8 +151,10 @@ install: purgatory-object
 		$(DESTDIR)$(UNITDIR)/systemd-hibernate.service.d \
 		$(DESTDIR)$(UNITDIR)/systemd-logind.service.d $(DESTDIR)$(DBUS_POLICYDIR) \
 		$(DESTDIR)$(DBUS_SERVICEDIR) $(DESTDIR)$(DBUS_INTERFACEDIR) \
-		$(DESTDIR)$(POLKITDIR) $(DESTDIR)$(DOCDIR) $(DESTDIR)$(SYSCONFDIR)
-	find kexechibd -name '*.py' -o -name py.typed | sort | while read -r f; do \
+		$(DESTDIR)$(POLKITDIR) $(DESTDIR)$(DOCDIR) $(DESTDIR)$(SYSCONFDIR) \
+		$(DESTDIR)$(MANDIR)/man5 $(DESTDIR)$(MANDIR)/man8
+	find kexechibd \( -name '*.py' -o -name py.typed \) \
+		$(foreach p,$(DEV_ONLY),-not -path '$(p)' -not -path '$(p)/*') | sort | while read -r f; do \
 		$(INSTALL) -D -m 0644 "$$f" "$(DESTDIR)$(PYTHONDIR)/$$f"; done
 	printf '#!/usr/bin/python3\nimport sys\n\nfrom kexechibd.daemon.main import main\n\nsys.exit(main())\n' \
 		> $(DESTDIR)$(PREFIX)/sbin/kexechibd
@@ -158,8 +172,35 @@ install: purgatory-object
 	$(INSTALL) -m 0644 dbus/org.kexechib1.xml $(DESTDIR)$(DBUS_INTERFACEDIR)/
 	$(INSTALL) -m 0644 dbus/org.kexechib1.policy $(DESTDIR)$(POLKITDIR)/
 	$(INSTALL) -m 0644 systemd/kexechibd.conf.example docs/DESIGN.md README.md $(DESTDIR)$(DOCDIR)/
+	$(INSTALL) -m 0644 $(MAN5) $(DESTDIR)$(MANDIR)/man5/
+	$(INSTALL) -m 0644 $(MAN8) $(DESTDIR)$(MANDIR)/man8/
 	test -e $(DESTDIR)$(SYSCONFDIR)/kexechibd.conf || \
 		$(INSTALL) -m 0644 systemd/kexechibd.conf.example $(DESTDIR)$(SYSCONFDIR)/kexechibd.conf
+
+# ---------------------------------------------------------------- Debian package
+# build/deb/kexechibd_<version>_amd64.deb (debian/control says why amd64;
+# DEB_DIR=... puts it elsewhere).
+# lintian reports what it finds and fails the target on an error.
+# dpkg-buildpackage runs in a copy of the checkout's files (tracked and new,
+# not ignored; outside git, every file but build/ and .venv/), so the build starts clean, leaves nothing in the checkout and
+# does not touch .venv or the purgatory the tests use.
+VERSION = $(shell sed -n 's/^__version__ = "\(.*\)"$$/\1/p' kexechibd/__init__.py)
+DEB_DIR ?= build/deb
+
+deb: $(VENV)/.apt-stamp
+	rm -rf $(DEB_DIR)/src $(DEB_DIR)/kexechibd_*
+	mkdir -p $(DEB_DIR)/src/kexechibd-$(VERSION)
+	{ if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then \
+		git ls-files -z --cached --others --exclude-standard; \
+	else find . \( -path ./build -o -path ./.venv -o -name __pycache__ \) -prune \
+		-o -type f -print0; fi; } | \
+		while IFS= read -r -d '' f; do [ ! -e "$$f" ] || printf '%s\0' "$$f"; done | \
+		xargs -0 cp --parents -t $(DEB_DIR)/src/kexechibd-$(VERSION)
+	cd $(DEB_DIR)/src/kexechibd-$(VERSION) && dpkg-buildpackage -b -us -uc
+	mv $(DEB_DIR)/src/*.deb $(DEB_DIR)/src/*.buildinfo $(DEB_DIR)/src/*.changes $(DEB_DIR)/
+	rm -rf $(DEB_DIR)/src
+	lintian --fail-on error $(DEB_DIR)/kexechibd_$(VERSION)_*.changes
+	@ls $(DEB_DIR)/*.deb
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -37,7 +37,15 @@ from elftools.elf.sections import Section, SymbolTableSection
 
 from kexechibd.kernel.abi import PAGE_SIZE, Segment, page_align_up
 
+# Where the object is looked for, in this order (default_purgatory_path):
+# the environment; the package's own data (a wheel carries it there, built by
+# setup.py); the Debian package's /usr/lib/kexechibd (`make install`); the
+# source tree (`make purgatory`).  The package data comes before
+# /usr/lib so that a wheel installed next to the Debian package uses the
+# object built with its own code.  Package data is read as a file next to the
+# modules: a zipped installation is not supported.
 ENV_PURGATORY = "KEXECHIB_PURGATORY"
+PACKAGED_PURGATORY = Path(__file__).resolve().parent / "data" / "purgatory.ro"
 INSTALLED_PURGATORY = Path("/usr/lib/kexechibd/purgatory.ro")
 SOURCE_PURGATORY = Path(__file__).resolve().parent.parent / "purgatory" / "purgatory.ro"
 
@@ -112,19 +120,21 @@ class Purgatory:
 
 
 def default_purgatory_path() -> Path:
-    """``$KEXECHIB_PURGATORY``, else the installed object, else the one built
-    in this source tree."""
+    """``$KEXECHIB_PURGATORY``, else the package's data (a wheel), else the
+    installed object (the Debian package), else the one built in this source
+    tree."""
     env = os.environ.get(ENV_PURGATORY)
     if env:
         path = Path(env)
         if not path.is_file():
             raise FileNotFoundError(f"{ENV_PURGATORY}={env} does not name a file")
         return path
-    for path in (INSTALLED_PURGATORY, SOURCE_PURGATORY):
+    searched = (PACKAGED_PURGATORY, INSTALLED_PURGATORY, SOURCE_PURGATORY)
+    for path in searched:
         if path.is_file():
             return path
     raise FileNotFoundError(
-        f"no purgatory object: neither {INSTALLED_PURGATORY} nor {SOURCE_PURGATORY} exists; "
+        f"no purgatory object: none of {', '.join(map(str, searched))} exists; "
         f"run `make purgatory` in the source tree (or set {ENV_PURGATORY})"
     )
 

@@ -1,9 +1,10 @@
-"""Shared fixtures: model machines."""
+"""Shared fixtures: model machines, an installed tree."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -48,3 +49,16 @@ def kernel(machine: Machine) -> Iterator[ModelKernel]:
     k = ModelKernel(machine)
     yield k
     k.close()
+
+
+@pytest.fixture(scope="session")
+def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """What `make install DESTDIR=...` installs from this checkout."""
+    destdir = tmp_path_factory.mktemp("destdir")
+    subprocess.run(
+        ["make", "-s", "install", f"DESTDIR={destdir}"],
+        cwd=Path(__file__).resolve().parents[1],
+        check=True,
+        capture_output=True,
+    )
+    return destdir

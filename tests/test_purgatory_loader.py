@@ -317,22 +317,37 @@ def test_environment_naming_a_missing_file_is_an_error(monkeypatch, tmp_path):
         pg.default_purgatory_path()
 
 
+def test_a_wheels_package_data_comes_before_the_installed_purgatory(monkeypatch, tmp_path):
+    """A wheel installed next to the Debian package uses the object built
+    with its own code."""
+    packaged, installed = tmp_path / "packaged.ro", tmp_path / "installed.ro"
+    packaged.write_bytes(b"x")
+    installed.write_bytes(b"x")
+    monkeypatch.delenv(pg.ENV_PURGATORY, raising=False)
+    monkeypatch.setattr(pg, "PACKAGED_PURGATORY", packaged)
+    monkeypatch.setattr(pg, "INSTALLED_PURGATORY", installed)
+    assert pg.default_purgatory_path() == packaged
+
+
 def test_installed_purgatory_comes_before_the_source_tree(monkeypatch, tmp_path):
     installed = tmp_path / "installed.ro"
     installed.write_bytes(b"x")
     monkeypatch.delenv(pg.ENV_PURGATORY, raising=False)
+    monkeypatch.setattr(pg, "PACKAGED_PURGATORY", tmp_path / "none.ro")
     monkeypatch.setattr(pg, "INSTALLED_PURGATORY", installed)
     assert pg.default_purgatory_path() == installed
 
 
 def test_source_tree_purgatory_is_the_fallback(monkeypatch, tmp_path):
     monkeypatch.delenv(pg.ENV_PURGATORY, raising=False)
+    monkeypatch.setattr(pg, "PACKAGED_PURGATORY", tmp_path / "none.ro")
     monkeypatch.setattr(pg, "INSTALLED_PURGATORY", tmp_path / "none.ro")
     assert pg.default_purgatory_path() == PURGATORY_OBJECT
 
 
 def test_no_purgatory_anywhere_says_to_build_it(monkeypatch, tmp_path):
     monkeypatch.delenv(pg.ENV_PURGATORY, raising=False)
+    monkeypatch.setattr(pg, "PACKAGED_PURGATORY", tmp_path / "p.ro")
     monkeypatch.setattr(pg, "INSTALLED_PURGATORY", tmp_path / "a.ro")
     monkeypatch.setattr(pg, "SOURCE_PURGATORY", tmp_path / "b.ro")
     with pytest.raises(FileNotFoundError, match="make purgatory"):

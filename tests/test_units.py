@@ -64,15 +64,6 @@ def unit(path: Path) -> configparser.ConfigParser:
 
 
 @pytest.fixture(scope="module")
-def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    destdir = tmp_path_factory.mktemp("destdir")
-    subprocess.run(
-        ["make", "-s", "install", f"DESTDIR={destdir}"], cwd=REPO, check=True, capture_output=True
-    )
-    return destdir
-
-
-@pytest.fixture(scope="module")
 def root(installed: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A file-system root for `systemd-analyze verify --root`: what `make
     install` put there, this machine's units (hibernate.target,

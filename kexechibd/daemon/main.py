@@ -120,7 +120,7 @@ kexechibd hibernates this machine with kexec jump: the running kernel (A)
 jumps into a small second kernel (B) that saves A's memory to an image and
 powers off; a later boot (C) loads the image back and jumps into A, which
 carries on.  The daemon offers this as org.kexechib1 on the system bus
-(Hibernate, Resume, JumpBack, Cancel, CanHibernate, Inspect); kexechibctl(1)
+(Hibernate, Resume, JumpBack, Cancel, CanHibernate, Inspect); kexechibctl(8)
 and `systemctl hibernate` use it.
 """
 
@@ -158,9 +158,11 @@ configuration ({config_module.DEFAULT_PATH}, INI; every key is optional):
 environment:
   DBUS_SYSTEM_BUS_ADDRESS  the bus to use when --bus is not given
   KEXECHIB_PURGATORY       the purgatory object Hibernate loads ahead of
-                           kernel B, instead of /usr/lib/kexechibd/purgatory.ro
-                           (or, failing that, the source tree's
-                           purgatory/purgatory.ro); it must name a file
+                           kernel B; it must name a file.  Without it the
+                           first that exists of: the package's
+                           data/purgatory.ro (a wheel),
+                           /usr/lib/kexechibd/purgatory.ro (the Debian
+                           package), the source tree's purgatory/purgatory.ro
   NOTIFY_SOCKET, WATCHDOG_USEC, JOURNAL_STREAM
                            set by systemd: readiness, watchdog, journal
 
@@ -207,7 +209,7 @@ systemd units:
                            the kernel's own image
 
 see also:
-  kexechibctl(1), busctl(1) (busctl introspect org.kexechib1 /org/kexechib1),
+  kexechibctl(8), kexechibd.conf(5), busctl(1) (busctl introspect org.kexechib1 /org/kexechib1),
   systemd-hibernate.service(8), systemd-logind.service(8),
   /usr/share/doc/kexechibd/DESIGN.md, /usr/share/doc/kexechibd/README.md
 """
