@@ -24,7 +24,7 @@ from dbus_next.aio.message_bus import MessageBus
 from dbus_next.constants import NameFlag, RequestNameReply
 from dbus_next.errors import DBusError
 
-from kexechibd import __version__
+from kexechibd import __version__, cmdline, sleepconf
 from kexechibd import config as config_module
 from kexechibd.config import Config
 from kexechibd.daemon import busutil, logs
@@ -149,8 +149,9 @@ kernel command line:
                            Hibernate puts it on B's command line, so that B
                            can power off or jump back.
   noresume, kexechib.noresume
-                           kexechib-resume.service does not run, so this boot
-                           does not resume; the image is left as it is.
+                           kexechibd --oneshot (kexechib-resume.service) does
+                           not resume: it says so on the console and leaves
+                           the image as it is.
 
 configuration ({config_module.DEFAULT_PATH}, INI; every key is optional):
 {_settings_help()}
@@ -262,7 +263,20 @@ def main(
     except (KexechibError, KernelError) as e:
         log.error("cannot open the %s backend: %s", config.daemon.backend, e)
         return EXIT_FAILURE
-    return asyncio.run(Daemon(runtime, args.bus, oneshot=args.oneshot, config=config).run())
+    # Only a daemon that drives this machine's kernel speaks for it to logind
+    # (not the model's, nor a test's stand-in engine).
+    sleep_conf = sleepconf.RUNTIME_PATH if runtime.engine.backend == "linux" else None
+    return asyncio.run(
+        Daemon(runtime, args.bus, oneshot=args.oneshot, config=config, sleep_conf=sleep_conf).run()
+    )
+
+
+def say(message: str) -> None:
+    """A message for whoever watches the boot: on stdout, which
+    kexechib-resume.service sends to the console and the journal (the
+    logging handler writes to the journal alone)."""
+    print(message, flush=True)
+    log.warning("%s", message)
 
 
 class Daemon:
@@ -278,8 +292,10 @@ class Daemon:
         notifier: Notifier | None = None,
         handle_signals: bool = True,
         config: Config | None = None,
+        sleep_conf: Path | None = None,
     ) -> None:
         self._runtime = runtime
+        self._sleep_conf = sleep_conf
         self._config = Config() if config is None else config
         self._bus_address = bus_address
         self._oneshot = oneshot
@@ -313,7 +329,28 @@ class Daemon:
         self.manager = manager
         report = await manager.refresh_support()
         log.info("backend %s: %s", engine.backend, report.summary)
+        if self._sleep_conf is not None and decision.role is not Role.SAVER:
+            manager.add_availability_hook(self._tell_logind)
+            await manager.hibernate_unavailable()
         return manager
+
+    def _tell_logind(self, unavailable: str) -> None:
+        """Keep logind's AllowHibernation= in step with our verdict
+        (kexechibd.sleepconf, DESIGN §6)."""
+        assert self._sleep_conf is not None
+        try:
+            changed = sleepconf.write_sleep_conf(
+                sleepconf.sleep_conf_text(unavailable), self._sleep_conf
+            )
+        except OSError as e:
+            log.warning("cannot tell logind whether it may hibernate (%s): %s", self._sleep_conf, e)
+            return
+        if changed:
+            log.info(
+                "logind may hibernate: %s",
+                f"no ({unavailable})" if unavailable else "yes",
+                extra={"KEXECHIB_SLEEP_CONF": str(self._sleep_conf)},
+            )
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -404,7 +441,20 @@ class Daemon:
     async def _run_oneshot(self, manager: Manager) -> int:
         engine = self._runtime.engine
         if manager.role is Role.ORIGIN:
+            if manager.decision.damaged_image:
+                # A normal boot follows; say so where the user looks.
+                say(
+                    f"kexechib: the image at {engine.image_location} cannot be resumed "
+                    f"({manager.decision.damaged_image}); booting normally and leaving it in "
+                    "place (kexechibctl image verify / discard)"
+                )
             log.info("nothing to do: %s", manager.decision.reason)
+            return EXIT_OK
+        if manager.role is Role.RESTORER and cmdline.noresume(self._runtime.cmdline):
+            say(
+                f"kexechib: noresume given; the image at {engine.image_location} is left in "
+                "place: boot without it to resume, or `kexechibctl image discard` it"
+            )
             return EXIT_OK
         if manager.role is Role.SAVER:
             manager.add_listener(logs.ProgressLog("save"))

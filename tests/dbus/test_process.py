@@ -237,6 +237,8 @@ async def test_kernel_b_saves_at_start(system_bus, tmp_path, spawned):
             "nothing to do: the valid image was made by this boot",
         ),
         ("ro quiet", None, 0, "nothing to do: no image"),
+        ("ro quiet noresume", "earlier-boot", 0, "noresume given"),
+        ("ro kexechib.noresume", "earlier-boot", 0, "noresume given"),
     ],
 )
 async def test_oneshot_does_the_roles_automatic_work_without_a_bus(
@@ -261,6 +263,42 @@ async def test_oneshot_does_the_roles_automatic_work_without_a_bus(
     )
     assert result.returncode == code, result.stderr
     assert words in result.stderr
+
+
+@pytest.mark.parametrize("parameter", ["noresume", "kexechib.noresume"])
+async def test_a_noresume_boot_says_so_on_the_console_and_leaves_the_image(tmp_path, parameter):
+    image = make_image(tmp_path / "image", boot_id="earlier-boot")
+    before = image.read_bytes()
+    conf = tmp_path / "kexechibd.conf"
+    conf.write_text(f"[image]\nlocation = {image}\n")
+    result = await run(
+        [sys.executable, str(LAUNCHER), "--cmdline", f"ro {parameter}", "--"]
+        + ["--oneshot", f"--config={conf}"],
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert result.returncode == 0, result.stderr
+    # stdout: what kexechib-resume.service sends to the console.
+    assert result.stdout == (
+        f"kexechib: noresume given; the image at {image} is left in place: boot without it "
+        "to resume, or `kexechibctl image discard` it\n"
+    )
+    assert "resume started" not in result.stderr
+    assert image.read_bytes() == before
+
+
+async def test_a_damaged_image_boots_normally_and_says_so_on_the_console(tmp_path):
+    image = tmp_path / "image"
+    image.write_bytes(b"\x7fELF garbage")
+    conf = tmp_path / "kexechibd.conf"
+    conf.write_text(f"[image]\nlocation = {image}\n")
+    result = await run(
+        [sys.executable, str(LAUNCHER), "--", "--oneshot", f"--config={conf}"],
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"kexechib: the image at {image} cannot be resumed (")
+    assert "booting normally and leaving it in place" in result.stdout
+    assert image.read_bytes() == b"\x7fELF garbage"
 
 
 async def test_oneshot_logs_the_progress_every_ten_percent(tmp_path):
