@@ -27,6 +27,8 @@ REPO = Path(__file__).resolve().parents[2]
 POLICY_CONF = REPO / "dbus" / "org.kexechib1.conf"
 POLKIT_POLICY = REPO / "dbus" / "org.kexechib1.policy"
 POLKIT_BUS_CONF = Path("/usr/share/dbus-1/system.d/org.freedesktop.PolicyKit1.conf")
+# systemd's (Debian package systemd): who may own org.freedesktop.login1 and call it.
+LOGIND_BUS_CONF = Path("/usr/share/dbus-1/system.d/org.freedesktop.login1.conf")
 POLKITD = Path("/usr/lib/polkit-1/polkitd")
 
 __all__ = ["SYSTEM_DEFAULT_POLICY", "Polkitd", "TestBus", "polkitd_unavailable", "stop_process"]

@@ -54,6 +54,7 @@ async def test_hibernate_waits_and_shows_progress_as_lines(daemon, system_bus, c
         system_bus,
         ctl_env,
         "hibernate",
+        "--direct",
         "--mode",
         "checkpoint",
         "--compression",
@@ -75,7 +76,7 @@ async def test_hibernate_waits_and_shows_progress_as_lines(daemon, system_bus, c
 
 async def test_a_refusal_exits_1_with_the_daemons_message(daemon, system_bus, ctl_env):
     daemon.engine.failure = BadImage("cannot preallocate the image: no space left on /var")
-    result = await ctl(system_bus, ctl_env, "hibernate")
+    result = await ctl(system_bus, ctl_env, "hibernate", "--direct")
     assert result.returncode == 1
     assert result.stderr.strip().endswith(
         "kexechibctl: cannot preallocate the image: no space left on /var "
@@ -99,7 +100,7 @@ async def test_a_second_hibernate_is_refused_as_busy(daemon, system_bus, ctl_env
     daemon.engine.gate.clear()
     first = asyncio.create_task(call(client, "Hibernate", "a{sv}", [{}]))
     await wait_thread_event(daemon.engine.waiting)
-    result = await ctl(system_bus, ctl_env, "hibernate")
+    result = await ctl(system_bus, ctl_env, "hibernate", "--direct")
     assert result.returncode == 1
     assert "[org.kexechib1.Error.Busy]" in result.stderr
     result = await ctl(system_bus, ctl_env, "cancel")
@@ -136,7 +137,7 @@ async def test_jump_back_without_a_peer(daemon, system_bus, ctl_env):
 async def test_ctrl_c_cancels_and_a_second_ctrl_c_leaves(daemon, system_bus, ctl_env):
     daemon.engine.jump_gate.clear()  # past the point of no return: cancel cannot work
     proc = await asyncio.create_subprocess_exec(
-        *ctl_argv(system_bus, "hibernate"),
+        *ctl_argv(system_bus, "hibernate", "--direct"),
         env=ctl_env,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
@@ -154,7 +155,7 @@ async def test_ctrl_c_cancels_and_a_second_ctrl_c_leaves(daemon, system_bus, ctl
 async def test_on_a_terminal_progress_is_a_bar(daemon, system_bus, ctl_env):
     primary, secondary = pty.openpty()
     proc = await asyncio.create_subprocess_exec(
-        *ctl_argv(system_bus, "hibernate"),
+        *ctl_argv(system_bus, "hibernate", "--direct"),
         env={**ctl_env, "COLUMNS": "100"},
         stdin=secondary,
         stdout=secondary,

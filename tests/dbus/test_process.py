@@ -272,8 +272,10 @@ async def test_a_noresume_boot_says_so_on_the_console_and_leaves_the_image(tmp_p
     conf = tmp_path / "kexechibd.conf"
     conf.write_text(f"[image]\nlocation = {image}\n")
     result = await run(
-        [sys.executable, str(LAUNCHER), "--cmdline", f"ro {parameter}", "--"]
-        + ["--oneshot", f"--config={conf}"],
+        [
+            *(sys.executable, str(LAUNCHER), "--cmdline", f"ro {parameter}"),
+            *("--", "--oneshot", f"--config={conf}"),
+        ],
         env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     assert result.returncode == 0, result.stderr

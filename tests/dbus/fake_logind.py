@@ -1,0 +1,81 @@
+"""A stand-in for systemd-logind on the tests' private bus.
+
+This host does not run systemd as PID 1, so the real logind cannot run here
+(it needs systemd's manager on the bus to start hibernate.target).  The
+stand-in does what systemd 252's logind does for ``HibernateWithFlags``
+(src/login/logind-dbus.c: method_do_shutdown_or_sleep): refuse when a block
+inhibitor holds and ``SD_LOGIND_ROOT_CHECK_INHIBITORS`` is set, else emit
+``PrepareForSleep(true)``, reply, run the job — here what our
+systemd-hibernate.service drop-in runs, ``kexechibctl --no-ask-password
+hibernate --direct`` — and emit ``PrepareForSleep(false)`` when it has
+ended, whatever its result.  It owns ``org.freedesktop.login1`` under the
+real logind bus policy (/usr/share/dbus-1/system.d/org.freedesktop.login1.conf).
+The real thing is tested in a Debian guest (tests/lab/test_logind_guest.py).
+"""
+
+# No `from __future__ import annotations`: dbus-next reads the D-Bus
+# signatures from the annotations, which must stay string constants.
+import asyncio
+from collections.abc import Sequence
+
+from dbus_next.aio.message_bus import MessageBus
+from dbus_next.constants import NameFlag, RequestNameReply
+from dbus_next.errors import DBusError
+from dbus_next.service import ServiceInterface, method, signal
+
+ROOT_CHECK_INHIBITORS = 1
+
+
+class FakeLogind(ServiceInterface):
+    def __init__(self, job: Sequence[str], env: dict[str, str]) -> None:
+        super().__init__("org.freedesktop.login1.Manager")
+        self.job = list(job)  # the drop-in's ExecStart=, or [] for a job that does nothing
+        self.env = env
+        self.inhibited_by = ""  # a block inhibitor's "who"
+        self.calls: list[tuple[str, int]] = []
+        self.job_status: int | None = None
+        self.job_output = ""
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @method()
+    def HibernateWithFlags(self, flags: "t"):  # type: ignore[no-untyped-def,name-defined]  # noqa: F821
+        self.calls.append(("HibernateWithFlags", flags))
+        if self.inhibited_by and flags & ROOT_CHECK_INHIBITORS:
+            raise DBusError(
+                "org.freedesktop.DBus.Error.AccessDenied",
+                "Access denied to root due to active block inhibitor",
+            )
+        self.PrepareForSleep(True)
+        task = asyncio.get_running_loop().create_task(self._run_job())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    @signal()
+    def PrepareForSleep(self, start: bool) -> "b":  # type: ignore[name-defined]  # noqa: F821
+        return start
+
+    async def _run_job(self) -> None:
+        await asyncio.sleep(0.05)  # the reply leaves first, as logind's does
+        if self.job:
+            proc = await asyncio.create_subprocess_exec(
+                *self.job,
+                env=self.env,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                stdin=asyncio.subprocess.DEVNULL,
+            )
+            out, _ = await proc.communicate()
+            self.job_status, self.job_output = proc.returncode, out.decode()
+        self.PrepareForSleep(False)
+
+    async def settle(self) -> None:
+        while self._tasks:
+            await asyncio.gather(*self._tasks)
+
+
+async def serve(address: str, logind: FakeLogind) -> MessageBus:
+    bus = await MessageBus(bus_address=address).connect()
+    bus.export("/org/freedesktop/login1", logind)
+    reply = await bus.request_name("org.freedesktop.login1", NameFlag.DO_NOT_QUEUE)
+    assert reply == RequestNameReply.PRIMARY_OWNER
+    return bus
