@@ -349,7 +349,10 @@ def run_model(args: argparse.Namespace) -> int:
         show([*busctl, "introspect", "org.kexechib1", "/org/kexechib1", "org.kexechib1.Manager"])
 
         step("kexechibctl hibernate: A loads B (staged load + purgatory) and jumps")
-        print(f"$ {' '.join(ctl)} hibernate --direct --mode poweroff   (in the background)", flush=True)
+        print(
+            f"$ {' '.join(ctl)} hibernate --direct --mode poweroff   (in the background)",
+            flush=True,
+        )
         hibernate = subprocess.Popen(
             [*ctl, "hibernate", "--direct", "--mode", "poweroff"],
             env=env,

@@ -339,3 +339,50 @@ def test_the_display_follows_the_stream(tmp_path: Path):
     with open(tmp_path / "f", "w") as plain:
         assert isinstance(display_for(plain, "x"), Lines)
     assert type(display_for(io.StringIO(), "x", quiet=True)).__name__ == "Silent"
+
+
+def test_image_discard_makes_an_image_never_resumable(real_image, ctl_env):
+    result = offline(ctl_env, "discard", str(real_image))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.decode().startswith(f"{real_image}: discarded; no boot will resume it")
+    result = offline(ctl_env, "verify", str(real_image))
+    assert result.returncode == 3  # intact, not resumable
+    assert "state: invalid" in result.stdout.decode()
+
+
+def test_image_discard_takes_the_configured_image_by_default(real_image, ctl_env, tmp_path):
+    conf = tmp_path / "kexechibd.conf"
+    conf.write_text(f"[image]\nlocation = {real_image}\n")
+    code = (
+        "import sys; from pathlib import Path; from kexechibd import config;"
+        f"config.DEFAULT_PATH = Path({str(conf)!r});"
+        "from kexechibd.ctl.main import main; sys.exit(main(['image', 'discard']))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=ctl_env, capture_output=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert offline(ctl_env, "verify", str(real_image)).returncode == 3
+
+
+def test_image_discard_checks_the_file_as_a_resume_does(real_image, ctl_env):
+    real_image.chmod(0o666)
+    result = offline(ctl_env, "discard", str(real_image))
+    assert result.returncode == 1
+    assert result.stderr.decode().startswith(f"kexechibctl: cannot discard {real_image}: ")
+    real_image.chmod(0o600)
+    assert offline(ctl_env, "verify", str(real_image)).returncode == 0  # untouched
+
+
+def test_image_discard_needs_root(real_image, ctl_env):
+    result = subprocess.run(
+        [
+            *("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable),
+            *("-m", "kexechibd.ctl", "image", "discard", str(real_image)),
+        ],
+        env=ctl_env,
+        capture_output=True,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert b"image discard needs root" in result.stderr
