@@ -202,10 +202,30 @@ systemd units:
                            --oneshot saves A, then powers off or jumps back
   systemd-hibernate.service.d/kexechib.conf
                            `systemctl hibernate`, logind and desktops
-                           hibernate through kexechibctl hibernate
+                           hibernate through kexechibctl hibernate --direct,
+                           with the system-sleep hooks
   systemd-logind.service.d/kexechib.conf
                            logind offers hibernation without swap room for
                            the kernel's own image
+  systemd-hybrid-sleep.service.d/kexechib.conf,
+  systemd-suspend-then-hibernate.service.d/kexechib.conf
+                           refused with a message: they would use the
+                           kernel's own hibernation
+
+logind (sleep.conf.d(5)):
+  /usr/lib/systemd/sleep.conf.d/10-kexechib.conf
+                           AllowHibernation=no until kexechibd has checked;
+                           hybrid-sleep and suspend-then-hibernate refused
+  /run/systemd/sleep.conf.d/10-kexechib.conf
+                           written by kexechibd (linux backend) at boot
+                           (--oneshot), at start, on CanHibernate and
+                           Hibernate and after each operation: hides the
+                           file above, AllowHibernation=yes exactly when
+                           kexechibd's CanHibernate is not na, else no with
+                           the reason
+  /usr/lib/tmpfiles.d/kexechib.conf
+                           makes /run/systemd/sleep.conf.d, which
+                           kexechibd.service may write (ReadWritePaths=)
 
 see also:
   kexechibctl(1), busctl(1) (busctl introspect org.kexechib1 /org/kexechib1),
