@@ -1,13 +1,14 @@
-"""What KexecEngine checks only on a real machine (kernels that do not share
-A's files: the Linux backend), before anything happens: Resume refuses once
+"""What KexecEngine checks only on this machine's own kernel (the Linux
+backend; the model's machine has no mounts or boot order), before anything
+happens: Resume refuses once
 a filesystem that may hold A's data is writable, and the configured image
 must be where the next boot looks (a partition, or a file on the root
 filesystem).
 
 The kernel here is a stand-in for the Linux backend in the one fact these
-checks read (``successors_share_files`` is False); any other call would
-fail the test.  The mount table is the host's own or a recorded one
-(monkeypatched ``mounts.read_mounts``): no real kexec is ever near.
+checks read (``backend`` is ``linux``); any other call would fail the
+test.  The mount table is the host's own or a recorded one (monkeypatched
+``mounts.read_mounts``): no real kexec is ever near.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ from tests.test_mounts import EARLY, LATER
 
 class RealMachine:
     backend = "linux"
-    successors_share_files = False
 
     def cmdline(self) -> str:
         return "ro quiet"

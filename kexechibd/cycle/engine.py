@@ -100,9 +100,16 @@ class KexecEngine:
     def support(self) -> SupportReport:
         return self.kernel.probe()
 
+    @property
+    def _boots_this_machine(self) -> bool:
+        """Whether the kernels are this machine's: its mounts and its boot
+        order (kexechib-resume.service) matter.  The model's machine has
+        neither; the host's would say nothing about it."""
+        return self.kernel.backend == "linux"
+
     def location_problem(self) -> str:
-        if self.kernel.successors_share_files:
-            return ""  # the model: every kernel sees the host's files
+        if not self._boots_this_machine:
+            return ""
         return mounts.early_boot_problem_of(self.settings.image_location)
 
     # ------------------------------------------------------------ A: hibernate
@@ -345,8 +352,8 @@ class KexecEngine:
     ) -> None:
         if self._role is Role.SAVER:
             raise NotSupported("kernel B cannot resume images; it saves them")
-        if not self.kernel.successors_share_files:
-            # A real A: its disks must be as it left them (DESIGN §1.4).
+        if self._boots_this_machine:
+            # A real A: its disks must be as it left them (DESIGN §6.4).
             refusal = mounts.resume_refusal(await asyncio.to_thread(mounts.read_mounts))
             if refusal:
                 raise NotSupported(f"cannot resume {image}: {refusal}")
