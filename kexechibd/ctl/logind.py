@@ -17,9 +17,8 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
-from typing import Any
 
-from dbus_next.constants import MessageFlag, MessageType
+from dbus_next.constants import MessageType
 from dbus_next.message import Message
 
 from kexechibd.ctl.client import DaemonError, ManagerClient
@@ -37,19 +36,14 @@ _NO_LOGIND = (
 )
 
 
-class LogindError(Exception):
-    def __init__(self, name: str, message: str) -> None:
-        super().__init__(message)
-        self.name = name
-        self.message = message
-
-    def explain(self) -> str:
-        if self.name in _NO_LOGIND:
-            return (
-                "systemd-logind is not running on this bus, so it cannot check inhibitors "
-                "and sessions; `kexechibctl hibernate --direct` asks kexechibd without it"
-            )
-        return f"logind refused: {self.message} [{self.name}]"
+def explain(error: DaemonError) -> str:
+    """What kexechibctl says when logind refuses or is not there."""
+    if error.name in _NO_LOGIND:
+        return (
+            "systemd-logind is not running on this bus, so it cannot check inhibitors "
+            "and sessions; `kexechibctl hibernate --direct` asks kexechibd without it"
+        )
+    return f"logind refused: {error.message} [{error.name}]"
 
 
 class SleepWatch:
@@ -72,27 +66,13 @@ class SleepWatch:
             self.started = True
 
 
-async def _add_match(client: ManagerClient, rule: str) -> None:
-    reply = await client.bus.call(
-        Message(
-            destination="org.freedesktop.DBus",
-            path="/org/freedesktop/DBus",
-            interface="org.freedesktop.DBus",
-            member="AddMatch",
-            signature="s",
-            body=[rule],
-        )
-    )
-    if reply is None or reply.message_type == MessageType.ERROR:
-        raise LogindError("org.freedesktop.DBus.Error.Failed", "cannot watch PrepareForSleep")
-
-
 async def watch_prepare_for_sleep(client: ManagerClient, watch: SleepWatch) -> None:
-    await _add_match(
-        client,
+    rule = (
         f"type='signal',sender='{LOGIND}',path='{LOGIND_PATH}',"
-        f"interface='{LOGIND_MANAGER}',member='PrepareForSleep'",
+        f"interface='{LOGIND_MANAGER}',member='PrepareForSleep'"
     )
+    if not await client.add_match(rule):
+        raise DaemonError("org.freedesktop.DBus.Error.Failed", "cannot watch PrepareForSleep")
 
     def handler(msg: Message) -> None:
         if (
@@ -104,39 +84,19 @@ async def watch_prepare_for_sleep(client: ManagerClient, watch: SleepWatch) -> N
         ):
             watch.on_prepare_for_sleep(msg.body[0])
 
-    client.bus.add_message_handler(handler)
-
-
-async def _call_logind(client: ManagerClient, member: str, signature: str, body: list[Any]) -> None:
-    flags = MessageFlag.NONE
-    if client.interactive:
-        flags = MessageFlag.ALLOW_INTERACTIVE_AUTHORIZATION
-    reply = await client.bus.call(
-        Message(
-            destination=LOGIND,
-            path=LOGIND_PATH,
-            interface=LOGIND_MANAGER,
-            member=member,
-            signature=signature,
-            body=body,
-            flags=flags,
-        )
-    )
-    if reply is None:
-        raise LogindError("org.freedesktop.DBus.Error.NoReply", "no reply from logind")
-    if reply.message_type == MessageType.ERROR:
-        text = reply.body[0] if reply.body and isinstance(reply.body[0], str) else ""
-        raise LogindError(reply.error_name or "", text or (reply.error_name or "failed"))
+    client.add_handler(handler)
 
 
 async def ask_logind_to_hibernate(client: ManagerClient) -> None:
-    """``HibernateWithFlags`` (systemd ≥ 248), else the older ``Hibernate``."""
+    """``HibernateWithFlags`` (systemd >= 248), else the older ``Hibernate``;
+    a refusal raises ``DaemonError`` (see ``explain``)."""
+    where = {"destination": LOGIND, "path": LOGIND_PATH, "interface": LOGIND_MANAGER}
     try:
-        await _call_logind(client, "HibernateWithFlags", "t", [SD_LOGIND_ROOT_CHECK_INHIBITORS])
-    except LogindError as e:
+        await client.call("HibernateWithFlags", "t", [SD_LOGIND_ROOT_CHECK_INHIBITORS], **where)
+    except DaemonError as e:
         if e.name != _UNKNOWN_METHOD:
             raise
-        await _call_logind(client, "Hibernate", "b", [client.interactive])
+        await client.call("Hibernate", "b", [client.interactive], **where)
 
 
 async def outcome(client: ManagerClient, watch: SleepWatch) -> str:

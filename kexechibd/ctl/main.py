@@ -295,9 +295,9 @@ async def _hibernate_via_logind(client: ManagerClient, args: argparse.Namespace)
     try:
         await logind.watch_prepare_for_sleep(client, watch)
         await logind.ask_logind_to_hibernate(client)
-    except logind.LogindError as e:
+    except DaemonError as e:
         display.close()
-        print(f"kexechibctl: {e.explain()}", file=sys.stderr)
+        print(f"kexechibctl: {logind.explain(e)}", file=sys.stderr)
         return EXIT_FAILURE
     if not await _interruptible(client, display, watch.done.wait()):
         return EXIT_INTERRUPTED

@@ -265,19 +265,24 @@ async def test_oneshot_does_the_roles_automatic_work_without_a_bus(
     assert words in result.stderr
 
 
-@pytest.mark.parametrize("parameter", ["noresume", "kexechib.noresume"])
-async def test_a_noresume_boot_says_so_on_the_console_and_leaves_the_image(tmp_path, parameter):
-    image = make_image(tmp_path / "image", boot_id="earlier-boot")
-    before = image.read_bytes()
+async def oneshot(tmp_path, image, cmdline="ro quiet"):
+    """``kexechibd --oneshot`` as kexechib-resume.service runs it, on ``image``."""
     conf = tmp_path / "kexechibd.conf"
     conf.write_text(f"[image]\nlocation = {image}\n")
-    result = await run(
+    return await run(
         [
-            *(sys.executable, str(LAUNCHER), "--cmdline", f"ro {parameter}"),
+            *(sys.executable, str(LAUNCHER), "--cmdline", cmdline),
             *("--", "--oneshot", f"--config={conf}"),
         ],
         env={**os.environ, "PYTHONPATH": str(REPO)},
     )
+
+
+@pytest.mark.parametrize("parameter", ["noresume", "kexechib.noresume"])
+async def test_a_noresume_boot_says_so_on_the_console_and_leaves_the_image(tmp_path, parameter):
+    image = make_image(tmp_path / "image", boot_id="earlier-boot")
+    before = image.read_bytes()
+    result = await oneshot(tmp_path, image, f"ro {parameter}")
     assert result.returncode == 0, result.stderr
     # stdout: what kexechib-resume.service sends to the console.
     assert result.stdout == (
@@ -291,12 +296,7 @@ async def test_a_noresume_boot_says_so_on_the_console_and_leaves_the_image(tmp_p
 async def test_a_damaged_image_boots_normally_and_says_so_on_the_console(tmp_path):
     image = tmp_path / "image"
     image.write_bytes(b"\x7fELF garbage")
-    conf = tmp_path / "kexechibd.conf"
-    conf.write_text(f"[image]\nlocation = {image}\n")
-    result = await run(
-        [sys.executable, str(LAUNCHER), "--", "--oneshot", f"--config={conf}"],
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
+    result = await oneshot(tmp_path, image)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(f"kexechib: the image at {image} cannot be resumed (")
     assert "booting normally and leaving it in place" in result.stdout
