@@ -171,8 +171,10 @@ signals:
                    bus name and exit 0.
 
 exit status:
-  0   stopped on request (or --oneshot had nothing to do / succeeded)
-  1   failure (the bus went away, the name was taken, --oneshot failed)
+  0   stopped on request (or --oneshot had nothing to do / succeeded, or
+      --check: Hibernate would work)
+  1   failure (the bus went away, the name was taken, --oneshot failed,
+      --check: Hibernate would be refused)
   2   bad command-line usage
   78  invalid configuration file
 
@@ -258,6 +260,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="do the role's automatic work without D-Bus and exit: save A in kernel B, "
         "resume the image in a restorer boot, nothing in A",
     )
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="decide the role and what this kernel supports, tell logind (the sleep.conf "
+        "drop-in, linux backend), print whether Hibernate would work and exit: 0 yes, "
+        "1 no (for package scripts and after a configuration change)",
+    )
     parser.add_argument("--debug", action="store_true", help="log debug messages")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser.parse_args(argv)
@@ -287,7 +296,14 @@ def main(
     # (not the model's, nor a test's stand-in engine).
     sleep_conf = sleepconf.RUNTIME_PATH if runtime.engine.backend == "linux" else None
     return asyncio.run(
-        Daemon(runtime, args.bus, oneshot=args.oneshot, config=config, sleep_conf=sleep_conf).run()
+        Daemon(
+            runtime,
+            args.bus,
+            oneshot=args.oneshot,
+            check=args.check,
+            config=config,
+            sleep_conf=sleep_conf,
+        ).run()
     )
 
 
@@ -309,6 +325,7 @@ class Daemon:
         bus_address: str | None,
         *,
         oneshot: bool = False,
+        check: bool = False,
         notifier: Notifier | None = None,
         handle_signals: bool = True,
         config: Config | None = None,
@@ -319,6 +336,7 @@ class Daemon:
         self._config = Config() if config is None else config
         self._bus_address = bus_address
         self._oneshot = oneshot
+        self._check = check
         self._notifier = Notifier() if notifier is None else notifier
         self._handle_signals = handle_signals
         self._stop = asyncio.Event()
@@ -379,6 +397,8 @@ class Daemon:
             loop.add_signal_handler(signum, self._on_signal, signum)
         try:
             manager = await self.start_manager()
+            if self._check:
+                return await self._run_check(manager)
             if self._oneshot:
                 return await self._run_oneshot(manager)
             return await self._serve(manager)
@@ -457,6 +477,12 @@ class Daemon:
         disconnected.cancel()
         log.info("stopped")
         return EXIT_OK
+
+    async def _run_check(self, manager: Manager) -> int:
+        """``--check``: the verdict logind was just told (start_manager)."""
+        reason = await manager.hibernate_unavailable()
+        print(f"kexechibd cannot hibernate: {reason}" if reason else "kexechibd can hibernate")
+        return EXIT_FAILURE if reason else EXIT_OK
 
     async def _run_oneshot(self, manager: Manager) -> int:
         engine = self._runtime.engine

@@ -386,3 +386,26 @@ def test_the_watchdog_is_fed_only_when_systemd_asks_this_process():
     assert Notifier(other).watchdog_interval is None
     assert Notifier({}).watchdog_interval is None
     assert not Notifier({}).enabled
+
+
+@pytest.mark.parametrize(
+    "image, code, said",
+    [
+        (None, 0, "kexechibd can hibernate\n"),
+        ("earlier-boot", 1, "kexechibd cannot hibernate: a valid image of an earlier boot is"),
+    ],
+)
+async def test_check_prints_whether_hibernate_would_work_and_touches_nothing(
+    tmp_path, image, code, said
+):
+    if image is not None:
+        make_image(tmp_path / "image", boot_id=image)
+    conf = tmp_path / "kexechibd.conf"
+    conf.write_text(f"[image]\nlocation = {tmp_path / 'image'}\n")
+    result = await run(
+        [sys.executable, str(LAUNCHER), "--", "--check", f"--config={conf}"],
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert result.returncode == code, result.stderr
+    assert result.stdout.startswith(said)
+    assert "resume started" not in result.stderr
