@@ -38,6 +38,7 @@ from tests.dbus.buses import (
     LOGIND_BUS_CONF,
     POLICY_CONF,
     POLKIT_BUS_CONF,
+    SYSTEMD_BUS_CONF,
     Polkitd,
     TestBus,
     polkitd_unavailable,
@@ -48,6 +49,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 TEST_RULES = """\
 polkit.addRule(function(action, subject) {
+    // test_real_logind.py: "nobody" holds a sleep block inhibitor.
+    if (action.id == "org.freedesktop.login1.inhibit-block-sleep" && subject.user == "nobody")
+        return polkit.Result.YES;
     if (action.id.indexOf("org.kexechib1.") != 0)
         return polkit.Result.NOT_HANDLED;
     if (subject.user == "daemon")
@@ -69,9 +73,10 @@ BOOT_ID = "boot-of-this-test"
 @pytest.fixture(scope="session")
 def system_bus() -> Iterator[TestBus]:
     """The system bus of these tests: Debian's default policy, our policy
-    file, polkit's (so the real polkitd can own its name) and logind's (so
-    the stand-in logind of test_logind.py can)."""
-    bus = TestBus(includes=(POLICY_CONF, POLKIT_BUS_CONF, LOGIND_BUS_CONF))
+    file, polkit's (so the real polkitd can own its name), logind's and
+    systemd's (so the real logind, and the stand-ins for logind and systemd,
+    of test_logind.py and test_real_logind.py can)."""
+    bus = TestBus(includes=(POLICY_CONF, POLKIT_BUS_CONF, LOGIND_BUS_CONF, SYSTEMD_BUS_CONF))
     yield bus
     bus.stop()
     assert bus.proc.returncode is not None

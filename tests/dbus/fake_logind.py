@@ -1,4 +1,4 @@
-"""A stand-in for systemd-logind on the tests' private bus.
+"""Stand-ins for systemd-logind and systemd on the tests' private bus.
 
 This host does not run systemd as PID 1, so the real logind cannot run here
 (it needs systemd's manager on the bus to start hibernate.target).  The
@@ -10,7 +10,9 @@ systemd-hibernate.service drop-in runs, ``kexechibctl --no-ask-password
 hibernate --direct`` — and emit ``PrepareForSleep(false)`` when it has
 ended, whatever its result.  It owns ``org.freedesktop.login1`` under the
 real logind bus policy (/usr/share/dbus-1/system.d/org.freedesktop.login1.conf).
-The real thing is tested in a Debian guest (tests/lab/test_logind_guest.py).
+What the real logind decides by itself is tested in tests/dbus/test_real_logind.py
+(it runs here, but cannot start units); all of it in the Debian guest
+(tests/lab/test_logind_guest.py).
 """
 
 # No `from __future__ import annotations`: dbus-next reads the D-Bus
@@ -19,9 +21,9 @@ import asyncio
 from collections.abc import Sequence
 
 from dbus_next.aio.message_bus import MessageBus
-from dbus_next.constants import NameFlag, RequestNameReply
+from dbus_next.constants import NameFlag, PropertyAccess, RequestNameReply
 from dbus_next.errors import DBusError
-from dbus_next.service import ServiceInterface, method, signal
+from dbus_next.service import ServiceInterface, dbus_property, method, signal
 
 ROOT_CHECK_INHIBITORS = 1
 
@@ -77,5 +79,30 @@ async def serve(address: str, logind: FakeLogind) -> MessageBus:
     bus = await MessageBus(bus_address=address).connect()
     bus.export("/org/freedesktop/login1", logind)
     reply = await bus.request_name("org.freedesktop.login1", NameFlag.DO_NOT_QUEUE)
+    assert reply == RequestNameReply.PRIMARY_OWNER
+    return bus
+
+
+class LoadedUnit(ServiceInterface):
+    """The one thing the real logind asks systemd before answering
+    CanHibernate ``yes`` (logind-dbus.c, method_can_shutdown_or_sleep →
+    unit_load_state): hibernate.target's LoadState.  A stand-in for
+    org.freedesktop.systemd1, which does not run on this host."""
+
+    def __init__(self) -> None:
+        super().__init__("org.freedesktop.systemd1.Unit")
+
+    @dbus_property(access=PropertyAccess.READ)
+    def LoadState(self) -> "s":  # type: ignore[name-defined]  # noqa: F821
+        return "loaded"
+
+
+async def serve_loaded_units(address: str, *units: str) -> MessageBus:
+    """org.freedesktop.systemd1 with ``units`` loaded (unit names escaped as
+    systemd's bus paths escape them: ``hibernate_2etarget``)."""
+    bus = await MessageBus(bus_address=address).connect()
+    for unit in units:
+        bus.export(f"/org/freedesktop/systemd1/unit/{unit}", LoadedUnit())
+    reply = await bus.request_name("org.freedesktop.systemd1", NameFlag.DO_NOT_QUEUE)
     assert reply == RequestNameReply.PRIMARY_OWNER
     return bus
