@@ -100,9 +100,71 @@ class LoadedUnit(ServiceInterface):
 async def serve_loaded_units(address: str, *units: str) -> MessageBus:
     """org.freedesktop.systemd1 with ``units`` loaded (unit names escaped as
     systemd's bus paths escape them: ``hibernate_2etarget``)."""
+    return await serve_systemd(address, None, *units)
+
+
+class FakeSystemdManager(ServiceInterface):
+    """What the real logind asks of systemd to hibernate (logind-dbus.c,
+    execute_shutdown_or_sleep and match_job_removed): ``StartUnit`` of
+    hibernate.target, answered with a job, and ``JobRemoved`` for it when
+    the job has ended.  The job runs ``commands`` one after another, as
+    systemd runs systemd-hibernate.service's ExecStartPre=, ExecStart= and
+    ExecStopPost= (a failing ExecStart= still gets its ExecStopPost=)."""
+
+    def __init__(self, commands: Sequence[tuple[Sequence[str], bool]], env: dict[str, str]) -> None:
+        super().__init__("org.freedesktop.systemd1.Manager")
+        self.commands = [(list(argv), ignore) for argv, ignore in commands]
+        self.env = env
+        self.started: list[tuple[str, str]] = []
+        self.outputs: list[str] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @method()
+    def StartUnit(self, name: "s", mode: "s") -> "o":  # type: ignore[name-defined]  # noqa: F821
+        self.started.append((name, mode))
+        job_id = len(self.started)
+        path = f"/org/freedesktop/systemd1/job/{job_id}"
+        task = asyncio.get_running_loop().create_task(self._run(job_id, path, name))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return path
+
+    @signal()
+    def JobRemoved(self, job_id: int, path: str, unit: str, result: str) -> "uoss":  # type: ignore[name-defined]  # noqa: F821
+        return [job_id, path, unit, result]
+
+    async def _run(self, job_id: int, path: str, unit: str) -> None:
+        await asyncio.sleep(0.05)  # StartUnit's reply first
+        result = "done"
+        for argv, ignore_failure in self.commands:
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                env=self.env,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                stdin=asyncio.subprocess.DEVNULL,
+            )
+            out, _ = await proc.communicate()
+            self.outputs.append(out.decode())
+            if proc.returncode != 0 and not ignore_failure and result == "done":
+                result = "failed"
+        self.JobRemoved(job_id, path, unit, result)
+
+    async def settle(self) -> None:
+        while self._tasks:
+            await asyncio.gather(*self._tasks)
+
+
+async def serve_systemd(
+    address: str, manager: FakeSystemdManager | None, *units: str
+) -> MessageBus:
+    """org.freedesktop.systemd1: ``units`` loaded, and ``manager`` (if any)
+    at /org/freedesktop/systemd1."""
     bus = await MessageBus(bus_address=address).connect()
     for unit in units:
         bus.export(f"/org/freedesktop/systemd1/unit/{unit}", LoadedUnit())
+    if manager is not None:
+        bus.export("/org/freedesktop/systemd1", manager)
     reply = await bus.request_name("org.freedesktop.systemd1", NameFlag.DO_NOT_QUEUE)
     assert reply == RequestNameReply.PRIMARY_OWNER
     return bus

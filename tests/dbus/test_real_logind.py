@@ -6,9 +6,13 @@ kexechibd (the scripted engine in place of the kernel work) writes."""
 from __future__ import annotations
 
 import asyncio
+import shlex
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+from dbus_next.aio.message_bus import MessageBus
+from dbus_next.message import Message
 
 from kexechibd.sleepconf import NAME
 from tests.dbus.buses import TestBus
@@ -21,8 +25,8 @@ from tests.dbus.conftest import (
     stop_daemon,
     system_python_unavailable,
 )
-from tests.dbus.fake_logind import serve_loaded_units
-from tests.dbus.real_logind import RealLogind, real_logind_unavailable
+from tests.dbus.fake_logind import FakeSystemdManager, serve_loaded_units, serve_systemd
+from tests.dbus.real_logind import REPO, RealLogind, real_logind_unavailable
 from tests.dbus.scripted_engine import NO_KEXEC, ScriptedEngine
 
 LOGIND = ("org.freedesktop.login1", "/org/freedesktop/login1", "org.freedesktop.login1.Manager")
@@ -127,5 +131,88 @@ async def test_a_block_inhibitor_stops_kexechibctl_even_as_root(
     finally:
         holder.kill()
         await holder.wait()
+        assert await stop_daemon(running) == 0
+        systemd.disconnect()
+
+
+def dropin_commands(
+    bus: TestBus, hooks: Path
+) -> tuple[list[tuple[list[str], bool]], dict[str, str]]:
+    """systemd-hibernate.service's commands as our drop-in sets them, in
+    systemd's order (ExecStartPre=, the last ExecStart=, ExecStopPost=; "-":
+    failure ignored), and its Environment=; with this test's programs:
+    kexechibctl from this checkout on the test bus, the hooks of ``hooks``."""
+    settings: dict[str, list[str]] = {}
+    for line in (
+        (REPO / "systemd/systemd-hibernate.service.d/kexechib.conf").read_text().splitlines()
+    ):
+        key, sep, value = line.partition("=")
+        if sep and not line.startswith("#"):
+            settings.setdefault(key, []).append(value)
+
+    def command(value: str) -> tuple[list[str], bool]:
+        ignore = value.startswith("-")
+        argv = shlex.split(value.lstrip("-").replace("$$", "$"))
+        if argv[0] == "/usr/bin/kexechibctl":
+            argv = ctl_argv(bus, *argv[1:])
+        argv = [str(hooks) if a == "/usr/lib/systemd/system-sleep" else a for a in argv]
+        return argv, ignore
+
+    start = [v for v in settings["ExecStart"] if v][-1:]
+    commands = [command(v) for v in (*settings["ExecStartPre"], *start, *settings["ExecStopPost"])]
+    env = dict(v.split("=", 1) for v in settings.get("Environment", []))
+    return commands, env
+
+
+async def test_a_hibernation_through_logind_runs_our_dropin_between_prepare_for_sleep(
+    system_bus, logind, tmp_path, ctl_env
+):
+    """kexechibctl → the real logind → hibernate.target: a stand-in systemd
+    runs what our drop-in gives systemd-hibernate.service (the hooks through
+    the real run-parts, kexechibctl --direct to the daemon) and reports the
+    job's end, on which logind sends PrepareForSleep(false)."""
+    hooks = tmp_path / "system-sleep"
+    hooks.mkdir()
+    log = tmp_path / "hooks.log"
+    log.write_text("")
+    hook = hooks / "50-test.sh"
+    hook.write_text(f'#!/bin/sh\necho "$1 $2 $SYSTEMD_SLEEP_ACTION" >>{log}\n')
+    hook.chmod(0o755)
+    commands, environment = dropin_commands(system_bus, hooks)
+    manager = FakeSystemdManager(commands, {**ctl_env, **environment})
+    systemd = await serve_systemd(system_bus.address, manager, "hibernate_2etarget")
+    engine = ScriptedEngine(image_location=str(tmp_path / "image"))
+    running = await start_daemon(system_bus, engine, sleep_conf=logind.runtime_dir / NAME)
+    listener = await MessageBus(bus_address=system_bus.address).connect()
+    seen: list[tuple[bool, str]] = []  # PrepareForSleep, and what the hooks had logged by then
+
+    def on_signal(msg: Message) -> None:
+        if msg.member == "PrepareForSleep" and msg.interface == LOGIND[2]:
+            seen.append((msg.body[0], log.read_text()))
+
+    try:
+        listener.add_message_handler(on_signal)
+        await listener.call(
+            Message(
+                destination="org.freedesktop.DBus",
+                path="/org/freedesktop/DBus",
+                interface="org.freedesktop.DBus",
+                member="AddMatch",
+                signature="s",
+                body=[f"type='signal',interface='{LOGIND[2]}',member='PrepareForSleep'"],
+            )
+        )
+        result = await run(ctl_argv(system_bus, "--no-ask-password", "hibernate"), env=ctl_env)
+        await manager.settle()
+        assert result.returncode == 0, (result.stderr, manager.outputs, logind.output()[-2000:])
+        assert result.stdout.splitlines()[-1] == "hibernate: resumed"
+        assert manager.started == [("hibernate.target", "replace-irreversibly")]
+        assert [c[0] for c in engine.operations] == ["hibernate"]
+        assert seen == [
+            (True, ""),  # before the job: no hook yet
+            (False, "pre hibernate hibernate\npost hibernate hibernate\n"),
+        ]
+    finally:
+        listener.disconnect()
         assert await stop_daemon(running) == 0
         systemd.disconnect()
