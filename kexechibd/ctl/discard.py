@@ -19,6 +19,16 @@ from kexechibd import config as config_module
 from kexechibd.errors import ConfigError
 
 
+DESCRIPTION = """\
+Make an image never resumable again: for an image a boot with noresume (or a
+failed resume) left, which the next boot must not resume either, since this
+system has moved on.  The image's resume state changes in place: a prepared
+file or a partition stays ready for the next hibernation.  Root only, with
+the checks of a resume (the file is root's and not group/world-writable).
+A running kexechibd notices when restarted (systemctl restart kexechibd).
+"""
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "image",

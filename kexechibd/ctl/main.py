@@ -109,7 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--image",
         metavar="PATH",
-        help="where to write the image (anywhere but the configured one needs an administrator)",
+        help="where to write the image: to power off, only the configured one (the next boot "
+        "resumes nothing else); a checkpoint may go elsewhere, which needs an administrator",
     )
     p = commands.add_parser("resume", help="verify and load an image, then jump into it")
     p.add_argument("image", help="the image (an empty string: the configured one)")

@@ -52,7 +52,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         actions.add_parser(
             "discard",
             help="make an image never resumable (root; a prepared file stays prepared)",
-            description=discard.__doc__,
+            description=discard.DESCRIPTION,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
     )
