@@ -18,7 +18,6 @@ from pathlib import Path
 from kexechibd import config as config_module
 from kexechibd.errors import ConfigError
 
-
 DESCRIPTION = """\
 Make an image never resumable again: for an image a boot with noresume (or a
 failed resume) left, which the next boot must not resume either, since this
