@@ -28,6 +28,20 @@ from dbus_next.service import ServiceInterface, dbus_property, method, signal
 ROOT_CHECK_INHIBITORS = 1
 
 
+async def run_command(argv: Sequence[str], env: dict[str, str]) -> tuple[int, str]:
+    """Run a unit's command: its exit status and its output."""
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        stdin=asyncio.subprocess.DEVNULL,
+    )
+    out, _ = await proc.communicate()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode()
+
+
 class FakeLogind(ServiceInterface):
     def __init__(self, job: Sequence[str], env: dict[str, str]) -> None:
         super().__init__("org.freedesktop.login1.Manager")
@@ -59,15 +73,7 @@ class FakeLogind(ServiceInterface):
     async def _run_job(self) -> None:
         await asyncio.sleep(0.05)  # the reply leaves first, as logind's does
         if self.job:
-            proc = await asyncio.create_subprocess_exec(
-                *self.job,
-                env=self.env,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
-                stdin=asyncio.subprocess.DEVNULL,
-            )
-            out, _ = await proc.communicate()
-            self.job_status, self.job_output = proc.returncode, out.decode()
+            self.job_status, self.job_output = await run_command(self.job, self.env)
         self.PrepareForSleep(False)
 
     async def settle(self) -> None:
@@ -137,16 +143,9 @@ class FakeSystemdManager(ServiceInterface):
         await asyncio.sleep(0.05)  # StartUnit's reply first
         result = "done"
         for argv, ignore_failure in self.commands:
-            proc = await asyncio.create_subprocess_exec(
-                *argv,
-                env=self.env,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
-                stdin=asyncio.subprocess.DEVNULL,
-            )
-            out, _ = await proc.communicate()
-            self.outputs.append(out.decode())
-            if proc.returncode != 0 and not ignore_failure and result == "done":
+            status, output = await run_command(argv, self.env)
+            self.outputs.append(output)
+            if status != 0 and not ignore_failure and result == "done":
                 result = "failed"
         self.JobRemoved(job_id, path, unit, result)
 

@@ -14,6 +14,7 @@ import pytest
 from dbus_next.aio.message_bus import MessageBus
 from dbus_next.message import Message
 
+from kexechibd.ctl.client import ManagerClient
 from kexechibd.sleepconf import NAME
 from tests.dbus.buses import TestBus
 from tests.dbus.conftest import (
@@ -191,17 +192,11 @@ async def test_a_hibernation_through_logind_runs_our_dropin_between_prepare_for_
             seen.append((msg.body[0], log.read_text()))
 
     try:
-        listener.add_message_handler(on_signal)
-        await listener.call(
-            Message(
-                destination="org.freedesktop.DBus",
-                path="/org/freedesktop/DBus",
-                interface="org.freedesktop.DBus",
-                member="AddMatch",
-                signature="s",
-                body=[f"type='signal',interface='{LOGIND[2]}',member='PrepareForSleep'"],
-            )
+        watcher = ManagerClient(listener, interactive=False)
+        assert await watcher.add_match(
+            f"type='signal',interface='{LOGIND[2]}',member='PrepareForSleep'"
         )
+        watcher.add_handler(on_signal)
         result = await run(ctl_argv(system_bus, "--no-ask-password", "hibernate"), env=ctl_env)
         await manager.settle()
         assert result.returncode == 0, (result.stderr, manager.outputs, logind.output()[-2000:])
