@@ -134,6 +134,15 @@ DOCDIR ?= $(PREFIX)/share/doc/kexechibd
 # in kexechibd/purgatory.py), as the units run /usr/sbin/kexechibd: with
 # another PREFIX, point KEXECHIB_PURGATORY at it.
 PKGLIBDIR ?= $(PREFIX)/lib/kexechibd
+# logind's sleep.conf drop-in and the tmpfiles.d entry for its runtime twin
+# (DESIGN §6); systemd reads /usr/lib/systemd/sleep.conf.d on every layout.
+SLEEPCONFDIR ?= $(PREFIX)/lib/systemd/sleep.conf.d
+ifndef TMPFILESDIR
+TMPFILESDIR := $(call pkg_variable,tmpfilesdir,systemd,$(PREFIX)/lib/tmpfiles.d)
+endif
+# Drop-ins: systemd/<unit>.d/kexechib.conf extends <unit> of systemd.
+DROPINS := systemd-hibernate.service systemd-logind.service systemd-hybrid-sleep.service \
+	systemd-suspend-then-hibernate.service
 UNITS := kexechibd.service kexechib-save.target kexechib-save.service kexechib-resume.service
 MANDIR ?= $(PREFIX)/share/man
 INSTALL ?= install
@@ -148,8 +157,8 @@ MAN8 := $(wildcard docs/man/*.8)
 install: purgatory-object
 	$(INSTALL) -d $(DESTDIR)$(PREFIX)/sbin $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PYTHONDIR) \
 		$(DESTDIR)$(PKGLIBDIR) \
-		$(DESTDIR)$(UNITDIR)/systemd-hibernate.service.d \
-		$(DESTDIR)$(UNITDIR)/systemd-logind.service.d $(DESTDIR)$(DBUS_POLICYDIR) \
+		$(addprefix $(DESTDIR)$(UNITDIR)/,$(addsuffix .d,$(DROPINS))) \
+		$(DESTDIR)$(SLEEPCONFDIR) $(DESTDIR)$(TMPFILESDIR) $(DESTDIR)$(DBUS_POLICYDIR) \
 		$(DESTDIR)$(DBUS_SERVICEDIR) $(DESTDIR)$(DBUS_INTERFACEDIR) \
 		$(DESTDIR)$(POLKITDIR) $(DESTDIR)$(DOCDIR) $(DESTDIR)$(SYSCONFDIR) \
 		$(DESTDIR)$(MANDIR)/man5 $(DESTDIR)$(MANDIR)/man8
@@ -163,10 +172,10 @@ install: purgatory-object
 	chmod 0755 $(DESTDIR)$(PREFIX)/sbin/kexechibd $(DESTDIR)$(PREFIX)/bin/kexechibctl
 	$(INSTALL) -m 0644 purgatory/purgatory.ro $(DESTDIR)$(PKGLIBDIR)/
 	$(INSTALL) -m 0644 $(addprefix systemd/,$(UNITS)) $(DESTDIR)$(UNITDIR)/
-	$(INSTALL) -m 0644 systemd/systemd-hibernate.service.d/kexechib.conf \
-		$(DESTDIR)$(UNITDIR)/systemd-hibernate.service.d/
-	$(INSTALL) -m 0644 systemd/systemd-logind.service.d/kexechib.conf \
-		$(DESTDIR)$(UNITDIR)/systemd-logind.service.d/
+	for d in $(DROPINS); do \
+		$(INSTALL) -m 0644 systemd/$$d.d/kexechib.conf $(DESTDIR)$(UNITDIR)/$$d.d/ || exit 1; done
+	$(INSTALL) -m 0644 systemd/sleep.conf.d/10-kexechib.conf $(DESTDIR)$(SLEEPCONFDIR)/
+	$(INSTALL) -m 0644 systemd/tmpfiles.d/kexechib.conf $(DESTDIR)$(TMPFILESDIR)/
 	$(INSTALL) -m 0644 dbus/org.kexechib1.conf $(DESTDIR)$(DBUS_POLICYDIR)/
 	$(INSTALL) -m 0644 dbus/org.kexechib1.service $(DESTDIR)$(DBUS_SERVICEDIR)/
 	$(INSTALL) -m 0644 dbus/org.kexechib1.xml $(DESTDIR)$(DBUS_INTERFACEDIR)/

@@ -18,6 +18,9 @@ JUMP_BACK_ENTRY = "kexec_jump_back_entry"
 ROLE_PARAMETER = "kexechib.role"
 ROLE_SAVE = "save"
 ENABLE_KEXEC_PARAMETER = "kexechib.enable_kexec"
+# Either keeps a boot from resuming: the kernel's own (kernel-parameters.txt)
+# and ours, for when only kexechib's resume is to be skipped.
+NORESUME_PARAMETERS = ("noresume", "kexechib.noresume")
 # A systemd B boots this target (systemd/kexechib-save.target) instead of
 # default.target: the saver, and none of the mounts of A's filesystems.
 SAVE_TARGET_PARAMETER = "systemd.unit=kexechib-save.target"
@@ -158,3 +161,8 @@ def subtract(ranges: Sequence[MemoryRange], holes: Sequence[tuple[int, int]]) ->
                 pieces.append(MemoryRange(hole_end, r.end, r.kind))
         out = pieces
     return out
+
+
+def noresume(cmdline: str) -> bool:
+    """Whether the command line asks this boot not to resume."""
+    return any(word in NORESUME_PARAMETERS for word in split(cmdline))

@@ -92,7 +92,7 @@ class Console:
             "daemon-up": "system bus and kexechibd running",
             "a-ready": f"workload pid {fields.get('pid')} counting ({fields.get('counter')}), "
             "1 MiB file in tmpfs",
-            "a-hibernate": f"$ kexechibctl hibernate --mode poweroff   "
+            "a-hibernate": f"$ kexechibctl hibernate --direct --mode poweroff   "
             f"(workload counter {fields.get('counter')})",
             "b-up": f"kernel B's /init; A's re-entry point {fields.get('jbe')}",
             "save-progress": f"B saves A: {fields.get('percent')}%",
@@ -349,9 +349,12 @@ def run_model(args: argparse.Namespace) -> int:
         show([*busctl, "introspect", "org.kexechib1", "/org/kexechib1", "org.kexechib1.Manager"])
 
         step("kexechibctl hibernate: A loads B (staged load + purgatory) and jumps")
-        print(f"$ {' '.join(ctl)} hibernate --mode poweroff   (in the background)", flush=True)
+        print(
+            f"$ {' '.join(ctl)} hibernate --direct --mode poweroff   (in the background)",
+            flush=True,
+        )
         hibernate = subprocess.Popen(
-            [*ctl, "hibernate", "--mode", "poweroff"],
+            [*ctl, "hibernate", "--direct", "--mode", "poweroff"],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

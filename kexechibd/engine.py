@@ -175,6 +175,11 @@ class Engine(Protocol):
 
     def support(self) -> SupportReport: ...
 
+    def location_problem(self) -> str:
+        """Why the next boot would not find an image at the configured
+        location ('' when it would): Hibernate to power off refuses then."""
+        ...
+
     async def hibernate(
         self, options: HibernateOptions, observer: Observer, cancel: CancelToken
     ) -> None:

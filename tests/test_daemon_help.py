@@ -54,6 +54,7 @@ def test_it_names_the_purgatory_override_and_the_installed_purgatory(help_text: 
 def test_it_lists_every_unit_and_drop_in_we_ship(help_text: str) -> None:
     shipped = [p.name for p in (*SYSTEMD.glob("*.service"), *SYSTEMD.glob("*.target"))]
     shipped += [f"{p.parent.name}/{p.name}" for p in SYSTEMD.glob("*.d/*.conf")]
-    assert len(shipped) == 6  # the globs found them all: 4 units, 2 drop-ins
+    # The globs found them all: 4 units, 4 drop-ins, sleep.conf.d and tmpfiles.d.
+    assert len(shipped) == 10
     for name in shipped:
         assert name in help_text

@@ -64,7 +64,7 @@ def test_the_console_names_each_kernel_and_shows_what_matters(
         console.line(which, LogLine(1.0, text))
     shown = [line.split("] ", 1)[1] for line in capsys.readouterr().out.splitlines()]
     assert shown == [
-        "A | $ kexechibctl hibernate --mode poweroff   (workload counter 8)",
+        "A | $ kexechibctl hibernate --direct --mode poweroff   (workload counter 8)",
         "B | B saves A: 40%",
         "C | resume: loading 20%",
         "C | kexec_core: Starting new kernel",

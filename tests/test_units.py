@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from kexechibd import sleepconf
 from kexechibd.config import Config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -26,7 +27,19 @@ UNITS = (
 HOST_UNITS = Path("/usr/lib/systemd/system")
 # What the units we install or extend run, other than our own programs
 # (Debian's paths, through the merged /usr).
-HOST_PROGRAMS = (Path("/usr/bin/run-parts"), Path("/usr/lib/systemd/systemd-logind"))
+HOST_PROGRAMS = (
+    Path("/usr/bin/run-parts"),
+    Path("/usr/lib/systemd/systemd-logind"),
+    Path("/usr/bin/echo"),
+    Path("/usr/bin/false"),
+)
+# systemd's units we extend with a drop-in (systemd/<unit>.d/kexechib.conf).
+EXTENDED = (
+    "systemd-hibernate.service",
+    "systemd-logind.service",
+    "systemd-hybrid-sleep.service",
+    "systemd-suspend-then-hibernate.service",
+)
 
 
 def pkg_config_variable(package: str, variable: str, fallback: str) -> str:
@@ -43,6 +56,7 @@ def pkg_config_variable(package: str, variable: str, fallback: str) -> str:
 
 # Relative to DESTDIR, as `make install` should choose them on this machine.
 UNIT_DIR = pkg_config_variable("systemd", "systemdsystemunitdir", "/usr/lib/systemd/system")[1:]
+TMPFILES_DIR = pkg_config_variable("systemd", "tmpfilesdir", "/usr/lib/tmpfiles.d")[1:]
 DBUS_SERVICE_DIR = pkg_config_variable(
     "dbus-1", "system_bus_services_dir", "/usr/share/dbus-1/system-services"
 )[1:]
@@ -97,7 +111,7 @@ def verify(root: Path, name: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.mark.parametrize("name", [*UNITS, "systemd-hibernate.service", "systemd-logind.service"])
+@pytest.mark.parametrize("name", [*UNITS, *EXTENDED])
 def test_every_unit_verifies_without_errors_or_warnings(root: Path, name: str) -> None:
     result = verify(root, name)
     assert result.returncode == 0, result.stderr
@@ -121,8 +135,9 @@ def test_make_install_puts_every_file_where_debian_expects_it(installed: Path) -
         "usr/bin/kexechibctl",
         "usr/lib/kexechibd/purgatory.ro",
         *(f"{UNIT_DIR}/{u}" for u in UNITS),
-        f"{UNIT_DIR}/systemd-hibernate.service.d/kexechib.conf",
-        f"{UNIT_DIR}/systemd-logind.service.d/kexechib.conf",
+        *(f"{UNIT_DIR}/{u}.d/kexechib.conf" for u in EXTENDED),
+        "usr/lib/systemd/sleep.conf.d/10-kexechib.conf",
+        f"{TMPFILES_DIR}/kexechib.conf",
         "usr/share/dbus-1/system.d/org.kexechib1.conf",
         f"{DBUS_SERVICE_DIR}/org.kexechib1.service",
         f"{DBUS_INTERFACE_DIR}/org.kexechib1.xml",
@@ -241,10 +256,11 @@ def test_the_daemon_unit_keeps_what_hibernation_needs() -> None:
 
 def test_the_default_image_is_in_the_one_directory_the_daemon_may_write() -> None:
     """ProtectSystem=strict leaves the daemon only its StateDirectory (an image
-    elsewhere needs ReadWritePaths=, as the unit and the example say)."""
+    elsewhere needs ReadWritePaths=, as the unit and the example say) and the
+    directory of logind's sleep.conf drop-in."""
     service = unit(REPO / "systemd/kexechibd.service")["Service"]
     assert service["ProtectSystem"] == "strict"
-    assert "ReadWritePaths" not in service
+    assert service["ReadWritePaths"] == f"-{sleepconf.RUNTIME_DIR}"
     state = Path("/var/lib") / service["StateDirectory"]
     assert Config().image.location.is_relative_to(state)
 
@@ -254,7 +270,7 @@ def test_the_hibernate_dropin_replaces_systemd_sleep_and_blocks_until_resume() -
     exec_starts = [line for line in text.splitlines() if line.startswith("ExecStart=")]
     assert exec_starts == [
         "ExecStart=",
-        "ExecStart=/usr/bin/kexechibctl --no-ask-password hibernate",
+        "ExecStart=/usr/bin/kexechibctl --no-ask-password hibernate --direct",
     ]
 
 
@@ -286,3 +302,87 @@ def test_resume_runs_before_anything_is_mounted_read_write() -> None:
     assert resume["DefaultDependencies"] == "no"
     before = resume["Before"].split()
     assert "local-fs-pre.target" in before and "systemd-remount-fs.service" in before
+
+
+def sleep_settings(path: Path) -> dict[str, str]:
+    return dict(unit(path)["Sleep"])
+
+
+def test_logind_offers_no_hibernation_until_kexechibd_has_checked() -> None:
+    """The shipped sleep.conf drop-in: logind (can_sleep()) answers na
+    until kexechibd writes its verdict in a file of the same name in /run."""
+    shipped = REPO / "systemd/sleep.conf.d" / sleepconf.NAME
+    assert sleep_settings(shipped) == {
+        "AllowHibernation": "no",
+        "AllowHybridSleep": "no",
+        "AllowSuspendThenHibernate": "no",
+    }
+
+
+@pytest.mark.parametrize("unavailable", ["", "kexec_load is disabled"])
+def test_kexechibds_verdict_keeps_hybrid_sleep_and_suspend_then_hibernate_refused(
+    unavailable: str, tmp_path: Path
+) -> None:
+    """The runtime file replaces the shipped one as a whole (systemd reads
+    one file per name), so it repeats the refusals."""
+    path = tmp_path / sleepconf.NAME
+    path.write_text(sleepconf.sleep_conf_text(unavailable))
+    settings = sleep_settings(path)
+    assert settings["AllowHybridSleep"] == settings["AllowSuspendThenHibernate"] == "no"
+    assert settings["AllowHibernation"] == ("no" if unavailable else "yes")
+
+
+def test_tmpfiles_makes_the_directory_the_daemon_may_write(tmp_path: Path) -> None:
+    """Run the real systemd-tmpfiles on our entry in a scratch root."""
+    entry = REPO / "systemd/tmpfiles.d/kexechib.conf"
+    subprocess.run(
+        ["systemd-tmpfiles", "--create", f"--root={tmp_path}", str(entry)],
+        check=True,
+        capture_output=True,
+    )
+    made = tmp_path / sleepconf.RUNTIME_DIR.relative_to("/")
+    assert made.is_dir() and made.stat().st_mode & 0o777 == 0o755
+
+
+@pytest.mark.parametrize(
+    "name", ["systemd-hybrid-sleep.service", "systemd-suspend-then-hibernate.service"]
+)
+def test_hybrid_sleep_and_suspend_then_hibernate_fail_saying_why(name: str) -> None:
+    """Started behind logind's back (hybrid-sleep.target directly), they do not
+    fall back to the kernel's own hibernation: they fail with a message."""
+    text = (REPO / "systemd" / f"{name}.d/kexechib.conf").read_text()
+    exec_starts = [line for line in text.splitlines() if line.startswith("ExecStart=")]
+    assert exec_starts[0] == "ExecStart="
+    assert exec_starts[1].startswith("ExecStart=/bin/echo ") and "not supported" in exec_starts[1]
+    assert exec_starts[-1] == "ExecStart=/bin/false"
+
+
+def test_the_hibernate_dropin_runs_the_sleep_hooks_as_systemd_sleep_does() -> None:
+    service = unit(REPO / "systemd/systemd-hibernate.service.d/kexechib.conf")["Service"]
+    assert service["Environment"] == "SYSTEMD_SLEEP_ACTION=hibernate"
+    pre, post = service["ExecStartPre"].split(), service["ExecStopPost"].split()
+    # "-": errors ignored; ExecStopPost=: "post" also after a failure.
+    assert pre[0] == post[0] == "-/bin/run-parts"
+    assert pre[-3:] == ["--arg=pre", "--arg=hibernate", "/usr/lib/systemd/system-sleep"]
+    assert post[-3:] == ["--arg=post", "--arg=hibernate", "/usr/lib/systemd/system-sleep"]
+
+
+def test_the_hook_regex_runs_what_systemd_sleep_runs_and_skips_backups(tmp_path: Path) -> None:
+    """The real run-parts with the drop-in's regex (systemd's $$ unescaped)."""
+    service = unit(REPO / "systemd/systemd-hibernate.service.d/kexechib.conf")["Service"]
+    regex = service["ExecStartPre"].split()[1].replace("$$", "$")
+    for name in ("50-nvidia", "hook.sh", "a", ".hidden", "old~"):
+        hook = tmp_path / name
+        hook.write_text("#!/bin/sh\n")
+        hook.chmod(0o755)
+    listed = subprocess.run(
+        ["run-parts", "--list", regex, str(tmp_path)], capture_output=True, text=True, check=True
+    )
+    assert sorted(Path(p).name for p in listed.stdout.split()) == ["50-nvidia", "a", "hook.sh"]
+
+
+def test_resume_at_boot_is_not_skipped_silently_by_noresume() -> None:
+    """kexechibd --oneshot sees noresume itself and says so on the console."""
+    resume = unit(REPO / "systemd/kexechib-resume.service")
+    assert resume["Unit"]["ConditionKernelCommandLine"] == "!kexechib.role=save"
+    assert resume["Service"]["StandardOutput"] == "journal+console"

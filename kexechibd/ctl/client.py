@@ -59,14 +59,18 @@ class ManagerClient:
         body: Sequence[object] = (),
         *,
         interface: str = INTERFACE,
+        destination: str = BUS_NAME,
+        path: str = OBJECT_PATH,
     ) -> list[Any]:
+        """Call kexechibd (or ``destination``); an error reply raises
+        ``DaemonError`` with its name and text."""
         flags = MessageFlag.NONE
         if self.interactive:
             flags = MessageFlag.ALLOW_INTERACTIVE_AUTHORIZATION
         reply = await self.bus.call(
             Message(
-                destination=BUS_NAME,
-                path=OBJECT_PATH,
+                destination=destination,
+                path=path,
                 interface=interface,
                 member=member,
                 signature=signature,
@@ -86,12 +90,13 @@ class ManagerClient:
         assert isinstance(values, dict)
         return {name: variant.value for name, variant in values.items()}
 
-    async def watch(self, on_change: Callable[[Mapping[str, object]], None]) -> None:
-        """Call ``on_change`` with every PropertiesChanged of the Manager."""
-        rule = (
-            f"type='signal',sender='{BUS_NAME}',path='{OBJECT_PATH}',"
-            f"interface='{PROPERTIES}',member='PropertiesChanged',arg0='{INTERFACE}'"
-        )
+    def add_handler(self, handler: Callable[[Message], Any]) -> None:
+        """Have ``handler`` see every message (removed on ``close``)."""
+        self.bus.add_message_handler(handler)
+        self._watchers.append(handler)
+
+    async def add_match(self, rule: str) -> bool:
+        """Ask the bus for the signals ``rule`` matches; False if it refused."""
         reply = await self.bus.call(
             Message(
                 destination="org.freedesktop.DBus",
@@ -102,7 +107,15 @@ class ManagerClient:
                 body=[rule],
             )
         )
-        if reply is None or reply.message_type == MessageType.ERROR:
+        return reply is not None and reply.message_type != MessageType.ERROR
+
+    async def watch(self, on_change: Callable[[Mapping[str, object]], None]) -> None:
+        """Call ``on_change`` with every PropertiesChanged of the Manager."""
+        rule = (
+            f"type='signal',sender='{BUS_NAME}',path='{OBJECT_PATH}',"
+            f"interface='{PROPERTIES}',member='PropertiesChanged',arg0='{INTERFACE}'"
+        )
+        if not await self.add_match(rule):
             return  # no progress display, the call itself still works
 
         def handler(msg: Message) -> None:
@@ -116,5 +129,4 @@ class ManagerClient:
                 changed: dict[str, Variant] = msg.body[1]
                 on_change({name: variant.value for name, variant in changed.items()})
 
-        self.bus.add_message_handler(handler)
-        self._watchers.append(handler)
+        self.add_handler(handler)

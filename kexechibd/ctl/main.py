@@ -13,13 +13,13 @@ import argparse
 import asyncio
 import signal
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from dbus_next.signature import Variant
 
 from kexechibd import __version__
-from kexechibd.ctl import offline
+from kexechibd.ctl import logind, offline
 from kexechibd.ctl.client import DaemonError, ManagerClient
 from kexechibd.ctl.progress import display_for
 from kexechibd.engine import COMPRESSIONS, Mode
@@ -48,6 +48,25 @@ prevents that).
 """
 
 
+HIBERNATE_DESCRIPTION = """\
+Hibernate this system and wait until it has resumed.
+
+By default kexechibctl asks systemd-logind (HibernateWithFlags), as a desktop
+does: logind checks polkit, other users' sessions and block inhibitors (for
+root too), sends PrepareForSleep, and starts systemd-hibernate.service, which
+runs `kexechibctl hibernate --direct` and the system-sleep hooks.  Meanwhile
+kexechibctl shows kexechibd's progress; when logind sends PrepareForSleep(false)
+it reports kexechibd's outcome.
+
+--direct calls kexechibd's Hibernate itself: no inhibitors, no PrepareForSleep,
+no sleep hooks.  --mode, --compression, --level and --image are kexechibd's
+own options, which logind's Hibernate cannot carry: they need --direct, and
+are refused without it rather than silently skipping logind's checks.
+"""
+
+DAEMON_ONLY_OPTIONS = ("mode", "compression", "level", "image")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kexechibctl",
@@ -69,7 +88,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     commands.add_parser("status", help="show the daemon's state and what this kernel supports")
     commands.add_parser("can-hibernate", help="print yes, no, challenge or na (as logind's)")
-    p = commands.add_parser("hibernate", help="hibernate; returns after the system has resumed")
+    p = commands.add_parser(
+        "hibernate",
+        help="hibernate through logind; returns after the system has resumed",
+        description=HIBERNATE_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--direct",
+        action="store_true",
+        help="ask kexechibd itself, not logind (what systemd-hibernate.service does)",
+    )
     p.add_argument(
         "--mode",
         choices=[m.value for m in Mode],
@@ -80,7 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--image",
         metavar="PATH",
-        help="where to write the image (anywhere but the configured one needs an administrator)",
+        help="where to write the image: to power off, only the configured one (the next boot "
+        "resumes nothing else); a checkpoint may go elsewhere, which needs an administrator",
     )
     p = commands.add_parser("resume", help="verify and load an image, then jump into it")
     p.add_argument("image", help="the image (an empty string: the configured one)")
@@ -95,7 +125,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "hibernate" and not args.direct:
+        given = [f"--{o}" for o in DAEMON_ONLY_OPTIONS if getattr(args, o) is not None]
+        if given:
+            parser.error(
+                f"{', '.join(given)}: kexechibd's own options, which logind's Hibernate "
+                "cannot carry; add --direct to ask kexechibd itself (without logind's "
+                "inhibitor checks, PrepareForSleep and sleep hooks)"
+            )
     if args.command == "image":
         return offline.run(args)
     try:
@@ -173,18 +212,45 @@ async def _long_call(
     body: Sequence[object] = (),
 ) -> int:
     """A call that may take minutes: progress while waiting, Ctrl-C cancels."""
+    display, current = await _progress(client, args, operation)
+    try:
+        if not await _interruptible(client, display, client.call(member, signature, body)):
+            return EXIT_INTERRUPTED
+    except DaemonError:
+        display.close()
+        raise
+    display.update(str(current["State"] or "idle"), 1.0)
+    display.close()
+    return EXIT_OK
+
+
+async def _progress(
+    client: ManagerClient,
+    args: argparse.Namespace,
+    operation: str,
+    also: Callable[[Mapping[str, object]], None] | None = None,
+) -> tuple[Any, dict[str, Any]]:
+    """Show the daemon's State and Progress as they change (and tell ``also``)."""
     display = display_for(sys.stdout, operation, quiet=args.quiet)
     current: dict[str, Any] = {"State": "", "Progress": 0.0}
 
     def on_change(changed: Mapping[str, object]) -> None:
         current.update(changed)
+        if also is not None:
+            also(changed)
         if "State" in changed or "Progress" in changed:
             display.update(str(current["State"]), float(current["Progress"]))
 
     await client.watch(on_change)
+    return display, current
+
+
+async def _interruptible(client: ManagerClient, display: Any, work: Awaitable[object]) -> bool:
+    """Wait for ``work``; the first Ctrl-C asks the daemon to cancel, the
+    second stops waiting (False)."""
     loop = asyncio.get_running_loop()
     interrupts: list[asyncio.Task[None]] = []
-    pending = asyncio.create_task(client.call(member, signature, body))
+    pending = asyncio.ensure_future(work)
 
     def on_interrupt() -> None:
         if not interrupts:
@@ -198,15 +264,10 @@ async def _long_call(
         await pending
     except asyncio.CancelledError:
         display.close()
-        return EXIT_INTERRUPTED
-    except DaemonError:
-        display.close()
-        raise
+        return False
     finally:
         loop.remove_signal_handler(signal.SIGINT)
-    display.update(str(current["State"] or "idle"), 1.0)
-    display.close()
-    return EXIT_OK
+    return True
 
 
 async def _cancel_quietly(client: ManagerClient, display: Any) -> None:
@@ -217,10 +278,36 @@ async def _cancel_quietly(client: ManagerClient, display: Any) -> None:
 
 
 async def _hibernate(client: ManagerClient, args: argparse.Namespace) -> int:
-    code = await _long_call(client, args, "hibernate", "Hibernate", "a{sv}", [_options(args)])
+    if args.direct:
+        code = await _long_call(client, args, "hibernate", "Hibernate", "a{sv}", [_options(args)])
+    else:
+        code = await _hibernate_via_logind(client, args)
     if code == EXIT_OK and not args.quiet:
         print("hibernate: resumed")
     return code
+
+
+async def _hibernate_via_logind(client: ManagerClient, args: argparse.Namespace) -> int:
+    """logind decides and starts systemd-hibernate.service, which calls the
+    daemon (kexechibd.ctl.logind); we show the daemon's progress meanwhile
+    and report its outcome once logind says the system is back."""
+    watch = logind.SleepWatch()
+    display, _ = await _progress(client, args, "hibernate", watch.on_kexechib_change)
+    try:
+        await logind.watch_prepare_for_sleep(client, watch)
+        await logind.ask_logind_to_hibernate(client)
+    except DaemonError as e:
+        display.close()
+        print(f"kexechibctl: {logind.explain(e)}", file=sys.stderr)
+        return EXIT_FAILURE
+    if not await _interruptible(client, display, watch.done.wait()):
+        return EXIT_INTERRUPTED
+    error = await logind.outcome(client, watch)
+    display.close()
+    if error:
+        print(f"kexechibctl: hibernate: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK
 
 
 async def _resume(client: ManagerClient, args: argparse.Namespace) -> int:

@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from kexechibd.ctl import discard
+
 # ``image verify`` of an image whose checksums are fine but that will not be
 # resumed as it is: scripts can tell it from damage (1) without parsing text.
 EXIT_NOT_RESUMABLE = 3
@@ -46,6 +48,14 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "intact but not resumable (consumed or invalid); 1 damaged or unreadable.",
     )
     p.add_argument("image", type=Path)
+    discard.add_arguments(
+        actions.add_parser(
+            "discard",
+            help="make an image never resumable (root; a prepared file stays prepared)",
+            description=discard.DESCRIPTION,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+    )
     p = actions.add_parser("export", help="write a plain ELF core for readelf, gdb or crash")
     p.add_argument("image", type=Path)
     p.add_argument("output", help="the ELF core to write ('-': standard output)")
@@ -104,6 +114,8 @@ def run(args: argparse.Namespace) -> int:
     from kexechibd.image import ImageError, ImageStore, export_elf_core, prepare_image_file
 
     try:
+        if args.image_command == "discard":
+            return discard.run(args)
         if args.image_command == "create":
             mapped = prepare_image_file(args.image, args.size)
             print(

@@ -16,7 +16,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from kexechibd import cmdline
+from kexechibd import cmdline, mounts
 from kexechibd.cycle import kexec_ops
 from kexechibd.cycle.blocking import in_daemon_thread
 from kexechibd.cycle.loader import check_destinations, check_identity, describe, stream_load
@@ -99,6 +99,18 @@ class KexecEngine:
 
     def support(self) -> SupportReport:
         return self.kernel.probe()
+
+    @property
+    def _boots_this_machine(self) -> bool:
+        """Whether the kernels are this machine's: its mounts and its boot
+        order (kexechib-resume.service) matter.  The model's machine has
+        neither; the host's would say nothing about it."""
+        return self.kernel.backend == "linux"
+
+    def location_problem(self) -> str:
+        if not self._boots_this_machine:
+            return ""
+        return mounts.early_boot_problem_of(self.settings.image_location)
 
     # ------------------------------------------------------------ A: hibernate
 
@@ -340,6 +352,11 @@ class KexecEngine:
     ) -> None:
         if self._role is Role.SAVER:
             raise NotSupported("kernel B cannot resume images; it saves them")
+        if self._boots_this_machine:
+            # A real A: its disks must be as it left them (DESIGN §6.4).
+            refusal = mounts.resume_refusal(await asyncio.to_thread(mounts.read_mounts))
+            if refusal:
+                raise NotSupported(f"cannot resume {image}: {refusal}")
         store = ImageStore(image)
         observer.set_state(State.LOADING)
         await asyncio.to_thread(self._load_image, store, options, observer, cancel)

@@ -24,7 +24,7 @@ from dbus_next.aio.message_bus import MessageBus
 from dbus_next.constants import NameFlag, RequestNameReply
 from dbus_next.errors import DBusError
 
-from kexechibd import __version__
+from kexechibd import __version__, cmdline, sleepconf
 from kexechibd import config as config_module
 from kexechibd.config import Config
 from kexechibd.daemon import busutil, logs
@@ -149,8 +149,9 @@ kernel command line:
                            Hibernate puts it on B's command line, so that B
                            can power off or jump back.
   noresume, kexechib.noresume
-                           kexechib-resume.service does not run, so this boot
-                           does not resume; the image is left as it is.
+                           kexechibd --oneshot (kexechib-resume.service) does
+                           not resume: it says so on the console and leaves
+                           the image as it is.
 
 configuration ({config_module.DEFAULT_PATH}, INI; every key is optional):
 {_settings_help()}
@@ -172,8 +173,10 @@ signals:
                    bus name and exit 0.
 
 exit status:
-  0   stopped on request (or --oneshot had nothing to do / succeeded)
-  1   failure (the bus went away, the name was taken, --oneshot failed)
+  0   stopped on request (or --oneshot had nothing to do / succeeded, or
+      --check: Hibernate would work)
+  1   failure (the bus went away, the name was taken, --oneshot failed,
+      --check: Hibernate would be refused)
   2   bad command-line usage
   78  invalid configuration file
 
@@ -203,10 +206,30 @@ systemd units:
                            --oneshot saves A, then powers off or jumps back
   systemd-hibernate.service.d/kexechib.conf
                            `systemctl hibernate`, logind and desktops
-                           hibernate through kexechibctl hibernate
+                           hibernate through kexechibctl hibernate --direct,
+                           with the system-sleep hooks
   systemd-logind.service.d/kexechib.conf
                            logind offers hibernation without swap room for
                            the kernel's own image
+  systemd-hybrid-sleep.service.d/kexechib.conf,
+  systemd-suspend-then-hibernate.service.d/kexechib.conf
+                           refused with a message: they would use the
+                           kernel's own hibernation
+
+logind (sleep.conf.d(5)):
+  /usr/lib/systemd/sleep.conf.d/10-kexechib.conf
+                           AllowHibernation=no until kexechibd has checked;
+                           hybrid-sleep and suspend-then-hibernate refused
+  /run/systemd/sleep.conf.d/10-kexechib.conf
+                           written by kexechibd (linux backend) at boot
+                           (--oneshot), at start, on CanHibernate and
+                           Hibernate and after each operation: hides the
+                           file above, AllowHibernation=yes exactly when
+                           kexechibd's CanHibernate is not na, else no with
+                           the reason
+  /usr/lib/tmpfiles.d/kexechib.conf
+                           makes /run/systemd/sleep.conf.d, which
+                           kexechibd.service may write (ReadWritePaths=)
 
 see also:
   kexechibctl(8), kexechibd.conf(5), busctl(1) (busctl introspect org.kexechib1 /org/kexechib1),
@@ -239,6 +262,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="do the role's automatic work without D-Bus and exit: save A in kernel B, "
         "resume the image in a restorer boot, nothing in A",
     )
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="decide the role and what this kernel supports, tell logind (the sleep.conf "
+        "drop-in, linux backend), print whether Hibernate would work and exit: 0 yes, "
+        "1 no (for package scripts and after a configuration change)",
+    )
     parser.add_argument("--debug", action="store_true", help="log debug messages")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser.parse_args(argv)
@@ -264,7 +294,27 @@ def main(
     except (KexechibError, KernelError) as e:
         log.error("cannot open the %s backend: %s", config.daemon.backend, e)
         return EXIT_FAILURE
-    return asyncio.run(Daemon(runtime, args.bus, oneshot=args.oneshot, config=config).run())
+    # Only a daemon that drives this machine's kernel speaks for it to logind
+    # (not the model's, nor a test's stand-in engine).
+    sleep_conf = sleepconf.RUNTIME_PATH if runtime.engine.backend == "linux" else None
+    return asyncio.run(
+        Daemon(
+            runtime,
+            args.bus,
+            oneshot=args.oneshot,
+            check=args.check,
+            config=config,
+            sleep_conf=sleep_conf,
+        ).run()
+    )
+
+
+def say(message: str) -> None:
+    """A message for whoever watches the boot: on stdout, which
+    kexechib-resume.service sends to the console and the journal (the
+    logging handler writes to the journal alone)."""
+    print(message, flush=True)
+    log.warning("%s", message)
 
 
 class Daemon:
@@ -277,14 +327,18 @@ class Daemon:
         bus_address: str | None,
         *,
         oneshot: bool = False,
+        check: bool = False,
         notifier: Notifier | None = None,
         handle_signals: bool = True,
         config: Config | None = None,
+        sleep_conf: Path | None = None,
     ) -> None:
         self._runtime = runtime
+        self._sleep_conf = sleep_conf
         self._config = Config() if config is None else config
         self._bus_address = bus_address
         self._oneshot = oneshot
+        self._check = check
         self._notifier = Notifier() if notifier is None else notifier
         self._handle_signals = handle_signals
         self._stop = asyncio.Event()
@@ -315,7 +369,28 @@ class Daemon:
         self.manager = manager
         report = await manager.refresh_support()
         log.info("backend %s: %s", engine.backend, report.summary)
+        if self._sleep_conf is not None and decision.role is not Role.SAVER:
+            manager.add_availability_hook(self._tell_logind)
+            await manager.hibernate_unavailable()
         return manager
+
+    def _tell_logind(self, unavailable: str) -> None:
+        """Keep logind's AllowHibernation= in step with our verdict
+        (kexechibd.sleepconf, DESIGN §6)."""
+        assert self._sleep_conf is not None
+        try:
+            changed = sleepconf.write_sleep_conf(
+                sleepconf.sleep_conf_text(unavailable), self._sleep_conf
+            )
+        except OSError as e:
+            log.warning("cannot tell logind whether it may hibernate (%s): %s", self._sleep_conf, e)
+            return
+        if changed:
+            log.info(
+                "logind may hibernate: %s",
+                f"no ({unavailable})" if unavailable else "yes",
+                extra={"KEXECHIB_SLEEP_CONF": str(self._sleep_conf)},
+            )
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -324,6 +399,8 @@ class Daemon:
             loop.add_signal_handler(signum, self._on_signal, signum)
         try:
             manager = await self.start_manager()
+            if self._check:
+                return await self._run_check(manager)
             if self._oneshot:
                 return await self._run_oneshot(manager)
             return await self._serve(manager)
@@ -403,10 +480,29 @@ class Daemon:
         log.info("stopped")
         return EXIT_OK
 
+    async def _run_check(self, manager: Manager) -> int:
+        """``--check``: the verdict logind was just told (start_manager)."""
+        reason = await manager.hibernate_unavailable()
+        print(f"kexechibd cannot hibernate: {reason}" if reason else "kexechibd can hibernate")
+        return EXIT_FAILURE if reason else EXIT_OK
+
     async def _run_oneshot(self, manager: Manager) -> int:
         engine = self._runtime.engine
         if manager.role is Role.ORIGIN:
+            if manager.decision.damaged_image:
+                # A normal boot follows; say so where the user looks.
+                say(
+                    f"kexechib: the image at {engine.image_location} cannot be resumed "
+                    f"({manager.decision.damaged_image}); booting normally and leaving it in "
+                    "place (kexechibctl image verify / discard)"
+                )
             log.info("nothing to do: %s", manager.decision.reason)
+            return EXIT_OK
+        if manager.role is Role.RESTORER and cmdline.noresume(self._runtime.cmdline):
+            say(
+                f"kexechib: noresume given; the image at {engine.image_location} is left in "
+                "place: boot without it to resume, or `kexechibctl image discard` it"
+            )
             return EXIT_OK
         if manager.role is Role.SAVER:
             manager.add_listener(logs.ProgressLog("save"))

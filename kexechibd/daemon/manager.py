@@ -39,6 +39,7 @@ from kexechibd.errors import (
     Busy,
     Cancelled,
     Failed,
+    InvalidOption,
     KernelRefused,
     KexechibError,
     NotRunning,
@@ -146,6 +147,7 @@ class Manager:
         self._phase = ""
         self._support: SupportReport | None = None
         self._background: set[asyncio.Task[None]] = set()
+        self._availability_hooks: list[Callable[[str], None]] = []
         self._props: dict[str, object] = {
             "State": State.IDLE.value,
             "Role": decision.role.value,
@@ -204,26 +206,43 @@ class Manager:
         self._publish({"Support": report.summary})
         return report
 
+    def add_availability_hook(self, hook: Callable[[str], None]) -> None:
+        """Call ``hook`` with the reason behind ``na`` ('' for none) each time
+        it is decided anew: on ``CanHibernate``, ``Hibernate`` and after every
+        operation (how logind learns it: ``kexechibd.sleepconf``)."""
+        self._availability_hooks.append(hook)
+
     async def hibernate_unavailable(self, *, checkpoint: bool = False) -> str:
         """Why ``Hibernate`` cannot work here ('' when it can): the reason
         behind ``CanHibernate`` = ``na``.  A ``checkpoint`` needs kexec jump
-        only, as the engine decides: staged loads are for resuming in C."""
+        only, as the engine decides: staged loads are for resuming in C, and
+        the image need not be where the next boot looks."""
+        reason, report = await self._poweroff_unavailable()
+        for hook in list(self._availability_hooks):
+            try:
+                hook(reason)
+            except Exception:
+                log.exception("telling whether hibernation is available failed")
+        if checkpoint and report is not None and report.can_jump and report.kexec_jump:
+            return ""
+        return reason
+
+    async def _poweroff_unavailable(self) -> tuple[str, SupportReport | None]:
         if self._decision.problem:
-            return self._decision.problem
+            return self._decision.problem, None
         if self.role is Role.SAVER:
-            return "this is kernel B (the saver); hibernate from the origin system"
+            return "this is kernel B (the saver); hibernate from the origin system", None
         if self.role is Role.RESTORER:
             return (
                 f"a valid image of an earlier boot is waiting at {self._engine.image_location}; "
                 "resume it (kexechibctl resume) or discard it first, since hibernating "
                 "now would overwrite it"
-            )
+            ), None
         report = await self.refresh_support()
-        if checkpoint and report.can_jump and report.kexec_jump:
-            return ""
         if not report.can_hibernate:
-            return f"{report.summary}; see `kexechibctl status`"
-        return ""
+            return f"{report.summary}; see `kexechibctl status`", report
+        problem = await asyncio.to_thread(self._engine.location_problem)
+        return problem, report
 
     # ------------------------------------------------------------ operations
 
@@ -231,6 +250,14 @@ class Manager:
         """Full cycle from A.  Returns after A has resumed; raises a named
         error while A still runs."""
         self.check_free()
+        elsewhere = options.image and Path(options.image) != Path(self._engine.image_location)
+        if elsewhere and options.mode is Mode.POWEROFF:
+            raise InvalidOption(
+                f"the next boot resumes only the image at {self._engine.image_location} "
+                f"([image] location), so it would never resume one at {options.image}; "
+                "hibernate to the configured image, or use mode=checkpoint to save a "
+                "checkpoint elsewhere"
+            )
         reason = await self.hibernate_unavailable(checkpoint=options.mode is Mode.CHECKPOINT)
         if reason:
             raise NotSupported(f"cannot hibernate: {reason}")
@@ -373,6 +400,12 @@ class Manager:
         else:
             self._publish({"State": State.FAILED.value, "LastError": describe(error)})
         op.done.set()
+        if self._availability_hooks:
+            # What the kernel or the image allow may have changed with it.
+            try:
+                await self.hibernate_unavailable()
+            except Exception:
+                log.exception("could not check again whether hibernation is available")
 
     def _from_engine(self, op: Operation, apply: Callable[[], None]) -> None:
         """Run ``apply`` on the loop if ``op`` is still the running operation."""

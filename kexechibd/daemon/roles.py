@@ -44,6 +44,8 @@ class ImageState:
     verdict: ImageVerdict
     boot_id: str = ""
     reason: str = ""
+    # The image could not be read or checked (not merely invalidated).
+    damaged: bool = False
 
     @classmethod
     def from_inspect(cls, info: Mapping[str, object]) -> ImageState:
@@ -58,7 +60,7 @@ class ImageState:
         error = info.get("error")
         state = info.get("state")
         reason = str(error) if error else f"its state is {state!r}" if state else "unreadable"
-        return cls(ImageVerdict.INVALID, boot_id, reason)
+        return cls(ImageVerdict.INVALID, boot_id, reason, damaged=bool(error) or not state)
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,8 @@ class RoleDecision:
     jump_back_entry: int | None = None
     # Set when the role is certain but the daemon cannot do its job in it.
     problem: str = ""
+    # Origin only: why the image at the location, damaged, is not resumed.
+    damaged_image: str = ""
 
 
 def detect_role(kernel_cmdline: str, image: ImageState, boot_id: str) -> RoleDecision:
@@ -107,4 +111,8 @@ def detect_role(kernel_cmdline: str, image: ImageState, boot_id: str) -> RoleDec
     if image.verdict is ImageVerdict.ABSENT:
         return RoleDecision(Role.ORIGIN, "no image")
     detail = f": {image.reason}" if image.reason else ""
-    return RoleDecision(Role.ORIGIN, f"the image is {image.verdict.value}{detail}")
+    return RoleDecision(
+        Role.ORIGIN,
+        f"the image is {image.verdict.value}{detail}",
+        damaged_image=image.reason if image.damaged else "",
+    )

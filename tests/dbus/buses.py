@@ -27,7 +27,12 @@ REPO = Path(__file__).resolve().parents[2]
 POLICY_CONF = REPO / "dbus" / "org.kexechib1.conf"
 POLKIT_POLICY = REPO / "dbus" / "org.kexechib1.policy"
 POLKIT_BUS_CONF = Path("/usr/share/dbus-1/system.d/org.freedesktop.PolicyKit1.conf")
+# systemd's (Debian package systemd): who may own org.freedesktop.login1 and call it.
+LOGIND_BUS_CONF = Path("/usr/share/dbus-1/system.d/org.freedesktop.login1.conf")
+SYSTEMD_BUS_CONF = Path("/usr/share/dbus-1/system.d/org.freedesktop.systemd1.conf")
 POLKITD = Path("/usr/lib/polkit-1/polkitd")
+# systemd's (Debian package systemd), for the real logind of test_real_logind.py.
+LOGIND_POLKIT_POLICY = Path("/usr/share/polkit-1/actions/org.freedesktop.login1.policy")
 
 __all__ = ["SYSTEM_DEFAULT_POLICY", "Polkitd", "TestBus", "polkitd_unavailable", "stop_process"]
 
@@ -49,6 +54,8 @@ class Polkitd:
             d.mkdir()
             d.chmod(0o755)
         shutil.copy(POLKIT_POLICY, actions)
+        if LOGIND_POLKIT_POLICY.exists():
+            shutil.copy(LOGIND_POLKIT_POLICY, actions)
         (local_rules / "50-kexechib-test.rules").write_text(rules)
         for f in (*actions.iterdir(), *local_rules.iterdir()):
             f.chmod(0o644)

@@ -34,13 +34,24 @@ from kexechibd.config import Config
 from kexechibd.daemon import busutil
 from kexechibd.daemon.main import Daemon, Runtime
 from kexechibd.daemon.service import BUS_NAME, INTERFACE, OBJECT_PATH
-from tests.dbus.buses import POLICY_CONF, POLKIT_BUS_CONF, Polkitd, TestBus, polkitd_unavailable
+from tests.dbus.buses import (
+    LOGIND_BUS_CONF,
+    POLICY_CONF,
+    POLKIT_BUS_CONF,
+    SYSTEMD_BUS_CONF,
+    Polkitd,
+    TestBus,
+    polkitd_unavailable,
+)
 from tests.dbus.scripted_engine import ScriptedEngine
 
 REPO = Path(__file__).resolve().parents[2]
 
 TEST_RULES = """\
 polkit.addRule(function(action, subject) {
+    // test_real_logind.py: "nobody" holds a sleep block inhibitor.
+    if (action.id == "org.freedesktop.login1.inhibit-block-sleep" && subject.user == "nobody")
+        return polkit.Result.YES;
     if (action.id.indexOf("org.kexechib1.") != 0)
         return polkit.Result.NOT_HANDLED;
     if (subject.user == "daemon")
@@ -62,8 +73,10 @@ BOOT_ID = "boot-of-this-test"
 @pytest.fixture(scope="session")
 def system_bus() -> Iterator[TestBus]:
     """The system bus of these tests: Debian's default policy, our policy
-    file, and polkit's (so the real polkitd can own its name)."""
-    bus = TestBus(includes=(POLICY_CONF, POLKIT_BUS_CONF))
+    file, polkit's (so the real polkitd can own its name), logind's and
+    systemd's (so the real logind, and the stand-ins for logind and systemd,
+    of test_logind.py and test_real_logind.py can)."""
+    bus = TestBus(includes=(POLICY_CONF, POLKIT_BUS_CONF, LOGIND_BUS_CONF, SYSTEMD_BUS_CONF))
     yield bus
     bus.stop()
     assert bus.proc.returncode is not None
@@ -123,9 +136,14 @@ async def start_daemon(
     cmdline: str = "ro quiet",
     boot_id: str = BOOT_ID,
     config: Config | None = None,
+    sleep_conf: Path | None = None,
 ) -> RunningDaemon:
     daemon = Daemon(
-        Runtime(engine, cmdline, boot_id), bus.address, handle_signals=False, config=config
+        Runtime(engine, cmdline, boot_id),
+        bus.address,
+        handle_signals=False,
+        config=config,
+        sleep_conf=sleep_conf,
     )
     task = asyncio.create_task(daemon.run())
     ready = asyncio.create_task(daemon.ready.wait())

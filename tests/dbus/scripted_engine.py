@@ -81,6 +81,7 @@ class ScriptedEngine:
         self.failure: BaseException | None = None  # raised before the point of no return
         self.jump_failure: BaseException | None = None  # raised by the "jump" (A still runs)
         self.peer = False  # JumpBack has a kernel to jump to
+        self.location_trouble = ""  # what location_problem() says
         self.steps = 5  # progress reports per phase
         # What happened:
         self.calls: list[tuple[object, ...]] = []
@@ -109,6 +110,9 @@ class ScriptedEngine:
 
     def support(self) -> SupportReport:
         return self.support_report
+
+    def location_problem(self) -> str:
+        return self.location_trouble
 
     async def hibernate(
         self, options: HibernateOptions, observer: Observer, cancel: CancelToken

@@ -195,7 +195,7 @@ async def test_whoever_started_an_operation_may_cancel_it(served, bus, authority
     authority.verdicts["org.kexechib1.hibernate"] = (True, False)
     served.engine.gate.clear()
     proc = await asyncio.create_subprocess_exec(
-        *ctl_argv(bus, "hibernate", unprivileged=True),
+        *ctl_argv(bus, "hibernate", "--direct", unprivileged=True),
         env=anyone_ctl_env,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
@@ -239,7 +239,7 @@ async def test_kexechibctl_on_a_terminal_lets_polkit_ask(
     primary, secondary = pty.openpty()
     try:
         proc = await asyncio.create_subprocess_exec(
-            *ctl_argv(bus, *args, "hibernate", unprivileged=True),
+            *ctl_argv(bus, *args, "hibernate", "--direct", unprivileged=True),
             env=anyone_ctl_env,
             stdin=secondary,
             stdout=secondary,

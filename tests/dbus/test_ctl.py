@@ -54,6 +54,7 @@ async def test_hibernate_waits_and_shows_progress_as_lines(daemon, system_bus, c
         system_bus,
         ctl_env,
         "hibernate",
+        "--direct",
         "--mode",
         "checkpoint",
         "--compression",
@@ -75,7 +76,7 @@ async def test_hibernate_waits_and_shows_progress_as_lines(daemon, system_bus, c
 
 async def test_a_refusal_exits_1_with_the_daemons_message(daemon, system_bus, ctl_env):
     daemon.engine.failure = BadImage("cannot preallocate the image: no space left on /var")
-    result = await ctl(system_bus, ctl_env, "hibernate")
+    result = await ctl(system_bus, ctl_env, "hibernate", "--direct")
     assert result.returncode == 1
     assert result.stderr.strip().endswith(
         "kexechibctl: cannot preallocate the image: no space left on /var "
@@ -99,7 +100,7 @@ async def test_a_second_hibernate_is_refused_as_busy(daemon, system_bus, ctl_env
     daemon.engine.gate.clear()
     first = asyncio.create_task(call(client, "Hibernate", "a{sv}", [{}]))
     await wait_thread_event(daemon.engine.waiting)
-    result = await ctl(system_bus, ctl_env, "hibernate")
+    result = await ctl(system_bus, ctl_env, "hibernate", "--direct")
     assert result.returncode == 1
     assert "[org.kexechib1.Error.Busy]" in result.stderr
     result = await ctl(system_bus, ctl_env, "cancel")
@@ -136,7 +137,7 @@ async def test_jump_back_without_a_peer(daemon, system_bus, ctl_env):
 async def test_ctrl_c_cancels_and_a_second_ctrl_c_leaves(daemon, system_bus, ctl_env):
     daemon.engine.jump_gate.clear()  # past the point of no return: cancel cannot work
     proc = await asyncio.create_subprocess_exec(
-        *ctl_argv(system_bus, "hibernate"),
+        *ctl_argv(system_bus, "hibernate", "--direct"),
         env=ctl_env,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
@@ -154,7 +155,7 @@ async def test_ctrl_c_cancels_and_a_second_ctrl_c_leaves(daemon, system_bus, ctl
 async def test_on_a_terminal_progress_is_a_bar(daemon, system_bus, ctl_env):
     primary, secondary = pty.openpty()
     proc = await asyncio.create_subprocess_exec(
-        *ctl_argv(system_bus, "hibernate"),
+        *ctl_argv(system_bus, "hibernate", "--direct"),
         env={**ctl_env, "COLUMNS": "100"},
         stdin=secondary,
         stdout=secondary,
@@ -338,3 +339,50 @@ def test_the_display_follows_the_stream(tmp_path: Path):
     with open(tmp_path / "f", "w") as plain:
         assert isinstance(display_for(plain, "x"), Lines)
     assert type(display_for(io.StringIO(), "x", quiet=True)).__name__ == "Silent"
+
+
+def test_image_discard_makes_an_image_never_resumable(real_image, ctl_env):
+    result = offline(ctl_env, "discard", str(real_image))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.decode().startswith(f"{real_image}: discarded; no boot will resume it")
+    result = offline(ctl_env, "verify", str(real_image))
+    assert result.returncode == 3  # intact, not resumable
+    assert "state: invalid" in result.stdout.decode()
+
+
+def test_image_discard_takes_the_configured_image_by_default(real_image, ctl_env, tmp_path):
+    conf = tmp_path / "kexechibd.conf"
+    conf.write_text(f"[image]\nlocation = {real_image}\n")
+    code = (
+        "import sys; from pathlib import Path; from kexechibd import config;"
+        f"config.DEFAULT_PATH = Path({str(conf)!r});"
+        "from kexechibd.ctl.main import main; sys.exit(main(['image', 'discard']))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=ctl_env, capture_output=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert offline(ctl_env, "verify", str(real_image)).returncode == 3
+
+
+def test_image_discard_checks_the_file_as_a_resume_does(real_image, ctl_env):
+    real_image.chmod(0o666)
+    result = offline(ctl_env, "discard", str(real_image))
+    assert result.returncode == 1
+    assert result.stderr.decode().startswith(f"kexechibctl: cannot discard {real_image}: ")
+    real_image.chmod(0o600)
+    assert offline(ctl_env, "verify", str(real_image)).returncode == 0  # untouched
+
+
+def test_image_discard_needs_root(real_image, ctl_env):
+    result = subprocess.run(
+        [
+            *("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable),
+            *("-m", "kexechibd.ctl", "image", "discard", str(real_image)),
+        ],
+        env=ctl_env,
+        capture_output=True,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert b"image discard needs root" in result.stderr

@@ -27,6 +27,7 @@ from kexechibd.errors import (
     Busy,
     Cancelled,
     Failed,
+    InvalidOption,
     KernelRefused,
     NotRunning,
     NotSupported,
@@ -278,3 +279,66 @@ async def test_the_cancel_token_is_fresh_for_every_operation(origin, engine):
     await manager.hibernate(HibernateOptions())
     assert len(tokens) == 2 and tokens[0] is not tokens[1]
     assert not tokens[1].cancelled
+
+
+# ------------------------------------------------------------ what logind may offer
+
+
+async def test_every_verdict_on_hibernation_is_passed_to_the_availability_hooks(origin, engine):
+    """How logind learns it (kexechibd.sleepconf): on CanHibernate, on
+    Hibernate, and again after every operation."""
+    manager, _ = origin
+    told: list[str] = []
+    manager.add_availability_hook(told.append)
+    assert await manager.hibernate_unavailable() == ""
+    await manager.hibernate(HibernateOptions())
+    assert told == ["", "", ""]
+
+
+async def test_an_image_location_the_next_boot_cannot_see_makes_hibernation_unavailable(
+    origin, engine
+):
+    manager, _ = origin
+    told: list[str] = []
+    manager.add_availability_hook(told.append)
+    engine.location_trouble = "/srv/image is not on the root filesystem"
+    assert await manager.hibernate_unavailable() == "/srv/image is not on the root filesystem"
+    with pytest.raises(NotSupported, match="cannot hibernate: /srv/image is not on the root"):
+        await manager.hibernate(HibernateOptions())
+    assert engine.operations == []
+    # A checkpoint comes back to this system: it is not the next boot's business.
+    assert await manager.hibernate_unavailable(checkpoint=True) == ""
+    assert told == ["/srv/image is not on the root filesystem"] * 3
+
+
+async def test_a_restorer_tells_logind_no_while_an_image_waits(engine):
+    manager, _ = manager_for(engine, role=Role.RESTORER)
+    told: list[str] = []
+    manager.add_availability_hook(told.append)
+    await manager.hibernate_unavailable()
+    assert len(told) == 1 and "a valid image of an earlier boot is waiting" in told[0]
+
+
+async def test_hibernating_to_power_off_into_another_image_is_refused_before_anything(
+    origin, engine
+):
+    """The next boot resumes only the configured image."""
+    manager, _ = origin
+    with pytest.raises(InvalidOption, match="the next boot resumes only the image at"):
+        await manager.hibernate(HibernateOptions(image="/srv/elsewhere"))
+    assert engine.operations == []
+    same = engine.image_location.replace("/image", "/./image")
+    await manager.hibernate(HibernateOptions(image=same))
+    await manager.hibernate(HibernateOptions(mode=Mode.CHECKPOINT, image="/srv/elsewhere"))
+    assert len(engine.operations) == 2
+
+
+async def test_a_failing_availability_hook_does_not_stop_hibernation(origin, engine):
+    manager, _ = origin
+
+    def broken(reason: str) -> None:
+        raise OSError(30, "Read-only file system")
+
+    manager.add_availability_hook(broken)
+    await manager.hibernate(HibernateOptions())
+    assert manager.state is State.IDLE

@@ -237,6 +237,8 @@ async def test_kernel_b_saves_at_start(system_bus, tmp_path, spawned):
             "nothing to do: the valid image was made by this boot",
         ),
         ("ro quiet", None, 0, "nothing to do: no image"),
+        ("ro quiet noresume", "earlier-boot", 0, "noresume given"),
+        ("ro kexechib.noresume", "earlier-boot", 0, "noresume given"),
     ],
 )
 async def test_oneshot_does_the_roles_automatic_work_without_a_bus(
@@ -261,6 +263,44 @@ async def test_oneshot_does_the_roles_automatic_work_without_a_bus(
     )
     assert result.returncode == code, result.stderr
     assert words in result.stderr
+
+
+async def oneshot(tmp_path, image, cmdline="ro quiet"):
+    """``kexechibd --oneshot`` as kexechib-resume.service runs it, on ``image``."""
+    conf = tmp_path / "kexechibd.conf"
+    conf.write_text(f"[image]\nlocation = {image}\n")
+    return await run(
+        [
+            *(sys.executable, str(LAUNCHER), "--cmdline", cmdline),
+            *("--", "--oneshot", f"--config={conf}"),
+        ],
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+
+
+@pytest.mark.parametrize("parameter", ["noresume", "kexechib.noresume"])
+async def test_a_noresume_boot_says_so_on_the_console_and_leaves_the_image(tmp_path, parameter):
+    image = make_image(tmp_path / "image", boot_id="earlier-boot")
+    before = image.read_bytes()
+    result = await oneshot(tmp_path, image, f"ro {parameter}")
+    assert result.returncode == 0, result.stderr
+    # stdout: what kexechib-resume.service sends to the console.
+    assert result.stdout == (
+        f"kexechib: noresume given; the image at {image} is left in place: boot without it "
+        "to resume, or `kexechibctl image discard` it\n"
+    )
+    assert "resume started" not in result.stderr
+    assert image.read_bytes() == before
+
+
+async def test_a_damaged_image_boots_normally_and_says_so_on_the_console(tmp_path):
+    image = tmp_path / "image"
+    image.write_bytes(b"\x7fELF garbage")
+    result = await oneshot(tmp_path, image)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"kexechib: the image at {image} cannot be resumed (")
+    assert "booting normally and leaving it in place" in result.stdout
+    assert image.read_bytes() == b"\x7fELF garbage"
 
 
 async def test_oneshot_logs_the_progress_every_ten_percent(tmp_path):
@@ -346,3 +386,26 @@ def test_the_watchdog_is_fed_only_when_systemd_asks_this_process():
     assert Notifier(other).watchdog_interval is None
     assert Notifier({}).watchdog_interval is None
     assert not Notifier({}).enabled
+
+
+@pytest.mark.parametrize(
+    "image, code, said",
+    [
+        (None, 0, "kexechibd can hibernate\n"),
+        ("earlier-boot", 1, "kexechibd cannot hibernate: a valid image of an earlier boot is"),
+    ],
+)
+async def test_check_prints_whether_hibernate_would_work_and_touches_nothing(
+    tmp_path, image, code, said
+):
+    if image is not None:
+        make_image(tmp_path / "image", boot_id=image)
+    conf = tmp_path / "kexechibd.conf"
+    conf.write_text(f"[image]\nlocation = {tmp_path / 'image'}\n")
+    result = await run(
+        [sys.executable, str(LAUNCHER), "--", "--check", f"--config={conf}"],
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert result.returncode == code, result.stderr
+    assert result.stdout.startswith(said)
+    assert "resume started" not in result.stderr

@@ -16,8 +16,9 @@
 #                                  the checkpoint: the call returns once more.
 #   kexechib.lab.cycle=cancel      Hibernate, and Cancel while it prepares.
 #
-# kexechib.lab.client=kexechibctl hibernates with `kexechibctl hibernate`
-# instead (its progress lines are on the console; make demo uses it).
+# kexechib.lab.client=kexechibctl hibernates with `kexechibctl hibernate --direct`
+# instead (no logind in this guest: --direct; its progress lines are on
+# the console; make demo uses it).
 . /usr/lib/kexechib-lab/lab.sh
 
 cycle=$(cmdline_value kexechib.lab.cycle)
@@ -59,7 +60,7 @@ hibernate() {
 		# Through a pipe: its progress as lines (on a terminal, a bar that
 		# redraws itself, which a serial log shows as one line at the end).
 		{
-			kexechibctl hibernate --mode "$cycle"
+			kexechibctl hibernate --direct --mode "$cycle"
 			echo $? >/tmp/hibernate.status
 		} | cat
 		return "$(cat /tmp/hibernate.status)"

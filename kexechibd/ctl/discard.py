@@ -1,0 +1,62 @@
+"""``kexechibctl image discard``: make an image never resumable again.
+
+For when a boot with ``noresume`` (or a failed resume) left an image that
+nobody will resume: the next boot must not resume it either, since this
+system has moved on.  It changes the image's resume state in place (the
+image library's ``invalidate``): a prepared file or a partition stays
+prepared for the next hibernation.  Root only, with the same checks of the
+file as a resume (root's, not group/world-writable).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from kexechibd import config as config_module
+from kexechibd.errors import ConfigError
+
+DESCRIPTION = """\
+Make an image never resumable again: for an image a boot with noresume (or a
+failed resume) left, which the next boot must not resume either, since this
+system has moved on.  The image's resume state changes in place: a prepared
+file or a partition stays ready for the next hibernation.  Root only, with
+the checks of a resume (the file is root's and not group/world-writable).
+A running kexechibd notices when restarted (systemctl restart kexechibd).
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "image",
+        type=Path,
+        nargs="?",
+        help=f"default: [image] location of {config_module.DEFAULT_PATH}",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from kexechibd.image import ImageError, ImageStore
+
+    if os.geteuid() != 0:
+        print("kexechibctl: image discard needs root (images are root's)", file=sys.stderr)
+        return 1
+    path = args.image
+    if path is None:
+        try:
+            path = config_module.load(None).image.location
+        except ConfigError as e:
+            print(f"kexechibctl: {e}", file=sys.stderr)
+            return 1
+    try:
+        ImageStore(path).invalidate()
+    except (ImageError, OSError) as e:
+        print(f"kexechibctl: cannot discard {path}: {e}", file=sys.stderr)
+        return 1
+    print(
+        f"{path}: discarded; no boot will resume it (a prepared file or partition stays "
+        "ready for the next hibernation).  A running kexechibd notices when restarted."
+    )
+    return 0
