@@ -59,6 +59,9 @@ class Runtime:
     engine: Engine
     cmdline: str
     boot_id: str
+    # Why kernel B's initramfs cannot serve (kexechibd.initramfs.check);
+    # none: not checked (the machine model, and tests' stand-in engines).
+    saver_problems: Callable[[], Sequence[str]] | None = None
 
 
 RuntimeFactory = Callable[[Config], Runtime]
@@ -68,13 +71,14 @@ def engine_settings(config: Config) -> EngineSettings:
     """What the engine takes from the configuration."""
     from kexechibd.cycle.engine import EngineSettings
 
+    kernel, initrd = config.saver.files(os.uname().release)
     return EngineSettings(
         image_location=config.image.location,
         compression=config.image.compression,
         level=config.image.level,
         chunk_size=config.image.chunk_size,
-        saver_kernel=config.saver.kernel,
-        saver_initrd=config.saver.initrd,
+        saver_kernel=kernel,
+        saver_initrd=initrd,
         saver_cmdline=config.saver.cmdline,
         window_start=config.saver.window.start,
         window_size=config.saver.window.size,
@@ -89,8 +93,20 @@ def open_runtime(config: Config) -> Runtime:  # pragma: no cover - needs the rea
     from kexechibd.kernel import open_kernel
 
     kernel = open_kernel(config)
+    problems = None
+    if config.daemon.backend == "linux":
+        from kexechibd.initramfs.check import check_saver
+
+        saver_kernel, saver_initrd = config.saver.files(os.uname().release)
+
+        def problems() -> Sequence[str]:
+            return check_saver(saver_kernel, saver_initrd).problems
+
     return Runtime(
-        KexecEngine(engine_settings(config), kernel), kernel.cmdline(), kernel.identity().boot_id
+        KexecEngine(engine_settings(config), kernel),
+        kernel.cmdline(),
+        kernel.identity().boot_id,
+        problems,
     )
 
 
@@ -309,7 +325,7 @@ class Daemon:
         )
         if decision.problem:
             log.error("%s", decision.problem)
-        manager = Manager(engine, decision)
+        manager = Manager(engine, decision, saver_problems=self._runtime.saver_problems)
         self.manager = manager
         report = await manager.refresh_support()
         log.info("backend %s: %s", engine.backend, report.summary)

@@ -36,7 +36,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
-import os
 import shutil
 import subprocess
 import tempfile
@@ -44,14 +43,9 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-from kexechibd.lab.initramfs import (
-    Cpio,
-    add_libraries,
-    add_programs,
-    initramfs_archive,
-    kexec_path,
-    shared_libraries,
-)
+from kexechibd.initramfs.archive import Cpio, add_libraries, add_programs, shared_libraries
+from kexechibd.initramfs.python import PYC_TAG, guest_module, stdlib_files
+from kexechibd.lab.initramfs import initramfs_archive, kexec_path
 from kexechibd.lab.kernel import cache_root
 from kexechibd.lab.qemu import GuestSpec
 from kexechibd.privatebus import SYSTEM_DEFAULT_POLICY
@@ -65,7 +59,6 @@ GUEST_SCRIPTS = Path(__file__).resolve().parent / "guest"
 PYTHON = Path("/usr/bin/python3.11")
 STDLIB = Path("/usr/lib/python3.11")
 DIST_PACKAGES = Path("/usr/lib/python3/dist-packages")
-PYC_TAG = "cpython-311"
 
 # Debian packages of the daemon's Python dependencies (setup.cfg's
 # install_requires, and what they import in turn). The Makefile installs them.
@@ -79,69 +72,6 @@ PYTHON_PACKAGES = (
     "python3-ply",
     "python3-zstandard",
     "python3-lz4",
-)
-
-# Parts of the stdlib no guest imports: test suites, IDEs, GUIs, build
-# support (the 25 MB config-3.11 directory holds the static libpython),
-# databases, mail, web and multiprocessing. Fewer bytes boot faster under TCG
-# and leave kernel B's window more room: B unpacks the whole archive into it.
-STDLIB_PRUNED = frozenset(
-    {
-        "test",
-        "idlelib",
-        "tkinter",
-        "turtledemo",
-        "turtle.py",
-        "ensurepip",
-        "lib2to3",
-        "pydoc_data",
-        "pydoc.py",
-        "doctest.py",
-        "distutils",
-        "venv",
-        "unittest",
-        "sqlite3",
-        "curses",
-        "dbm",
-        "email",
-        "http",
-        "html",
-        "wsgiref",
-        "xmlrpc",
-        "multiprocessing",
-        "mailbox.py",
-        "imaplib.py",
-        "nntplib.py",
-        "smtplib.py",
-        "smtpd.py",
-        "ftplib.py",
-        "telnetlib.py",
-        "_pydecimal.py",
-        "site-packages",
-        "dist-packages",
-        "config-3.11-x86_64-linux-gnu",
-    }
-)
-# C extensions left out of lib-dynload (prefixes): tests, the same modules as
-# above, and OpenSSL (hashlib falls back to its built-in SHA-2; OpenSSL's
-# libraries would add 5 MB).
-DYNLOAD_PRUNED = (
-    "_test",
-    "_xx",
-    "xx",
-    "_ctypes_test",
-    "_curses",
-    "_dbm",
-    "_gdbm",
-    "_sqlite3",
-    "_tkinter",
-    "_ssl",
-    "_hashlib",
-    "_codecs_",
-    "audioop",
-    "ossaudiodev",
-    "nis",
-    "readline",
 )
 
 GUEST_LIB = "usr/lib/kexechib-lab"
@@ -230,43 +160,19 @@ def _package_files(package: str) -> list[Path]:
     return [Path(line) for line in result.stdout.splitlines() if line]
 
 
-def _guest_module(path: Path) -> tuple[str, Path]:
-    """Where a module of Debian's goes in the guest: its compiled form in
-    place of the source (`foo.pyc` where `foo.py` was: Python's sourceless
-    import) when Debian compiled it at install time, else the source. That
-    halves the bytes; tracebacks still name the file and line."""
-    if path.suffix == ".py":
-        pyc = path.parent / "__pycache__" / f"{path.stem}.{PYC_TAG}.pyc"
-        if pyc.is_file():
-            return str(path.with_suffix(".pyc")).lstrip("/"), pyc
-    return str(path).lstrip("/"), path
-
-
-def _stdlib_files() -> Iterator[Path]:
-    for dirpath, dirnames, filenames in os.walk(STDLIB):
-        dirnames[:] = sorted(d for d in dirnames if d not in STDLIB_PRUNED and d != "__pycache__")
-        here = Path(dirpath)
-        for name in sorted(filenames):
-            if here == STDLIB and name in STDLIB_PRUNED:
-                continue
-            if here.name == "lib-dynload" and name.startswith(DYNLOAD_PRUNED):
-                continue
-            yield here / name
-
-
 def _python_files() -> list[tuple[str, Path]]:
     """(guest path, host file) for the interpreter's stdlib and for the
     modules of the dependencies' Debian packages."""
     if not PYTHON.exists():
         raise UserspaceError(f"{PYTHON} is missing (apt-get install python3)")
-    files = [_guest_module(p) for p in _stdlib_files()]
+    files = [guest_module(p) for p in stdlib_files(STDLIB)]
     for package in PYTHON_PACKAGES:
         for path in _package_files(package):
             if not path.is_relative_to(DIST_PACKAGES) or path.is_symlink() or not path.is_file():
                 continue
             if any(part.endswith((".egg-info", ".dist-info")) for part in path.parts):
                 continue
-            files.append(_guest_module(path))
+            files.append(guest_module(path))
     return files
 
 
@@ -414,7 +320,7 @@ def userspace_archive() -> Cpio:
     python = _python_files()
     for name, path in python:
         archive.host_file(f"lab/{name}", path)
-    add_libraries(archive, _extensions(python))
+    add_libraries(archive, _extensions(python), "lab")
     archive.symlink("lab/usr/bin/python3", "python3.11")
     archive.symlink("lab/var/run", "/run")
     archive.directory("lab/var/lib/kexechib")
@@ -474,7 +380,7 @@ def origin_initrd(saver_kernel: Path) -> Path:
         layer = Cpio()
         layer.host_file(f"lab{SAVER_KERNEL}", saver_kernel, 0o644)
         layer.host_file(f"lab{SAVER_INITRD}", userspace, 0o644)
-        add_programs(layer, {"usr/bin/busctl": busctl})
+        add_programs(layer, {"usr/bin/busctl": busctl}, "lab")
         yield layer.to_bytes()
 
     return _cached("origin", key, build)

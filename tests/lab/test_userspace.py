@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from kexechibd import config
+from kexechibd.initramfs.archive import Cpio
 from kexechibd.lab import GuestResult, LogLine
-from kexechibd.lab.initramfs import Cpio
 from kexechibd.lab.userspace import (
     PYC_TAG,
     STDLIB,
