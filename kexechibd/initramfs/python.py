@@ -117,7 +117,7 @@ def _kept(name: str) -> bool:
 
 def tree_files(top: Path) -> Iterator[Path]:
     """Every file of a package directory (or the module file ``top``),
-    without compiled caches and packaging metadata."""
+    without compiled caches, packaging metadata and test suites."""
     if top.is_file():
         yield top
         return
@@ -125,7 +125,8 @@ def tree_files(top: Path) -> Iterator[Path]:
         dirnames[:] = sorted(
             d
             for d in dirnames
-            if d != "__pycache__" and not d.endswith((".dist-info", ".egg-info"))
+            if d not in ("__pycache__", "test", "tests")
+            and not d.endswith((".dist-info", ".egg-info"))
         )
         for name in sorted(filenames):
             yield Path(dirpath) / name

@@ -357,10 +357,13 @@ def lab_userspace() -> Path:
     return _cached("userspace", _userspace_key(), lambda: [userspace_archive().to_bytes()])
 
 
-def origin_initrd(saver_kernel: Path) -> Path:
+def origin_initrd(saver_kernel: Path, saver_initrd: Path | None = None) -> Path:
     """Kernel A's initrd: the userspace, then the origin layer (kernel B's
-    bzImage and initrd under /boot, and busctl)."""
+    bzImage and initrd under /boot, and busctl). B's initrd is the lab
+    userspace itself (saver.sh), or `saver_initrd`: the product's, as
+    `kexechibctl saver build` writes it (`saver_build`)."""
     userspace = lab_userspace()
+    b_initrd = userspace if saver_initrd is None else saver_initrd
     busctl = Path("/usr/bin/busctl")
     if not busctl.exists():
         raise UserspaceError("busctl is missing (apt-get install systemd)")
@@ -369,6 +372,7 @@ def origin_initrd(saver_kernel: Path) -> Path:
         [
             f"recipe {RECIPE} origin".encode(),
             userspace.name.encode(),
+            hashlib.sha256(b_initrd.read_bytes()).digest(),
             hashlib.sha256(saver_kernel.read_bytes()).digest(),
             _stat_id(busctl),
             *(_stat_id(p) for p in libs),
@@ -379,11 +383,24 @@ def origin_initrd(saver_kernel: Path) -> Path:
         yield userspace.read_bytes()
         layer = Cpio()
         layer.host_file(f"lab{SAVER_KERNEL}", saver_kernel, 0o644)
-        layer.host_file(f"lab{SAVER_INITRD}", userspace, 0o644)
+        layer.host_file(f"lab{SAVER_INITRD}", b_initrd, 0o644)
         add_programs(layer, {"usr/bin/busctl": busctl}, "lab")
         yield layer.to_bytes()
 
     return _cached("origin", key, build)
+
+
+def saver_build(kernel: Path, output: Path) -> Path:
+    """Kernel B's initramfs as the product builds it (`kexechibctl saver
+    build`), on the host, for the lab kernel `kernel`: from the host's
+    python3 and Debian packages, which are the guest userspace's too. Its
+    manifest names the checkout's kexechibd, which the guest's A runs."""
+    from kexechibd.bootproto import kernel_banner
+    from kexechibd.initramfs.build import build
+
+    banner = kernel_banner(kernel.read_bytes()[: 64 << 10])
+    build(output, release=banner.split()[0], kernel=kernel, image_location=Path(IMAGE_DEVICE))
+    return output
 
 
 def image_disk(path: Path, size_mib: int = 768) -> Path:
@@ -405,13 +422,14 @@ def _script_guest(
     memory_mib: int,
     timeout: float,
     params: str = "",
+    saver_initrd: Path | None = None,
 ) -> GuestSpec:
     """A guest that runs one of kexechibd/lab/guest/'s scripts from the
     initramfs, with the Linux backend enabled and `disk` as /dev/vda."""
     return GuestSpec(
         command="",
         kernel=kernel,
-        initrd=origin_initrd(kernel),
+        initrd=origin_initrd(kernel, saver_initrd),
         memory_mib=memory_mib,
         append=" ".join(
             p
@@ -450,11 +468,13 @@ def cycle_guest(
     client: str = "busctl",
     memory_mib: int = 512,
     timeout: float = 600,
+    saver_initrd: Path | None = None,
 ) -> GuestSpec:
     """Kernel A of the hibernate cycle (kexechibd/lab/guest/cycle.sh) with a
     fresh image disk in `workdir`: `cycle` is poweroff, checkpoint or cancel,
     `client` busctl or kexechibctl. A poweroff cycle ends with B powering
-    off; `restorer_guest` then boots C on the same disk."""
+    off; `restorer_guest` then boots C on the same disk. B boots the lab
+    userspace (saver.sh) or `saver_initrd` (the product's)."""
     return _script_guest(
         kernel,
         "cycle.sh",
@@ -463,6 +483,7 @@ def cycle_guest(
         memory_mib=memory_mib,
         timeout=timeout,
         params=f"kexechib.lab.cycle={cycle} kexechib.lab.client={client}",
+        saver_initrd=saver_initrd,
     )
 
 
