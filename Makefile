@@ -158,6 +158,10 @@ install: purgatory-object
 	$(INSTALL) -m 0644 dbus/org.kexechib1.xml $(DESTDIR)$(DBUS_INTERFACEDIR)/
 	$(INSTALL) -m 0644 dbus/org.kexechib1.policy $(DESTDIR)$(POLKITDIR)/
 	$(INSTALL) -m 0644 systemd/kexechibd.conf.example docs/DESIGN.md README.md $(DESTDIR)$(DOCDIR)/
+	$(INSTALL) -D -m 0755 systemd/kernel/postinst.d/kexechibd \
+		$(DESTDIR)$(SYSCONFDIR)/kernel/postinst.d/kexechibd
+	$(INSTALL) -D -m 0755 systemd/kernel/postrm.d/kexechibd \
+		$(DESTDIR)$(SYSCONFDIR)/kernel/postrm.d/kexechibd
 	test -e $(DESTDIR)$(SYSCONFDIR)/kexechibd.conf || \
 		$(INSTALL) -m 0644 systemd/kexechibd.conf.example $(DESTDIR)$(SYSCONFDIR)/kexechibd.conf
 

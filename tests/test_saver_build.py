@@ -156,3 +156,23 @@ def test_kexechibctl_saver_build_prints_size_and_time(
     line = capsys.readouterr().out.strip()
     assert line.startswith(f"{output}: ") and " MB, " in line and "built in " in line, line
     assert output.stat().st_mode & 0o777 == 0o644
+
+
+def test_saver_remove_removes_what_saver_build_wrote_and_nothing_else(tmp_path: Path) -> None:
+    from kexechibd.initramfs.archive import Cpio
+
+    config = tmp_path / "kexechibd.conf"
+    config.write_text(f"[saver]\ninitrd = {tmp_path}/initrd.img-{{release}}\n")
+    argv = ["saver", "remove", "--config", str(config), "--kernel-version"]
+    custom = tmp_path / "initrd.img-custom"
+    custom.write_bytes(b"\x1f\x8b a distribution's initramfs")
+    assert ctl_main([*argv, "custom"]) == 0 and custom.exists()
+    ours = Cpio()
+    ours.file(NAME, b'{"format": 1}')  # a manifest, even one of another format
+    (tmp_path / f"initrd.img-{RELEASE}").write_bytes(ours.to_bytes())
+    assert ctl_main([*argv, RELEASE]) == 1  # unreadable manifest: said, kept
+    archive = build(
+        tmp_path / f"initrd.img-{RELEASE}", release=RELEASE, kernel=None, image_location=tmp_path
+    )
+    assert ctl_main([*argv, RELEASE]) == 0 and not archive.path.exists()
+    assert ctl_main([*argv, "gone"]) == 0

@@ -44,6 +44,14 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         f"{config_module.RELEASE} replaced by the release)",
     )
     p.add_argument("--config", type=Path, metavar="FILE", help=argparse.SUPPRESS)
+    p = actions.add_parser(
+        "remove",
+        help="remove kernel B's initramfs of a kernel release (the kernel's postrm hook)",
+        description="Remove the initramfs `saver build` wrote for RELEASE; one it did not "
+        "write (without its manifest) is left alone.",
+    )
+    p.add_argument("--kernel-version", metavar="RELEASE", required=True)
+    p.add_argument("--config", type=Path, metavar="FILE", help=argparse.SUPPRESS)
     p = actions.add_parser("check", help="say whether kernel B's initramfs is there and fits")
     p.add_argument("--kernel-version", metavar="RELEASE", help="default: uname -r")
     p.add_argument("--config", type=Path, metavar="FILE", help=argparse.SUPPRESS)
@@ -81,6 +89,8 @@ def run(args: argparse.Namespace) -> int:
         for problem in result.problems:
             print(f"kexechibctl: {problem}", file=sys.stderr)
         return 1 if result.problems else 0
+    if args.saver_command == "remove":
+        return _remove(initrd)
     from kexechibd.initramfs.build import build
 
     output = args.output or initrd
@@ -102,4 +112,23 @@ def run(args: argparse.Namespace) -> int:
     )
     if not kernel.exists():
         print(f"kexechibctl: note: kernel B ({kernel}) is not there", file=sys.stderr)
+    return 0
+
+
+def _remove(initrd: Path) -> int:
+    from kexechibd.initramfs.manifest import HEAD_BYTES, read_manifest
+
+    try:
+        with open(initrd, "rb") as f:
+            ours = read_manifest(f.read(HEAD_BYTES)) is not None
+    except FileNotFoundError:
+        return 0
+    except (OSError, ValueError) as e:
+        print(f"kexechibctl: {initrd}: {e}", file=sys.stderr)
+        return 1
+    if not ours:
+        print(f"kexechibctl: {initrd} was not built by `kexechibctl saver build`; left alone")
+        return 0
+    initrd.unlink()
+    print(f"removed {initrd}")
     return 0

@@ -33,7 +33,7 @@ def check_saver(kernel: Path, initrd: Path) -> SaverCheck:
         return SaverCheck(f"{initrd}: unreadable", (problem,))
     try:
         found = m.read_manifest(head)
-    except (ValueError, TypeError, KeyError) as e:
+    except ValueError as e:
         problem = f"{initrd} has a manifest that cannot be read ({e}); rebuild it with "
         return SaverCheck(f"{initrd}: damaged", (problem + f"`{m.BUILD_COMMAND}`",))
     if found is None:

@@ -47,11 +47,15 @@ class Manifest:
 
     @classmethod
     def from_json(cls, raw: bytes) -> Manifest:
-        data = json.loads(raw)
-        if data.pop("format", None) != FORMAT:
-            raise ValueError("unknown manifest format")
-        data["modules"] = tuple(data["modules"])
-        return cls(**data)
+        """Raises ValueError for anything but a manifest of this format."""
+        try:
+            data = json.loads(raw)
+            if data.pop("format", None) != FORMAT:
+                raise ValueError("unknown manifest format")
+            data["modules"] = tuple(data["modules"])
+            return cls(**data)
+        except (KeyError, TypeError, AttributeError) as e:
+            raise ValueError(f"incomplete manifest: {e}") from None
 
 
 def package_hash(files: list[tuple[str, bytes]]) -> str:
