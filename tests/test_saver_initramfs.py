@@ -274,3 +274,16 @@ def test_the_kernel_banner_is_read_from_the_setup_header() -> None:
     image[0x800 : 0x800 + len(banner)] = banner
     assert kernel_banner(bytes(image)) == banner[:-1].decode()
     assert kernel_banner(b"not a kernel") == ""
+
+
+def test_b_links_a_partition_label_itself_without_udev(tmp_path: Path) -> None:
+    from kexechibd.initramfs.init import link_partlabel
+
+    sys_block, links = tmp_path / "sys", tmp_path / "dev" / "disk" / "by-partlabel"
+    for name, label in (("nvme0n1", None), ("nvme0n1p3", "kexechib-image")):
+        (sys_block / name).mkdir(parents=True)
+        text = f"MAJOR=259\nDEVNAME={name}\nDEVTYPE=partition\n"
+        (sys_block / name / "uevent").write_text(text + (f"PARTNAME={label}\n" if label else ""))
+    assert not link_partlabel("swap", sys_block, links)
+    assert link_partlabel("kexechib-image", sys_block, links)
+    assert os.readlink(links / "kexechib-image") == "../../nvme0n1p3"

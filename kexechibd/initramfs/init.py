@@ -15,6 +15,7 @@ exit: the kernel panics when init does.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import sys
@@ -79,6 +80,29 @@ def load_modules(libc: Any, modules: tuple[str, ...], release: str) -> None:
             os.close(fd)
 
 
+# B has no udev to make the /dev/disk/by-* links; the partition label, which
+# DESIGN §9 suggests for a raw image partition, is in sysfs (PARTNAME).
+PARTLABELS = Path("/dev/disk/by-partlabel")
+
+
+def link_partlabel(
+    label: str, sys_block: Path = Path("/sys/class/block"), links: Path = PARTLABELS
+) -> bool:
+    """Make ``links``/``label`` (/dev/disk/by-partlabel/…) point at the
+    partition with that label, if there is one now."""
+    for uevent in sys_block.glob("*/uevent"):
+        with contextlib.suppress(OSError):
+            fields = dict(
+                line.split("=", 1) for line in uevent.read_text().splitlines() if "=" in line
+            )
+            if fields.get("PARTNAME") == label and "DEVNAME" in fields:
+                links.mkdir(parents=True, exist_ok=True)
+                with contextlib.suppress(FileExistsError):
+                    (links / label).symlink_to(f"../../{fields['DEVNAME']}")
+                return True
+    return False
+
+
 def wait_for_image_device() -> None:
     """Wait until the block device the parameters name is there."""
     from kexechibd.cycle.params import read_params
@@ -96,6 +120,8 @@ def wait_for_image_device() -> None:
         return
     deadline = time.monotonic() + DEVICE_WAIT_SECONDS
     while not target.exists():
+        if target.parent == PARTLABELS and link_partlabel(target.name):
+            continue
         if time.monotonic() > deadline:
             say(f"{target} did not appear: is the image disk's driver in this initramfs?")
             return
