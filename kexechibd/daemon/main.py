@@ -194,6 +194,14 @@ exit status:
 files:
   {config_module.DEFAULT_PATH}      configuration
   /var/lib/kexechib/       state directory: the default image and model_dir
+  /var/lib/kexechib/saver/initrd.img-RELEASE
+                           kernel B's initramfs for each kernel release, as
+                           `kexechibctl saver build` writes it; Hibernate is
+                           refused while it is missing or stale
+  /boot/vmlinuz-RELEASE    kernel B: by default the kernel A runs
+  /etc/kernel/postinst.d/kexechibd, /etc/kernel/postrm.d/kexechibd
+                           build (remove) it when a kernel is installed
+                           (removed)
   /usr/lib/kexechibd/purgatory.ro
                            the purgatory, which runs between A's jump and B
   /usr/share/dbus-1/system.d/org.kexechib1.conf
@@ -212,9 +220,11 @@ systemd units:
                            an earlier boot before anything is mounted
                            read-write
   kexechib-save.target, kexechib-save.service
-                           what kernel B boots into
+                           what a systemd kernel B boots into
                            (systemd.unit=kexechib-save.target): kexechibd
-                           --oneshot saves A, then powers off or jumps back
+                           --oneshot saves A, then powers off or jumps back;
+                           the initramfs `kexechibctl saver build` writes
+                           runs kexechibd --oneshot from its own /init
   systemd-hibernate.service.d/kexechib.conf
                            `systemctl hibernate`, logind and desktops
                            hibernate through kexechibctl hibernate
