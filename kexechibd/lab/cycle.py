@@ -99,6 +99,7 @@ async def hibernate_cycle(
     on_line: Callable[[str, LogLine], None] | None = None,
     between: Callable[[GuestResult], None] | None = None,
     saver_initrd: Path | None = None,
+    window: str | None = None,
 ) -> CycleRun:
     """QEMU 1 (A hibernates), then QEMU 2 (C resumes) on the same disk.
 
@@ -106,7 +107,7 @@ async def hibernate_cycle(
     being "1" or "2"; `between(result)` runs after QEMU 1 has exited (the
     demo reports there). QEMU 2 is not started when QEMU 1 timed out.
     `saver_initrd` replaces B's initrd (the lab userspace) with another, as
-    `kexechibctl saver build` writes it.
+    `kexechibctl saver build` writes it; `window` B's memory window.
     """
 
     def relay(which: str) -> Callable[[LogLine], None] | None:
@@ -115,7 +116,9 @@ async def hibernate_cycle(
         callback = on_line
         return lambda line: callback(which, line)
 
-    spec = cycle_guest(kernel, workdir, cycle=cycle, client=client, saver_initrd=saver_initrd)
+    spec = cycle_guest(
+        kernel, workdir, cycle=cycle, client=client, saver_initrd=saver_initrd, window=window
+    )
     async with Guest(spec, workdir / "qemu-1", on_line=relay("1")) as guest:
         first = await guest.wait()
     if between is not None:

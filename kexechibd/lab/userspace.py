@@ -357,11 +357,15 @@ def lab_userspace() -> Path:
     return _cached("userspace", _userspace_key(), lambda: [userspace_archive().to_bytes()])
 
 
-def origin_initrd(saver_kernel: Path, saver_initrd: Path | None = None) -> Path:
+def origin_initrd(
+    saver_kernel: Path, saver_initrd: Path | None = None, window: str | None = None
+) -> Path:
     """Kernel A's initrd: the userspace, then the origin layer (kernel B's
     bzImage and initrd under /boot, and busctl). B's initrd is the lab
     userspace itself (saver.sh), or `saver_initrd`: the product's, as
-    `kexechibctl saver build` writes it (`saver_build`)."""
+    `kexechibctl saver build` writes it (`saver_build`). `window` replaces
+    /etc/kexechibd.conf with one that gives B that window (a later archive's
+    file replaces an earlier one's when the kernel unpacks them)."""
     userspace = lab_userspace()
     b_initrd = userspace if saver_initrd is None else saver_initrd
     busctl = Path("/usr/bin/busctl")
@@ -373,6 +377,7 @@ def origin_initrd(saver_kernel: Path, saver_initrd: Path | None = None) -> Path:
             f"recipe {RECIPE} origin".encode(),
             userspace.name.encode(),
             hashlib.sha256(b_initrd.read_bytes()).digest(),
+            f"window {window}".encode(),
             hashlib.sha256(saver_kernel.read_bytes()).digest(),
             _stat_id(busctl),
             *(_stat_id(p) for p in libs),
@@ -384,6 +389,8 @@ def origin_initrd(saver_kernel: Path, saver_initrd: Path | None = None) -> Path:
         layer = Cpio()
         layer.host_file(f"lab{SAVER_KERNEL}", saver_kernel, 0o644)
         layer.host_file(f"lab{SAVER_INITRD}", b_initrd, 0o644)
+        if window is not None:
+            layer.file("lab/etc/kexechibd.conf", lab_config(window=window).encode())
         add_programs(layer, {"usr/bin/busctl": busctl}, "lab")
         yield layer.to_bytes()
 
@@ -423,13 +430,14 @@ def _script_guest(
     timeout: float,
     params: str = "",
     saver_initrd: Path | None = None,
+    window: str | None = None,
 ) -> GuestSpec:
     """A guest that runs one of kexechibd/lab/guest/'s scripts from the
     initramfs, with the Linux backend enabled and `disk` as /dev/vda."""
     return GuestSpec(
         command="",
         kernel=kernel,
-        initrd=origin_initrd(kernel, saver_initrd),
+        initrd=origin_initrd(kernel, saver_initrd, window),
         memory_mib=memory_mib,
         append=" ".join(
             p
@@ -469,6 +477,7 @@ def cycle_guest(
     memory_mib: int = 512,
     timeout: float = 600,
     saver_initrd: Path | None = None,
+    window: str | None = None,
 ) -> GuestSpec:
     """Kernel A of the hibernate cycle (kexechibd/lab/guest/cycle.sh) with a
     fresh image disk in `workdir`: `cycle` is poweroff, checkpoint or cancel,
@@ -484,6 +493,7 @@ def cycle_guest(
         timeout=timeout,
         params=f"kexechib.lab.cycle={cycle} kexechib.lab.client={client}",
         saver_initrd=saver_initrd,
+        window=window,
     )
 
 

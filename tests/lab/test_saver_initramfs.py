@@ -74,3 +74,19 @@ def test_c_resumes_the_image_b_wrote_and_a_carries_on(built_cycle: tuple[Path, C
     assert state["memory"] == "intact" and state["canary"] == "intact", state
     assert int(state["later"]) > int(state["counter"])
     print("\nphases:", *(f"{name}: {seconds} s" for name, seconds in run.times()), sep="\n  ")
+
+
+def test_b_saves_in_a_window_of_the_default_size(lab: Path, request: pytest.FixtureRequest) -> None:
+    # The lab's B (the 32 MB lab userspace, a bus and the daemon) needs
+    # 192 MiB (docs/lab.md §5); the built initramfs must fit the default
+    # 128 MiB ([saver] window = 128M@768M; at 256M here, in 512 MiB).
+    workdir = new_workdir("saver-window")
+    failed = request.session.testsfailed
+    initrd = saver_build(lab, workdir / "saver-initrd.img")
+    run = asyncio.run(hibernate_cycle(lab, workdir, saver_initrd=initrd, window="128M@256M"))
+    one = run.hibernate
+    assert "memmap=128M@0x10000000" in one.log, one.describe(80)
+    assert "image committed" in one.log and "reboot: Power down" in one.tail(5), one.describe(80)
+    assert run.resume is not None and run.resume.exit_status == 0, run.resume
+    if request.session.testsfailed == failed:
+        shutil.rmtree(workdir, ignore_errors=True)
