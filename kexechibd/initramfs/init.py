@@ -59,6 +59,7 @@ def load_modules(libc: Any, modules: tuple[str, ...], release: str) -> None:
     if modules and os.uname().release != release:
         say(f"this kernel is {os.uname().release}, the modules are for {release}: not loading them")
         return
+    loaded = 0
     for rel in modules:
         path = f"/lib/modules/{release}/{rel}"
         try:
@@ -71,13 +72,17 @@ def load_modules(libc: Any, modules: tuple[str, ...], release: str) -> None:
             ret = libc.syscall(
                 _ffi.cast("long", abi.SYS_FINIT_MODULE),
                 _ffi.cast("int", fd),
-                b"",
+                _ffi.new("char[]", b""),  # no module parameters
                 _ffi.cast("int", 0),
             )
             if ret != 0 and _ffi.errno not in (errno.EEXIST, errno.ENODEV):
                 say(f"cannot load {rel}: {os.strerror(_ffi.errno)}")
+            else:
+                loaded += ret == 0
         finally:
             os.close(fd)
+    if modules:
+        say(f"loaded {loaded} of {len(modules)} kernel modules")
 
 
 # B has no udev to make the /dev/disk/by-* links; the partition label, which
@@ -129,6 +134,15 @@ def wait_for_image_device() -> None:
 
 
 def main() -> None:
+    try:
+        start_saver()
+    except Exception as e:  # init must not exit: say it, and stay up
+        say(f"error: {e!r}; kernel B stays up")
+    while True:
+        time.sleep(3600)
+
+
+def start_saver() -> None:
     libc = _ffi.dlopen(None)
     _mount(libc, "proc", "/proc")
     _mount(libc, "sysfs", "/sys")
@@ -138,11 +152,10 @@ def main() -> None:
     os.environ.update(PATH="/usr/sbin:/usr/bin:/sbin:/bin", LANG="C.UTF-8", HOME="/")
     say("kernel B is up")
     try:
-        with open(f"/{manifest_module.NAME}", "rb") as f:
-            found = manifest_module.read_manifest(f.read(manifest_module.HEAD_BYTES))
-    except (OSError, ValueError):
-        found = None
-    if found is not None:
+        found = manifest_module.Manifest.from_json(Path(f"/{manifest_module.NAME}").read_bytes())
+    except (OSError, ValueError) as e:
+        say(f"no manifest, so no kernel modules to load: {e}")
+    else:
         load_modules(libc, found.modules, found.kernel_release)
     wait_for_image_device()
     say("starting kexechibd --oneshot")
@@ -167,5 +180,3 @@ def main() -> None:
                 f"kexechibd --oneshot ended with status {code}"
                 + ("" if code == 0 else "; kernel B stays up (A is frozen, the old image intact)")
             )
-    while True:  # init must not exit
-        time.sleep(3600)
