@@ -287,3 +287,13 @@ def test_b_links_a_partition_label_itself_without_udev(tmp_path: Path) -> None:
     assert not link_partlabel("swap", sys_block, links)
     assert link_partlabel("kexechib-image", sys_block, links)
     assert os.readlink(links / "kexechib-image") == "../../nvme0n1p3"
+
+
+def test_status_says_where_b_s_initramfs_is_missing_and_what_builds_it(tmp_path: Path) -> None:
+    from kexechibd.ctl.saver import summary
+
+    conf = tmp_path / "kexechibd.conf"
+    conf.write_text(f"[saver]\ninitrd = {tmp_path}/initrd.img-{{release}}\n")
+    line = summary(conf)
+    assert f"{tmp_path}/initrd.img-{os.uname().release}: missing" in line
+    assert "`kexechibctl saver build`" in line
