@@ -75,6 +75,7 @@ def test_it_holds_init_the_interpreter_kexechibd_and_its_dependencies(built: Pat
     assert stat.S_IMODE(names["init"].mode) == 0o755
     assert b"kexechibd.initramfs.init" in names["init"].data
     assert stat.S_ISCHR(names["dev/console"].mode)
+    assert stat.S_ISCHR(names["dev/urandom"].mode)  # Python's hash seed, before devtmpfs
     site = "usr/lib/python3/dist-packages"
     for needed in (
         "usr/bin/python3",

@@ -4,7 +4,8 @@ What goes in (DESIGN §6.x "Kernel B's initramfs"):
 
     /kexechib-saver.json            the manifest (first entry; manifest.py)
     /init                           kexechibd/initramfs/init.py's main
-    /dev/console                    init's output before devtmpfs
+    /dev/console, urandom, null     init's output, Python's hash seed, before
+                                    devtmpfs is mounted
     /usr/bin/python3.X, python3     the system's interpreter, and the shared
                                     libraries ldd names for it and for every
                                     C extension that goes in
@@ -162,6 +163,12 @@ def saver_archive(
     for d in ("dev", "proc", "sys", "run", "tmp"):
         archive.directory(d)
     archive.chardev("dev/console", 5, 1)
+    # Python reads /dev/urandom for its hash seed when getrandom() would
+    # block, as it does this early in a small kernel (the lab's): it runs
+    # before init has mounted devtmpfs, and dies without it (-I ignores
+    # PYTHONHASHSEED).
+    archive.chardev("dev/urandom", 1, 9, 0o644)
+    archive.chardev("dev/null", 1, 3, 0o666)
     archive.file("init", INIT, 0o755)
     binary = f"usr/bin/{layout.executable.name}"
     archive.host_file(binary, layout.executable, 0o755)
