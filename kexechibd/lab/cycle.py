@@ -100,6 +100,7 @@ async def hibernate_cycle(
     between: Callable[[GuestResult], None] | None = None,
     saver_initrd: Path | None = None,
     window: str | None = None,
+    disk_mib: int = 768,
 ) -> CycleRun:
     """QEMU 1 (A hibernates), then QEMU 2 (C resumes) on the same disk.
 
@@ -107,7 +108,8 @@ async def hibernate_cycle(
     being "1" or "2"; `between(result)` runs after QEMU 1 has exited (the
     demo reports there). QEMU 2 is not started when QEMU 1 timed out.
     `saver_initrd` replaces B's initrd (the lab userspace) with another, as
-    `kexechibctl saver build` writes it; `window` B's memory window.
+    `kexechibctl saver build` writes it; `window` B's memory window, which a smaller
+    window needs a larger image disk for (`disk_mib`).
     """
 
     def relay(which: str) -> Callable[[LogLine], None] | None:
@@ -117,7 +119,13 @@ async def hibernate_cycle(
         return lambda line: callback(which, line)
 
     spec = cycle_guest(
-        kernel, workdir, cycle=cycle, client=client, saver_initrd=saver_initrd, window=window
+        kernel,
+        workdir,
+        cycle=cycle,
+        client=client,
+        saver_initrd=saver_initrd,
+        window=window,
+        disk_mib=disk_mib,
     )
     async with Guest(spec, workdir / "qemu-1", on_line=relay("1")) as guest:
         first = await guest.wait()

@@ -478,6 +478,7 @@ def cycle_guest(
     timeout: float = 600,
     saver_initrd: Path | None = None,
     window: str | None = None,
+    disk_mib: int = 768,
 ) -> GuestSpec:
     """Kernel A of the hibernate cycle (kexechibd/lab/guest/cycle.sh) with a
     fresh image disk in `workdir`: `cycle` is poweroff, checkpoint or cancel,
@@ -487,7 +488,7 @@ def cycle_guest(
     return _script_guest(
         kernel,
         "cycle.sh",
-        image_disk(workdir / "image-disk.raw"),
+        image_disk(workdir / "image-disk.raw", disk_mib),
         name=f"a-{cycle}",
         memory_mib=memory_mib,
         timeout=timeout,
