@@ -183,6 +183,10 @@ install: purgatory-object
 	$(INSTALL) -m 0644 systemd/kexechibd.conf.example docs/DESIGN.md README.md $(DESTDIR)$(DOCDIR)/
 	$(INSTALL) -m 0644 $(MAN5) $(DESTDIR)$(MANDIR)/man5/
 	$(INSTALL) -m 0644 $(MAN8) $(DESTDIR)$(MANDIR)/man8/
+	$(INSTALL) -D -m 0755 systemd/kernel/postinst.d/kexechibd \
+		$(DESTDIR)$(SYSCONFDIR)/kernel/postinst.d/kexechibd
+	$(INSTALL) -D -m 0755 systemd/kernel/postrm.d/kexechibd \
+		$(DESTDIR)$(SYSCONFDIR)/kernel/postrm.d/kexechibd
 	test -e $(DESTDIR)$(SYSCONFDIR)/kexechibd.conf || \
 		$(INSTALL) -m 0644 systemd/kexechibd.conf.example $(DESTDIR)$(SYSCONFDIR)/kexechibd.conf
 

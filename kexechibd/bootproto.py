@@ -34,6 +34,7 @@ OFF_E820_ENTRIES = 0x1E8
 OFF_SETUP_SECTS = 0x1F1
 OFF_JUMP = 0x200
 OFF_VERSION = 0x206
+OFF_KERNEL_VERSION = 0x20E
 OFF_TYPE_OF_LOADER = 0x210
 OFF_LOADFLAGS = 0x211
 OFF_CODE32_START = 0x214
@@ -68,6 +69,21 @@ def _u32(buf: bytes | bytearray | memoryview, off: int) -> int:
 
 def _u64(buf: bytes | bytearray | memoryview, off: int) -> int:
     return int(struct.unpack_from("<Q", buf, off)[0])
+
+
+def kernel_banner(image: bytes | memoryview) -> str:
+    """The version banner a bzImage carries (``6.1.0-13-amd64 (…) #1 SMP …
+    Debian 6.1.55-1``; its first word is the release), '' when it has none:
+    the setup header's ``kernel_version`` points at it, less 0x200."""
+    data = memoryview(image)
+    if len(data) < 0x268 or bytes(data[0x202:0x206]) != HEADER_MAGIC:
+        return ""
+    pointer = _u16(data, OFF_KERNEL_VERSION)
+    if not pointer:
+        return ""
+    start = pointer + 0x200
+    end = bytes(data[start : start + 512]).find(b"\0")
+    return bytes(data[start : start + max(end, 0)]).decode(errors="replace").strip()
 
 
 @dataclass(frozen=True)

@@ -97,14 +97,29 @@ class ImageSettings:
     chunk_size: int = 4 << 20
 
 
+# In [saver] kernel and initrd, the running kernel's release (uname -r):
+# by default B is the kernel A runs, with the initramfs `kexechibctl saver
+# build` wrote for it (DESIGN §6).
+RELEASE = "{release}"
+
+
+def for_release(path: Path, release: str) -> Path:
+    """``path`` with ``{release}`` replaced by ``release``."""
+    return Path(str(path).replace(RELEASE, release))
+
+
 @dataclass(frozen=True)
 class SaverSettings:
-    kernel: Path = Path("/vmlinuz")
-    initrd: Path = Path("/initrd.img")
+    kernel: Path = Path(f"/boot/vmlinuz-{RELEASE}")
+    initrd: Path = Path(f"/var/lib/kexechib/saver/initrd.img-{RELEASE}")
     cmdline: str = ""
     window: MemoryWindow = MemoryWindow(128 << 20, 768 << 20)
     low_memory: bool = True
     mode: Mode = Mode.POWEROFF
+
+    def files(self, release: str) -> tuple[Path, Path]:
+        """Kernel B and its initramfs for the kernel ``release``."""
+        return for_release(self.kernel, release), for_release(self.initrd, release)
 
 
 @dataclass(frozen=True)
@@ -247,13 +262,20 @@ SETTINGS: tuple[Setting, ...] = (
         f"size, multiple of {PAGE_SIZE}, {format_size(CHUNK_MIN)}..{format_size(CHUNK_MAX)}",
         "Bytes of memory per independently compressed chunk.",
     ),
-    Setting("saver", "kernel", _absolute_path, "absolute path", "Kernel B's bzImage."),
+    Setting(
+        "saver",
+        "kernel",
+        _absolute_path,
+        "absolute path",
+        f"Kernel B's bzImage; {RELEASE} stands for the running kernel's release (uname -r).",
+    ),
     Setting(
         "saver",
         "initrd",
         _absolute_path,
         "absolute path",
-        "Kernel B's initramfs (it must contain kexechibd and kexechib-save.target).",
+        "Kernel B's initramfs, as `kexechibctl saver build` writes it for the release "
+        f"{RELEASE} (a custom one must run `kexechibd --oneshot`; it is not checked).",
     ),
     Setting(
         "saver",

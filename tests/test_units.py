@@ -386,3 +386,45 @@ def test_resume_at_boot_is_not_skipped_silently_by_noresume() -> None:
     resume = unit(REPO / "systemd/kexechib-resume.service")
     assert resume["Unit"]["ConditionKernelCommandLine"] == "!kexechib.role=save"
     assert resume["Service"]["StandardOutput"] == "journal+console"
+
+
+def _run_hook(hook: Path, tmp_path: Path, *, fail: bool = False) -> tuple[int, str, str]:
+    # A stand-in kexechibctl that records its arguments: the real one would
+    # write kernel B's initramfs under /var/lib/kexechib of this machine.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    record = tmp_path / "args"
+    stand_in = bin_dir / "kexechibctl"
+    stand_in.write_text(f'#!/bin/sh\necho "$*" >> {record}\nexit {1 if fail else 0}\n')
+    stand_in.chmod(0o755)
+    result = subprocess.run(
+        [str(hook), "6.1.0-13-amd64", "/boot/vmlinuz-6.1.0-13-amd64"],
+        env={"PATH": f"{bin_dir}:/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return result.returncode, record.read_text() if record.exists() else "", result.stderr
+
+
+def test_the_kernel_hooks_are_installed_executable(installed: Path) -> None:
+    for when in ("postinst.d", "postrm.d"):
+        hook = installed / "etc" / "kernel" / when / "kexechibd"
+        assert hook.stat().st_mode & 0o777 == 0o755, hook
+
+
+def test_a_new_kernel_gets_b_s_initramfs_built(installed: Path, tmp_path: Path) -> None:
+    hook = installed / "etc/kernel/postinst.d/kexechibd"
+    assert _run_hook(hook, tmp_path)[:2] == (0, "saver build --kernel-version 6.1.0-13-amd64\n")
+
+
+def test_a_failed_build_warns_but_does_not_fail_the_kernel_s_installation(
+    installed: Path, tmp_path: Path
+) -> None:
+    code, _, stderr = _run_hook(installed / "etc/kernel/postinst.d/kexechibd", tmp_path, fail=True)
+    assert code == 0 and "hibernating is refused until" in stderr
+
+
+def test_a_removed_kernel_takes_its_b_initramfs_along(installed: Path, tmp_path: Path) -> None:
+    hook = installed / "etc/kernel/postrm.d/kexechibd"
+    assert _run_hook(hook, tmp_path)[:2] == (0, "saver remove --kernel-version 6.1.0-13-amd64\n")

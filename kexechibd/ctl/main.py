@@ -19,7 +19,7 @@ from typing import Any
 from dbus_next.signature import Variant
 
 from kexechibd import __version__
-from kexechibd.ctl import logind, offline
+from kexechibd.ctl import logind, offline, saver
 from kexechibd.ctl.client import DaemonError, ManagerClient
 from kexechibd.ctl.progress import display_for
 from kexechibd.engine import COMPRESSIONS, Mode
@@ -121,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("inspect", help="ask the daemon about an image")
     p.add_argument("image", nargs="?", default="", help="default: the configured image")
     offline.add_parser(commands)
+    saver.add_parser(commands)
     return parser
 
 
@@ -137,6 +138,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
     if args.command == "image":
         return offline.run(args)
+    if args.command == "saver":
+        return saver.run(args)
     try:
         return asyncio.run(_run(args))
     except KeyboardInterrupt:
@@ -177,6 +180,8 @@ async def _status(client: ManagerClient, args: argparse.Namespace) -> int:
         if name == "Progress" and isinstance(value, float):
             value = f"{value:.0%}"
         print(f"{name + ':':15} {value}")
+    if props.get("Backend") == "linux":  # the model boots no kernel B
+        print(f"{'Saver:':15} {saver.summary()}")
     return EXIT_OK
 
 

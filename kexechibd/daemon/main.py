@@ -59,6 +59,9 @@ class Runtime:
     engine: Engine
     cmdline: str
     boot_id: str
+    # Why kernel B's initramfs cannot serve (kexechibd.initramfs.check);
+    # none: not checked (the machine model, and tests' stand-in engines).
+    saver_problems: Callable[[], Sequence[str]] | None = None
 
 
 RuntimeFactory = Callable[[Config], Runtime]
@@ -68,13 +71,14 @@ def engine_settings(config: Config) -> EngineSettings:
     """What the engine takes from the configuration."""
     from kexechibd.cycle.engine import EngineSettings
 
+    kernel, initrd = config.saver.files(os.uname().release)
     return EngineSettings(
         image_location=config.image.location,
         compression=config.image.compression,
         level=config.image.level,
         chunk_size=config.image.chunk_size,
-        saver_kernel=config.saver.kernel,
-        saver_initrd=config.saver.initrd,
+        saver_kernel=kernel,
+        saver_initrd=initrd,
         saver_cmdline=config.saver.cmdline,
         window_start=config.saver.window.start,
         window_size=config.saver.window.size,
@@ -89,8 +93,20 @@ def open_runtime(config: Config) -> Runtime:  # pragma: no cover - needs the rea
     from kexechibd.kernel import open_kernel
 
     kernel = open_kernel(config)
+    problems = None
+    if config.daemon.backend == "linux":
+        from kexechibd.initramfs.check import check_saver
+
+        saver_kernel, saver_initrd = config.saver.files(os.uname().release)
+
+        def problems() -> Sequence[str]:
+            return check_saver(saver_kernel, saver_initrd).problems
+
     return Runtime(
-        KexecEngine(engine_settings(config), kernel), kernel.cmdline(), kernel.identity().boot_id
+        KexecEngine(engine_settings(config), kernel),
+        kernel.cmdline(),
+        kernel.identity().boot_id,
+        problems,
     )
 
 
@@ -183,6 +199,14 @@ exit status:
 files:
   {config_module.DEFAULT_PATH}      configuration
   /var/lib/kexechib/       state directory: the default image and model_dir
+  /var/lib/kexechib/saver/initrd.img-RELEASE
+                           kernel B's initramfs for each kernel release, as
+                           `kexechibctl saver build` writes it; Hibernate is
+                           refused while it is missing or stale
+  /boot/vmlinuz-RELEASE    kernel B: by default the kernel A runs
+  /etc/kernel/postinst.d/kexechibd, /etc/kernel/postrm.d/kexechibd
+                           build (remove) it when a kernel is installed
+                           (removed)
   /usr/lib/kexechibd/purgatory.ro
                            the purgatory, which runs between A's jump and B
   /usr/share/dbus-1/system.d/org.kexechib1.conf
@@ -201,9 +225,11 @@ systemd units:
                            an earlier boot before anything is mounted
                            read-write
   kexechib-save.target, kexechib-save.service
-                           what kernel B boots into
+                           what a systemd kernel B boots into
                            (systemd.unit=kexechib-save.target): kexechibd
-                           --oneshot saves A, then powers off or jumps back
+                           --oneshot saves A, then powers off or jumps back;
+                           the initramfs `kexechibctl saver build` writes
+                           runs kexechibd --oneshot from its own /init
   systemd-hibernate.service.d/kexechib.conf
                            `systemctl hibernate`, logind and desktops
                            hibernate through kexechibctl hibernate --direct,
@@ -365,7 +391,7 @@ class Daemon:
         )
         if decision.problem:
             log.error("%s", decision.problem)
-        manager = Manager(engine, decision)
+        manager = Manager(engine, decision, saver_problems=self._runtime.saver_problems)
         self.manager = manager
         report = await manager.refresh_support()
         log.info("backend %s: %s", engine.backend, report.summary)

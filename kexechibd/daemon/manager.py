@@ -20,7 +20,7 @@ import logging
 import math
 import os
 import threading
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn, Protocol
@@ -137,9 +137,16 @@ class _OperationObserver:
 
 
 class Manager:
-    def __init__(self, engine: Engine, decision: RoleDecision) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        decision: RoleDecision,
+        *,
+        saver_problems: Callable[[], Sequence[str]] | None = None,
+    ) -> None:
         self._engine = engine
         self._decision = decision
+        self._saver_problems = saver_problems
         self._listeners: list[ManagerListener] = []
         self._op: Operation | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -238,6 +245,12 @@ class Manager:
                 "resume it (kexechibctl resume) or discard it first, since hibernating "
                 "now would overwrite it"
             ), None
+        if self._saver_problems is not None:
+            # Before anything is loaded: B would boot without a saver, or
+            # with one that does not match this kexechibd or kernel.
+            problems = await asyncio.to_thread(self._saver_problems)
+            if problems:
+                return "; ".join(problems), None
         report = await self.refresh_support()
         if not report.can_hibernate:
             return f"{report.summary}; see `kexechibctl status`", report

@@ -29,6 +29,8 @@ PAGE_MASK = ~(PAGE_SIZE - 1)
 # x86_64 syscall numbers (arch/x86/entry/syscalls/syscall_64.tbl).
 SYS_REBOOT = 169
 SYS_KEXEC_LOAD = 246
+# Kernel B's init loads its disk drivers with it (kexechibd/initramfs/init.py).
+SYS_FINIT_MODULE = 313
 
 # reboot(2) (include/uapi/linux/reboot.h).
 LINUX_REBOOT_MAGIC1 = 0xFEE1DEAD

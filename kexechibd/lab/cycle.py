@@ -44,7 +44,8 @@ class CycleRun:
 
         call = _marker(one, "a-hibernate")
         jump = _line(one, "jumping to kernel B")
-        b_init = _nth_marker(one, "init", 1)
+        # B's /init: the lab's (its marker), or the product's (its first line).
+        b_init = _nth_marker(one, "init", 1) or _line(one, "kexechib-init: kernel B is up")
         save = _line(one, "kexechibd: INFO: save started")
         committed = _line(one, "image committed")
         add("A: Hibernate call -> jump (prepare, load B)", call, jump)
@@ -97,12 +98,18 @@ async def hibernate_cycle(
     client: str = "busctl",
     on_line: Callable[[str, LogLine], None] | None = None,
     between: Callable[[GuestResult], None] | None = None,
+    saver_initrd: Path | None = None,
+    window: str | None = None,
+    disk_mib: int = 768,
 ) -> CycleRun:
     """QEMU 1 (A hibernates), then QEMU 2 (C resumes) on the same disk.
 
     `on_line(which, line)` sees every console line as it comes, `which`
     being "1" or "2"; `between(result)` runs after QEMU 1 has exited (the
     demo reports there). QEMU 2 is not started when QEMU 1 timed out.
+    `saver_initrd` replaces B's initrd (the lab userspace) with another, as
+    `kexechibctl saver build` writes it; `window` B's memory window, which a smaller
+    window needs a larger image disk for (`disk_mib`).
     """
 
     def relay(which: str) -> Callable[[LogLine], None] | None:
@@ -111,7 +118,15 @@ async def hibernate_cycle(
         callback = on_line
         return lambda line: callback(which, line)
 
-    spec = cycle_guest(kernel, workdir, cycle=cycle, client=client)
+    spec = cycle_guest(
+        kernel,
+        workdir,
+        cycle=cycle,
+        client=client,
+        saver_initrd=saver_initrd,
+        window=window,
+        disk_mib=disk_mib,
+    )
     async with Guest(spec, workdir / "qemu-1", on_line=relay("1")) as guest:
         first = await guest.wait()
     if between is not None:

@@ -22,14 +22,13 @@ runs in the RAM root itself. See docs/lab.md.
 
 from __future__ import annotations
 
-import os
-import stat
 import subprocess
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
 
-from kexechibd import cpio
+# The archive writer and ldd live in the product: kernel B's initramfs is
+# built with them too (kexechibd/initramfs/).
+from kexechibd.initramfs.archive import Cpio, add_programs
 from kexechibd.lab.debs import unpacked
 
 MARKER = "KEXECHIB-LAB"
@@ -137,88 +136,6 @@ def init_script() -> str:
     return INIT.replace("@MARKER@", MARKER).replace("@RAM@", RAM_ROOT).replace("@PATH@", GUEST_PATH)
 
 
-@dataclass
-class _Entry:
-    name: str
-    mode: int
-    data: bytes = b""
-    rdev: tuple[int, int] = (0, 0)
-    mtime: int = 0  # the kernel restores it (INITRAMFS_PRESERVE_MTIME); .pyc files check it
-
-
-@dataclass
-class Cpio:
-    """A newc ("070701") archive, the format the kernel unpacks as initramfs."""
-
-    entries: list[_Entry] = field(default_factory=list)
-    names: set[str] = field(default_factory=set)
-
-    def _add(self, entry: _Entry) -> None:
-        name = entry.name.strip("/")
-        parent = os.path.dirname(name)
-        if parent and parent not in self.names:
-            self.directory(parent)
-        if name in self.names:
-            raise ValueError(f"{name} is already in the archive")
-        self.names.add(name)
-        entry.name = name
-        self.entries.append(entry)
-
-    def directory(self, name: str, mode: int = 0o755) -> None:
-        self._add(_Entry(name, stat.S_IFDIR | mode))
-
-    def file(self, name: str, data: bytes, mode: int = 0o644, mtime: int = 0) -> None:
-        self._add(_Entry(name, stat.S_IFREG | mode, data, mtime=mtime))
-
-    def host_file(self, name: str, path: Path, mode: int | None = None) -> None:
-        """A copy of the host's file `path` (symlinks followed), with its mtime."""
-        st = path.stat()
-        self.file(
-            name,
-            path.read_bytes(),
-            stat.S_IMODE(st.st_mode) if mode is None else mode,
-            int(st.st_mtime),
-        )
-
-    def symlink(self, name: str, target: str) -> None:
-        self._add(_Entry(name, stat.S_IFLNK | 0o777, target.encode()))
-
-    def chardev(self, name: str, major: int, minor: int, mode: int = 0o600) -> None:
-        self._add(_Entry(name, stat.S_IFCHR | mode, rdev=(major, minor)))
-
-    def to_bytes(self) -> bytes:
-        parts = [
-            cpio.newc_entry(
-                entry.name,
-                entry.mode,
-                entry.data,
-                ino=ino,
-                nlink=2 if stat.S_ISDIR(entry.mode) else 1,
-                mtime=entry.mtime,
-                rdev=entry.rdev,
-            )
-            for ino, entry in enumerate(self.entries, start=1)
-        ]
-        return b"".join([*parts, cpio.newc_trailer(len(self.entries) + 1)])
-
-
-def shared_libraries(program: Path) -> list[Path]:
-    """The shared libraries `program` loads, the dynamic loader included (from ldd)."""
-    out = subprocess.run(["ldd", str(program)], capture_output=True, text=True, check=False).stdout
-    libs: list[Path] = []
-    for line in out.splitlines():
-        parts = line.split()
-        if "=>" in parts:
-            target = parts[parts.index("=>") + 1]
-            if target == "not":
-                raise FileNotFoundError(f"{program} needs {parts[0]}, which is not installed")
-            if target.startswith("/"):
-                libs.append(Path(target))
-        elif parts and parts[0].startswith("/"):
-            libs.append(Path(parts[0]))
-    return libs
-
-
 def busybox_path() -> Path:
     """busybox from Debian's busybox-static, unpacked into the lab cache."""
     return unpacked("busybox-static") / "bin" / "busybox"
@@ -235,24 +152,6 @@ def busybox_applets(busybox: Path) -> list[str]:
         [str(busybox), "--list-full"], capture_output=True, text=True, check=True
     ).stdout
     return [line.strip() for line in out.splitlines() if line.strip()]
-
-
-def add_programs(archive: Cpio, programs: Mapping[str, Path], root: str = "lab") -> None:
-    """Each program at `root/name`, with the shared libraries and loader ldd
-    names at their usual paths, so that it runs unchanged in `chroot root`."""
-    for name, program in sorted(programs.items()):
-        archive.host_file(f"{root}/{name.strip('/')}", program, 0o755)
-    add_libraries(archive, programs.values(), root)
-
-
-def add_libraries(archive: Cpio, binaries: Iterable[Path], root: str = "lab") -> None:
-    """The shared libraries (and the loader) that `binaries` (programs or
-    shared objects) load, at the paths ldd names, unless already there."""
-    libs = {str(lib): lib for binary in binaries for lib in shared_libraries(binary)}
-    for name, lib in sorted(libs.items()):
-        entry = f"{root}/{name.strip('/')}"
-        if entry not in archive.names:
-            archive.host_file(entry, lib.resolve(), 0o755)
 
 
 def initramfs_archive(
@@ -280,7 +179,7 @@ def initramfs_archive(
     busybox = busybox_path()
     archive.file("lab/bin/busybox", busybox.read_bytes(), 0o755)
     archive.symlink("bin/busybox", "/lab/bin/busybox")
-    add_programs(archive, programs or {})
+    add_programs(archive, programs or {}, "lab")
     for applet in busybox_applets(busybox):
         if f"lab/{applet}" not in archive.names and applet != "bin/busybox":
             archive.symlink(f"lab/{applet}", "/bin/busybox")

@@ -36,7 +36,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
-import os
 import shutil
 import subprocess
 import tempfile
@@ -44,14 +43,9 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-from kexechibd.lab.initramfs import (
-    Cpio,
-    add_libraries,
-    add_programs,
-    initramfs_archive,
-    kexec_path,
-    shared_libraries,
-)
+from kexechibd.initramfs.archive import Cpio, add_libraries, add_programs, shared_libraries
+from kexechibd.initramfs.python import PYC_TAG, guest_module, stdlib_files
+from kexechibd.lab.initramfs import initramfs_archive, kexec_path
 from kexechibd.lab.kernel import cache_root
 from kexechibd.lab.qemu import GuestSpec
 from kexechibd.privatebus import SYSTEM_DEFAULT_POLICY
@@ -65,7 +59,6 @@ GUEST_SCRIPTS = Path(__file__).resolve().parent / "guest"
 PYTHON = Path("/usr/bin/python3.11")
 STDLIB = Path("/usr/lib/python3.11")
 DIST_PACKAGES = Path("/usr/lib/python3/dist-packages")
-PYC_TAG = "cpython-311"
 
 # Debian packages of the daemon's Python dependencies (setup.cfg's
 # install_requires, and what they import in turn). The Makefile installs them.
@@ -79,69 +72,6 @@ PYTHON_PACKAGES = (
     "python3-ply",
     "python3-zstandard",
     "python3-lz4",
-)
-
-# Parts of the stdlib no guest imports: test suites, IDEs, GUIs, build
-# support (the 25 MB config-3.11 directory holds the static libpython),
-# databases, mail, web and multiprocessing. Fewer bytes boot faster under TCG
-# and leave kernel B's window more room: B unpacks the whole archive into it.
-STDLIB_PRUNED = frozenset(
-    {
-        "test",
-        "idlelib",
-        "tkinter",
-        "turtledemo",
-        "turtle.py",
-        "ensurepip",
-        "lib2to3",
-        "pydoc_data",
-        "pydoc.py",
-        "doctest.py",
-        "distutils",
-        "venv",
-        "unittest",
-        "sqlite3",
-        "curses",
-        "dbm",
-        "email",
-        "http",
-        "html",
-        "wsgiref",
-        "xmlrpc",
-        "multiprocessing",
-        "mailbox.py",
-        "imaplib.py",
-        "nntplib.py",
-        "smtplib.py",
-        "smtpd.py",
-        "ftplib.py",
-        "telnetlib.py",
-        "_pydecimal.py",
-        "site-packages",
-        "dist-packages",
-        "config-3.11-x86_64-linux-gnu",
-    }
-)
-# C extensions left out of lib-dynload (prefixes): tests, the same modules as
-# above, and OpenSSL (hashlib falls back to its built-in SHA-2; OpenSSL's
-# libraries would add 5 MB).
-DYNLOAD_PRUNED = (
-    "_test",
-    "_xx",
-    "xx",
-    "_ctypes_test",
-    "_curses",
-    "_dbm",
-    "_gdbm",
-    "_sqlite3",
-    "_tkinter",
-    "_ssl",
-    "_hashlib",
-    "_codecs_",
-    "audioop",
-    "ossaudiodev",
-    "nis",
-    "readline",
 )
 
 GUEST_LIB = "usr/lib/kexechib-lab"
@@ -230,43 +160,19 @@ def _package_files(package: str) -> list[Path]:
     return [Path(line) for line in result.stdout.splitlines() if line]
 
 
-def _guest_module(path: Path) -> tuple[str, Path]:
-    """Where a module of Debian's goes in the guest: its compiled form in
-    place of the source (`foo.pyc` where `foo.py` was: Python's sourceless
-    import) when Debian compiled it at install time, else the source. That
-    halves the bytes; tracebacks still name the file and line."""
-    if path.suffix == ".py":
-        pyc = path.parent / "__pycache__" / f"{path.stem}.{PYC_TAG}.pyc"
-        if pyc.is_file():
-            return str(path.with_suffix(".pyc")).lstrip("/"), pyc
-    return str(path).lstrip("/"), path
-
-
-def _stdlib_files() -> Iterator[Path]:
-    for dirpath, dirnames, filenames in os.walk(STDLIB):
-        dirnames[:] = sorted(d for d in dirnames if d not in STDLIB_PRUNED and d != "__pycache__")
-        here = Path(dirpath)
-        for name in sorted(filenames):
-            if here == STDLIB and name in STDLIB_PRUNED:
-                continue
-            if here.name == "lib-dynload" and name.startswith(DYNLOAD_PRUNED):
-                continue
-            yield here / name
-
-
 def _python_files() -> list[tuple[str, Path]]:
     """(guest path, host file) for the interpreter's stdlib and for the
     modules of the dependencies' Debian packages."""
     if not PYTHON.exists():
         raise UserspaceError(f"{PYTHON} is missing (apt-get install python3)")
-    files = [_guest_module(p) for p in _stdlib_files()]
+    files = [guest_module(p) for p in stdlib_files(STDLIB)]
     for package in PYTHON_PACKAGES:
         for path in _package_files(package):
             if not path.is_relative_to(DIST_PACKAGES) or path.is_symlink() or not path.is_file():
                 continue
             if any(part.endswith((".egg-info", ".dist-info")) for part in path.parts):
                 continue
-            files.append(_guest_module(path))
+            files.append(guest_module(path))
     return files
 
 
@@ -414,7 +320,7 @@ def userspace_archive() -> Cpio:
     python = _python_files()
     for name, path in python:
         archive.host_file(f"lab/{name}", path)
-    add_libraries(archive, _extensions(python))
+    add_libraries(archive, _extensions(python), "lab")
     archive.symlink("lab/usr/bin/python3", "python3.11")
     archive.symlink("lab/var/run", "/run")
     archive.directory("lab/var/lib/kexechib")
@@ -451,10 +357,17 @@ def lab_userspace() -> Path:
     return _cached("userspace", _userspace_key(), lambda: [userspace_archive().to_bytes()])
 
 
-def origin_initrd(saver_kernel: Path) -> Path:
+def origin_initrd(
+    saver_kernel: Path, saver_initrd: Path | None = None, window: str | None = None
+) -> Path:
     """Kernel A's initrd: the userspace, then the origin layer (kernel B's
-    bzImage and initrd under /boot, and busctl)."""
+    bzImage and initrd under /boot, and busctl). B's initrd is the lab
+    userspace itself (saver.sh), or `saver_initrd`: the product's, as
+    `kexechibctl saver build` writes it (`saver_build`). `window` replaces
+    /etc/kexechibd.conf with one that gives B that window (a later archive's
+    file replaces an earlier one's when the kernel unpacks them)."""
     userspace = lab_userspace()
+    b_initrd = userspace if saver_initrd is None else saver_initrd
     busctl = Path("/usr/bin/busctl")
     if not busctl.exists():
         raise UserspaceError("busctl is missing (apt-get install systemd)")
@@ -463,6 +376,8 @@ def origin_initrd(saver_kernel: Path) -> Path:
         [
             f"recipe {RECIPE} origin".encode(),
             userspace.name.encode(),
+            hashlib.sha256(b_initrd.read_bytes()).digest(),
+            f"window {window}".encode(),
             hashlib.sha256(saver_kernel.read_bytes()).digest(),
             _stat_id(busctl),
             *(_stat_id(p) for p in libs),
@@ -473,11 +388,26 @@ def origin_initrd(saver_kernel: Path) -> Path:
         yield userspace.read_bytes()
         layer = Cpio()
         layer.host_file(f"lab{SAVER_KERNEL}", saver_kernel, 0o644)
-        layer.host_file(f"lab{SAVER_INITRD}", userspace, 0o644)
-        add_programs(layer, {"usr/bin/busctl": busctl})
+        layer.host_file(f"lab{SAVER_INITRD}", b_initrd, 0o644)
+        if window is not None:
+            layer.file("lab/etc/kexechibd.conf", lab_config(window=window).encode())
+        add_programs(layer, {"usr/bin/busctl": busctl}, "lab")
         yield layer.to_bytes()
 
     return _cached("origin", key, build)
+
+
+def saver_build(kernel: Path, output: Path) -> Path:
+    """Kernel B's initramfs as the product builds it (`kexechibctl saver
+    build`), on the host, for the lab kernel `kernel`: from the host's
+    python3 and Debian packages, which are the guest userspace's too. Its
+    manifest names the checkout's kexechibd, which the guest's A runs."""
+    from kexechibd.bootproto import kernel_banner
+    from kexechibd.initramfs.build import build
+
+    banner = kernel_banner(kernel.read_bytes()[: 64 << 10])
+    build(output, release=banner.split()[0], kernel=kernel, image_location=Path(IMAGE_DEVICE))
+    return output
 
 
 def image_disk(path: Path, size_mib: int = 768) -> Path:
@@ -499,13 +429,15 @@ def _script_guest(
     memory_mib: int,
     timeout: float,
     params: str = "",
+    saver_initrd: Path | None = None,
+    window: str | None = None,
 ) -> GuestSpec:
     """A guest that runs one of kexechibd/lab/guest/'s scripts from the
     initramfs, with the Linux backend enabled and `disk` as /dev/vda."""
     return GuestSpec(
         command="",
         kernel=kernel,
-        initrd=origin_initrd(kernel),
+        initrd=origin_initrd(kernel, saver_initrd, window),
         memory_mib=memory_mib,
         append=" ".join(
             p
@@ -544,19 +476,25 @@ def cycle_guest(
     client: str = "busctl",
     memory_mib: int = 512,
     timeout: float = 600,
+    saver_initrd: Path | None = None,
+    window: str | None = None,
+    disk_mib: int = 768,
 ) -> GuestSpec:
     """Kernel A of the hibernate cycle (kexechibd/lab/guest/cycle.sh) with a
     fresh image disk in `workdir`: `cycle` is poweroff, checkpoint or cancel,
     `client` busctl or kexechibctl. A poweroff cycle ends with B powering
-    off; `restorer_guest` then boots C on the same disk."""
+    off; `restorer_guest` then boots C on the same disk. B boots the lab
+    userspace (saver.sh) or `saver_initrd` (the product's)."""
     return _script_guest(
         kernel,
         "cycle.sh",
-        image_disk(workdir / "image-disk.raw"),
+        image_disk(workdir / "image-disk.raw", disk_mib),
         name=f"a-{cycle}",
         memory_mib=memory_mib,
         timeout=timeout,
         params=f"kexechib.lab.cycle={cycle} kexechib.lab.client={client}",
+        saver_initrd=saver_initrd,
+        window=window,
     )
 
 

@@ -216,6 +216,17 @@ async def test_hibernate_belongs_to_the_origin(engine):
     assert engine.operations == []
 
 
+async def test_a_missing_or_stale_saver_initramfs_refuses_hibernate_before_the_engine(engine):
+    problem = "kernel B's initramfs /x is missing; build it with `kexechibctl saver build`"
+    manager = Manager(engine, RoleDecision(Role.ORIGIN, "test"), saver_problems=lambda: [problem])
+    assert await manager.hibernate_unavailable() == problem
+    with pytest.raises(NotSupported, match="kexechibctl saver build"):
+        await manager.hibernate(HibernateOptions(mode=Mode.CHECKPOINT))
+    assert engine.calls == []
+    fine = Manager(engine, RoleDecision(Role.ORIGIN, "test"), saver_problems=lambda: [])
+    assert await fine.hibernate_unavailable() == ""
+
+
 async def test_a_checkpoint_needs_kexec_jump_but_not_staged_loads(engine):
     # A mainline kernel with kexec jump: B saves and jumps back; only a later
     # resume in C would need staged loads (the engine decides the same way).

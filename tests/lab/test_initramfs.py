@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from kexechibd.lab.initramfs import Cpio, init_script, shared_libraries
+from kexechibd.initramfs.archive import Cpio, shared_libraries
+from kexechibd.lab.initramfs import init_script
 
 
 def test_newc_archive_lists_entries_with_types_and_parents(tmp_path: Path) -> None:

@@ -11,16 +11,10 @@ from pathlib import Path
 import pytest
 
 from kexechibd import config
+from kexechibd.initramfs.archive import Cpio
+from kexechibd.initramfs.python import PYC_TAG, guest_module
 from kexechibd.lab import GuestResult, LogLine
-from kexechibd.lab.initramfs import Cpio
-from kexechibd.lab.userspace import (
-    PYC_TAG,
-    STDLIB,
-    _cached,
-    _guest_module,
-    bus_config,
-    lab_config,
-)
+from kexechibd.lab.userspace import STDLIB, _cached, bus_config, lab_config
 
 
 def test_lab_config_drives_the_linux_backend_without_enabling_real_kexec(tmp_path: Path) -> None:
@@ -43,7 +37,7 @@ def test_the_bus_includes_kexechibd_s_policy_directory() -> None:
 
 
 def test_debian_modules_go_in_compiled_where_debian_compiled_them() -> None:
-    name, host = _guest_module(STDLIB / "os.py")
+    name, host = guest_module(STDLIB / "os.py")
     assert name == "usr/lib/python3.11/os.pyc"
     assert host == STDLIB / "__pycache__" / f"os.{PYC_TAG}.pyc"
 
@@ -51,7 +45,7 @@ def test_debian_modules_go_in_compiled_where_debian_compiled_them() -> None:
 def test_a_module_without_a_compiled_form_goes_in_as_source(tmp_path: Path) -> None:
     source = tmp_path / "module.py"
     source.write_text("x = 1\n")
-    assert _guest_module(source) == (str(source).lstrip("/"), source)
+    assert guest_module(source) == (str(source).lstrip("/"), source)
 
 
 def test_archive_entries_keep_the_host_file_s_mtime(tmp_path: Path) -> None:
