@@ -39,6 +39,7 @@ from kexechibd.kernel.abi import KernelError
 
 if TYPE_CHECKING:
     from kexechibd.cycle.engine import EngineSettings
+    from kexechibd.image import ImageStore
 
 log = logging.getLogger("kexechibd.main")
 
@@ -62,14 +63,23 @@ class Runtime:
     # Why kernel B's initramfs cannot serve (kexechibd.initramfs.check);
     # none: not checked (the machine model, and tests' stand-in engines).
     saver_problems: Callable[[], Sequence[str]] | None = None
+    # kexechibd --initramfs: the image is reached through the resume record
+    # (the engine's store), not through a filesystem.
+    in_initramfs: bool = False
 
 
-RuntimeFactory = Callable[[Config], Runtime]
+RuntimeFactory = Callable[..., Runtime]  # (config, image_store=None)
+
+# How long --initramfs waits for the image's device (udev has settled and
+# the root device has appeared by local-premount; a separate disk may lag).
+INITRAMFS_DEVICE_WAIT = 10.0
 
 
-def engine_settings(config: Config) -> EngineSettings:
-    """What the engine takes from the configuration."""
+def engine_settings(config: Config, image_store: ImageStore | None = None) -> EngineSettings:
+    """What the engine takes from the configuration (and, in Debian's
+    initramfs, the image store the resume record leads to)."""
     from kexechibd.cycle.engine import EngineSettings
+    from kexechibd.initramfs.record import INSTALLED_INITRAMFS
 
     kernel, initrd = config.saver.files(os.uname().release)
     return EngineSettings(
@@ -83,10 +93,14 @@ def engine_settings(config: Config) -> EngineSettings:
         window_start=config.saver.window.start,
         window_size=config.saver.window.size,
         low_memory=config.saver.low_memory,
+        image_store=image_store,
+        next_initramfs=INSTALLED_INITRAMFS,
     )
 
 
-def open_runtime(config: Config) -> Runtime:  # pragma: no cover - needs the real backends
+def open_runtime(
+    config: Config, image_store: ImageStore | None = None
+) -> Runtime:  # pragma: no cover - needs the real backends
     # Imported here: the engine and the backends are heavy, and the D-Bus
     # shell is tested (and kexechibctl works) without them.
     from kexechibd.cycle.engine import KexecEngine
@@ -94,7 +108,7 @@ def open_runtime(config: Config) -> Runtime:  # pragma: no cover - needs the rea
 
     kernel = open_kernel(config)
     problems = None
-    if config.daemon.backend == "linux":
+    if config.daemon.backend == "linux" and image_store is None:
         from kexechibd.initramfs.check import check_saver
 
         saver_kernel, saver_initrd = config.saver.files(os.uname().release)
@@ -103,10 +117,11 @@ def open_runtime(config: Config) -> Runtime:  # pragma: no cover - needs the rea
             return check_saver(saver_kernel, saver_initrd).problems
 
     return Runtime(
-        KexecEngine(engine_settings(config), kernel),
+        KexecEngine(engine_settings(config, image_store), kernel),
         kernel.cmdline(),
         kernel.identity().boot_id,
         problems,
+        in_initramfs=image_store is not None,
     )
 
 
@@ -289,6 +304,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "resume the image in a restorer boot, nothing in A",
     )
     parser.add_argument(
+        "--initramfs",
+        action="store_true",
+        help="--oneshot in Debian's initramfs (scripts/local-premount/kexechib): find the "
+        "image through the hook's resume record by block address, before any filesystem "
+        "is mounted; no bus, no journal, messages on the console",
+    )
+    parser.add_argument(
         "--check",
         action="store_true",
         help="decide the role and what this kernel supports, tell logind (the sleep.conf "
@@ -312,8 +334,19 @@ def main(
         return EXIT_CONFIG
     if not args.debug:
         logging.getLogger("kexechibd").setLevel(logs.LEVELS[config.daemon.log_level])
+    image_store = None
+    if args.initramfs:
+        args.oneshot = True
+        found = early_image_store(config)
+        if found is None:
+            return EXIT_OK
+        image_store = found
     try:
-        runtime = runtime_factory(config)
+        runtime = (
+            runtime_factory(config, image_store=image_store)
+            if image_store is not None
+            else runtime_factory(config)
+        )
     except ImportError as e:
         log.error("the engine or the kernel backends are missing from this installation: %s", e)
         return EXIT_FAILURE
@@ -322,7 +355,9 @@ def main(
         return EXIT_FAILURE
     # Only a daemon that drives this machine's kernel speaks for it to logind
     # (not the model's, nor a test's stand-in engine).
-    sleep_conf = sleepconf.RUNTIME_PATH if runtime.engine.backend == "linux" else None
+    # (nor one in the initramfs: the booted system's kexechib-resume.service does)
+    speaks = runtime.engine.backend == "linux" and not runtime.in_initramfs
+    sleep_conf = sleepconf.RUNTIME_PATH if speaks else None
     return asyncio.run(
         Daemon(
             runtime,
@@ -333,6 +368,31 @@ def main(
             sleep_conf=sleep_conf,
         ).run()
     )
+
+
+def early_image_store(config: Config) -> ImageStore | None:
+    """``--initramfs``: the store the resume record leads to, or None (and a
+    line on the console when there is something to say) when there is none
+    to look at: the boot goes on."""
+    from kexechibd.image.meta import ImageError
+    from kexechibd.initramfs import record
+
+    try:
+        found = record.load()
+        if found is None:
+            log.info("no resume record in this initramfs: nothing to resume")
+            return None
+        if found.location != str(config.image.location):
+            say(
+                f"kexechib: this initramfs records the image at {found.location}, but the "
+                f"configuration names {config.image.location}; looking at neither (run "
+                f"`{record.UPDATE_COMMAND}`)"
+            )
+            return None
+        return record.store(found, wait=INITRAMFS_DEVICE_WAIT)
+    except ImageError as e:
+        say(f"kexechib: cannot look for an image: {e}; booting normally")
+        return None
 
 
 def say(message: str) -> None:
@@ -378,7 +438,9 @@ class Daemon:
     async def start_manager(self) -> Manager:
         engine = self._runtime.engine
         location = Path(engine.image_location)
-        if await asyncio.to_thread(os.path.lexists, location):
+        # In the initramfs the location's filesystem is not mounted: the
+        # engine reaches the image by block address.
+        if self._runtime.in_initramfs or await asyncio.to_thread(os.path.lexists, location):
             image = ImageState.from_inspect(await asyncio.to_thread(engine.inspect, location))
         else:
             image = ImageState(ImageVerdict.ABSENT)
