@@ -391,9 +391,6 @@ class KexecEngine:
         store = self._store(image)
         if self._boots_this_machine:
             # A real A: its disks must be as it left them (DESIGN §6.4).
-            refusal = mounts.resume_refusal(await asyncio.to_thread(mounts.read_mounts))
-            if refusal:
-                raise NotSupported(f"cannot resume {image}: {refusal}")
             if isinstance(store, ExtentImageStore) and store.extents is None:
                 raise NotSupported(
                     f"cannot resume {image}: this boot reached the image file through its "
@@ -404,6 +401,9 @@ class KexecEngine:
                     f"`{record.UPDATE_COMMAND}`). The image is left in place "
                     "(kexechibctl image discard)"
                 )
+            refusal = mounts.resume_refusal(await asyncio.to_thread(mounts.read_mounts))
+            if refusal:
+                raise NotSupported(f"cannot resume {image}: {refusal}")
         observer.set_state(State.LOADING)
         await asyncio.to_thread(self._load_image, store, options, observer, cancel)
         if options.load_only:

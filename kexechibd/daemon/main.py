@@ -70,6 +70,11 @@ class Runtime:
 
 RuntimeFactory = Callable[..., Runtime]  # (config, image_store=None)
 
+# Written by scripts/local-premount/kexechib after kexechibd --initramfs
+# returned (nothing was jumped to); initramfs-tools moves /run into the booted
+# system, where kexechib-resume.service finds it.
+INITRAMFS_RAN = Path("/run/kexechib/initramfs-ran")
+
 # How long --initramfs waits for the image's device (udev has settled and
 # the root device has appeared by local-premount; a separate disk may lag).
 INITRAMFS_DEVICE_WAIT = 10.0
@@ -418,8 +423,10 @@ class Daemon:
         handle_signals: bool = True,
         config: Config | None = None,
         sleep_conf: Path | None = None,
+        initramfs_ran: Path | None = None,
     ) -> None:
         self._runtime = runtime
+        self._initramfs_ran = INITRAMFS_RAN if initramfs_ran is None else initramfs_ran
         self._sleep_conf = sleep_conf
         self._config = Config() if config is None else config
         self._bus_address = bus_address
@@ -585,6 +592,19 @@ class Daemon:
                     "place (kexechibctl image verify / discard)"
                 )
             log.info("nothing to do: %s", manager.decision.reason)
+            return EXIT_OK
+        if (
+            manager.role is Role.RESTORER
+            and not self._runtime.in_initramfs
+            and await asyncio.to_thread(self._initramfs_ran.exists)
+        ):
+            # The initramfs looked at the image before the root was mounted
+            # and said why it did not resume it; now it is too late to.
+            say(
+                f"kexechib: the initramfs did not resume the image at {engine.image_location} "
+                "(its message is above); it is left in place: reboot to try again, or "
+                "`kexechibctl image discard` it"
+            )
             return EXIT_OK
         if manager.role is Role.RESTORER and cmdline.noresume(self._runtime.cmdline):
             say(
