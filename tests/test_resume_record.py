@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -135,3 +136,17 @@ def test_a_plain_file_gets_no_record(ext4: Mounted) -> None:  # noqa: F811
     plain.write_bytes(bytes(4096))
     with pytest.raises(ImageError, match="neither a block device nor a prepared image file"):
         record.make(plain)
+
+
+def test_a_file_is_recorded_by_its_filesystem_uuid_even_before_udev_made_the_link(
+    prepared: Path,  # noqa: F811
+) -> None:
+    # This machine has no /dev/disk links at all; Debian's initramfs will.
+    made = record.make(prepared, links_root=Path("/nonexistent"))
+    uuid = subprocess.run(
+        ["blkid", "-p", "-o", "value", "-s", "UUID", f"/dev/{made.device_name}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    assert made.links[0] == f"/nonexistent/by-uuid/{uuid}"

@@ -30,6 +30,7 @@ import json
 import lzma
 import os
 import stat
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -181,6 +182,40 @@ def device_links(rdev: int, root: Path = DISK_LINKS) -> tuple[str, ...]:
     return tuple(out)
 
 
+# blkid's names for what udev's by-* links are made from.
+_PROBED = (
+    ("UUID", "by-uuid"),
+    ("PART_ENTRY_UUID", "by-partuuid"),
+    ("PART_ENTRY_NAME", "by-partlabel"),
+)
+
+
+def probed_links(node: Path, links_root: Path = DISK_LINKS) -> tuple[str, ...]:
+    """The by-uuid/-partuuid/-partlabel links udev would make for ``node``,
+    from what ``blkid -p`` reads on it: for a system (or a boot) where udev
+    has made none yet."""
+    done = subprocess.run(
+        ["blkid", "-p", "-o", "export", str(node)], capture_output=True, text=True, check=False
+    )
+    found = dict(line.split("=", 1) for line in done.stdout.splitlines() if "=" in line)
+    return tuple(
+        str(links_root / kind / found[key].replace("/", "\\x2f"))
+        for key, kind in _PROBED
+        if found.get(key)
+    )
+
+
+def _links(rdev: int, name: str, links_root: Path) -> tuple[str, ...]:
+    seen = device_links(rdev, links_root)
+    extra = [link for link in probed_links(Path("/dev") / name, links_root) if link not in seen]
+    return tuple(sorted((*seen, *extra), key=_rank))
+
+
+def _rank(link: str) -> int:
+    kind = Path(link).parent.name
+    return LINK_DIRECTORIES.index(kind) if kind in LINK_DIRECTORIES else len(LINK_DIRECTORIES)
+
+
 def make(location: Path, links_root: Path = DISK_LINKS) -> Record:
     """The record for the image at ``location``: a block device, or a
     prepared file (mapped now). Raises ImageError when it is neither."""
@@ -193,7 +228,7 @@ def make(location: Path, links_root: Path = DISK_LINKS) -> Record:
         return Record(
             str(location),
             "device",
-            device_links(st.st_rdev, links_root),
+            _links(st.st_rdev, name, links_root),
             os.major(st.st_rdev),
             os.minor(st.st_rdev),
             name,
@@ -208,7 +243,7 @@ def make(location: Path, links_root: Path = DISK_LINKS) -> Record:
     return Record(
         str(location),
         "file",
-        device_links(mapped.rdev, links_root),
+        _links(mapped.rdev, mapped.device_name, links_root),
         mapped.major,
         mapped.minor,
         mapped.device_name,
