@@ -113,7 +113,9 @@ class Tree:
         name = name.strip("/")
         self.names.add(name)
         target = self.root / name
-        target.parent.mkdir(parents=True, exist_ok=True)
+        # realpath: through the tree's own symlinks (lib -> usr/lib) even
+        # before what they point to exists
+        os.makedirs(os.path.realpath(target.parent), exist_ok=True)
         return target
 
     def directory(self, name: str, mode: int = 0o755) -> None:
