@@ -166,8 +166,9 @@ roles:
     saver (B)     kexechib.role=save and kexec_jump_back_entry=0x... are on
                   the kernel command line; it saves A at once.
     restorer (C)  a valid image of an earlier boot is at [image] location;
-                  it resumes it with --oneshot (kexechib-resume.service) or
-                  on request (Resume).
+                  it resumes it from Debian's initramfs with --initramfs
+                  (scripts/local-premount/kexechib), before the root
+                  filesystem is checked or mounted.
     origin (A)    otherwise: the user's system, which may Hibernate.
 
 kernel command line:
@@ -241,9 +242,17 @@ files:
 systemd units:
   kexechibd.service        this daemon, started by bus activation (or at boot
                            when enabled)
-  kexechib-resume.service  early boot: kexechibd --oneshot resumes an image of
-                           an earlier boot before anything is mounted
-                           read-write
+  kexechib-resume.service  early boot: kexechibd --oneshot tells logind whether
+                           it can hibernate; reports an image the initramfs
+                           left in place; without the initramfs hook, resumes
+                           an image on a raw partition before anything is
+                           mounted read-write
+  /usr/share/initramfs-tools/hooks/kexechibd,
+  /usr/share/initramfs-tools/scripts/local-premount/kexechib
+                           put python3, kexechibd and the resume record into
+                           Debian's initramfs and resume from it (kexechibd
+                           --initramfs); run `update-initramfs -u` after the
+                           image location changes
   kexechib-save.target, kexechib-save.service
                            what a systemd kernel B boots into
                            (systemd.unit=kexechib-save.target): kexechibd

@@ -15,17 +15,20 @@ Debian guest's kernel/lab.config does); otherwise the test is skipped.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from kexechibd.image import prepare_image_file
+from kexechibd.image import ExtentImageStore, prepare_image_file
+from kexechibd.image.blockstore import SlotLayout
 from kexechibd.initramfs import record
 from kexechibd.initramfs.archive import Tree, add_programs
 from kexechibd.lab import lab_kernel
 from kexechibd.lab.qemu import GuestSpec, run_guest
+from tests.test_image_blockstore import save
 from tests.test_image_extent_store import Mounted, ext4  # noqa: F401 (fixture)
 from tests.test_initramfs_hook import mkinitramfs
 
@@ -49,7 +52,23 @@ def kernel_with_ext4() -> Path:
     return kernel
 
 
-def boot(tmp_path: Path, fs: Mounted, append: str) -> str:
+def put_image(image: Path, kind: str) -> None:
+    """An image in the prepared file, written by block address as B writes:
+    ``valid`` (committed, made by another boot), ``foreign`` (the same: its
+    machine id is not the guest's, so the resume itself refuses it),
+    ``damaged`` (its header corrupted after the commit)."""
+    store = ExtentImageStore(image)
+    save(store, 1)
+    if kind == "damaged":
+        (slot,) = [r.slot for r in store.records() if r is not None and r.sequence > 0]
+        start = SlotLayout.for_device(image.stat().st_size).offset(slot)
+        with open(image, "r+b") as f:
+            f.seek(start + 64)
+            f.write(b"\xff" * 16)
+            os.fsync(f.fileno())
+
+
+def boot(tmp_path: Path, fs: Mounted, append: str, image_kind: str | None) -> str:
     kernel = kernel_with_ext4()
     root = Tree(fs.where)
     for top in ("bin", "sbin", "lib", "lib64"):
@@ -60,6 +79,8 @@ def boot(tmp_path: Path, fs: Mounted, append: str) -> str:
     root.file("usr/sbin/init", INIT.encode(), 0o755)
     image = fs.where / "image"
     prepare_image_file(image, 8 << 20)
+    if image_kind:
+        put_image(image, image_kind)
     config = tmp_path / "kexechibd.conf"
     config.write_text(f"[image]\nlocation = {image}\n")
     initrd = mkinitramfs(tmp_path, config)
@@ -85,14 +106,33 @@ def boot(tmp_path: Path, fs: Mounted, append: str) -> str:
     return log
 
 
-@pytest.mark.parametrize("append", ["", "kexechib.noresume"], ids=["no-image", "noresume"])
+@pytest.mark.parametrize(
+    ("append", "image_kind", "said"),
+    [
+        ("", None, "kexechibd: INFO: nothing to do: no image"),
+        ("kexechib.noresume", "valid", "kexechib: noresume given; the image at "),
+        ("", "foreign", "refusing to resume another machine's memory"),
+        ("", "damaged", "cannot be resumed ("),
+    ],
+    ids=["no-image", "noresume", "foreign-image", "damaged-image"],
+)
 def test_the_debian_initramfs_with_our_script_reaches_the_root(
     tmp_path: Path,
     ext4: Mounted,  # noqa: F811
     append: str,
+    image_kind: str | None,
+    said: str,
 ) -> None:
-    log = boot(tmp_path, ext4, append)
+    log = boot(tmp_path, ext4, append, image_kind)
+    assert said in log, log[-4000:]
+    # local-premount runs before the root is checked and mounted
+    assert log.index(said) < log.index("EXT4-fs (vda): mounted filesystem"), log[-4000:]
     assert "ROOT-INIT: reached the root filesystem" in log, log[-4000:]
-    assert "ROOT-INIT: kexechibd --initramfs exited 0" in log, log[-4000:]
-    assert "role origin: no image" in log, log[-4000:]
+    status = "1" if image_kind == "foreign" else "0"
+    assert f"ROOT-INIT: kexechibd --initramfs exited {status}" in log, log[-4000:]
     assert "ROOT-MOUNT: /dev/vda / ext4 ro" in log, log[-4000:]
+    if image_kind in ("valid", "foreign"):
+        # left in place, still resumable
+        subprocess.run(["mount", "-o", "ro", str(ext4.disk.loop), str(ext4.where)], check=True)
+        with ExtentImageStore(ext4.where / "image").open() as reader:
+            assert reader.summary.state == "committed"
