@@ -36,13 +36,16 @@ pytestmark = pytest.mark.lab
 
 INIT = """#!/bin/sh
 echo "ROOT-INIT: reached the root filesystem"
-while read -r line; do echo "ROOT-MOUNT: $line"; done < /proc/self/mounts
 if [ -e /run/kexechib/initramfs-ran ]; then
 	read -r status < /run/kexechib/initramfs-ran
 	echo "ROOT-INIT: kexechibd --initramfs exited $status"
 fi
+while read -r line; do echo "ROOT-MOUNT: $line"; done < /proc/self/mounts
+# The console drains asynchronously: give it time before init's exit panics.
+i=0
+while [ $i -lt 200000 ]; do i=$((i + 1)); done
+echo "ROOT-INIT: done"
 """
-
 
 def kernel_with_ext4() -> Path:
     kernel = lab_kernel(build=False)
@@ -131,6 +134,7 @@ def test_the_debian_initramfs_with_our_script_reaches_the_root(
     status = "1" if image_kind == "foreign" else "0"
     assert f"ROOT-INIT: kexechibd --initramfs exited {status}" in log, log[-4000:]
     assert "ROOT-MOUNT: /dev/vda / ext4 ro" in log, log[-4000:]
+    assert "ROOT-INIT: done" in log, log[-4000:]
     if image_kind in ("valid", "foreign"):
         # left in place, still resumable
         subprocess.run(["mount", "-o", "ro", str(ext4.disk.loop), str(ext4.where)], check=True)
