@@ -20,7 +20,7 @@ import pytest
 import zstandard
 
 from kexechibd import cpio
-from kexechibd.initramfs import record
+from kexechibd.initramfs import hook, record
 from tests.test_image_extent_store import Mounted, ext4, prepared  # noqa: F401 (fixtures)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -123,3 +123,15 @@ def test_without_an_image_location_the_hook_records_nothing(tmp_path: Path) -> N
     files = entries(mkinitramfs(tmp_path, config))
     assert record.PATH not in files
     assert "scripts/local-premount/kexechib" in files
+
+
+def test_a_broken_configuration_leaves_the_initramfs_build_going_without_a_record(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "kexechibd.conf"
+    config.write_text("[image]\nno_such_setting = 1\n")
+    destdir = tmp_path / "destdir"
+    destdir.mkdir()
+    assert hook.main([str(destdir), str(config)]) == 0
+    assert "kexechibd: W: not added to the initramfs" in capsys.readouterr().err
+    assert not (destdir / record.PATH).exists()

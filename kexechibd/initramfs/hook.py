@@ -13,12 +13,15 @@ before the root filesystem is checked or mounted (DESIGN §1.4, §6.4):
   initramfs resumes nothing, and ``Hibernate`` refuses until
   ``update-initramfs -u`` records one.
 
-It fails the initramfs build only when kexechibd itself cannot be put in
-(a broken installation); a missing image location is a warning.
+It never fails the initramfs build: a broken kexechibd must not stop a
+kernel upgrade or leave the system without a bootable initramfs.  On any
+failure it says why and records nothing (the record is written last), so
+the script in local-premount does nothing and ``Hibernate`` refuses.
 """
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 
@@ -62,12 +65,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         said = add(Path(args[0]), Path(args[1]) if len(args) == 2 else None)
-    except ConfigError as e:
-        print(f"kexechibd: {e}", file=sys.stderr)
-        return 1
-    except (KexechibError, OSError) as e:
-        print(f"kexechibd: cannot add kexechibd to the initramfs: {e}", file=sys.stderr)
-        return 1
+    except (ConfigError, KexechibError, OSError, subprocess.CalledProcessError) as e:
+        print(
+            f"kexechibd: W: not added to the initramfs, which will resume nothing: {e}",
+            file=sys.stderr,
+        )
+        return 0
     print(f"kexechibd: {said}", file=sys.stderr)
     return 0
 
