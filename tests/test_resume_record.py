@@ -150,3 +150,10 @@ def test_a_file_is_recorded_by_its_filesystem_uuid_even_before_udev_made_the_lin
         check=True,
     ).stdout.strip()
     assert made.links[0] == f"/nonexistent/by-uuid/{uuid}"
+
+
+def test_the_next_boot_is_not_checked_without_an_initramfs_file(
+    tmp_path: Path,
+    prepared: Path,  # noqa: F811
+) -> None:
+    assert record.next_boot_problems(prepared, tmp_path / "initrd.img-x") is None

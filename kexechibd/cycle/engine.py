@@ -361,16 +361,13 @@ class KexecEngine:
         if not self._boots_this_machine or self.settings.next_initramfs is None:
             return
         path = Path(self.settings.next_initramfs.format(release=self.kernel.identity().release))
-        if not path.exists():
-            log.info("not checking the next boot's resume record: no %s", path)
-            return
         try:
-            installed = record.read_from_initramfs(path)
-            current = record.make(location)
+            problems = record.next_boot_problems(location, path)
         except ImageError as exc:
             raise NotSupported(f"cannot check what the next boot resumes: {exc}") from None
-        problems = record.problems(installed, current, str(path))
-        if problems:
+        if problems is None:
+            log.info("not checking the next boot's resume record: no %s", path)
+        elif problems:
             raise NotSupported("; ".join(problems))
 
     async def _jump_to(self, entry: int) -> None:

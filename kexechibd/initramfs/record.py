@@ -254,6 +254,16 @@ def make(location: Path, links_root: Path = DISK_LINKS) -> Record:
     )
 
 
+def next_boot_problems(location: Path, initramfs: Path) -> list[str] | None:
+    """Why the initramfs at ``initramfs`` would not find the image at
+    ``location`` (``problems``); None when there is no initramfs there (a
+    machine booted without one, or from elsewhere: not checked).  Raises
+    ImageError when either cannot be read."""
+    if not initramfs.exists():
+        return None
+    return problems(read_from_initramfs(initramfs), make(location), str(initramfs))
+
+
 # ===========================================================================
 # Reading the record in the initramfs
 # ===========================================================================

@@ -47,6 +47,7 @@ while [ $i -lt 200000 ]; do i=$((i + 1)); done
 echo "ROOT-INIT: done"
 """
 
+
 def kernel_with_ext4() -> Path:
     kernel = lab_kernel(build=False)
     config = kernel.parent / "config"
