@@ -297,3 +297,16 @@ def test_status_says_where_b_s_initramfs_is_missing_and_what_builds_it(tmp_path:
     line = summary(conf)
     assert f"{tmp_path}/initrd.img-{os.uname().release}: missing" in line
     assert "`kexechibctl saver build`" in line
+
+
+def test_b_s_init_refuses_to_run_anywhere_but_as_pid_1() -> None:
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-c", "from kexechibd.initramfs.init import main; main()"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 1 and "only kernel B's init" in result.stderr
