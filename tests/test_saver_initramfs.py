@@ -202,8 +202,10 @@ def test_another_kexechibd_makes_it_stale_and_names_the_command() -> None:
     (problem,) = problems(
         Path("/i"), manifest(), installed(kexechibd_version="0.2.0", package_hash="other")
     )
-    assert "holds kexechibd 0.1.0 but 0.2.0 is installed" in problem
+    assert "holds kexechibd 0.1.0 but kexechibd 0.2.0 is installed" in problem
     assert "kexechibctl saver build" in problem
+    (problem,) = problems(Path("/i"), manifest(), installed(package_hash="other"))
+    assert "the installed kexechibd's files have changed since" in problem
 
 
 def test_another_kernel_release_makes_it_stale() -> None:
