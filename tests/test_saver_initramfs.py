@@ -202,8 +202,10 @@ def test_another_kexechibd_makes_it_stale_and_names_the_command() -> None:
     (problem,) = problems(
         Path("/i"), manifest(), installed(kexechibd_version="0.2.0", package_hash="other")
     )
-    assert "holds kexechibd 0.1.0 but 0.2.0 is installed" in problem
+    assert "holds kexechibd 0.1.0 but kexechibd 0.2.0 is installed" in problem
     assert "kexechibctl saver build" in problem
+    (problem,) = problems(Path("/i"), manifest(), installed(package_hash="other"))
+    assert "the installed kexechibd's files have changed since" in problem
 
 
 def test_another_kernel_release_makes_it_stale() -> None:
@@ -297,3 +299,16 @@ def test_status_says_where_b_s_initramfs_is_missing_and_what_builds_it(tmp_path:
     line = summary(conf)
     assert f"{tmp_path}/initrd.img-{os.uname().release}: missing" in line
     assert "`kexechibctl saver build`" in line
+
+
+def test_b_s_init_refuses_to_run_anywhere_but_as_pid_1() -> None:
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-c", "from kexechibd.initramfs.init import main; main()"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 1 and "only kernel B's init" in result.stderr

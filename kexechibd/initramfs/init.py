@@ -134,6 +134,8 @@ def wait_for_image_device() -> None:
 
 
 def main() -> None:
+    if os.getpid() != 1:  # never mount over a running system's /proc, /dev…
+        sys.exit("kexechib-init: only kernel B's init (PID 1) runs this")
     try:
         start_saver()
     except Exception as e:  # init must not exit: say it, and stay up

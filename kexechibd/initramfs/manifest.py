@@ -101,10 +101,11 @@ def problems(path: Path, manifest: Manifest | None, installed: Installed) -> lis
     fix = f"rebuild it with `{BUILD_COMMAND}`"
     out = []
     if manifest.package_hash != installed.package_hash:
-        out.append(
-            f"{path} holds kexechibd {manifest.kexechibd_version} but "
-            f"{installed.kexechibd_version} is installed (its files differ); {fix}"
-        )
+        if manifest.kexechibd_version != installed.kexechibd_version:
+            what = f"kexechibd {installed.kexechibd_version} is installed"
+        else:
+            what = "the installed kexechibd's files have changed since"
+        out.append(f"{path} holds kexechibd {manifest.kexechibd_version} but {what}; {fix}")
     if installed.kernel_release and manifest.kernel_release != installed.kernel_release:
         out.append(
             f"{path} was built for kernel {manifest.kernel_release} but kernel B is "
