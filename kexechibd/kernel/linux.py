@@ -81,6 +81,20 @@ def _read_text(path: Path, default: str = "") -> str:
         return default
 
 
+def parse_efi_systab_rsdp(text: str) -> int | None:
+    """The RSDP address in ``/sys/firmware/efi/systab`` (``ACPI20=0x…``
+    preferred over ``ACPI=0x…``, as the kernel prefers ACPI 2.0's table)."""
+    found = {}
+    for line in text.splitlines():
+        name, sep, value = line.partition("=")
+        if sep and name in ("ACPI20", "ACPI"):
+            try:
+                found[name] = int(value.strip(), 16)
+            except ValueError:
+                continue
+    return found.get("ACPI20") or found.get("ACPI") or None
+
+
 def parse_iomem(text: str) -> list[MemoryRange]:
     """Top-level ranges of ``/proc/iomem`` (children are indented)."""
     kinds = {k.value: k for k in MemoryKind}
@@ -248,6 +262,22 @@ class LinuxKernel:
         if len(fields) != 2:
             return None
         return int(fields[0], 16), int(fields[1], 16)
+
+    def acpi_rsdp(self) -> int | None:
+        # The kernel's own copy of its zero page has the RSDP its
+        # decompressor found (from the loader, the EFI system table or the
+        # BIOS area); kexec-tools reads it the same way.  Failing that, the
+        # EFI system table's entries as /sys/firmware/efi/systab lists them.
+        try:
+            with open(self._sys / Path(abi.BOOT_PARAMS_PATH).relative_to("/sys"), "rb") as f:
+                f.seek(abi.BOOT_PARAMS_ACPI_RSDP_ADDR)
+                raw = f.read(8)
+        except OSError:
+            raw = b""
+        if len(raw) == 8 and int.from_bytes(raw, "little"):
+            return int.from_bytes(raw, "little")
+        systab = self._sys / Path(abi.EFI_SYSTAB_PATH).relative_to("/sys")
+        return parse_efi_systab_rsdp(_read_text(systab))
 
     def identity(self) -> KernelIdentity:
         try:
