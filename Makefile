@@ -29,6 +29,9 @@ APT_PACKAGES := gcc make pkg-config libsystemd-dev python3-dev python3-venv \
 APT_PACKAGES += qemu-system-x86 libxenmisc4.17 \
 	python3-pyelftools python3-cffi python3-cffi-backend python3-pycparser python3-ply \
 	python3-zstandard python3-lz4 e2fsprogs
+# The lab's Debian guest (kexechibd/lab/debian.py): mmdebstrap builds its root
+# filesystem from the archive apt uses; ovmf is the UEFI firmware it boots with.
+APT_PACKAGES += mmdebstrap ovmf
 
 .PHONY: all setup check test lint typecheck demo demo-model bench purgatory purgatory-object \
 	install clean lab-kernel
