@@ -192,3 +192,16 @@ def test_acpi_rsdp_falls_back_to_the_efi_system_table(tmp_path: Path) -> None:
 
 def test_acpi_rsdp_is_none_when_nothing_names_it(tmp_path: Path) -> None:
     assert linux.LinuxKernel(sys=tmp_path).acpi_rsdp() is None
+
+
+def test_a_memory_map_with_hidden_addresses_is_refused_with_the_reason(tmp_path: Path) -> None:
+    # /proc/iomem as a process without CAP_SYS_ADMIN reads it (kexechibd.service).
+    proc = tmp_path / "proc"
+    proc.mkdir()
+    (proc / "iomem").write_text(
+        "00000000-00000000 : Reserved\n00000000-00000000 : System RAM\n"
+        "  00000000-00000000 : Kernel code\n"
+    )
+    kernel = linux.LinuxKernel(proc=proc, sys=tmp_path / "sys")
+    with pytest.raises(abi.KernelError, match="CONFIG_FIRMWARE_MEMMAP"):
+        kernel.memory_map()

@@ -255,7 +255,19 @@ class LinuxKernel:
         firmware = self._sys / "firmware/memmap"
         if firmware.is_dir():
             return parse_firmware_memmap(firmware)
-        return parse_iomem(_read_text(self._proc / "iomem"))
+        ranges = parse_iomem(_read_text(self._proc / "iomem"))
+        if ranges and all(r.start == 0 and r.end == 1 for r in ranges):
+            # Since 4.15 /proc/iomem shows every address as 0 to a process
+            # without CAP_SYS_ADMIN (kernel/resource.c), e.g. kexechibd.service.
+            raise abi.KernelError(
+                "read the memory map",
+                errno.EPERM,
+                "/proc/iomem hides its addresses from this process (no CAP_SYS_ADMIN) and "
+                "the kernel has no /sys/firmware/memmap",
+                "boot a kernel with CONFIG_FIRMWARE_MEMMAP=y (Debian's has it), or give "
+                "the daemon CAP_SYS_ADMIN",
+            )
+        return ranges
 
     def vmcoreinfo(self) -> tuple[int, int] | None:
         fields = _read_text(self._sys / "kernel/vmcoreinfo").split()
