@@ -36,6 +36,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -190,8 +191,10 @@ REPO = Path(__file__).resolve().parents[2]
 GUEST_SCRIPTS = Path(__file__).resolve().parent / "guest"
 # Where A's configuration finds kernel B and B's initramfs in the guest.
 SAVER_DIR = "boot/kexechib"
-# The prepared image file on A's root (kexechibctl image create, in the guest).
+# The prepared image file on A's root (kexechibctl image create): two slots,
+# each holding A's RAM outside B's window (about 830 MiB) incompressible.
 IMAGE_FILE = "/var/lib/kexechib/image"
+IMAGE_SIZE = "1800M"
 # B's window in a 1 GiB guest under OVMF: plain RAM in its memory map (OVMF's
 # own allocations sit below 16 MiB and near the top of RAM).
 WINDOW = "192M@512M"
@@ -247,6 +250,8 @@ def guest_files(root: Path, kernel: Path, *, config: str | None = None) -> None:
             shutil.copy2(path, lib / path.name)
     units = root / "etc/systemd/system"
     shutil.copy2(lib / "kexechib-lab-probe.service", units)
+    (units / "kexechibd.service.d").mkdir(exist_ok=True)
+    shutil.copy2(lib / "kexechibd-lab.conf", units / "kexechibd.service.d/lab.conf")
     wants = units / "multi-user.target.wants"
     wants.mkdir(exist_ok=True)
     (wants / "kexechib-lab-probe.service").symlink_to("../kexechib-lab-probe.service")
@@ -290,16 +295,53 @@ def _overlay(lower: Path, workdir: Path) -> Iterator[Path]:
             shutil.rmtree(path, ignore_errors=True)
 
 
+def prepare_image(disk: Path, size: str = IMAGE_SIZE) -> None:
+    """`kexechibctl image create` of the image file on the disk, run on the
+    host with the disk loop-mounted: the guest wrote the 1.8 GB of zeros at
+    about 9 MB/s under TCG (211 s), the host in seconds. The file is the
+    same (FIEMAP offsets on a loop device are offsets in the disk file); A
+    maps it again right before it loads B."""
+    mount = disk.parent / "image-mount"
+    mount.mkdir(exist_ok=True)
+    _run(["mount", "-o", "loop", str(disk), str(mount)])
+    try:
+        target = mount / IMAGE_FILE.lstrip("/")
+        target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _run(
+            [
+                sys.executable,
+                "-c",
+                "import sys; from kexechibd.ctl.main import main; sys.exit(main())",
+                "image",
+                "create",
+                str(target),
+                "--size",
+                size,
+            ]
+        )
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
+        mount.rmdir()
+
+
 def debian_disk(
-    workdir: Path, kernel: Path, *, size: str = "4G", config: str | None = None
+    workdir: Path,
+    kernel: Path,
+    *,
+    size: str = "4G",
+    config: str | None = None,
+    image: bool = True,
 ) -> Path:
     """A fresh raw ext4 disk (`workdir/root.img`) with the cached tree, the
-    product and the lab's files: the Debian guest's /dev/vda."""
+    product and the lab's files: the Debian guest's /dev/vda; with `image`,
+    the prepared image file in it too (`prepare_image`)."""
     disk = workdir / "root.img"
     with _overlay(debian_rootfs(), workdir) as tree:
         install_product(tree)
         guest_files(tree, kernel, config=config)
         _run(["mkfs.ext4", "-q", "-F", "-L", "root", "-d", str(tree), str(disk), size])
+    if image:
+        prepare_image(disk)
     return disk
 
 
@@ -345,6 +387,41 @@ class DebianCycle:
     resume: GuestResult | None  # QEMU 2: C boots the disk, resumes A; A powers off
     fsck_status: int | None  # `e2fsck -fn` of the root after QEMU 2, on the host
     fsck_output: str
+    disk: Path
+
+    def times(self) -> list[tuple[str, float]]:
+        """(phase, host seconds) from the consoles' timestamps."""
+        out: list[tuple[str, float]] = []
+
+        def add(name: str, start: float | None, end: float | None) -> None:
+            if start is not None and end is not None:
+                out.append((name, round(end - start, 1)))
+
+        one, two = self.hibernate, self.resume
+        call = _seen(one, "KEXECHIB-LAB a-hibernate")
+        b_init = _seen(one, "kexechib.lab.root=none", start=call)
+        committed = _seen(one, "image committed")
+        add("A: QEMU start -> multi-user (probe starts)", 0.0, _seen(one, "KEXECHIB-LAB init"))
+        add("A: Hibernate call -> B's kernel starts", call, b_init)
+        add("B: boot, bus, kexechibd, save -> committed", b_init, committed)
+        add("hibernate: call -> QEMU gone (power off)", call, one.wall_seconds)
+        if two is not None:
+            service = _seen(two, "Starting kexechib-resume")
+            add("C: QEMU start -> kexechib-resume starts", 0.0, service)
+            add("C: resume service -> jump into A", service, _seen(two, "Starting new kernel"))
+            add("resume: QEMU start -> the call returns in A", 0.0, _seen(two, "a-back"))
+        return out
+
+
+def _seen(result: GuestResult, text: str, start: float | None = None) -> float | None:
+    return next(
+        (
+            line.seconds
+            for line in result.lines
+            if text in line.text and (start is None or line.seconds >= start)
+        ),
+        None,
+    )
 
 
 def fsck(disk: Path) -> tuple[int, str]:
@@ -353,6 +430,13 @@ def fsck(disk: Path) -> tuple[int, str]:
         ["e2fsck", "-fn", str(disk)], capture_output=True, text=True, check=False
     )
     return result.returncode, result.stdout + result.stderr
+
+
+def read_file(disk: Path, path: str) -> bytes:
+    """A file of the powered-off guest's root, read on the host (debugfs)."""
+    return subprocess.run(
+        ["debugfs", "-R", f"cat {path}", str(disk)], capture_output=True, check=True
+    ).stdout
 
 
 def journal(disk: Path, *args: str) -> str:
@@ -394,8 +478,9 @@ async def debian_cycle(
     )
     async with Guest(first_spec, workdir / "qemu-1", on_line=relay_lines(on_line, "1")) as guest:
         first = await guest.wait()
-    if first.timed_out:
-        return DebianCycle(first, None, None, "")
+    if first.timed_out or first.exit_status is not None:
+        # A's script ended in QEMU 1: A never hibernated, nothing to resume.
+        return DebianCycle(first, None, None, "", disk)
     second_spec = debian_guest(
         disk,
         f". /{GUEST_LIB}/lab.sh; say c-boots-on",
@@ -407,4 +492,4 @@ async def debian_cycle(
     async with Guest(second_spec, workdir / "qemu-2", on_line=relay_lines(on_line, "2")) as guest:
         second = await guest.wait()
     status, output = await asyncio.to_thread(fsck, disk)
-    return DebianCycle(first, second, status, output)
+    return DebianCycle(first, second, status, output, disk)

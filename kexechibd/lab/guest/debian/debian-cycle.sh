@@ -20,6 +20,8 @@ wait_for "test -s $WORK/pid" 120 || { say "a-error=workload"; exit 1; }
 workload=$(cat $WORK/pid)
 
 if [ ! -e "$IMAGE" ]; then
+	# kexechibd.service's StateDirectory; it exists once the daemon ran.
+	mkdir -p -m 0700 "$(dirname "$IMAGE")"
 	t0=$(uptime_s)
 	kexechibctl image create "$IMAGE" --size "$SIZE" || { say "a-error=image-create"; exit 1; }
 	say "a-image-created seconds=$(echo "$(uptime_s) $t0" | awk '{ printf "%.1f", $1 - $2 }')"
