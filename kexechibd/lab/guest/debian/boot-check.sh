@@ -10,6 +10,9 @@ say "deb-machine cpus=$(cat /sys/devices/system/cpu/online)" \
 	"root=$(findmnt -no OPTIONS / | cut -d, -f1)" \
 	"efi=$(test -d /sys/firmware/efi && echo yes || echo no)" \
 	"acpi=$(test -d /sys/firmware/acpi/tables && echo yes || echo no)"
+# The user service is active once Python runs; its first count comes after
+# the interpreter's start (seconds under TCG on loaded cores).
+wait_for "test -s /run/user/1000/kexechib/counter" 120
 say "deb-workload counter=$(cat /run/user/1000/kexechib/counter 2>/dev/null)"
 say "deb-can-hibernate $(busctl --json=short call org.freedesktop.login1 /org/freedesktop/login1 \
 	org.freedesktop.login1.Manager CanHibernate)"
