@@ -16,7 +16,11 @@ SIZE=$(cmdline_value kexechib.lab.image_size)
 WORK=/run/user/1000/kexechib
 LOG=/home/lab/workload.log
 
-wait_for "test -s $WORK/pid" 120 || { say "a-error=workload"; exit 1; }
+# Lingering starts the user's manager at boot; on loaded cores logind's call
+# to start it can time out ("Failed to start user service 'user@1000.service',
+# ignoring: Connection timed out"), so ask again (a no-op when it runs).
+systemctl start user@1000.service
+wait_for "test -s $WORK/pid" 300 || { say "a-error=workload"; exit 1; }
 workload=$(cat $WORK/pid)
 
 if [ ! -e "$IMAGE" ]; then
