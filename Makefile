@@ -33,6 +33,9 @@ APT_PACKAGES += qemu-system-x86 libxenmisc4.17 \
 # dpkg-buildpackage, debhelper with dh_python3, lintian; man-db and
 # groff-base render the man pages (`man -l`).
 APT_PACKAGES += dpkg-dev debhelper dh-python lintian man-db groff-base
+# The lab's Debian guest (kexechibd/lab/debian.py): mmdebstrap builds its root
+# filesystem from the archive apt uses; ovmf is the UEFI firmware it boots with.
+APT_PACKAGES += mmdebstrap ovmf
 
 .PHONY: all setup check test lint typecheck demo demo-model bench purgatory purgatory-object \
 	install deb clean lab-kernel
