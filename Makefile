@@ -37,6 +37,9 @@ APT_PACKAGES += dpkg-dev debhelper dh-python lintian man-db groff-base
 # mkinitramfs with our hook and local-premount script (in a private mount
 # namespace: nothing of the host's /boot is touched).
 APT_PACKAGES += initramfs-tools
+# The lab's Debian guest (kexechibd/lab/debian.py): mmdebstrap builds its root
+# filesystem from the archive apt uses; ovmf is the UEFI firmware it boots with.
+APT_PACKAGES += mmdebstrap ovmf
 
 .PHONY: all setup check test lint typecheck demo demo-model bench purgatory purgatory-object \
 	install deb clean lab-kernel

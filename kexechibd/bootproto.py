@@ -11,6 +11,7 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from kexechibd.kernel import abi
 from kexechibd.kernel.api import MemoryKind, MemoryRange
 
 SECTOR = 512
@@ -25,8 +26,10 @@ KEEP_SEGMENTS = 1 << 6
 E820_MAX_ENTRIES = 128
 E820_ENTRY = struct.Struct("<QQI")
 MIN_PROTOCOL = 0x020C  # 2.12: xloadflags, 64-bit entry
+ACPI_RSDP_PROTOCOL = 0x020E  # 2.14: boot_params.acpi_rsdp_addr
 
 # Offsets inside boot_params (arch/x86/include/uapi/asm/bootparam.h).
+OFF_ACPI_RSDP_ADDR = abi.BOOT_PARAMS_ACPI_RSDP_ADDR  # u64, protocol 2.14 and later
 OFF_EXT_RAMDISK_IMAGE = 0x0C0
 OFF_EXT_RAMDISK_SIZE = 0x0C4
 OFF_EXT_CMD_LINE_PTR = 0x0C8
@@ -148,8 +151,17 @@ def build_boot_params(
     initrd_addr: int,
     initrd_size: int,
     e820: Sequence[MemoryRange],
+    acpi_rsdp: int | None = None,
 ) -> bytearray:
-    """The zero page for entering ``image`` at ``kernel_addr + 0x200`` in 64-bit mode."""
+    """The zero page for entering ``image`` at ``kernel_addr + 0x200`` in 64-bit mode.
+
+    ``acpi_rsdp`` is where the firmware's ACPI RSDP is: a kernel booted by a
+    loader rather than by the firmware finds ACPI only there on a UEFI
+    machine (the legacy scan of 0xE0000-0xFFFFF finds nothing, and the zero
+    page carries no EFI system table: the kernel runs without EFI), hence no
+    ACPI power-off.  Kernels before boot protocol 2.14 do not read it.
+    Nothing else of EFI is passed on (``efi_info`` stays zero): the kernel
+    started must not call firmware runtime services set up for this one."""
     if len(e820) > E820_MAX_ENTRIES:
         raise BootProtocolError(f"{len(e820)} memory ranges exceed the e820 table's 128")
     params = bytearray(BOOT_PARAMS_SIZE)
@@ -163,6 +175,8 @@ def build_boot_params(
     struct.pack_into("<I", params, OFF_EXT_RAMDISK_SIZE, initrd_size >> 32)
     struct.pack_into("<I", params, OFF_CMD_LINE_PTR, cmdline_addr & 0xFFFFFFFF)
     struct.pack_into("<I", params, OFF_EXT_CMD_LINE_PTR, cmdline_addr >> 32)
+    if acpi_rsdp and image.version >= ACPI_RSDP_PROTOCOL:
+        struct.pack_into("<Q", params, OFF_ACPI_RSDP_ADDR, acpi_rsdp)
     params[OFF_E820_ENTRIES] = len(e820)
     for i, r in enumerate(e820):
         E820_ENTRY.pack_into(
@@ -182,6 +196,7 @@ class BootParams:
     e820: tuple[MemoryRange, ...]
     cmdline_size: int
     init_size: int
+    acpi_rsdp: int = 0  # 0: none given
 
     @property
     def entry64(self) -> int:
@@ -208,4 +223,5 @@ class BootParams:
             e820=tuple(e820),
             cmdline_size=_u32(params, OFF_CMDLINE_SIZE),
             init_size=_u32(params, OFF_INIT_SIZE),
+            acpi_rsdp=_u64(params, OFF_ACPI_RSDP_ADDR),
         )

@@ -431,6 +431,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="run the cycle on the machine model instead of real kernels in QEMU",
     )
     parser.add_argument(
+        "--debian",
+        action="store_true",
+        help="run the cycle on a real Debian 12 guest (systemd, ext4, OVMF, 2 CPUs) in QEMU",
+    )
+    parser.add_argument(
         "--ram",
         type=int,
         default=1024,
@@ -447,6 +452,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--keep", action="store_true", help="keep the work directory (consoles, disk, model)"
     )
     args = parser.parse_args(argv)
+    if args.debian:
+        from kexechibd.lab.debian_demo import main as debian_main
+
+        return debian_main(keep=args.keep)
     if args.model:
         # Refuse a machine too small for B before anything is created.
         try:

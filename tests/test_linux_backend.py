@@ -162,3 +162,46 @@ def test_build_id_is_read_from_kernel_notes() -> None:
     desc = bytes(range(20))
     note = (4).to_bytes(4, "little") + (20).to_bytes(4, "little") + (3).to_bytes(4, "little")
     assert linux.gnu_build_id(note + b"GNU\0" + desc) == desc.hex()
+
+
+def _boot_params_with_rsdp(sys_: Path, rsdp: int) -> None:
+    data = bytearray(4096)
+    data[abi.BOOT_PARAMS_ACPI_RSDP_ADDR : abi.BOOT_PARAMS_ACPI_RSDP_ADDR + 8] = rsdp.to_bytes(
+        8, "little"
+    )
+    (sys_ / "kernel/boot_params").mkdir(parents=True)
+    (sys_ / "kernel/boot_params/data").write_bytes(bytes(data))
+
+
+def _efi_systab(sys_: Path, text: str) -> None:
+    (sys_ / "firmware/efi").mkdir(parents=True)
+    (sys_ / "firmware/efi/systab").write_text(text)
+
+
+def test_acpi_rsdp_comes_from_the_kernels_boot_params(tmp_path: Path) -> None:
+    _boot_params_with_rsdp(tmp_path, 0x7FB7E014)
+    _efi_systab(tmp_path, "ACPI20=0x1000\n")
+    assert linux.LinuxKernel(sys=tmp_path).acpi_rsdp() == 0x7FB7E014
+
+
+def test_acpi_rsdp_falls_back_to_the_efi_system_table(tmp_path: Path) -> None:
+    _boot_params_with_rsdp(tmp_path, 0)
+    _efi_systab(tmp_path, "SMBIOS=0x7f9d8000\nACPI=0x7fb7e000\nACPI20=0x7fb7e014\n")
+    assert linux.LinuxKernel(sys=tmp_path).acpi_rsdp() == 0x7FB7E014
+
+
+def test_acpi_rsdp_is_none_when_nothing_names_it(tmp_path: Path) -> None:
+    assert linux.LinuxKernel(sys=tmp_path).acpi_rsdp() is None
+
+
+def test_a_memory_map_with_hidden_addresses_is_refused_with_the_reason(tmp_path: Path) -> None:
+    # /proc/iomem as a process without CAP_SYS_ADMIN reads it (kexechibd.service).
+    proc = tmp_path / "proc"
+    proc.mkdir()
+    (proc / "iomem").write_text(
+        "00000000-00000000 : Reserved\n00000000-00000000 : System RAM\n"
+        "  00000000-00000000 : Kernel code\n"
+    )
+    kernel = linux.LinuxKernel(proc=proc, sys=tmp_path / "sys")
+    with pytest.raises(abi.KernelError, match="CONFIG_FIRMWARE_MEMMAP"):
+        kernel.memory_map()

@@ -6,7 +6,7 @@ import io
 
 from elftools.elf.elffile import ELFFile
 
-from kexechibd import cmdline
+from kexechibd import bootproto, cmdline
 from kexechibd.cycle.prepare import SaverFiles, SaverLoad, plan_saver_load
 from kexechibd.cycle.window import Window, choose_window
 from kexechibd.kernel.api import MemoryKind, MemoryRange
@@ -24,11 +24,16 @@ FIRMWARE = [
 ]
 
 
-def _plan() -> tuple[Window, SaverLoad]:
+def _plan(acpi_rsdp: int | None = None) -> tuple[Window, SaverLoad]:
     window = choose_window(256 * MIB, 64 * MIB, FIRMWARE, low_memory=True)
     files = SaverFiles(make_bzimage(kernel_size=128 << 10, init_size=MIB), b"initrd", "")
     plan = plan_saver_load(
-        files, window, FIRMWARE, vmcoreinfo=None, purgatory=default_purgatory_path().read_bytes()
+        files,
+        window,
+        FIRMWARE,
+        vmcoreinfo=None,
+        purgatory=default_purgatory_path().read_bytes(),
+        acpi_rsdp=acpi_rsdp,
     )
     return window, plan
 
@@ -59,3 +64,10 @@ def test_a_systemd_b_boots_the_save_target_and_not_a_s_mounts() -> None:
     _, plan = _plan()
     assert "systemd.unit=kexechib-save.target" in plan.cmdline.split()
     assert cmdline.is_save_role(plan.cmdline + " kexec_jump_back_entry=0x1000")
+
+
+def test_b_is_told_where_a_s_firmware_put_the_acpi_rsdp() -> None:
+    # On a UEFI machine B finds ACPI, and so powers off, only through its zero page.
+    _, plan = _plan(acpi_rsdp=0x7FB7E014)
+    setup = next(s for s in plan.segments if bytes(s.buf[0x202:0x206]) == b"HdrS")
+    assert bootproto.BootParams.parse(bytes(setup.buf[:4096])).acpi_rsdp == 0x7FB7E014

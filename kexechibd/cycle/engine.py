@@ -269,6 +269,7 @@ class KexecEngine:
             self.kernel.memory_map(),
             vmcoreinfo=self.kernel.vmcoreinfo(),
             purgatory=purgatory,
+            acpi_rsdp=self.kernel.acpi_rsdp(),
         )
 
     def _after_return(self, params: SaveParams) -> str:

@@ -99,6 +99,7 @@ def plan_saver_load(
     *,
     vmcoreinfo: tuple[int, int] | None,
     purgatory: bytes,
+    acpi_rsdp: int | None = None,
 ) -> SaverLoad:
     image = bootproto.BzImage.parse(files.kernel)
     # Whole pages only: a partial page at the end of a firmware RAM range
@@ -136,6 +137,8 @@ def plan_saver_load(
         initrd_addr=initrd_addr,
         initrd_size=holder_addr + reserve - initrd_addr,
         e820=memory_map,
+        # On a UEFI machine B finds ACPI (and so powers off) only through this.
+        acpi_rsdp=acpi_rsdp,
     )
     setup = bytes(params) + text.encode() + b"\0"
     data = [

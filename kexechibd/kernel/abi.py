@@ -162,6 +162,14 @@ KIMAGE_ENTRY = struct.Struct("<Q")
 # /proc/kexec_pgmap (DESIGN §2.2)
 # --------------------------------------------------------------------------
 
+# x86 boot_params ("zero page", arch/x86/include/uapi/asm/bootparam.h):
+# acpi_rsdp_addr, a u64 that kernels of boot protocol 2.14 and later read.
+# The kernel's own copy is /sys/kernel/boot_params/data; its decompressor
+# stored there the RSDP it found (arch/x86/boot/compressed/misc.c).
+BOOT_PARAMS_ACPI_RSDP_ADDR = 0x070
+BOOT_PARAMS_PATH = "/sys/kernel/boot_params/data"
+EFI_SYSTAB_PATH = "/sys/firmware/efi/systab"
+
 PGMAP_PATH = "/proc/kexec_pgmap"
 PGMAP_MAGIC = b"KXPGMAP1"
 PGMAP_HEADER = struct.Struct("<8sII")

@@ -203,6 +203,12 @@ class Kernel(Protocol):
         """Physical address and size of the VMCOREINFO note, when the kernel has one."""
         ...
 
+    def acpi_rsdp(self) -> int | None:
+        """Physical address of the firmware's ACPI RSDP, as this kernel was
+        told or found it (x86 ``boot_params.acpi_rsdp_addr``); ``None`` when
+        unknown.  A kernel this one starts needs it on a UEFI machine."""
+        ...
+
     def identity(self) -> KernelIdentity: ...
 
     def probe(self) -> SupportReport:

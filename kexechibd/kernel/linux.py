@@ -81,6 +81,20 @@ def _read_text(path: Path, default: str = "") -> str:
         return default
 
 
+def parse_efi_systab_rsdp(text: str) -> int | None:
+    """The RSDP address in ``/sys/firmware/efi/systab`` (``ACPI20=0x…``
+    preferred over ``ACPI=0x…``, as the kernel prefers ACPI 2.0's table)."""
+    found = {}
+    for line in text.splitlines():
+        name, sep, value = line.partition("=")
+        if sep and name in ("ACPI20", "ACPI"):
+            try:
+                found[name] = int(value.strip(), 16)
+            except ValueError:
+                continue
+    return found.get("ACPI20") or found.get("ACPI") or None
+
+
 def parse_iomem(text: str) -> list[MemoryRange]:
     """Top-level ranges of ``/proc/iomem`` (children are indented)."""
     kinds = {k.value: k for k in MemoryKind}
@@ -241,13 +255,41 @@ class LinuxKernel:
         firmware = self._sys / "firmware/memmap"
         if firmware.is_dir():
             return parse_firmware_memmap(firmware)
-        return parse_iomem(_read_text(self._proc / "iomem"))
+        ranges = parse_iomem(_read_text(self._proc / "iomem"))
+        if ranges and all(r.start == 0 and r.end == 1 for r in ranges):
+            # Since 4.15 /proc/iomem shows every address as 0 to a process
+            # without CAP_SYS_ADMIN (kernel/resource.c), e.g. kexechibd.service.
+            raise abi.KernelError(
+                "read the memory map",
+                errno.EPERM,
+                "/proc/iomem hides its addresses from this process (no CAP_SYS_ADMIN) and "
+                "the kernel has no /sys/firmware/memmap",
+                "boot a kernel with CONFIG_FIRMWARE_MEMMAP=y (Debian's has it), or give "
+                "the daemon CAP_SYS_ADMIN",
+            )
+        return ranges
 
     def vmcoreinfo(self) -> tuple[int, int] | None:
         fields = _read_text(self._sys / "kernel/vmcoreinfo").split()
         if len(fields) != 2:
             return None
         return int(fields[0], 16), int(fields[1], 16)
+
+    def acpi_rsdp(self) -> int | None:
+        # The kernel's own copy of its zero page has the RSDP its
+        # decompressor found (from the loader, the EFI system table or the
+        # BIOS area); kexec-tools reads it the same way.  Failing that, the
+        # EFI system table's entries as /sys/firmware/efi/systab lists them.
+        try:
+            with open(self._sys / Path(abi.BOOT_PARAMS_PATH).relative_to("/sys"), "rb") as f:
+                f.seek(abi.BOOT_PARAMS_ACPI_RSDP_ADDR)
+                raw = f.read(8)
+        except OSError:
+            raw = b""
+        if len(raw) == 8 and int.from_bytes(raw, "little"):
+            return int.from_bytes(raw, "little")
+        systab = self._sys / Path(abi.EFI_SYSTAB_PATH).relative_to("/sys")
+        return parse_efi_systab_rsdp(_read_text(systab))
 
     def identity(self) -> KernelIdentity:
         try:

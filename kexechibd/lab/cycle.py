@@ -90,6 +90,17 @@ def markers(result: GuestResult | None, kind: str) -> list[Marker]:
     return [] if result is None else [m for m in result.markers if m.kind == kind]
 
 
+def relay_lines(
+    on_line: Callable[[str, LogLine], None] | None, which: str
+) -> Callable[[LogLine], None] | None:
+    """A Guest's `on_line` that passes each line on as `on_line(which, line)`
+    ("1" or "2": which QEMU of a cycle it came from)."""
+    if on_line is None:
+        return None
+    callback = on_line
+    return lambda line: callback(which, line)
+
+
 async def hibernate_cycle(
     kernel: Path,
     workdir: Path,
@@ -113,10 +124,7 @@ async def hibernate_cycle(
     """
 
     def relay(which: str) -> Callable[[LogLine], None] | None:
-        if on_line is None:
-            return None
-        callback = on_line
-        return lambda line: callback(which, line)
+        return relay_lines(on_line, which)
 
     spec = cycle_guest(
         kernel,

@@ -95,6 +95,23 @@ class GuestSpec:
     extra_virtfs: tuple[tuple[str, Path], ...] = ()  # more (mount tag, host path), read-only
     qemu_args: tuple[str, ...] = ()
     name: str = "guest"
+    # "bios" (SeaBIOS, QEMU's default) or "uefi": OVMF's code read-only and a
+    # copy of its variable store in the work directory as pflash, the way
+    # laptops boot (`-kernel` still works: OVMF starts it through its EFI stub).
+    firmware: str = "bios"
+    # UEFI only: the variable store (NVRAM) to use, kept across guests like a
+    # machine's (made from OVMF_VARS.fd if missing); default: a fresh copy in
+    # the work directory.
+    firmware_vars: Path | None = None
+    cpus: int = 1
+    machine: str = "pc"
+    # False: the kernel boots the init of the root it is given (`root=` in
+    # `append`, e.g. the Debian guest's disk): no initrd unless `initrd`
+    # names one, and no host root over 9p.
+    lab_init: bool = True
+    # After the `exit` marker, how long QEMU may take to power off before it
+    # is stopped (a systemd guest shuts down cleanly first).
+    exit_grace: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -192,6 +209,30 @@ class GuestResult:
         return self
 
 
+OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE.fd")
+OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS.fd")
+
+
+def firmware_args(firmware: str, workdir: Path, variables: Path | None = None) -> list[str]:
+    """QEMU arguments for the guest's firmware (see GuestSpec.firmware)."""
+    if firmware == "bios":
+        return []
+    if firmware != "uefi":
+        raise LabError(f"unknown firmware {firmware!r} (bios or uefi)")
+    if not OVMF_CODE.exists():
+        raise LabError(f"{OVMF_CODE} is missing (apt-get install ovmf)")
+    if variables is None:
+        variables = workdir / "OVMF_VARS.fd"
+    if not variables.exists():
+        shutil.copyfile(OVMF_VARS, variables)
+    return [
+        "-drive",
+        f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
+        "-drive",
+        f"if=pflash,format=raw,unit=1,file={variables}",
+    ]
+
+
 def _die_with_parent() -> None:
     # Runs in the child between fork and exec: QEMU gets SIGKILL when we die.
     libc = ctypes.CDLL(None, use_errno=True)
@@ -270,7 +311,9 @@ class Guest:
     ) -> None:
         await self.stop()
 
-    def _command_line(self, kernel: Path, initrd: Path, serial_fd: int, qmp_fd: int) -> list[str]:
+    def _command_line(
+        self, kernel: Path, initrd: Path | None, serial_fd: int, qmp_fd: int
+    ) -> list[str]:
         spec = self.spec
         assert self.workdir is not None
         run = self.workdir / "run.sh"
@@ -283,7 +326,7 @@ class Guest:
             "-display",
             "none",
             "-machine",
-            "pc",
+            spec.machine,
             "-accel",
             spec.accel,
             "-cpu",
@@ -291,12 +334,12 @@ class Guest:
             "-m",
             str(spec.memory_mib),
             "-smp",
-            "1",
+            str(spec.cpus),
             "-no-reboot",
+            *firmware_args(spec.firmware, self.workdir, spec.firmware_vars),
             "-kernel",
             str(kernel),
-            "-initrd",
-            str(initrd),
+            *(["-initrd", str(initrd)] if initrd is not None else []),
             "-append",
             append,
             "-chardev",
@@ -307,11 +350,14 @@ class Guest:
             f"socket,id=qmp0,fd={qmp_fd}",
             "-mon",
             "chardev=qmp0,mode=control",
-            "-virtfs",
-            "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
             "-fw_cfg",
             f"name=opt/kexechib/run,file={run}",
         ]
+        if spec.lab_init:
+            args += [
+                "-virtfs",
+                "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
+            ]
         for tag, path in spec.extra_virtfs:
             args += [
                 "-virtfs",
@@ -328,7 +374,9 @@ class Guest:
             raise LabError(reason)
         spec = self.spec
         kernel = spec.kernel if spec.kernel else await asyncio.to_thread(lab_kernel)
-        initrd = spec.initrd if spec.initrd else await asyncio.to_thread(default_initramfs)
+        initrd = spec.initrd
+        if initrd is None and spec.lab_init:
+            initrd = await asyncio.to_thread(default_initramfs)
         if self.workdir is None:
             self.workdir = new_workdir(spec.name)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -478,13 +526,16 @@ class Guest:
                 self._proc.kill()
             await self._proc.wait()
 
-    async def wait(self, exit_grace: float = 10.0) -> GuestResult:
+    async def wait(self, exit_grace: float | None = None) -> GuestResult:
         """Wait for the guest to end (or the deadline), stop QEMU, and sum up.
 
         When the lab's init has printed its exit line but QEMU has not gone
-        within `exit_grace` seconds (power-off not honoured), QEMU is stopped.
+        within `exit_grace` seconds (default: the spec's; power-off not
+        honoured), QEMU is stopped.
         """
         assert self._proc is not None and self.workdir is not None
+        if exit_grace is None:
+            exit_grace = self.spec.exit_grace
         proc_wait = asyncio.create_task(self._proc.wait())
         try:
             exit_seen = asyncio.create_task(self.wait_for(rf"{MARKER} exit "))

@@ -388,6 +388,9 @@ class ModelKernel:
     def vmcoreinfo(self) -> tuple[int, int] | None:
         return self.record.vmcoreinfo
 
+    def acpi_rsdp(self) -> int | None:
+        return None  # the model's machine has no ACPI tables
+
     def identity(self) -> KernelIdentity:
         rec = self.record
         return KernelIdentity(rec.release, rec.build_id, rec.boot_id, self.machine.machine_id)

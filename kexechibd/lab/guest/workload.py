@@ -1,36 +1,72 @@
-"""A's workload in the lab's cycle tests (kexechibd/lab/guest/cycle.sh).
+"""A's workload in the lab's cycle tests (kexechibd/lab/guest/cycle.sh, and
+the Debian guest's user service kexechib-workload.service).
 
-A counter in this process's memory, written to the tmpfs file /tmp/counter
+A counter in this process's memory, written to the tmpfs file `<dir>/counter`
 every 0.1 s, and a buffer of random bytes whose SHA-256 it remembers. On
-SIGUSR1 it writes `/tmp/workload.check`: `pid=… counter=… memory=intact`
+SIGUSR1 it writes `<dir>/workload.check`: `pid=… counter=… memory=intact`
 (or `changed`), so the script can tell that the very same process, with the
-same memory, goes on counting after a hibernate cycle.
+same memory, goes on counting after a hibernate cycle. `<dir>` is /tmp
+unless `--dir` names another (created); its `pid` file names the process.
+
+With `--append FILE` it also keeps FILE open and appends the counter to it
+as a line every 0.1 s (flushed, not synced): a file on the root filesystem
+being written across the cycle. It then also writes a 1 MiB random file
+`<dir>/canary` at its start and reports `canary=intact|changed` and
+`appended=<lines written>` in the check.
 """
 
+import argparse
 import hashlib
 import os
 import signal
 import time
 
+parser = argparse.ArgumentParser()
+parser.add_argument("--dir", default="/tmp")
+parser.add_argument("--append")
+args = parser.parse_args()
+os.makedirs(args.dir, exist_ok=True)
+
 SIZE = 8 << 20
 data = bytearray(os.urandom(SIZE))
 digest = hashlib.sha256(data).digest()
 counter = 0
+appended = 0
+log = open(args.append, "a", buffering=1) if args.append else None  # noqa: SIM115
+canary_digest = b""
+if log is not None:
+    canary = os.urandom(1 << 20)
+    canary_digest = hashlib.sha256(canary).digest()
+    with open(os.path.join(args.dir, "canary"), "wb") as f:
+        f.write(canary)
 
 
-def write(path: str, text: str) -> None:
-    with open(path + ".new", "w") as f:
+def path(name: str) -> str:
+    return os.path.join(args.dir, name)
+
+
+def write(name: str, text: str) -> None:
+    with open(path(name) + ".new", "w") as f:
         f.write(text)
-    os.replace(path + ".new", path)
+    os.replace(path(name) + ".new", path(name))
 
 
 def check(signum: int, frame: object) -> None:
     memory = "intact" if hashlib.sha256(data).digest() == digest else "changed"
-    write("/tmp/workload.check", f"pid={os.getpid()} counter={counter} memory={memory}\n")
+    extra = ""
+    if log is not None:
+        with open(path("canary"), "rb") as f:
+            same = hashlib.sha256(f.read()).digest() == canary_digest
+        extra = f" canary={'intact' if same else 'changed'} appended={appended}"
+    write("workload.check", f"pid={os.getpid()} counter={counter} memory={memory}{extra}\n")
 
 
 signal.signal(signal.SIGUSR1, check)
+write("pid", f"{os.getpid()}\n")
 while True:
     counter += 1
-    write("/tmp/counter", f"{counter}\n")
+    write("counter", f"{counter}\n")
+    if log is not None:
+        log.write(f"{counter}\n")
+        appended += 1
     time.sleep(0.1)

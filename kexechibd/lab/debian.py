@@ -1,0 +1,495 @@
+"""A real Debian 12 guest: systemd as PID 1 on an ext4 root, booted through OVMF.
+
+    root = debian_rootfs()                      # cached tree, built with mmdebstrap
+    disk = debian_disk(workdir)                 # per run: tree + product -> ext4 raw
+    spec = debian_guest(disk, command="...")    # a GuestSpec (UEFI, 2 CPUs, 1 GiB)
+    result = run_guest(spec)                    # markers, exit status as usual
+
+The root filesystem is Debian bookworm from the archive apt already uses
+(`mmdebstrap --variant=minbase` plus PACKAGES), cached under the lab cache
+(`debian/<key>/root`) keyed by the package list, the recipe (RECIPE and the
+customize hooks) and mmdebstrap's version. The archive moves: the key does
+not follow it, but each cache entry records the versions it resolved
+(`debian/<key>/packages`).
+
+Per run an overlay of the cached tree (mounted on the host) takes the
+product
+(`install_product`: `make install DESTDIR=` today, `dpkg -i` of the package
+later) and the lab's guest files (`guest_files`), and `mkfs.ext4 -d` makes
+it a raw ext4 disk (/dev/vda in the guest).
+
+In the guest, `kexechib-lab-probe.service` (Type=exec, after
+multi-user.target) prints the lab's markers on the console
+(`KEXECHIB-LAB init`, `system state=...`, `run`, `exit status=N`, as the
+lab's /init does), runs the script QEMU hands in by fw_cfg
+(`opt/kexechib/run`, GuestSpec.command) as root, and powers off with
+`systemctl poweroff` when it ends. A user `lab` (uid 1000) has lingering
+enabled; its user service `kexechib-workload.service` runs the workload.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from kexechibd.lab.cycle import relay_lines
+from kexechibd.lab.kernel import cache_root
+from kexechibd.lab.qemu import Guest, GuestResult, GuestSpec, LogLine
+
+# Bump when the recipe (hooks, layout) changes: it is part of the cache key.
+RECIPE = 1
+SUITE = "bookworm"
+# The archive apt uses on the lab's machines (and bookworm's updates).
+MIRRORS = (
+    f"deb http://deb.debian.org/debian {SUITE} main",
+    f"deb http://deb.debian.org/debian {SUITE}-updates main",
+    f"deb http://deb.debian.org/debian-security {SUITE}-security main",
+)
+# systemd as init with logind, dbus and udev; e2fsprogs for fsck of the
+# root; python3 and the product's Debian dependencies (what debian/control
+# will name). kexec-tools is not needed: kexechibd loads kernels itself.
+PACKAGES = (
+    "systemd",
+    "systemd-sysv",
+    "dbus",
+    "libpam-systemd",
+    "udev",
+    "e2fsprogs",
+    "python3",
+    "python3-dbus-next",
+    "python3-systemd",
+    "python3-pyelftools",
+    "python3-cffi",
+    "python3-zstandard",
+    "python3-lz4",
+    "polkitd",
+)
+MACHINE_ID = "6b657865636869626c61620000000002"  # fixed: no first-boot handling
+HOSTNAME = "kexechib-deb"
+USER = "lab"
+USER_UID = 1000
+GUEST_LIB = "usr/lib/kexechib-lab"
+ROOT_DEVICE = "/dev/vda"
+DISK_SIZE = "2G"
+
+# The customize hooks (`$1` is the new root). They are part of the key.
+HOOKS = (
+    f'echo {HOSTNAME} > "$1/etc/hostname"',
+    # root logs in on the serial console without a password (pam_unix nullok).
+    'chroot "$1" passwd -d root',
+    f'chroot "$1" useradd --create-home --uid {USER_UID} --shell /bin/bash {USER}',
+    # Lingering: the user's manager (and its services) start at boot.
+    f'mkdir -p "$1/var/lib/systemd/linger" && touch "$1/var/lib/systemd/linger/{USER}"',
+    # Root on /dev/vda, mounted `ro` by the kernel like Debian's and made
+    # read-write by systemd-remount-fs (after kexechib-resume.service).
+    f'echo "{ROOT_DEVICE} / ext4 errors=remount-ro 0 1" > "$1/etc/fstab"',
+    # A persistent journal: the cycle's test reads it after the guest is off.
+    'mkdir -p "$1/var/log/journal"',
+    'chroot "$1" apt-get clean',
+)
+
+
+class DebianError(RuntimeError):
+    """The Debian root filesystem could not be built or made into a disk."""
+
+
+def _run(argv: list[str]) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise DebianError(
+            f"{' '.join(argv[:3])} ... failed ({result.returncode}): {result.stderr[-3000:]}"
+        )
+    return result
+
+
+def mmdebstrap_version() -> str:
+    if shutil.which("mmdebstrap") is None:
+        raise DebianError("mmdebstrap is not installed (apt-get install mmdebstrap)")
+    return _run(["mmdebstrap", "--version"]).stdout.strip()
+
+
+def rootfs_key() -> str:
+    """The cache key: recipe, suite, mirrors, package list, hooks, mmdebstrap."""
+    h = hashlib.sha256()
+    for part in (f"recipe {RECIPE}", SUITE, *MIRRORS, *PACKAGES, *HOOKS, mmdebstrap_version()):
+        h.update(part.encode() + b"\0")
+    return h.hexdigest()[:16]
+
+
+def rootfs_cache() -> Path:
+    return cache_root() / "debian"
+
+
+def debian_rootfs() -> Path:
+    """The cached root tree (`<cache>/debian/<key>/root`), built if missing.
+
+    A cold build takes about a minute (mmdebstrap downloads and installs
+    about 150 packages); a cached one a few stat calls."""
+    key = rootfs_key()
+    entry = rootfs_cache() / key
+    root = entry / "root"
+    if (entry / "packages").exists():
+        return root
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    with open(entry.parent / f".lock-{key}", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (entry / "packages").exists():
+            return root
+        work = Path(tempfile.mkdtemp(prefix=f"build-{key}-", dir=entry.parent))
+        try:
+            started = time.monotonic()
+            argv = [
+                "mmdebstrap",
+                "--variant=minbase",
+                "--mode=root",
+                "--format=directory",
+                "--include=" + ",".join(PACKAGES),
+                *(f"--customize-hook={hook}" for hook in HOOKS),
+                SUITE,
+                str(work / "root"),
+                *MIRRORS,
+            ]
+            _run(argv)
+            versions = _run(
+                [
+                    "dpkg-query",
+                    f"--admindir={work / 'root/var/lib/dpkg'}",
+                    "-W",
+                    "-f=${Package} ${Version}\n",
+                ]
+            ).stdout
+            (work / "packages").write_text(versions)
+            (work / "inputs").write_text(
+                f"key {key}\nrecipe {RECIPE}\nsuite {SUITE}\n{mmdebstrap_version()}\n"
+                f"built {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} "
+                f"in {time.monotonic() - started:.0f} s\n"
+                + "".join(f"mirror {m}\n" for m in MIRRORS)
+                + "".join(f"hook {h}\n" for h in HOOKS)
+            )
+            shutil.rmtree(entry, ignore_errors=True)
+            work.rename(entry)
+        except BaseException:
+            shutil.rmtree(work, ignore_errors=True)
+            raise
+    return root
+
+
+# ---------------------------------------------------------------- per run
+
+REPO = Path(__file__).resolve().parents[2]
+GUEST_SCRIPTS = Path(__file__).resolve().parent / "guest"
+# Where A's configuration finds kernel B and B's initramfs in the guest.
+SAVER_DIR = "boot/kexechib"
+# The prepared image file on A's root (kexechibctl image create): two slots,
+# each holding A's RAM outside B's window (about 830 MiB) incompressible.
+IMAGE_FILE = "/var/lib/kexechib/image"
+IMAGE_SIZE = "1800M"
+# B's window in a 1 GiB guest under OVMF: plain RAM in its memory map (OVMF's
+# own allocations sit below 16 MiB and near the top of RAM).
+WINDOW = "192M@512M"
+# Kernel B boots one CPU: A's other CPUs are offline at the jump (docs/lab.md §11).
+SAVER_CPUS = "nr_cpus=1"
+# A's command line: root on the virtio disk, read-only until
+# systemd-remount-fs (after kexechib-resume.service), as Debian boots.
+APPEND = f"root={ROOT_DEVICE} ro rootfstype=ext4 kexechib.enable_kexec=1"
+
+
+def saver_files(kernel: Path) -> tuple[Path, Path]:
+    """Kernel B and B's initramfs, as A's configuration will name them.
+
+    Today: the lab kernel and the lab's guest userspace archive (saver.sh
+    runs kexechibd in B, docs/lab.md §5). Once `kexechibctl saver build`
+    exists this returns its initramfs instead."""
+    from kexechibd.lab.userspace import lab_userspace
+
+    return kernel, lab_userspace()
+
+
+def debian_config(*, window: str = WINDOW, saver_cmdline: str = "") -> str:
+    """/etc/kexechibd.conf in the Debian guest (real kexec is enabled by
+    `kexechib.enable_kexec=1` on the command line only)."""
+    cmdline = (
+        f"console=ttyS0 panic=-1 {SAVER_CPUS} kexechib.lab.root=none "
+        f"kexechib.lab.run=/{GUEST_LIB}/saver.sh {saver_cmdline}"
+    ).strip()
+    return (
+        "# kexechibd in the lab's Debian guest (kexechibd/lab/debian.py)\n"
+        "[daemon]\nbackend = linux\nlog_level = info\n"
+        f"[image]\nlocation = {IMAGE_FILE}\n"
+        f"[saver]\nkernel = /{SAVER_DIR}/bzImage\ninitrd = /{SAVER_DIR}/saver.cpio\n"
+        f"cmdline = {cmdline}\nwindow = {window}\nmode = poweroff\n"
+    )
+
+
+def install_product(root: Path) -> None:
+    """Install kexechibd into the tree as a user would, and enable what the
+    package will enable. Today `make install DESTDIR=`; with the Debian
+    package, `dpkg --root` / `dpkg -i` in a chroot of its .deb instead."""
+    _run(["make", "-s", "-C", str(REPO), "install", f"DESTDIR={root}"])
+    _run(["systemctl", f"--root={root}", "enable", "kexechib-resume.service"])
+
+
+def guest_files(root: Path, kernel: Path, *, config: str | None = None) -> None:
+    """The lab's part of the guest: its scripts, the probe unit, the user's
+    workload service, kernel B and its initramfs, and the configuration."""
+    lib = root / GUEST_LIB
+    lib.mkdir(parents=True, exist_ok=True)
+    for path in [*GUEST_SCRIPTS.iterdir(), *(GUEST_SCRIPTS / "debian").iterdir()]:
+        if path.is_file():
+            shutil.copy2(path, lib / path.name)
+    units = root / "etc/systemd/system"
+    shutil.copy2(lib / "kexechib-lab-probe.service", units)
+    (units / "kexechibd.service.d").mkdir(exist_ok=True)
+    shutil.copy2(lib / "kexechibd-lab.conf", units / "kexechibd.service.d/lab.conf")
+    wants = units / "multi-user.target.wants"
+    wants.mkdir(exist_ok=True)
+    (wants / "kexechib-lab-probe.service").symlink_to("../kexechib-lab-probe.service")
+    home = root / "home" / USER
+    user_units = home / ".config/systemd/user"
+    (user_units / "default.target.wants").mkdir(parents=True, exist_ok=True)
+    shutil.copy2(lib / "kexechib-workload.service", user_units)
+    (user_units / "default.target.wants/kexechib-workload.service").symlink_to(
+        "../kexechib-workload.service"
+    )
+    for dirpath, _, filenames in os.walk(home / ".config"):
+        os.lchown(dirpath, USER_UID, USER_UID)
+        for name in filenames:
+            os.lchown(os.path.join(dirpath, name), USER_UID, USER_UID)
+    b_kernel, b_initrd = saver_files(kernel)
+    saver = root / SAVER_DIR
+    saver.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(b_kernel, saver / "bzImage")
+    shutil.copyfile(b_initrd, saver / "saver.cpio")
+    (root / "etc/kexechibd.conf").write_text(config or debian_config())
+    # Fixed, so that no first-boot handling runs (and A, B and C agree on the
+    # machine); per run, because mmdebstrap empties it after its hooks.
+    (root / "etc/machine-id").write_text(f"{MACHINE_ID}\n")
+
+
+@contextlib.contextmanager
+def _overlay(lower: Path, workdir: Path) -> Iterator[Path]:
+    """The cached tree with a writable layer in `workdir`, mounted on the host
+    (overlayfs): copying the 280 MB tree took 40 s and removing it 20 s on
+    the loaded shared disk, the overlay takes milliseconds."""
+    upper, work, merged = workdir / "upper", workdir / "ovl-work", workdir / "merged"
+    for path in (upper, work, merged):
+        path.mkdir(parents=True, exist_ok=True)
+    options = f"lowerdir={lower},upperdir={upper},workdir={work}"
+    _run(["mount", "-t", "overlay", "overlay", "-o", options, str(merged)])
+    try:
+        yield merged
+    finally:
+        subprocess.run(["umount", str(merged)], check=False)
+        for path in (upper, work, merged):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def prepare_image(disk: Path, size: str = IMAGE_SIZE) -> None:
+    """`kexechibctl image create` of the image file on the disk, run on the
+    host with the disk loop-mounted: the guest wrote the 1.8 GB of zeros at
+    about 9 MB/s under TCG (211 s), the host in seconds. The file is the
+    same (FIEMAP offsets on a loop device are offsets in the disk file); A
+    maps it again right before it loads B."""
+    mount = disk.parent / "image-mount"
+    mount.mkdir(exist_ok=True)
+    _run(["mount", "-o", "loop", str(disk), str(mount)])
+    try:
+        target = mount / IMAGE_FILE.lstrip("/")
+        target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _run(
+            [
+                sys.executable,
+                "-c",
+                "import sys; from kexechibd.ctl.main import main; sys.exit(main())",
+                "image",
+                "create",
+                str(target),
+                "--size",
+                size,
+            ]
+        )
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
+        mount.rmdir()
+
+
+def debian_disk(
+    workdir: Path,
+    kernel: Path,
+    *,
+    size: str = "4G",
+    config: str | None = None,
+    image: bool = True,
+) -> Path:
+    """A fresh raw ext4 disk (`workdir/root.img`) with the cached tree, the
+    product and the lab's files: the Debian guest's /dev/vda; with `image`,
+    the prepared image file in it too (`prepare_image`)."""
+    disk = workdir / "root.img"
+    with _overlay(debian_rootfs(), workdir) as tree:
+        install_product(tree)
+        guest_files(tree, kernel, config=config)
+        _run(["mkfs.ext4", "-q", "-F", "-L", "root", "-d", str(tree), str(disk), size])
+    if image:
+        prepare_image(disk)
+    return disk
+
+
+def debian_guest(
+    disk: Path,
+    command: str,
+    *,
+    kernel: Path | None = None,
+    append: str = "",
+    memory_mib: int = 1024,
+    cpus: int = 2,
+    timeout: float = 300,
+    name: str = "debian",
+    firmware_vars: Path | None = None,
+) -> GuestSpec:
+    """The Debian guest: OVMF, q35, `cpus` CPUs, `memory_mib` of RAM, the
+    lab kernel booting `disk` as its ext4 root. The probe unit runs
+    `command` as root once multi-user.target is reached, then powers off
+    (`kexechib.lab.poweroff=no` in `append`: it does not)."""
+    return GuestSpec(
+        command=command,
+        kernel=kernel,
+        memory_mib=memory_mib,
+        append=f"{APPEND} {append}".strip(),
+        disks=(disk,),
+        timeout=timeout,
+        firmware="uefi",
+        firmware_vars=firmware_vars,
+        cpus=cpus,
+        machine="q35",
+        lab_init=False,
+        name=name,
+        exit_grace=60.0,
+    )
+
+
+# ---------------------------------------------------------------- the cycle
+
+
+@dataclass(frozen=True)
+class DebianCycle:
+    hibernate: GuestResult  # QEMU 1: A hibernates, B saves and powers off
+    resume: GuestResult | None  # QEMU 2: C boots the disk, resumes A; A powers off
+    fsck_status: int | None  # `e2fsck -fn` of the root after QEMU 2, on the host
+    fsck_output: str
+    disk: Path
+
+    def times(self) -> list[tuple[str, float]]:
+        """(phase, host seconds) from the consoles' timestamps."""
+        out: list[tuple[str, float]] = []
+
+        def add(name: str, start: float | None, end: float | None) -> None:
+            if start is not None and end is not None:
+                out.append((name, round(end - start, 1)))
+
+        one, two = self.hibernate, self.resume
+        call = _seen(one, "KEXECHIB-LAB a-hibernate")
+        b_init = _seen(one, "kexechib.lab.root=none", start=call)
+        committed = _seen(one, "image committed")
+        add("A: QEMU start -> multi-user (probe starts)", 0.0, _seen(one, "KEXECHIB-LAB init"))
+        add("A: Hibernate call -> B's kernel starts", call, b_init)
+        add("B: boot, bus, kexechibd, save -> committed", b_init, committed)
+        add("hibernate: call -> QEMU gone (power off)", call, one.wall_seconds)
+        if two is not None:
+            service = _seen(two, "Starting kexechib-resume")
+            add("C: QEMU start -> kexechib-resume starts", 0.0, service)
+            add("C: resume service -> jump into A", service, _seen(two, "Starting new kernel"))
+            add("resume: QEMU start -> the call returns in A", 0.0, _seen(two, "a-back"))
+        return out
+
+
+def _seen(result: GuestResult, text: str, start: float | None = None) -> float | None:
+    return next(
+        (
+            line.seconds
+            for line in result.lines
+            if text in line.text and (start is None or line.seconds >= start)
+        ),
+        None,
+    )
+
+
+def fsck(disk: Path) -> tuple[int, str]:
+    """`e2fsck -fn` of a disk file on the host (read-only: changes nothing)."""
+    result = subprocess.run(
+        ["e2fsck", "-fn", str(disk)], capture_output=True, text=True, check=False
+    )
+    return result.returncode, result.stdout + result.stderr
+
+
+def read_file(disk: Path, path: str) -> bytes:
+    """A file of the powered-off guest's root, read on the host (debugfs)."""
+    return subprocess.run(
+        ["debugfs", "-R", f"cat {path}", str(disk)], capture_output=True, check=True
+    ).stdout
+
+
+def journal(disk: Path, *args: str) -> str:
+    """The guest's persistent journal read on the host (`journalctl -D` on a
+    copy that debugfs takes out of the powered-off disk; `args` go to
+    journalctl, e.g. "-u", "kexechibd.service")."""
+    with tempfile.TemporaryDirectory(dir=disk.parent) as tmp:
+        _run(["debugfs", "-R", f"rdump /var/log/journal {tmp}", str(disk)])
+        result = subprocess.run(
+            ["journalctl", "--no-pager", "-o", "short-monotonic", "-D", f"{tmp}/journal", *args],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        return result.stdout
+
+
+async def debian_cycle(
+    kernel: Path,
+    workdir: Path,
+    *,
+    on_line: Callable[[str, LogLine], None] | None = None,
+) -> DebianCycle:
+    """The hibernate cycle on the Debian guest: QEMU 1 boots the disk and runs
+    guest/debian/debian-cycle.sh (A hibernates through kexechibd's D-Bus API;
+    B saves into the image file and powers off), QEMU 2 boots the same disk
+    with the same firmware variables (kexechib-resume.service resumes A,
+    whose script then ends and powers off), then e2fsck on the host."""
+
+    disk = await asyncio.to_thread(debian_disk, workdir, kernel)
+    nvram = workdir / "OVMF_VARS.fd"
+    first_spec = debian_guest(
+        disk,
+        f"sh /{GUEST_LIB}/debian-cycle.sh",
+        kernel=kernel,
+        timeout=900,
+        name="deb-a",
+        firmware_vars=nvram,
+    )
+    async with Guest(first_spec, workdir / "qemu-1", on_line=relay_lines(on_line, "1")) as guest:
+        first = await guest.wait()
+    if first.timed_out or first.exit_status is not None:
+        # A's script ended in QEMU 1: A never hibernated, nothing to resume.
+        return DebianCycle(first, None, None, "", disk)
+    second_spec = debian_guest(
+        disk,
+        f". /{GUEST_LIB}/lab.sh; say c-boots-on",
+        kernel=kernel,
+        timeout=600,
+        name="deb-c",
+        firmware_vars=nvram,
+    )
+    async with Guest(second_spec, workdir / "qemu-2", on_line=relay_lines(on_line, "2")) as guest:
+        second = await guest.wait()
+    status, output = await asyncio.to_thread(fsck, disk)
+    return DebianCycle(first, second, status, output, disk)
