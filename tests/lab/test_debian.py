@@ -80,8 +80,9 @@ def test_the_guest_powers_off_cleanly(booted: GuestResult) -> None:
 # the image file with `kexechibctl image create`, hibernates through
 # kexechibd's D-Bus API; B (the lab kernel with the lab userspace for now)
 # writes the file's blocks on /dev/vda and powers off. QEMU 2 boots the same
-# disk: kexechib-resume.service resumes A, whose script ends, and A powers
-# off cleanly. Then e2fsck -fn on the host.
+# disk through its own Debian initramfs, whose local-premount/kexechib
+# resumes A before the root is checked or mounted; A's script ends, and A
+# powers off cleanly. Then e2fsck -fn on the host.
 
 
 @pytest.fixture(scope="module")
@@ -106,6 +107,16 @@ def test_b_saves_and_powers_off(cycle: DebianCycle) -> None:
 
 def test_the_next_boot_resumes_a_and_the_call_returns(cycle: DebianCycle) -> None:
     assert _records(cycle.resume, "a-back")["status"] == "0"
+
+
+def test_c_resumes_from_the_initramfs_before_anything_mounts_as_root(cycle: DebianCycle) -> None:
+    # C never mounted A's root: no journal replay, no orphan cleanup behind A's back.
+    assert cycle.resume is not None
+    log = cycle.resume.log
+    jump = log.index("Starting new kernel")
+    assert "Running /scripts/local-premount" in log[:jump], cycle.resume.describe()
+    assert "role restorer" in log[:jump]
+    assert "EXT4-fs (vda)" not in log[:jump], cycle.resume.describe()
 
 
 def test_the_workload_counts_on_with_its_memory_and_tmpfs_file(cycle: DebianCycle) -> None:
