@@ -33,6 +33,10 @@ APT_PACKAGES += qemu-system-x86 libxenmisc4.17 \
 # dpkg-buildpackage, debhelper with dh_python3, lintian; man-db and
 # groff-base render the man pages (`man -l`).
 APT_PACKAGES += dpkg-dev debhelper dh-python lintian man-db groff-base
+# Debian's initramfs builder: tests/test_initramfs_hook.py runs the real
+# mkinitramfs with our hook and local-premount script (in a private mount
+# namespace: nothing of the host's /boot is touched).
+APT_PACKAGES += initramfs-tools
 # The lab's Debian guest (kexechibd/lab/debian.py): mmdebstrap builds its root
 # filesystem from the archive apt uses; ovmf is the UEFI firmware it boots with.
 APT_PACKAGES += mmdebstrap ovmf
@@ -139,6 +143,7 @@ endif
 DBUS_POLICYDIR ?= $(DBUSDIR)/system.d
 POLKITDIR ?= $(PREFIX)/share/polkit-1/actions
 DOCDIR ?= $(PREFIX)/share/doc/kexechibd
+INITRAMFSTOOLSDIR ?= $(PREFIX)/share/initramfs-tools
 # The daemon looks for the purgatory in /usr/lib/kexechibd (INSTALLED_PURGATORY
 # in kexechibd/purgatory.py), as the units run /usr/sbin/kexechibd: with
 # another PREFIX, point KEXECHIB_PURGATORY at it.
@@ -196,6 +201,10 @@ install: purgatory-object
 		$(DESTDIR)$(SYSCONFDIR)/kernel/postinst.d/kexechibd
 	$(INSTALL) -D -m 0755 systemd/kernel/postrm.d/kexechibd \
 		$(DESTDIR)$(SYSCONFDIR)/kernel/postrm.d/kexechibd
+	$(INSTALL) -D -m 0755 initramfs-tools/hooks/kexechibd \
+		$(DESTDIR)$(INITRAMFSTOOLSDIR)/hooks/kexechibd
+	$(INSTALL) -D -m 0755 initramfs-tools/scripts/local-premount/kexechib \
+		$(DESTDIR)$(INITRAMFSTOOLSDIR)/scripts/local-premount/kexechib
 	test -e $(DESTDIR)$(SYSCONFDIR)/kexechibd.conf || \
 		$(INSTALL) -m 0644 systemd/kexechibd.conf.example $(DESTDIR)$(SYSCONFDIR)/kexechibd.conf
 

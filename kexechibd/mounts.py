@@ -107,8 +107,10 @@ def resume_refusal(mounts: Iterable[Mount]) -> str:
     return (
         f"{named}{more} {'is' if len(found) == 1 else 'are'} mounted read-write: this boot "
         "may already have changed what the hibernated system has cached, so resuming now "
-        "could corrupt it.  Resume only at boot, from kexechib-resume.service (the kernel "
-        "command line needs `ro`), or discard the image (kexechibctl image discard)"
+        "could corrupt it.  Resume only at boot: from the initramfs (kexechibd's "
+        "initramfs-tools hook, before the root is checked or mounted), or for a raw "
+        "partition on a system without it from kexechib-resume.service (the kernel command "
+        "line needs `ro`); or discard the image (kexechibctl image discard)"
     )
 
 

@@ -97,6 +97,19 @@ def test_make_install_leaves_out_the_lab_the_model_and_the_demo(installed: Path)
     assert [f for f in files if dev_only(f)] == []
 
 
+def test_make_install_installs_the_initramfs_tools_hook_and_script(installed: Path) -> None:
+    # Debian's initramfs resumes before the root is checked or mounted (DESIGN §6.4).
+    for shipped, where in (
+        ("initramfs-tools/hooks/kexechibd", "usr/share/initramfs-tools/hooks/kexechibd"),
+        (
+            "initramfs-tools/scripts/local-premount/kexechib",
+            "usr/share/initramfs-tools/scripts/local-premount/kexechib",
+        ),
+    ):
+        assert (installed / where).read_bytes() == (REPO / shipped).read_bytes()
+        assert os.access(installed / where, os.X_OK)
+
+
 def test_make_install_installs_the_man_pages(installed: Path) -> None:
     for page in MAN_PAGES:
         assert (installed / page).read_bytes() == (REPO / "docs/man" / Path(page).name).read_bytes()
@@ -319,6 +332,8 @@ def test_the_deb_holds_the_product_and_nothing_of_the_lab_the_model_or_the_demo(
         "usr/share/polkit-1/actions/org.kexechib1.policy",
         "usr/share/dbus-1/system.d/org.kexechib1.conf",
         "etc/kexechibd.conf",
+        "usr/share/initramfs-tools/hooks/kexechibd",
+        "usr/share/initramfs-tools/scripts/local-premount/kexechib",
         *(f"{page}.gz" for page in MAN_PAGES),
     ):
         assert expected in files

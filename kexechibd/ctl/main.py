@@ -182,6 +182,7 @@ async def _status(client: ManagerClient, args: argparse.Namespace) -> int:
         print(f"{name + ':':15} {value}")
     if props.get("Backend") == "linux":  # the model boots no kernel B
         print(f"{'Saver:':15} {saver.summary()}")
+        print(f"{'Resume at boot:':15} {saver.resume_summary()}")
     return EXIT_OK
 
 

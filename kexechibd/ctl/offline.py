@@ -9,6 +9,8 @@ import argparse
 import contextlib
 import dataclasses
 import json
+import shutil
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -110,6 +112,33 @@ def _output(name: str) -> Iterator[BinaryIO]:
         yield out
 
 
+INITRAMFS_HOOK = Path("/usr/share/initramfs-tools/hooks/kexechibd")
+
+
+def update_initramfs() -> int:
+    """A new image file has new blocks: Debian's initramfs, which resumes
+    before the root is mounted, must record them (DESIGN §6.4)."""
+    from kexechibd.initramfs.record import UPDATE_COMMAND
+
+    if not INITRAMFS_HOOK.exists() or shutil.which("update-initramfs") is None:
+        # The file is made; a system without Debian's initramfs (or a test
+        # machine) decides itself how the next boot finds it.
+        print(
+            f"kexechibctl: note: {INITRAMFS_HOOK} or update-initramfs is missing, so no "
+            "initramfs records where the image is; with initramfs-tools installed, run "
+            f"`{UPDATE_COMMAND}` (Hibernate refuses an image the next boot's initramfs "
+            "would not look at)",
+            file=sys.stderr,
+        )
+        return 0
+    print(f"running `{UPDATE_COMMAND}` to record it in the initramfs", flush=True)
+    done = subprocess.run(UPDATE_COMMAND.split(), check=False)
+    if done.returncode != 0:
+        print(f"kexechibctl: `{UPDATE_COMMAND}` failed; run it again", file=sys.stderr)
+        return 1
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from kexechibd.image import ImageError, ImageStore, export_elf_core, prepare_image_file
 
@@ -122,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
                 f"{args.image}: {mapped.size} bytes (two slots of {mapped.size // 2 >> 20} MiB) "
                 f"in {len(mapped.extents)} extents on {mapped.device_name}"
             )
-            return 0
+            return update_initramfs()
         with ImageStore(args.image).open() as reader:
             if args.image_command in ("info", "inspect"):
                 info = describe(reader.meta, reader.summary)

@@ -73,6 +73,28 @@ def summary(config_path: Path | None = None) -> str:
     return "; ".join([result.summary, *result.problems])
 
 
+def resume_summary(config_path: Path | None = None) -> str:
+    """One line on what the next boot's initramfs resumes, for `kexechibctl
+    status` (DESIGN §6.4; mapping the image file needs root)."""
+    from kexechibd.errors import ConfigError
+    from kexechibd.image.meta import ImageError
+    from kexechibd.initramfs import record
+
+    try:
+        config = config_module.load(config_path)
+    except ConfigError as e:
+        return f"unknown ({e})"
+    location = config.image.location
+    initramfs = Path(record.INSTALLED_INITRAMFS.format(release=os.uname().release))
+    try:
+        problems = record.next_boot_problems(location, initramfs)
+    except ImageError as e:
+        return f"unknown ({e})"
+    if problems is None:
+        return f"no {initramfs}: not checked"
+    return "; ".join(problems) or f"{initramfs} looks for the image at {location}"
+
+
 def run(args: argparse.Namespace) -> int:
     from kexechibd.errors import ConfigError, KexechibError
 

@@ -42,6 +42,7 @@ from kexechibd.image import (
     ImageStore,
 )
 from kexechibd.image.extents import size_for
+from kexechibd.initramfs import record
 from kexechibd.kernel import abi
 from kexechibd.kernel.api import Kernel, MemoryKind, SupportReport
 from kexechibd.purgatory import default_purgatory_path
@@ -64,6 +65,13 @@ class EngineSettings:
     window_size: int
     low_memory: bool
     purgatory: Path | None = None
+    # In Debian's initramfs (kexechibd --initramfs): the image at
+    # image_location, reached by block address from the resume record,
+    # since no filesystem is mounted (kexechibd/initramfs/record.py).
+    image_store: ImageStore | None = None
+    # Where the next boot's initramfs is, whose resume record Hibernate
+    # checks ({release}: this kernel's); None: not checked.
+    next_initramfs: str | None = None
 
 
 def detect_role(kernel_cmdline: str) -> Role:
@@ -112,6 +120,11 @@ class KexecEngine:
             return ""
         return mounts.early_boot_problem_of(self.settings.image_location)
 
+    def _store(self, image: Path) -> ImageStore:
+        if self.settings.image_store is not None and image == self.settings.image_location:
+            return self.settings.image_store
+        return ImageStore(image)
+
     # ------------------------------------------------------------ A: hibernate
 
     async def hibernate(
@@ -130,6 +143,8 @@ class KexecEngine:
         observer.set_state(State.PREPARING)
         window, params = await asyncio.to_thread(self._choose_window_and_params, options)
         mapped = await asyncio.to_thread(self._check_location, Path(params.image_location), window)
+        if options.mode is Mode.POWEROFF:
+            await asyncio.to_thread(self._check_next_boot, Path(params.image_location))
         params = dataclasses.replace(params, image_file=mapped)
         plan = await asyncio.to_thread(self._plan_saver, window)
         cancel.check()
@@ -338,6 +353,24 @@ class KexecEngine:
                 log.error("powering off failed: %s; jumping back to A", exc)
         await self._jump_to(entry)
 
+    def _check_next_boot(self, location: Path) -> None:
+        """The next boot must look for the image where B will write it:
+        the resume record in its initramfs must describe this file (inode,
+        size, extents) or partition (DESIGN §6.4).  A machine whose next
+        boot has no initramfs file here (the lab boots its kernels from
+        outside) is not checked."""
+        if not self._boots_this_machine or self.settings.next_initramfs is None:
+            return
+        path = Path(self.settings.next_initramfs.format(release=self.kernel.identity().release))
+        try:
+            problems = record.next_boot_problems(location, path)
+        except ImageError as exc:
+            raise NotSupported(f"cannot check what the next boot resumes: {exc}") from None
+        if problems is None:
+            log.info("not checking the next boot's resume record: no %s", path)
+        elif problems:
+            raise NotSupported("; ".join(problems))
+
     async def _jump_to(self, entry: int) -> None:
         """B → A with the jump-back helper; returns when A jumps to B again."""
         try:
@@ -353,12 +386,22 @@ class KexecEngine:
     ) -> None:
         if self._role is Role.SAVER:
             raise NotSupported("kernel B cannot resume images; it saves them")
+        store = self._store(image)
         if self._boots_this_machine:
             # A real A: its disks must be as it left them (DESIGN §6.4).
+            if isinstance(store, ExtentImageStore) and store.extents is None:
+                raise NotSupported(
+                    f"cannot resume {image}: this boot reached the image file through its "
+                    "filesystem, which it has therefore mounted, and mounting replays the "
+                    "hibernated system's journal and cleans up its orphan files behind its "
+                    "back; the image is resumed from the initramfs, before the root is "
+                    "checked or mounted (initramfs-tools with kexechibd's hook: "
+                    f"`{record.UPDATE_COMMAND}`). The image is left in place "
+                    "(kexechibctl image discard)"
+                )
             refusal = mounts.resume_refusal(await asyncio.to_thread(mounts.read_mounts))
             if refusal:
                 raise NotSupported(f"cannot resume {image}: {refusal}")
-        store = ImageStore(image)
         observer.set_state(State.LOADING)
         await asyncio.to_thread(self._load_image, store, options, observer, cancel)
         if options.load_only:
@@ -445,8 +488,10 @@ class KexecEngine:
     # ------------------------------------------------------------ inspect
 
     def inspect(self, image: Path) -> dict[str, object]:
-        store = ImageStore(image)
+        store = self._store(image)
         try:
+            if not store.exists():  # a prepared file or partition with no image yet
+                return {"valid": False, "absent": True, "path": str(image)}
             with store.open() as reader:
                 meta, summary = reader.meta, reader.summary
         except (ImageError, OSError) as exc:

@@ -39,6 +39,7 @@ from kexechibd.kernel.abi import KernelError
 
 if TYPE_CHECKING:
     from kexechibd.cycle.engine import EngineSettings
+    from kexechibd.image import ImageStore
 
 log = logging.getLogger("kexechibd.main")
 
@@ -62,14 +63,28 @@ class Runtime:
     # Why kernel B's initramfs cannot serve (kexechibd.initramfs.check);
     # none: not checked (the machine model, and tests' stand-in engines).
     saver_problems: Callable[[], Sequence[str]] | None = None
+    # kexechibd --initramfs: the image is reached through the resume record
+    # (the engine's store), not through a filesystem.
+    in_initramfs: bool = False
 
 
-RuntimeFactory = Callable[[Config], Runtime]
+RuntimeFactory = Callable[..., Runtime]  # (config, image_store=None)
+
+# Written by scripts/local-premount/kexechib after kexechibd --initramfs
+# returned (nothing was jumped to); initramfs-tools moves /run into the booted
+# system, where kexechib-resume.service finds it.
+INITRAMFS_RAN = Path("/run/kexechib/initramfs-ran")
+
+# How long --initramfs waits for the image's device (udev has settled and
+# the root device has appeared by local-premount; a separate disk may lag).
+INITRAMFS_DEVICE_WAIT = 10.0
 
 
-def engine_settings(config: Config) -> EngineSettings:
-    """What the engine takes from the configuration."""
+def engine_settings(config: Config, image_store: ImageStore | None = None) -> EngineSettings:
+    """What the engine takes from the configuration (and, in Debian's
+    initramfs, the image store the resume record leads to)."""
     from kexechibd.cycle.engine import EngineSettings
+    from kexechibd.initramfs.record import INSTALLED_INITRAMFS
 
     kernel, initrd = config.saver.files(os.uname().release)
     return EngineSettings(
@@ -83,10 +98,14 @@ def engine_settings(config: Config) -> EngineSettings:
         window_start=config.saver.window.start,
         window_size=config.saver.window.size,
         low_memory=config.saver.low_memory,
+        image_store=image_store,
+        next_initramfs=INSTALLED_INITRAMFS,
     )
 
 
-def open_runtime(config: Config) -> Runtime:  # pragma: no cover - needs the real backends
+def open_runtime(
+    config: Config, image_store: ImageStore | None = None
+) -> Runtime:  # pragma: no cover - needs the real backends
     # Imported here: the engine and the backends are heavy, and the D-Bus
     # shell is tested (and kexechibctl works) without them.
     from kexechibd.cycle.engine import KexecEngine
@@ -94,7 +113,7 @@ def open_runtime(config: Config) -> Runtime:  # pragma: no cover - needs the rea
 
     kernel = open_kernel(config)
     problems = None
-    if config.daemon.backend == "linux":
+    if config.daemon.backend == "linux" and image_store is None:
         from kexechibd.initramfs.check import check_saver
 
         saver_kernel, saver_initrd = config.saver.files(os.uname().release)
@@ -103,10 +122,11 @@ def open_runtime(config: Config) -> Runtime:  # pragma: no cover - needs the rea
             return check_saver(saver_kernel, saver_initrd).problems
 
     return Runtime(
-        KexecEngine(engine_settings(config), kernel),
+        KexecEngine(engine_settings(config, image_store), kernel),
         kernel.cmdline(),
         kernel.identity().boot_id,
         problems,
+        in_initramfs=image_store is not None,
     )
 
 
@@ -146,8 +166,9 @@ roles:
     saver (B)     kexechib.role=save and kexec_jump_back_entry=0x... are on
                   the kernel command line; it saves A at once.
     restorer (C)  a valid image of an earlier boot is at [image] location;
-                  it resumes it with --oneshot (kexechib-resume.service) or
-                  on request (Resume).
+                  it resumes it from Debian's initramfs with --initramfs
+                  (scripts/local-premount/kexechib), before the root
+                  filesystem is checked or mounted.
     origin (A)    otherwise: the user's system, which may Hibernate.
 
 kernel command line:
@@ -221,9 +242,17 @@ files:
 systemd units:
   kexechibd.service        this daemon, started by bus activation (or at boot
                            when enabled)
-  kexechib-resume.service  early boot: kexechibd --oneshot resumes an image of
-                           an earlier boot before anything is mounted
-                           read-write
+  kexechib-resume.service  early boot: kexechibd --oneshot tells logind whether
+                           it can hibernate; reports an image the initramfs
+                           left in place; without the initramfs hook, resumes
+                           an image on a raw partition before anything is
+                           mounted read-write
+  /usr/share/initramfs-tools/hooks/kexechibd,
+  /usr/share/initramfs-tools/scripts/local-premount/kexechib
+                           put python3, kexechibd and the resume record into
+                           Debian's initramfs and resume from it (kexechibd
+                           --initramfs); run `update-initramfs -u` after the
+                           image location changes
   kexechib-save.target, kexechib-save.service
                            what a systemd kernel B boots into
                            (systemd.unit=kexechib-save.target): kexechibd
@@ -289,6 +318,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "resume the image in a restorer boot, nothing in A",
     )
     parser.add_argument(
+        "--initramfs",
+        action="store_true",
+        help="--oneshot in Debian's initramfs (scripts/local-premount/kexechib): find the "
+        "image through the hook's resume record by block address, before any filesystem "
+        "is mounted; no bus, no journal, messages on the console",
+    )
+    parser.add_argument(
         "--check",
         action="store_true",
         help="decide the role and what this kernel supports, tell logind (the sleep.conf "
@@ -312,8 +348,19 @@ def main(
         return EXIT_CONFIG
     if not args.debug:
         logging.getLogger("kexechibd").setLevel(logs.LEVELS[config.daemon.log_level])
+    image_store = None
+    if args.initramfs:
+        args.oneshot = True
+        found = early_image_store(config)
+        if found is None:
+            return EXIT_OK
+        image_store = found
     try:
-        runtime = runtime_factory(config)
+        runtime = (
+            runtime_factory(config, image_store=image_store)
+            if image_store is not None
+            else runtime_factory(config)
+        )
     except ImportError as e:
         log.error("the engine or the kernel backends are missing from this installation: %s", e)
         return EXIT_FAILURE
@@ -322,7 +369,9 @@ def main(
         return EXIT_FAILURE
     # Only a daemon that drives this machine's kernel speaks for it to logind
     # (not the model's, nor a test's stand-in engine).
-    sleep_conf = sleepconf.RUNTIME_PATH if runtime.engine.backend == "linux" else None
+    # (nor one in the initramfs: the booted system's kexechib-resume.service does)
+    speaks = runtime.engine.backend == "linux" and not runtime.in_initramfs
+    sleep_conf = sleepconf.RUNTIME_PATH if speaks else None
     return asyncio.run(
         Daemon(
             runtime,
@@ -333,6 +382,31 @@ def main(
             sleep_conf=sleep_conf,
         ).run()
     )
+
+
+def early_image_store(config: Config) -> ImageStore | None:
+    """``--initramfs``: the store the resume record leads to, or None (and a
+    line on the console when there is something to say) when there is none
+    to look at: the boot goes on."""
+    from kexechibd.image.meta import ImageError
+    from kexechibd.initramfs import record
+
+    try:
+        found = record.load()
+        if found is None:
+            log.info("no resume record in this initramfs: nothing to resume")
+            return None
+        if found.location != str(config.image.location):
+            say(
+                f"kexechib: this initramfs records the image at {found.location}, but the "
+                f"configuration names {config.image.location}; looking at neither (run "
+                f"`{record.UPDATE_COMMAND}`)"
+            )
+            return None
+        return record.store(found, wait=INITRAMFS_DEVICE_WAIT)
+    except ImageError as e:
+        say(f"kexechib: cannot look for an image: {e}; booting normally")
+        return None
 
 
 def say(message: str) -> None:
@@ -358,8 +432,10 @@ class Daemon:
         handle_signals: bool = True,
         config: Config | None = None,
         sleep_conf: Path | None = None,
+        initramfs_ran: Path | None = None,
     ) -> None:
         self._runtime = runtime
+        self._initramfs_ran = INITRAMFS_RAN if initramfs_ran is None else initramfs_ran
         self._sleep_conf = sleep_conf
         self._config = Config() if config is None else config
         self._bus_address = bus_address
@@ -378,7 +454,9 @@ class Daemon:
     async def start_manager(self) -> Manager:
         engine = self._runtime.engine
         location = Path(engine.image_location)
-        if await asyncio.to_thread(os.path.lexists, location):
+        # In the initramfs the location's filesystem is not mounted: the
+        # engine reaches the image by block address.
+        if self._runtime.in_initramfs or await asyncio.to_thread(os.path.lexists, location):
             image = ImageState.from_inspect(await asyncio.to_thread(engine.inspect, location))
         else:
             image = ImageState(ImageVerdict.ABSENT)
@@ -523,6 +601,19 @@ class Daemon:
                     "place (kexechibctl image verify / discard)"
                 )
             log.info("nothing to do: %s", manager.decision.reason)
+            return EXIT_OK
+        if (
+            manager.role is Role.RESTORER
+            and not self._runtime.in_initramfs
+            and await asyncio.to_thread(self._initramfs_ran.exists)
+        ):
+            # The initramfs looked at the image before the root was mounted
+            # and said why it did not resume it; now it is too late to.
+            say(
+                f"kexechib: the initramfs did not resume the image at {engine.image_location} "
+                "(its message is above); it is left in place: reboot to try again, or "
+                "`kexechibctl image discard` it"
+            )
             return EXIT_OK
         if manager.role is Role.RESTORER and cmdline.noresume(self._runtime.cmdline):
             say(

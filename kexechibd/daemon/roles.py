@@ -50,7 +50,10 @@ class ImageState:
     @classmethod
     def from_inspect(cls, info: Mapping[str, object]) -> ImageState:
         """From ``Engine.inspect``: ``valid`` (bool), ``state`` (committed,
-        consumed, invalid), ``boot-id``, and ``error`` when it cannot be read."""
+        consumed, invalid), ``boot-id``, ``error`` when it cannot be read,
+        ``absent`` when the location holds no image at all."""
+        if info.get("absent") is True:
+            return cls(ImageVerdict.ABSENT)
         boot_id = info.get("boot-id", "")
         boot_id = boot_id if isinstance(boot_id, str) else ""
         if info.get("valid") is True:

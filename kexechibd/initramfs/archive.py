@@ -3,7 +3,9 @@ directories, symlinks and device nodes (``kexechibd.cpio`` writes the
 entries), and the shared libraries a program needs (ldd).
 
 Kernel B's initramfs (``kexechibd.initramfs.build``) and the lab's guests
-(``kexechibd.lab``) are both built with these.
+(``kexechibd.lab``) are both built with these; ``Tree`` takes the same
+calls and writes the files into a directory instead, for Debian's
+initramfs (initramfs-tools' ``$DESTDIR``, ``kexechibd.initramfs.hook``).
 """
 
 from __future__ import annotations
@@ -14,8 +16,23 @@ import subprocess
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from kexechibd import cpio
+
+
+class Sink(Protocol):
+    """Where the files of an initramfs go: a ``Cpio`` or a ``Tree``."""
+
+    names: set[str]
+
+    def directory(self, name: str, mode: int = 0o755) -> None: ...
+
+    def file(self, name: str, data: bytes, mode: int = 0o644, mtime: int = 0) -> None: ...
+
+    def host_file(self, name: str, path: Path, mode: int | None = None) -> None: ...
+
+    def symlink(self, name: str, target: str) -> None: ...
 
 
 @dataclass
@@ -83,6 +100,49 @@ class Cpio:
         return b"".join([*parts, cpio.newc_trailer(len(self.entries) + 1)])
 
 
+@dataclass
+class Tree:
+    """The files of an initramfs written into the directory ``root`` (as
+    initramfs-tools' hooks do into ``$DESTDIR``).  A file already there
+    (initramfs-tools copied the same library) is left as it is."""
+
+    root: Path
+    names: set[str] = field(default_factory=set)
+
+    def _target(self, name: str) -> Path:
+        name = name.strip("/")
+        self.names.add(name)
+        target = self.root / name
+        # realpath: through the tree's own symlinks (lib -> usr/lib) even
+        # before what they point to exists
+        os.makedirs(os.path.realpath(target.parent), exist_ok=True)
+        return target
+
+    def directory(self, name: str, mode: int = 0o755) -> None:
+        self._target(name).mkdir(mode, exist_ok=True)
+
+    def file(self, name: str, data: bytes, mode: int = 0o644, mtime: int = 0) -> None:
+        target = self._target(name)
+        target.unlink(missing_ok=True)
+        target.write_bytes(data)
+        os.chmod(target, mode)
+        if mtime:
+            os.utime(target, (mtime, mtime))
+
+    def host_file(self, name: str, path: Path, mode: int | None = None) -> None:
+        target = self._target(name)
+        if os.path.lexists(target):
+            return
+        st = path.stat()
+        self.file(name, path.read_bytes(), stat.S_IMODE(st.st_mode) if mode is None else mode)
+        os.utime(target, (st.st_atime, st.st_mtime))  # .pyc files check their source's
+
+    def symlink(self, name: str, target: str) -> None:
+        link = self._target(name)
+        if not os.path.lexists(link):
+            os.symlink(target, link)
+
+
 def shared_libraries(program: Path) -> list[Path]:
     """The shared libraries `program` loads, the dynamic loader included (from ldd)."""
     out = subprocess.run(["ldd", str(program)], capture_output=True, text=True, check=False).stdout
@@ -100,7 +160,7 @@ def shared_libraries(program: Path) -> list[Path]:
     return libs
 
 
-def add_programs(archive: Cpio, programs: Mapping[str, Path], root: str = "") -> None:
+def add_programs(archive: Sink, programs: Mapping[str, Path], root: str = "") -> None:
     """Each program at `root/name`, with the shared libraries and loader ldd
     names at their usual paths, so that it runs unchanged in `chroot root`."""
     for name, program in sorted(programs.items()):
@@ -108,7 +168,7 @@ def add_programs(archive: Cpio, programs: Mapping[str, Path], root: str = "") ->
     add_libraries(archive, programs.values(), root)
 
 
-def add_libraries(archive: Cpio, binaries: Iterable[Path], root: str = "") -> None:
+def add_libraries(archive: Sink, binaries: Iterable[Path], root: str = "") -> None:
     """The shared libraries (and the loader) that `binaries` (programs or
     shared objects) load, at the paths ldd names, unless already there."""
     libs = {str(lib): lib for binary in binaries for lib in shared_libraries(binary)}

@@ -36,7 +36,7 @@ import kexechibd
 from kexechibd.bootproto import kernel_banner
 from kexechibd.errors import Failed
 from kexechibd.initramfs import kmod
-from kexechibd.initramfs.archive import Cpio, add_libraries
+from kexechibd.initramfs.archive import Cpio, Sink, add_libraries
 from kexechibd.initramfs.manifest import NAME as MANIFEST_NAME
 from kexechibd.initramfs.manifest import Manifest, package_hash
 from kexechibd.initramfs.python import (
@@ -137,6 +137,29 @@ def _compile(python: Path, package: Path, site: Path, staging: Path) -> list[tup
     return out
 
 
+def add_python(out: Sink, python: Path, package: Path, layout: PythonLayout) -> None:
+    """The interpreter (as /usr/bin/python3), its pruned stdlib, what
+    kexechibd imports from outside it, kexechibd itself (sourceless, the
+    product only) and the shared libraries all of these load: what runs
+    ``kexechibd --oneshot`` in kernel B's initramfs and in Debian's."""
+    binary = f"usr/bin/{layout.executable.name}"
+    out.host_file(binary, layout.executable, 0o755)
+    if binary != "usr/bin/python3":
+        out.symlink("usr/bin/python3", layout.executable.name)
+    extensions = [layout.executable]
+    python_files = [guest_module(p, layout.cache_tag) for p in stdlib_files(layout.stdlib)]
+    for top in layout.dependencies:
+        python_files += [guest_module(p, layout.cache_tag) for p in tree_files(top)]
+    for name, path in python_files:
+        out.host_file(name, path)
+        if path.suffix == ".so":
+            extensions.append(path)
+    with tempfile.TemporaryDirectory() as staging:
+        for name, path in _compile(python, package, layout.site, Path(staging)):
+            out.host_file(name, path, 0o644)
+    add_libraries(out, extensions)
+
+
 def saver_archive(
     *,
     release: str,
@@ -170,22 +193,7 @@ def saver_archive(
     archive.chardev("dev/urandom", 1, 9, 0o644)
     archive.chardev("dev/null", 1, 3, 0o666)
     archive.file("init", INIT, 0o755)
-    binary = f"usr/bin/{layout.executable.name}"
-    archive.host_file(binary, layout.executable, 0o755)
-    if binary != "usr/bin/python3":
-        archive.symlink("usr/bin/python3", layout.executable.name)
-    extensions = [layout.executable]
-    python_files = [guest_module(p, layout.cache_tag) for p in stdlib_files(layout.stdlib)]
-    for top in layout.dependencies:
-        python_files += [guest_module(p, layout.cache_tag) for p in tree_files(top)]
-    for name, path in python_files:
-        archive.host_file(name, path)
-        if path.suffix == ".so":
-            extensions.append(path)
-    with tempfile.TemporaryDirectory() as staging:
-        for name, path in _compile(python, package, layout.site, Path(staging)):
-            archive.host_file(name, path, 0o644)
-    add_libraries(archive, extensions)
+    add_python(archive, python, package, layout)
     for rel, stored in zip(modules, stored_modules, strict=True):
         archive.file(
             f"lib/modules/{release}/{stored}", _decompressed(modules_root / release / rel), 0o644

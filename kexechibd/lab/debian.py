@@ -75,6 +75,10 @@ PACKAGES = (
     "python3-zstandard",
     "python3-lz4",
     "polkitd",
+    # Debian's initramfs: A and C boot through it, and C resumes from it
+    # (kexechibd's hook and local-premount script, DESIGN §6.4).
+    "initramfs-tools",
+    "zstd",
 )
 MACHINE_ID = "6b657865636869626c61620000000002"  # fixed: no first-boot handling
 HOSTNAME = "kexechib-deb"
@@ -364,7 +368,44 @@ def debian_disk(
         _run(["mkfs.ext4", "-q", "-F", "-L", "root", "-d", str(tree), str(disk), size])
     if image:
         prepare_image(disk)
+    debian_initramfs(disk, kernel)
     return disk
+
+
+def initramfs_path(disk: Path) -> Path:
+    """Where `debian_initramfs` put the copy QEMU boots with (`-initrd`)."""
+    return disk.parent / "initrd.img"
+
+
+def debian_initramfs(disk: Path, kernel: Path) -> Path:
+    """The guest's own Debian initramfs for the lab kernel, made as a Debian
+    machine makes it: `update-initramfs -c` in the guest's root (a chroot of
+    the loop-mounted disk, in a private mount namespace), with the guest's
+    initramfs-tools, udev, python3 and kexechibd's hook, which records the
+    prepared image file's blocks on this very disk (blkid gives the by-uuid
+    link udev makes for /dev/vda).  The lab kernel has no modules: the empty
+    /lib/modules/<release> and /boot/config-<release> that `install_kernel`
+    left (mkinitramfs checks the compression) are all it needs.  The archive stays
+    in the guest's /boot (A's Hibernate compares its resume record with the
+    image file) and is copied out for QEMU's -initrd."""
+    release = kernel_release(kernel)
+    out = initramfs_path(disk)
+    mount = disk.parent / "initramfs-mount"
+    mount.mkdir(exist_ok=True)
+    script = f"""set -e
+m={mount}
+mount -o loop {disk} "$m"
+for d in proc sys dev; do mount --rbind /$d "$m/$d"; done
+mount -t tmpfs tmpfs "$m/run"
+mount -t tmpfs tmpfs "$m/tmp"
+chroot "$m" update-initramfs -c -k {release}
+cp "$m/boot/initrd.img-{release}" {out}
+"""
+    try:
+        _run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script])
+    finally:
+        mount.rmdir()
+    return out
 
 
 def debian_guest(
@@ -383,9 +424,11 @@ def debian_guest(
     lab kernel booting `disk` as its ext4 root. The probe unit runs
     `command` as root once multi-user.target is reached, then powers off
     (`kexechib.lab.poweroff=no` in `append`: it does not)."""
+    initrd = initramfs_path(disk)
     return GuestSpec(
         command=command,
         kernel=kernel,
+        initrd=initrd if initrd.exists() else None,
         memory_mib=memory_mib,
         append=f"{APPEND} {append}".strip(),
         disks=(disk,),
@@ -428,9 +471,9 @@ class DebianCycle:
         add("B: boot, bus, kexechibd, save -> committed", b_init, committed)
         add("hibernate: call -> QEMU gone (power off)", call, one.wall_seconds)
         if two is not None:
-            service = _seen(two, "Starting kexechib-resume")
-            add("C: QEMU start -> kexechib-resume starts", 0.0, service)
-            add("C: resume service -> jump into A", service, _seen(two, "Starting new kernel"))
+            premount = _seen(two, "Running /scripts/local-premount")
+            add("C: QEMU start -> initramfs local-premount", 0.0, premount)
+            add("C: initramfs resume -> jump into A", premount, _seen(two, "Starting new kernel"))
             add("resume: QEMU start -> the call returns in A", 0.0, _seen(two, "a-back"))
         return out
 

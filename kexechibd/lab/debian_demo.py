@@ -5,7 +5,8 @@ QEMU 1 boots Debian 12 with systemd from an ext4 disk through OVMF (2 CPUs,
 1 GiB); a lingering user's service counts in its memory, keeps a tmpfs file
 and appends to a file on the root; root calls kexechibd's Hibernate; B saves
 A into a prepared image file's blocks and powers off. QEMU 2 boots the same
-disk: kexechib-resume.service resumes A. Then each check, and the phases.
+disk through its own Debian initramfs, whose local-premount/kexechib
+resumes A before the root is mounted. Then each check, and the phases.
 """
 
 from __future__ import annotations

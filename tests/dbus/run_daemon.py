@@ -12,6 +12,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from kexechibd.config import Config
+from kexechibd.daemon import main as daemon_main
 from kexechibd.daemon.main import Runtime, main
 from tests.dbus.scripted_engine import ScriptedEngine
 
@@ -22,7 +23,10 @@ def run(argv: list[str]) -> int:
     parser.add_argument("--hold", action="store_true", help="operations wait until cancelled")
     parser.add_argument("--cmdline", default="ro quiet")
     parser.add_argument("--boot-id", default="boot-of-this-test")
+    parser.add_argument("--initramfs-ran", type=Path, help="in place of /run/kexechib/…")
     script = parser.parse_args(argv[:split])
+    if script.initramfs_ran:
+        daemon_main.INITRAMFS_RAN = script.initramfs_ran
 
     def runtime(config: Config) -> Runtime:
         engine = ScriptedEngine(image_location=str(config.image.location))

@@ -303,6 +303,30 @@ async def test_a_damaged_image_boots_normally_and_says_so_on_the_console(tmp_pat
     assert image.read_bytes() == b"\x7fELF garbage"
 
 
+async def test_after_the_initramfs_looked_at_the_image_the_booted_system_does_not_resume_it(
+    tmp_path,
+):
+    # scripts/local-premount/kexechib leaves /run/kexechib/initramfs-ran when
+    # kexechibd --initramfs returned; the root is mounted by now.
+    image = make_image(tmp_path / "image", boot_id="earlier-boot")
+    before = image.read_bytes()
+    ran = tmp_path / "initramfs-ran"
+    ran.write_text("0\n")
+    conf = tmp_path / "kexechibd.conf"
+    conf.write_text(f"[image]\nlocation = {image}\n")
+    result = await run(
+        [
+            *(sys.executable, str(LAUNCHER), "--initramfs-ran", str(ran)),
+            *("--", "--oneshot", f"--config={conf}"),
+        ],
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"kexechib: the initramfs did not resume the image at {image}")
+    assert "resume started" not in result.stderr
+    assert image.read_bytes() == before
+
+
 async def test_oneshot_logs_the_progress_every_ten_percent(tmp_path):
     # No bus to watch Progress on: a resume early in boot shows it in the log.
     make_image(tmp_path / "image", boot_id="earlier-boot")

@@ -77,13 +77,15 @@ def test_the_guest_powers_off_cleanly(booted: GuestResult) -> None:
 
 # ---------------------------------------------------------------- the cycle
 # The disk: Debian's root with the checkout's package installed by `dpkg -i`
-# (its postinst built kernel B's initramfs with `kexechibctl saver build`)
-# and the image file prepared by `kexechibctl image create`. QEMU 1: A (the
-# probe runs guest/debian/debian-cycle.sh as root) calls logind's
-# Hibernate(false), as desktops do; logind hands hibernate.target to
-# kexechibd through the package's drop-in; B, the installed kernel with that
-# initramfs, writes the file's blocks on /dev/vda and powers off. QEMU 2
-# boots the same disk, which resumes A; logind's job ends, A's script ends,
+# (its postinst built kernel B's initramfs with `kexechibctl saver build`),
+# the image file prepared by `kexechibctl image create`, and the system's
+# Debian initramfs with kexechibd's hook. QEMU 1: A (the probe runs
+# guest/debian/debian-cycle.sh as root) calls logind's Hibernate(false), as
+# desktops do; logind hands hibernate.target to kexechibd through the
+# package's drop-in; B, the installed kernel with that initramfs, writes the
+# file's blocks on /dev/vda and powers off. QEMU 2 boots the same disk
+# through its own Debian initramfs, whose local-premount/kexechib resumes A
+# before the root is checked or mounted; logind's job ends, A's script ends,
 # and A powers off cleanly. Then e2fsck -fn on the host.
 
 
@@ -128,6 +130,16 @@ def test_kexechibd_reports_no_error_after_the_resume(cycle: DebianCycle) -> None
 
 def test_the_next_boot_resumes_a_and_the_call_returns(cycle: DebianCycle) -> None:
     assert _records(cycle.resume, "a-back")["status"] == "0"
+
+
+def test_c_resumes_from_the_initramfs_before_anything_mounts_as_root(cycle: DebianCycle) -> None:
+    # C never mounted A's root: no journal replay, no orphan cleanup behind A's back.
+    assert cycle.resume is not None
+    log = cycle.resume.log
+    jump = log.index("Starting new kernel")
+    assert "Running /scripts/local-premount" in log[:jump], cycle.resume.describe()
+    assert "role restorer" in log[:jump]
+    assert "EXT4-fs (vda)" not in log[:jump], cycle.resume.describe()
 
 
 def test_the_workload_counts_on_with_its_memory_and_tmpfs_file(cycle: DebianCycle) -> None:
