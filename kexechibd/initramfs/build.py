@@ -228,7 +228,13 @@ def build(
         modules_root=modules_root,
     )
     data = archive.to_bytes()
-    output.parent.mkdir(parents=True, exist_ok=True)
+    # Directories made here are private: the default place is below
+    # /var/lib/kexechib, kexechibd's state directory (0700), where the image
+    # with all of memory lives; a build before the daemon's first start must
+    # not leave it open to everyone.
+    for directory in [*reversed(output.parent.parents), output.parent]:
+        if not directory.exists():
+            directory.mkdir(mode=0o700)
     fd, tmp = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.")
     try:
         with os.fdopen(fd, "wb") as f:

@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import functools
 import hashlib
 import os
 import shutil
@@ -45,7 +46,7 @@ from pathlib import Path
 
 from kexechibd.lab.cycle import relay_lines
 from kexechibd.lab.kernel import cache_root
-from kexechibd.lab.qemu import Guest, GuestResult, GuestSpec, LogLine
+from kexechibd.lab.qemu import Guest, GuestResult, GuestSpec, LogLine, new_workdir
 
 # Bump when the recipe (hooks, layout) changes: it is part of the cache key.
 RECIPE = 1
@@ -193,8 +194,6 @@ def debian_rootfs() -> Path:
 
 REPO = Path(__file__).resolve().parents[2]
 GUEST_SCRIPTS = Path(__file__).resolve().parent / "guest"
-# Where A's configuration finds kernel B and B's initramfs in the guest.
-SAVER_DIR = "boot/kexechib"
 # The prepared image file on A's root (kexechibctl image create): two slots,
 # each holding A's RAM outside B's window (about 830 MiB) incompressible.
 IMAGE_FILE = "/var/lib/kexechib/image"
@@ -209,39 +208,66 @@ SAVER_CPUS = "nr_cpus=1"
 APPEND = f"root={ROOT_DEVICE} ro rootfstype=ext4 kexechib.enable_kexec=1"
 
 
-def saver_files(kernel: Path) -> tuple[Path, Path]:
-    """Kernel B and B's initramfs, as A's configuration will name them.
+def kernel_release(kernel: Path) -> str:
+    """The release (`uname -r`) a bzImage will report: the first word of its banner."""
+    from kexechibd.bootproto import kernel_banner
 
-    Today: the lab kernel and the lab's guest userspace archive (saver.sh
-    runs kexechibd in B, docs/lab.md §5). Once `kexechibctl saver build`
-    exists this returns its initramfs instead."""
-    from kexechibd.lab.userspace import lab_userspace
+    with open(kernel, "rb") as f:
+        return kernel_banner(f.read(64 << 10)).split()[0]
 
-    return kernel, lab_userspace()
+
+@functools.cache
+def product_package() -> Path:
+    """The checkout's Debian package (`make deb`), built once per process
+    into the lab's cache: what the guest installs with `dpkg -i`."""
+    out = new_workdir("deb")
+    _run(["make", "-s", "-C", str(REPO), "deb", f"DEB_DIR={out}"])
+    (deb,) = out.glob("kexechibd_*.deb")
+    return deb
 
 
 def debian_config(*, window: str = WINDOW, saver_cmdline: str = "") -> str:
     """/etc/kexechibd.conf in the Debian guest (real kexec is enabled by
-    `kexechib.enable_kexec=1` on the command line only)."""
-    cmdline = (
-        f"console=ttyS0 panic=-1 {SAVER_CPUS} kexechib.lab.root=none "
-        f"kexechib.lab.run=/{GUEST_LIB}/saver.sh {saver_cmdline}"
-    ).strip()
+    `kexechib.enable_kexec=1` on the command line only). Kernel B and its
+    initramfs are the defaults: the installed kernel and what the package's
+    postinst built for it with `kexechibctl saver build`."""
+    cmdline = f"console=ttyS0 panic=-1 {SAVER_CPUS} {saver_cmdline}".strip()
     return (
         "# kexechibd in the lab's Debian guest (kexechibd/lab/debian.py)\n"
         "[daemon]\nbackend = linux\nlog_level = info\n"
         f"[image]\nlocation = {IMAGE_FILE}\n"
-        f"[saver]\nkernel = /{SAVER_DIR}/bzImage\ninitrd = /{SAVER_DIR}/saver.cpio\n"
-        f"cmdline = {cmdline}\nwindow = {window}\nmode = poweroff\n"
+        f"[saver]\ncmdline = {cmdline}\nwindow = {window}\nmode = poweroff\n"
     )
 
 
+def install_kernel(root: Path, kernel: Path) -> str:
+    """The lab kernel installed as a Debian kernel package would leave it:
+    /boot/vmlinuz-<release>, its config, and /lib/modules/<release> (empty:
+    everything is built in; `depmod -b` writes the index files that
+    mkinitramfs and kexechibctl saver build read)."""
+    release = kernel_release(kernel)
+    shutil.copyfile(kernel, root / f"boot/vmlinuz-{release}")
+    shutil.copyfile(kernel.parent / "config", root / f"boot/config-{release}")
+    (root / f"lib/modules/{release}").mkdir(parents=True, exist_ok=True)
+    _run(["depmod", "-b", str(root), release])
+    return release
+
+
 def install_product(root: Path) -> None:
-    """Install kexechibd into the tree as a user would, and enable what the
-    package will enable. Today `make install DESTDIR=`; with the Debian
-    package, `dpkg --root` / `dpkg -i` in a chroot of its .deb instead."""
-    _run(["make", "-s", "-C", str(REPO), "install", f"DESTDIR={root}"])
-    _run(["systemctl", f"--root={root}", "enable", "kexechib-resume.service"])
+    """Install kexechibd into the tree as a user would: `dpkg -i` of the
+    checkout's package in a chroot. Its postinst enables kexechib-resume.service
+    and builds kernel B's initramfs (`kexechibctl saver build`) for every
+    installed kernel, with the guest's own python3 and packages."""
+    deb = product_package()
+    shutil.copyfile(deb, root / "tmp" / deb.name)
+    script = f"""set -e
+r={root}
+for d in proc sys dev; do mount --rbind /$d "$r/$d"; done
+mount -t tmpfs tmpfs "$r/run"
+chroot "$r" dpkg --force-confold -i /tmp/{deb.name}
+rm -f "$r/tmp/{deb.name}"
+"""
+    _run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script])
 
 
 def guest_files(root: Path, kernel: Path, *, config: str | None = None) -> None:
@@ -270,11 +296,6 @@ def guest_files(root: Path, kernel: Path, *, config: str | None = None) -> None:
         os.lchown(dirpath, USER_UID, USER_UID)
         for name in filenames:
             os.lchown(os.path.join(dirpath, name), USER_UID, USER_UID)
-    b_kernel, b_initrd = saver_files(kernel)
-    saver = root / SAVER_DIR
-    saver.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(b_kernel, saver / "bzImage")
-    shutil.copyfile(b_initrd, saver / "saver.cpio")
     (root / "etc/kexechibd.conf").write_text(config or debian_config())
     # Fixed, so that no first-boot handling runs (and A, B and C agree on the
     # machine); per run, because mmdebstrap empties it after its hooks.
@@ -341,20 +362,14 @@ def debian_disk(
     the prepared image file in it too (`prepare_image`)."""
     disk = workdir / "root.img"
     with _overlay(debian_rootfs(), workdir) as tree:
-        install_product(tree)
+        install_kernel(tree, kernel)
         guest_files(tree, kernel, config=config)
+        install_product(tree)
         _run(["mkfs.ext4", "-q", "-F", "-L", "root", "-d", str(tree), str(disk), size])
     if image:
         prepare_image(disk)
     debian_initramfs(disk, kernel)
     return disk
-
-
-def kernel_release(kernel: Path) -> str:
-    from kexechibd.bootproto import kernel_banner
-
-    with open(kernel, "rb") as f:
-        return kernel_banner(f.read(64 << 10)).split()[0]
 
 
 def initramfs_path(disk: Path) -> Path:
@@ -368,9 +383,9 @@ def debian_initramfs(disk: Path, kernel: Path) -> Path:
     the loop-mounted disk, in a private mount namespace), with the guest's
     initramfs-tools, udev, python3 and kexechibd's hook, which records the
     prepared image file's blocks on this very disk (blkid gives the by-uuid
-    link udev makes for /dev/vda).  The lab kernel has no modules: an empty
-    /lib/modules/<release> (depmod -b) and its config as /boot/config-<release>
-    (mkinitramfs checks the compression) are all it needs.  The archive stays
+    link udev makes for /dev/vda).  The lab kernel has no modules: the empty
+    /lib/modules/<release> and /boot/config-<release> that `install_kernel`
+    left (mkinitramfs checks the compression) are all it needs.  The archive stays
     in the guest's /boot (A's Hibernate compares its resume record with the
     image file) and is copied out for QEMU's -initrd."""
     release = kernel_release(kernel)
@@ -380,9 +395,6 @@ def debian_initramfs(disk: Path, kernel: Path) -> Path:
     script = f"""set -e
 m={mount}
 mount -o loop {disk} "$m"
-mkdir -p "$m/lib/modules/{release}"
-depmod -b "$m" {release}
-cp {kernel.parent / "config"} "$m/boot/config-{release}"
 for d in proc sys dev; do mount --rbind /$d "$m/$d"; done
 mount -t tmpfs tmpfs "$m/run"
 mount -t tmpfs tmpfs "$m/tmp"

@@ -58,7 +58,19 @@ def checks(run: DebianCycle) -> list[tuple[bool, str]]:
     return [
         (any("image committed" in ln.text for ln in run.hibernate.lines), "B committed the image"),
         (run.hibernate.shutdown_reason == "guest-shutdown", "B powered off (ACPI, under UEFI)"),
-        (back.get("status") == "0", "the next boot resumed A: the Hibernate call returned 0"),
+        (
+            _fields(run.hibernate, "a-can").get("logind") == "yes",
+            "logind offered hibernation (CanHibernate yes, from kexechibd's verdict)",
+        ),
+        (
+            back.get("status") == "0" and back.get("last_error") == "none",
+            "the next boot resumed A: logind's hibernate job ended, kexechibd reports no error",
+        ),
+        (back.get("signals") == "true,false", "a listener saw PrepareForSleep true, then false"),
+        (
+            back.get("hooks") == "pre:hibernate:hibernate,post:hibernate:hibernate",
+            "the system-sleep hooks ran with pre hibernate, then post hibernate",
+        ),
         (
             bool(before) and after.get("pid") == before.get("pid"),
             "the user's workload is the same process",

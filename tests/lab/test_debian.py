@@ -76,13 +76,17 @@ def test_the_guest_powers_off_cleanly(booted: GuestResult) -> None:
 
 
 # ---------------------------------------------------------------- the cycle
-# QEMU 1: A (the probe runs guest/debian/debian-cycle.sh as root) prepares
-# the image file with `kexechibctl image create`, hibernates through
-# kexechibd's D-Bus API; B (the lab kernel with the lab userspace for now)
-# writes the file's blocks on /dev/vda and powers off. QEMU 2 boots the same
-# disk through its own Debian initramfs, whose local-premount/kexechib
-# resumes A before the root is checked or mounted; A's script ends, and A
-# powers off cleanly. Then e2fsck -fn on the host.
+# The disk: Debian's root with the checkout's package installed by `dpkg -i`
+# (its postinst built kernel B's initramfs with `kexechibctl saver build`),
+# the image file prepared by `kexechibctl image create`, and the system's
+# Debian initramfs with kexechibd's hook. QEMU 1: A (the probe runs
+# guest/debian/debian-cycle.sh as root) calls logind's Hibernate(false), as
+# desktops do; logind hands hibernate.target to kexechibd through the
+# package's drop-in; B, the installed kernel with that initramfs, writes the
+# file's blocks on /dev/vda and powers off. QEMU 2 boots the same disk
+# through its own Debian initramfs, whose local-premount/kexechib resumes A
+# before the root is checked or mounted; logind's job ends, A's script ends,
+# and A powers off cleanly. Then e2fsck -fn on the host.
 
 
 @pytest.fixture(scope="module")
@@ -103,6 +107,25 @@ def test_b_saves_and_powers_off(cycle: DebianCycle) -> None:
     one = cycle.hibernate
     assert any("image committed" in line.text for line in one.lines), one.describe()
     assert one.shutdown_reason == "guest-shutdown", one.describe()
+
+
+def test_logind_offers_hibernation_as_kexechibd_does(cycle: DebianCycle) -> None:
+    assert _records(cycle.hibernate, "a-can") == {"logind": "yes", "kexechib": "yes"}
+
+
+def test_logind_sends_prepare_for_sleep_true_then_false_around_the_cycle(
+    cycle: DebianCycle,
+) -> None:
+    assert _records(cycle.resume, "a-back")["signals"] == "true,false"
+
+
+def test_the_sleep_hooks_run_pre_and_post_hibernate(cycle: DebianCycle) -> None:
+    hooks = _records(cycle.resume, "a-back")["hooks"]
+    assert hooks == "pre:hibernate:hibernate,post:hibernate:hibernate"
+
+
+def test_kexechibd_reports_no_error_after_the_resume(cycle: DebianCycle) -> None:
+    assert _records(cycle.resume, "a-back")["last_error"] == "none"
 
 
 def test_the_next_boot_resumes_a_and_the_call_returns(cycle: DebianCycle) -> None:

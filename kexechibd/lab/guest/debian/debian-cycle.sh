@@ -4,10 +4,13 @@
 # The workload is the user service of the lingering user `lab`
 # (kexechib-workload.service: counts in memory, writes a tmpfs file in
 # /run/user/1000/kexechib, appends to ~lab/workload.log on the ext4 root).
-# A prepares the image file, then hibernates with busctl through kexechibd's
-# own D-Bus API (Hibernate, the configuration's mode: poweroff). B saves A
-# into the file's blocks and powers off; a second QEMU boots the same disk,
-# where kexechib-resume.service resumes A: the call returns here.
+# A hibernates the way desktops do: org.freedesktop.login1.Manager.Hibernate
+# (false), while a listener records logind's PrepareForSleep signals and a
+# system-sleep hook records its arguments. logind starts hibernate.target;
+# the package's drop-in hands systemd-hibernate.service to kexechibd. B saves
+# A into the prepared file's blocks and powers off; a second QEMU boots the
+# same disk, whose initramfs (or kexechib-resume.service) resumes A: logind's
+# job ends, PrepareForSleep(false) arrives here.
 . /usr/lib/kexechib-lab/lab.sh
 
 IMAGE=$(sed -n 's/^location *= *//p' /etc/kexechibd.conf)
@@ -41,11 +44,34 @@ state() {
 		"kexec_loaded=$(cat /sys/kernel/kexec_loaded)"
 }
 
+# What systemd-sleep would run around the kernel's hibernation: the drop-in
+# runs every hook with `pre hibernate` and `post hibernate`.
+HOOK_LOG=/var/log/kexechib-lab-sleep-hook.log
+cat > /usr/lib/systemd/system-sleep/kexechib-lab <<EOH
+#!/bin/sh
+echo "\$1 \$2 \$SYSTEMD_SLEEP_ACTION" >> $HOOK_LOG
+EOH
+chmod 0755 /usr/lib/systemd/system-sleep/kexechib-lab
+SIGNALS=/run/kexechib-lab-prepare-for-sleep.log
+dbus-monitor --system "type='signal',sender='org.freedesktop.login1',interface='org.freedesktop.login1.Manager',member='PrepareForSleep'" \
+	> $SIGNALS 2>&1 &
+sleep 2
+
+LOGIND="org.freedesktop.login1 /org/freedesktop/login1 org.freedesktop.login1.Manager"
+say "a-can logind=$(busctl call $LOGIND CanHibernate | cut -d'"' -f2) kexechib=$(kexechibctl can-hibernate)"
 say "a-ready $(state)"
 say "a-hibernate counter=$(cat $WORK/counter)"
-busctl --timeout=900 call $LAB_BUS $LAB_PATH $LAB_IFACE Hibernate 'a{sv}' 0
+# logind answers once hibernate.target's job is queued; A is back when the job
+# has ended and logind says PrepareForSleep(false).
+busctl call $LOGIND Hibernate b false
 status=$?
-say "a-back status=$status counter=$(cat $WORK/counter)"
+signals() { grep -o 'boolean [a-z]*' $SIGNALS | cut -d' ' -f2 | paste -sd, -; }
+if [ $status -eq 0 ]; then
+	wait_for 'signals | grep -q false' 900 || status=124
+fi
+last_error=$(busctl get-property $LAB_BUS $LAB_PATH $LAB_IFACE LastError | cut -d'"' -f2)
+say "a-back status=$status counter=$(cat $WORK/counter) signals=$(signals)" \
+	"hooks=$(paste -sd, $HOOK_LOG | tr ' ' ':') last_error=${last_error:-none}"
 sleep 1
 say "a-state $(state)"
 say "a-image $(busctl --json=short call $LAB_BUS $LAB_PATH $LAB_IFACE Inspect s "$IMAGE")"
