@@ -63,7 +63,7 @@ def test_the_record_that_matches_has_no_problem() -> None:
 def test_no_record_in_the_initramfs_names_update_initramfs() -> None:
     (problem,) = record.problems(None, FILE, "/boot/initrd.img-6.1.0")
     assert "/boot/initrd.img-6.1.0 has no kexechib resume record" in problem
-    assert "`update-initramfs -u`" in problem
+    assert "`update-initramfs -u -k all`" in problem
 
 
 def test_a_recreated_file_is_stale_even_on_the_same_blocks() -> None:

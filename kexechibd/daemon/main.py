@@ -251,8 +251,8 @@ systemd units:
   /usr/share/initramfs-tools/scripts/local-premount/kexechib
                            put python3, kexechibd and the resume record into
                            Debian's initramfs and resume from it (kexechibd
-                           --initramfs); run `update-initramfs -u` after the
-                           image location changes
+                           --initramfs); run `update-initramfs -u -k all`
+                           after the image location changes
   kexechib-save.target, kexechib-save.service
                            what a systemd kernel B boots into
                            (systemd.unit=kexechib-save.target): kexechibd

@@ -11,7 +11,7 @@ before the root filesystem is checked or mounted (DESIGN §1.4, §6.4):
   without the filesystem.  When there is no image location yet (no
   prepared file, no partition) the hook says so and records nothing: that
   initramfs resumes nothing, and ``Hibernate`` refuses until
-  ``update-initramfs -u`` records one.
+  ``update-initramfs -u -k all`` records one.
 
 It never fails the initramfs build: a broken kexechibd must not stop a
 kernel upgrade or leave the system without a bootable initramfs.  On any

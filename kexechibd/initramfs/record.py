@@ -53,7 +53,9 @@ from kexechibd.image.meta import ImageError
 # In the initramfs (relative to its root, as initramfs-tools' $DESTDIR).
 PATH = "etc/kexechib/resume.json"
 FORMAT = 1
-UPDATE_COMMAND = "update-initramfs -u"
+# Every installed kernel's initramfs: `-u` alone updates only the newest, which
+# need not be the kernel that is running (and whose image C must resume).
+UPDATE_COMMAND = "update-initramfs -u -k all"
 # The initramfs the next boot of this kernel uses (Debian's naming).
 INSTALLED_INITRAMFS = "/boot/initrd.img-{release}"
 # Link directories udev makes, most stable first; by-uuid only names a
