@@ -58,7 +58,7 @@ async def test_the_real_engine_on_a_model_machine_is_an_origin_that_can_hibernat
     assert await call(client, "CanHibernate") == ["yes"]
     (info,) = await call(client, "Inspect", "s", [""])
     assert info["valid"] == Variant("b", False)
-    assert "no image at" in info["error"].value
+    assert info["absent"] == Variant("b", True)
 
 
 async def test_a_failure_before_the_jump_reaches_the_caller_and_nothing_jumps(
