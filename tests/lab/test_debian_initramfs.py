@@ -52,7 +52,7 @@ def kernel_with_ext4() -> Path:
     kernel = lab_kernel(build=False)
     config = kernel.parent / "config"
     if not config.exists() or "CONFIG_EXT4_FS=y" not in config.read_text():
-        pytest.skip(f"the lab kernel {kernel} has no ext4 built in (Debian guest's lab.config)")
+        pytest.skip(reason=f"the lab kernel {kernel} has no ext4 built in (see kernel/lab.config)")
     return kernel
 
 
