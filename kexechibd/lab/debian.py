@@ -57,10 +57,38 @@ MIRRORS = (
     f"deb http://deb.debian.org/debian {SUITE}-updates main",
     f"deb http://deb.debian.org/debian-security {SUITE}-security main",
 )
+
+
+# What the package depends on, from debian/control: the guest's root holds
+# it before `dpkg -i` (which resolves nothing), and no second list can drift.
+CONTROL = Path(__file__).resolve().parents[2] / "debian" / "control"
+
+
+def package_depends(control: Path = CONTROL) -> tuple[str, ...]:
+    """The binary package's Depends, without substitution variables,
+    version constraints or comment lines, in their order."""
+    field: list[str] = []
+    lines = iter(control.read_text().splitlines())
+    for line in lines:
+        if line.startswith("Depends:"):
+            field.append(line.removeprefix("Depends:"))
+            for more in lines:
+                if more.startswith("#"):
+                    continue
+                if not more[:1].isspace():
+                    break
+                field.append(more)
+            break
+    names = (item.split()[0] for item in " ".join(field).split(",") if item.strip())
+    return tuple(name for name in names if not name.startswith("${"))
+
+
 # systemd as init with logind, dbus and udev; e2fsprogs for fsck of the
-# root; python3 and the product's Debian dependencies (what debian/control
-# will name). kexec-tools is not needed: kexechibd loads kernels itself.
-PACKAGES = (
+# root; python3; the package's dependencies (initramfs-tools among them: A
+# and C boot through Debian's initramfs, and C resumes from it, DESIGN §6.4);
+# zstd, which initramfs-tools compresses with. kexec-tools is not needed:
+# kexechibd loads kernels itself.
+BASE_PACKAGES = (
     "systemd",
     "systemd-sysv",
     "dbus",
@@ -68,16 +96,10 @@ PACKAGES = (
     "udev",
     "e2fsprogs",
     "python3",
-    "python3-dbus-next",
-    "python3-systemd",
-    "python3-pyelftools",
-    "python3-cffi",
-    "python3-zstandard",
-    "python3-lz4",
-    "polkitd",
-    # Debian's initramfs: A and C boot through it, and C resumes from it
-    # (kexechibd's hook and local-premount script, DESIGN §6.4).
-    "initramfs-tools",
+)
+PACKAGES = (
+    *BASE_PACKAGES,
+    *(name for name in package_depends() if name not in BASE_PACKAGES),
     "zstd",
 )
 MACHINE_ID = "6b657865636869626c61620000000002"  # fixed: no first-boot handling
