@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import TypeVar
 
 from kexechibd import cmdline
-from kexechibd.engine import COMPRESSIONS, Mode
+from kexechibd import compression as policy
+from kexechibd.engine import Mode
 from kexechibd.errors import ConfigError
 from kexechibd.kernel.abi import PAGE_SIZE
 
@@ -27,10 +28,6 @@ _T = TypeVar("_T")
 
 BACKENDS = ("linux", "model")
 LOG_LEVELS = ("debug", "info", "warning", "error")
-
-# Compression levels each codec accepts (zstd's negative levels are its fast
-# modes; lz4 frame levels stop at 16; "none" ignores the level).
-LEVELS = {"zstd": (-7, 22), "lz4": (0, 16), "none": (-7, 22)}
 
 CHUNK_MIN = 64 * 1024
 CHUNK_MAX = 256 * 1024 * 1024
@@ -92,8 +89,8 @@ class KexecSettings:
 @dataclass(frozen=True)
 class ImageSettings:
     location: Path = Path("/var/lib/kexechib/image")
-    compression: str = "zstd"
-    level: int = 3
+    compression: str = policy.DEFAULT
+    level: int = policy.CODECS[policy.DEFAULT].default
     chunk_size: int = 4 << 20
 
 
@@ -250,11 +247,17 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "image",
         "compression",
-        _choice(*COMPRESSIONS),
-        " | ".join(COMPRESSIONS),
+        _choice(*policy.NAMES),
+        " | ".join(policy.NAMES),
         "How image chunks are compressed.",
     ),
-    Setting("image", "level", _integer, "zstd -7..22, lz4 0..16", "Compression level."),
+    Setting(
+        "image",
+        "level",
+        _integer,
+        policy.summary(),
+        "Compression level; without one, the codec's default.",
+    ),
     Setting(
         "image",
         "chunk_size",
@@ -367,18 +370,18 @@ def from_mapping(
         return values.get((section, key), default)
 
     d, k, i, s = DaemonSettings(), KexecSettings(), ImageSettings(), SaverSettings()
+    compression = _cast(str, get("image", "compression", i.compression))
+    given_level = get("image", "level", None)
+    try:
+        level = policy.resolve(compression, given_level if isinstance(given_level, int) else None)
+    except policy.PolicyError as e:
+        raise ConfigError(f"{_where(source, 'image', 'level')} = {given_level}: {e}") from None
     image = ImageSettings(
         location=_cast(Path, get("image", "location", i.location)),
-        compression=_cast(str, get("image", "compression", i.compression)),
-        level=_cast(int, get("image", "level", i.level)),
+        compression=compression,
+        level=level,
         chunk_size=_cast(int, get("image", "chunk_size", i.chunk_size)),
     )
-    low, high = LEVELS[image.compression]
-    if not low <= image.level <= high:
-        raise ConfigError(
-            f"{_where(source, 'image', 'level')} = {image.level}: {image.compression} levels "
-            f"go from {low} to {high}; allowed: {setting('image', 'level').allowed}"
-        )
     return Config(
         daemon=DaemonSettings(
             backend=_cast(str, get("daemon", "backend", d.backend)),

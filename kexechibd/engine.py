@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from kexechibd import compression as policy
 from kexechibd.errors import Cancelled, InvalidOption
 from kexechibd.kernel.api import SupportReport
 
@@ -41,9 +42,6 @@ class State(enum.Enum):
 class Mode(enum.Enum):
     POWEROFF = "poweroff"
     CHECKPOINT = "checkpoint"
-
-
-COMPRESSIONS = ("zstd", "lz4", "none")
 
 
 class CancelToken:
@@ -91,8 +89,8 @@ def _option(options: Mapping[str, object], key: str, kind: type, default: object
 @dataclass(frozen=True)
 class HibernateOptions:
     mode: Mode = Mode.POWEROFF
-    compression: str = "zstd"
-    level: int = 3
+    compression: str = policy.DEFAULT
+    level: int = policy.CODECS[policy.DEFAULT].default
     image: str = ""
 
     KEYS = ("mode", "compression", "level", "image")
@@ -110,15 +108,12 @@ class HibernateOptions:
             parsed_mode = Mode(mode)
         except ValueError:
             raise InvalidOption(f"mode must be 'poweroff' or 'checkpoint', not {mode!r}") from None
-        compression = str(_option(options, "compression", str, "zstd"))
-        if compression not in COMPRESSIONS:
-            raise InvalidOption(
-                f"compression must be one of {', '.join(COMPRESSIONS)}, not {compression!r}"
-            )
-        level = _option(options, "level", int, 3)
-        assert isinstance(level, int)
-        if not -7 <= level <= 22:
-            raise InvalidOption(f"level must be between -7 and 22, not {level}")
+        compression = str(_option(options, "compression", str, policy.DEFAULT))
+        given = _option(options, "level", int, 0) if "level" in options else None
+        try:
+            level = policy.resolve(compression, given if isinstance(given, int) else None)
+        except policy.PolicyError as e:
+            raise InvalidOption(str(e)) from None
         image = str(_option(options, "image", str, ""))
         if image and not Path(image).is_absolute():
             # A relative path would be the daemon's working directory's business.

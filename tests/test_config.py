@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from kexechibd import compression as policy
 from kexechibd import config
 from kexechibd.config import Config, ConfigError, MemoryWindow, parse, parse_size
 from kexechibd.daemon.main import engine_settings, parse_args
@@ -128,6 +129,30 @@ def test_booleans_have_the_usual_spellings(spelling, value):
 
 
 @pytest.mark.parametrize(
+    "codec, level",
+    [("zstd", 3), ("lz4", 0), ("none", 0)],
+)
+def test_a_codec_without_a_level_gets_its_own_default_level(codec, level):
+    image = parse(f"[image]\ncompression = {codec}\n").image
+    assert (image.compression, image.level) == (codec, level)
+
+
+@pytest.mark.parametrize(
+    "codec, level",
+    [("zstd", -7), ("zstd", 22), ("lz4", 0), ("lz4", 16), ("none", 0)],
+)
+def test_each_codec_accepts_the_ends_of_its_range(codec, level):
+    image = parse(f"[image]\ncompression = {codec}\nlevel = {level}\n").image
+    assert (image.compression, image.level) == (codec, level)
+
+
+def test_the_level_setting_documents_every_codecs_range():
+    assert config.setting("image", "level").allowed == (
+        "zstd -7..22 (default 3); lz4 0..16 (default 0); none 0 only"
+    )
+
+
+@pytest.mark.parametrize(
     "text, words",
     [
         ("[imgae]\nlevel = 3\n", "unknown section [imgae]; known sections: daemon, image, kexec"),
@@ -139,8 +164,13 @@ def test_booleans_have_the_usual_spellings(spelling, value):
         ("[daemon]\nbackend = qemu\n", "allowed: linux | model"),
         ("[image]\ncompression = gzip\n", "allowed: zstd | lz4 | none"),
         ("[image]\nlevel = three\n", "[image] level = 'three': 'three' is not a whole number"),
-        ("[image]\nlevel = 23\n", "zstd levels go from -7 to 22"),
-        ("[image]\ncompression = lz4\nlevel = -1\n", "lz4 levels go from 0 to 16"),
+        ("[image]\nlevel = 23\n", "[image] level = 23: zstd levels go from -7 to 22, not 23"),
+        ("[image]\nlevel = -8\n", "zstd levels go from -7 to 22, not -8"),
+        ("[image]\ncompression = lz4\nlevel = -1\n", "lz4 levels go from 0 to 16, not -1"),
+        ("[image]\ncompression = lz4\nlevel = 20\n", "lz4 levels go from 0 to 16, not 20"),
+        ("[image]\ncompression = none\nlevel = 3\n", "none has no levels: its level is 0 only"),
+        ("[image]\ncompression = none\nlevel = -1\n", "none has no levels: its level is 0 only"),
+        ("[image]\ncompression = gzip\nlevel = 3\n", "allowed: zstd | lz4 | none"),
         ("[image]\nchunk_size = 1001K\n", "must be a multiple of 4096 between 64K and 256M"),
         ("[image]\nchunk_size = 1G\n", "between 64K and 256M"),
         (
@@ -204,3 +234,8 @@ def test_the_daemons_help_documents_every_setting(capsys):
         "see also:",
     ):
         assert heading in text
+
+
+def test_the_example_gives_every_codecs_levels_as_the_policy_has_them():
+    words = " ".join(EXAMPLE.read_text().replace("#", " ").split())
+    assert policy.summary() in words

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from kexechibd import config
+from kexechibd import compression, config
 from kexechibd.ctl.main import build_parser
 from kexechibd.daemon import main as daemon_main
 
@@ -120,3 +120,9 @@ def test_kexechibd_conf_5_gives_every_default() -> None:
         if (default := config.default_text(s.section, s.key)) and default not in text
     ]
     assert missing == [], "kexechibd.conf.5 does not give the defaults: " + ", ".join(missing)
+
+
+@pytest.mark.parametrize("name", ["kexechibd.conf.5", "kexechibctl.8"])
+def test_the_pages_give_every_codecs_levels_as_the_policy_has_them(name: str) -> None:
+    text = " ".join(page_text(name).split())
+    assert compression.summary() in text

@@ -11,8 +11,8 @@ from dbus_next.constants import MessageFlag, MessageType
 from dbus_next.message import Message
 from dbus_next.signature import Variant
 
-from kexechibd.daemon import busutil
-from kexechibd.daemon.service import BUS_NAME, INTERFACE, OBJECT_PATH
+from kexechibd import busutil
+from kexechibd.busapi import BUS_NAME, INTERFACE, OBJECT_PATH
 
 PROPERTIES = "org.freedesktop.DBus.Properties"
 

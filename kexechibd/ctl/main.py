@@ -19,10 +19,11 @@ from typing import Any
 from dbus_next.signature import Variant
 
 from kexechibd import __version__
+from kexechibd import compression as policy
 from kexechibd.ctl import logind, offline, saver
 from kexechibd.ctl.client import DaemonError, ManagerClient
 from kexechibd.ctl.progress import display_for
-from kexechibd.engine import COMPRESSIONS, Mode
+from kexechibd.engine import Mode
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -104,8 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
         choices=[m.value for m in Mode],
         help="after saving: power off (default) or jump back (a checkpoint)",
     )
-    p.add_argument("--compression", choices=COMPRESSIONS, help="image compression")
-    p.add_argument("--level", type=int, help="compression level")
+    p.add_argument("--compression", choices=policy.NAMES, help="image compression")
+    p.add_argument("--level", type=int, help=f"compression level: {policy.summary()}")
     p.add_argument(
         "--image",
         metavar="PATH",

@@ -24,15 +24,16 @@ from dbus_next.aio.message_bus import MessageBus
 from dbus_next.constants import NameFlag, RequestNameReply
 from dbus_next.errors import DBusError
 
-from kexechibd import __version__, cmdline, sleepconf
+from kexechibd import __version__, busutil, cmdline, sleepconf
 from kexechibd import config as config_module
+from kexechibd.busapi import BUS_NAME
 from kexechibd.config import Config
-from kexechibd.daemon import busutil, logs
+from kexechibd.daemon import logs
 from kexechibd.daemon.auth import PolkitAuthorizer
 from kexechibd.daemon.manager import Manager
 from kexechibd.daemon.notify import Notifier, StatusListener, status_text
 from kexechibd.daemon.roles import ImageState, ImageVerdict, detect_role
-from kexechibd.daemon.service import BUS_NAME, ManagerService, hibernate_defaults
+from kexechibd.daemon.service import ManagerService, hibernate_defaults
 from kexechibd.engine import Engine, ResumeOptions, Role
 from kexechibd.errors import ConfigError, KexechibError
 from kexechibd.kernel.abi import KernelError

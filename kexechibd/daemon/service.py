@@ -34,6 +34,8 @@ from dbus_next.message import Message
 from dbus_next.service import ServiceInterface, dbus_property
 from dbus_next.signature import Variant
 
+from kexechibd import compression
+from kexechibd.busapi import INTERFACE, OBJECT_PATH
 from kexechibd.config import Config
 from kexechibd.daemon.auth import Action, Authorizer, Caller, Verdict, denial
 from kexechibd.daemon.manager import PROPERTY_SIGNATURES, Manager, as_daemon_error
@@ -42,9 +44,6 @@ from kexechibd.errors import InvalidOption, KexechibError
 
 log = logging.getLogger("kexechibd.service")
 
-BUS_NAME = "org.kexechib1"
-OBJECT_PATH = "/org/kexechib1"
-INTERFACE = "org.kexechib1.Manager"
 INVALID_ARGS = "org.freedesktop.DBus.Error.InvalidArgs"
 
 
@@ -322,7 +321,7 @@ class ManagerService:
     # ---------------------------------------------------- methods
 
     async def _hibernate(self, caller: Caller, args: list[Any]) -> list[Any]:
-        requested = {**self._hibernate_defaults, **unwrap_options(args[0])}
+        requested = compression.overlay(self._hibernate_defaults, unwrap_options(args[0]))
         # polkit rules may look at the mode; the options are not checked yet,
         # so it is passed as the caller wrote it.
         details = {"mode": str(requested["mode"])} if "mode" in requested else {}

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import lz4.frame
 import zstandard
 
+from kexechibd import compression as policy
 from kexechibd.image.format import Codec
 
 Buffer = bytes | bytearray | memoryview
@@ -40,19 +41,11 @@ class Compression:
         return Codec.NAMES[self.ident]
 
 
-_LEVELS = {Codec.NONE: (0, 0, 0), Codec.ZSTD: (-7, 22, 3), Codec.LZ4: (0, 16, 0)}
-
-
 def compression(name: str, level: int | None) -> Compression:
-    """``level`` None picks the codec's default (zstd 3, lz4 0 = its fast mode)."""
-    ident = Codec.IDS.get(name)
-    if ident is None:
-        raise ValueError(f"compression {name!r} is not one of {', '.join(Codec.IDS)}")
-    low, high, default = _LEVELS[ident]
-    level = default if level is None else level
-    if not low <= level <= high:
-        raise ValueError(f"{name} level {level} is outside {low}..{high}")
-    return Compression(ident, level)
+    """``level`` None picks the codec's default; the levels allowed are the
+    policy's (``kexechibd.compression``), the same A checked."""
+    resolved = policy.resolve(name, level)  # refuses an unknown codec first
+    return Compression(Codec.IDS[name], resolved)
 
 
 _local = threading.local()

@@ -21,6 +21,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from types import TracebackType
 from typing import BinaryIO
 
+from kexechibd import compression as policy
 from kexechibd.image import codec, format
 from kexechibd.image.format import (
     INDEX_HEAD,
@@ -123,7 +124,7 @@ class ImageWriter:
         out: BinaryIO,
         meta: ImageMeta,
         *,
-        compression: str = "zstd",
+        compression: str = policy.DEFAULT,
         level: int | None = None,
         chunk_size: int = 4 << 20,
         threads: int | None = None,

@@ -30,10 +30,10 @@ from dbus_next.aio.message_bus import MessageBus
 from dbus_next.constants import MessageFlag, MessageType
 from dbus_next.message import Message
 
+from kexechibd import busutil
+from kexechibd.busapi import BUS_NAME, INTERFACE, OBJECT_PATH
 from kexechibd.config import Config
-from kexechibd.daemon import busutil
 from kexechibd.daemon.main import Daemon, Runtime
-from kexechibd.daemon.service import BUS_NAME, INTERFACE, OBJECT_PATH
 from tests.dbus.buses import (
     LOGIND_BUS_CONF,
     POLICY_CONF,

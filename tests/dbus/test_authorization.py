@@ -11,9 +11,9 @@ import signal
 
 import pytest
 
-from kexechibd.daemon import busutil
+from kexechibd import busutil
+from kexechibd.busapi import BUS_NAME
 from kexechibd.daemon.auth import Action, Caller, PolkitAuthorizer, Verdict
-from kexechibd.daemon.service import BUS_NAME
 from tests.dbus.buses import POLICY_CONF, TestBus
 from tests.dbus.conftest import (
     call,

@@ -12,8 +12,9 @@ import xml.etree.ElementTree as ET
 import pytest
 from dbus_next import introspection as intr
 
+from kexechibd.busapi import BUS_NAME, INTERFACE, OBJECT_PATH
 from kexechibd.daemon.auth import Action
-from kexechibd.daemon.service import BUS_NAME, INTERFACE, METHODS, OBJECT_PATH
+from kexechibd.daemon.service import METHODS
 from tests.dbus.buses import POLICY_CONF, POLKIT_POLICY, REPO, TestBus
 from tests.dbus.conftest import run
 

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from kexechibd.busapi import BUS_NAME
 from kexechibd.daemon import logs
 from kexechibd.daemon.notify import Notifier
-from kexechibd.daemon.service import BUS_NAME
 from tests.dbus.conftest import REPO, run
 from tests.dbus.scripted_engine import make_image
 

@@ -72,6 +72,33 @@ async def test_a_failure_before_the_jump_reaches_the_caller_and_nothing_jumps(
     assert signals.prepare_for_hibernate == []
 
 
+@pytest.mark.parametrize(
+    "options, words",
+    [
+        ({"compression": "lz4", "level": 20}, "lz4 levels go from 0 to 16, not 20"),
+        ({"compression": "lz4", "level": -1}, "lz4 levels go from 0 to 16, not -1"),
+        ({"compression": "none", "level": 3}, "none has no levels: its level is 0 only, not 3"),
+        ({"compression": "zstd", "level": 23}, "zstd levels go from -7 to 22, not 23"),
+        ({"level": -8}, "zstd levels go from -7 to 22, not -8"),
+        ({"compression": "gzip"}, "compression 'gzip' is not one of zstd, lz4, none"),
+    ],
+)
+async def test_a_bad_compression_is_refused_in_a_before_anything_is_loaded(
+    real, kernel, client, signals, options, words
+):
+    variants = {
+        key: Variant("i" if isinstance(value, int) else "s", value)
+        for key, value in options.items()
+    }
+    with pytest.raises(CallError) as refused:
+        await call(client, "Hibernate", "a{sv}", [variants])
+    assert refused.value.name == "org.kexechib1.Error.InvalidOption"
+    assert refused.value.text == words
+    assert await get_property(client, "State") == "idle"
+    assert not kernel.kexec_loaded()
+    assert signals.prepare_for_hibernate == []
+
+
 async def test_a_committed_image_of_another_boot_makes_the_daemon_a_restorer(
     system_bus, polkitd, kernel, settings, client
 ):

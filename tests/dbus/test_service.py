@@ -13,8 +13,8 @@ from dbus_next.constants import MessageType
 from dbus_next.message import Message
 from dbus_next.signature import Variant
 
+from kexechibd.busapi import BUS_NAME, OBJECT_PATH
 from kexechibd.config import parse
-from kexechibd.daemon.service import BUS_NAME, OBJECT_PATH
 from kexechibd.engine import HibernateOptions, Mode
 from kexechibd.errors import BadImage, Failed, NotSupported
 from kexechibd.kernel.abi import kexec_load_error, load_flags
@@ -217,8 +217,16 @@ async def test_an_unknown_method_is_unknown_method(daemon, client):
         ({"level": Variant("b", True)}, "'level' must be of type int"),
         ({"mode": Variant("u", 1)}, "'mode' must be of type str"),
         ({"mode": Variant("s", "suspend")}, "mode must be 'poweroff' or 'checkpoint'"),
-        ({"compression": Variant("s", "gzip")}, "compression must be one of"),
-        ({"level": Variant("i", 99)}, "level must be between"),
+        ({"compression": Variant("s", "gzip")}, "compression 'gzip' is not one of zstd, lz4, none"),
+        ({"level": Variant("i", 99)}, "zstd levels go from -7 to 22, not 99"),
+        (
+            {"compression": Variant("s", "lz4"), "level": Variant("i", 20)},
+            "lz4 levels go from 0 to 16, not 20",
+        ),
+        (
+            {"compression": Variant("s", "none"), "level": Variant("i", 3)},
+            "none has no levels: its level is 0 only, not 3",
+        ),
         ({"image": Variant("s", "relative/image")}, "must be an absolute path"),
     ],
 )
@@ -331,6 +339,28 @@ async def test_options_left_out_come_from_the_configuration(system_bus, engine, 
     assert engine.operations == [
         ("hibernate", HibernateOptions(mode=Mode.CHECKPOINT, compression="lz4", level=2))
     ]
+
+
+@pytest.mark.parametrize(
+    "configured, given, chosen",
+    [
+        ("compression = zstd\nlevel = 19\n", {"compression": "lz4"}, ("lz4", 0)),
+        ("compression = zstd\nlevel = 19\n", {"compression": "none"}, ("none", 0)),
+        ("compression = lz4\nlevel = 7\n", {"compression": "zstd"}, ("zstd", 3)),
+        ("compression = none\n", {"compression": "zstd"}, ("zstd", 3)),
+    ],
+)
+async def test_another_codec_than_the_configured_one_gets_its_own_default_level(
+    system_bus, engine, client, configured, given, chosen
+):
+    running = await start_daemon(system_bus, engine, config=parse(f"[image]\n{configured}"))
+    try:
+        options = {key: Variant("s", value) for key, value in given.items()}
+        await call(client, "Hibernate", "a{sv}", [options])
+    finally:
+        assert await stop_daemon(running) == 0
+    ((_, options),) = engine.operations
+    assert (options.compression, options.level) == chosen
 
 
 async def test_in_kernel_b_the_daemon_saves_at_once(system_bus, engine, client):
