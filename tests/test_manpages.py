@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from kexechibd import compression, config
+from kexechibd.ctl import exits
 from kexechibd.ctl.main import build_parser
 from kexechibd.daemon import main as daemon_main
 
@@ -126,3 +127,10 @@ def test_kexechibd_conf_5_gives_every_default() -> None:
 def test_the_pages_give_every_codecs_levels_as_the_policy_has_them(name: str) -> None:
     text = " ".join(page_text(name).split())
     assert compression.summary() in text
+
+
+def test_kexechibctl_8_gives_the_exit_status_table_of_the_code() -> None:
+    text = page_text("kexechibctl.8")
+    table = " ".join(text[text.index(".SH EXIT STATUS") : text.index(".SH ENVIRONMENT")].split())
+    for code, meaning in exits.TABLE:
+        assert f".B {code} {meaning}" in table

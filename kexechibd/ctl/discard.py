@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from kexechibd import config as config_module
+from kexechibd.ctl import exits
 from kexechibd.errors import ConfigError
 
 DESCRIPTION = """\
@@ -42,21 +43,21 @@ def run(args: argparse.Namespace) -> int:
 
     if os.geteuid() != 0:
         print("kexechibctl: image discard needs root (images are root's)", file=sys.stderr)
-        return 1
+        return exits.FAILURE
     path = args.image
     if path is None:
         try:
             path = config_module.load(None).image.location
         except ConfigError as e:
             print(f"kexechibctl: {e}", file=sys.stderr)
-            return 1
+            return exits.FAILURE
     try:
         ImageStore(path).invalidate()
     except (ImageError, OSError) as e:
         print(f"kexechibctl: cannot discard {path}: {e}", file=sys.stderr)
-        return 1
+        return exits.FAILURE
     print(
         f"{path}: discarded; no boot will resume it (a prepared file or partition stays "
         "ready for the next hibernation).  A running kexechibd notices when restarted."
     )
-    return 0
+    return exits.OK

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -20,27 +21,17 @@ from dbus_next.signature import Variant
 
 from kexechibd import __version__
 from kexechibd import compression as policy
-from kexechibd.ctl import logind, offline, saver
+from kexechibd.ctl import exits, humane, logind, offline, saver
 from kexechibd.ctl.client import DaemonError, ManagerClient
-from kexechibd.ctl.progress import display_for
+from kexechibd.ctl.progress import Measure, display_for
 from kexechibd.engine import Mode
-
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
 
 STATUS_ORDER = ("State", "Progress", "LastError", "Role", "Backend", "Support", "ImageLocation")
 
-EPILOG = """\
-exit status:
-  0    success (can-hibernate: the answer is yes or challenge)
-  1    the daemon refused or failed (its message is printed), or it is not
-       running; can-hibernate: the answer is no or na
-  2    bad command-line usage
-  3    image verify: the checksums are OK, but the image is not resumable
-       (consumed or invalid); a damaged image gives 1
-  130  interrupted by a second Ctrl-C
+EPILOG = f"""\
+{exits.describe()}
+
+--bus, --no-ask-password and --quiet may come anywhere on the command line.
 
 Authorization: root may do everything; for other users polkit decides
 (org.kexechib1.hibernate, .resume, .jump-back, .cancel, .inspect).  On a
@@ -68,6 +59,37 @@ are refused without it rather than silently skipping logind's checks.
 DAEMON_ONLY_OPTIONS = ("mode", "compression", "level", "image")
 
 
+def _global_options(parser: argparse.ArgumentParser, *, on_a_command: bool) -> None:
+    """Options that apply to every command.  A command's parser takes them
+    too (``kexechibctl status --bus ADDR``); there they default to nothing at
+    all, so that they do not undo the same option given before the command."""
+    unset: dict[str, Any] = {"default": argparse.SUPPRESS} if on_a_command else {}
+    parser.add_argument(
+        "--bus",
+        metavar="ADDRESS",
+        help="D-Bus address (default: $DBUS_SYSTEM_BUS_ADDRESS, else the system bus)",
+        **unset,
+    )
+    parser.add_argument(
+        "--no-ask-password",
+        action="store_true",
+        help="never let polkit ask for a password",
+        **unset,
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", help="show no progress", **unset)
+
+
+def _on_every_command(parser: argparse.ArgumentParser) -> None:
+    done: set[int] = set()
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                if id(sub) not in done:  # an alias names the same parser
+                    done.add(id(sub))
+                    _global_options(sub, on_a_command=True)
+                    _on_every_command(sub)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kexechibctl",
@@ -75,15 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "--bus",
-        metavar="ADDRESS",
-        help="D-Bus address (default: $DBUS_SYSTEM_BUS_ADDRESS, else the system bus)",
-    )
-    parser.add_argument(
-        "--no-ask-password", action="store_true", help="never let polkit ask for a password"
-    )
-    parser.add_argument("-q", "--quiet", action="store_true", help="show no progress")
+    _global_options(parser, on_a_command=False)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -123,10 +137,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("image", nargs="?", default="", help="default: the configured image")
     offline.add_parser(commands)
     saver.add_parser(commands)
+    _on_every_command(parser)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        code = _main(argv)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader went away (`kexechibctl status | head -3`): what it did
+        # not read, nobody wants, and a traceback would only go to a
+        # terminal that did not ask.  Python flushes stdout again at exit:
+        # let that go nowhere.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return exits.CLOSED_PIPE
+    return code
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "hibernate" and not args.direct:
@@ -144,7 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return asyncio.run(_run(args))
     except KeyboardInterrupt:
-        return EXIT_INTERRUPTED
+        return exits.INTERRUPTED
 
 
 def _fail(error: DaemonError) -> int:
@@ -156,7 +187,7 @@ def _fail(error: DaemonError) -> int:
         )
     else:
         print(f"kexechibctl: {error.message} [{error.name}]", file=sys.stderr)
-    return EXIT_FAILURE
+    return exits.FAILURE
 
 
 async def _run(args: argparse.Namespace) -> int:
@@ -165,7 +196,7 @@ async def _run(args: argparse.Namespace) -> int:
         client = await ManagerClient.connect(args.bus, interactive=interactive)
     except (OSError, ValueError) as e:
         print(f"kexechibctl: cannot connect to the bus: {e}", file=sys.stderr)
-        return EXIT_FAILURE
+        return exits.FAILURE
     try:
         return await COMMANDS[args.command](client, args)
     except DaemonError as e:
@@ -184,13 +215,13 @@ async def _status(client: ManagerClient, args: argparse.Namespace) -> int:
     if props.get("Backend") == "linux":  # the model boots no kernel B
         print(f"{'Saver:':15} {saver.summary()}")
         print(f"{'Resume at boot:':15} {saver.resume_summary()}")
-    return EXIT_OK
+    return exits.OK
 
 
 async def _can_hibernate(client: ManagerClient, args: argparse.Namespace) -> int:
     (answer,) = await client.call("CanHibernate")
     print(answer)
-    return EXIT_OK if answer in ("yes", "challenge") else EXIT_FAILURE
+    return exits.OK if answer in ("yes", "challenge") else exits.FAILURE
 
 
 def _options(args: argparse.Namespace) -> dict[str, Variant]:
@@ -222,13 +253,13 @@ async def _long_call(
     display, current = await _progress(client, args, operation)
     try:
         if not await _interruptible(client, display, client.call(member, signature, body)):
-            return EXIT_INTERRUPTED
+            return exits.INTERRUPTED
     except DaemonError:
         display.close()
         raise
     display.update(str(current["State"] or "idle"), 1.0)
     display.close()
-    return EXIT_OK
+    return exits.OK
 
 
 async def _progress(
@@ -240,13 +271,14 @@ async def _progress(
     """Show the daemon's State and Progress as they change (and tell ``also``)."""
     display = display_for(sys.stdout, operation, quiet=args.quiet)
     current: dict[str, Any] = {"State": "", "Progress": 0.0}
+    measure = Measure()
 
     def on_change(changed: Mapping[str, object]) -> None:
         current.update(changed)
         if also is not None:
             also(changed)
         if "State" in changed or "Progress" in changed:
-            display.update(str(current["State"]), float(current["Progress"]))
+            display.update(*measure.change(changed))
 
     await client.watch(on_change)
     return display, current
@@ -289,7 +321,7 @@ async def _hibernate(client: ManagerClient, args: argparse.Namespace) -> int:
         code = await _long_call(client, args, "hibernate", "Hibernate", "a{sv}", [_options(args)])
     else:
         code = await _hibernate_via_logind(client, args)
-    if code == EXIT_OK and not args.quiet:
+    if code == exits.OK and not args.quiet:
         print("hibernate: resumed")
     return code
 
@@ -306,15 +338,15 @@ async def _hibernate_via_logind(client: ManagerClient, args: argparse.Namespace)
     except DaemonError as e:
         display.close()
         print(f"kexechibctl: {logind.explain(e)}", file=sys.stderr)
-        return EXIT_FAILURE
+        return exits.FAILURE
     if not await _interruptible(client, display, watch.done.wait()):
-        return EXIT_INTERRUPTED
+        return exits.INTERRUPTED
     error = await logind.outcome(client, watch)
     display.close()
     if error:
         print(f"kexechibctl: hibernate: {error}", file=sys.stderr)
-        return EXIT_FAILURE
-    return EXIT_OK
+        return exits.FAILURE
+    return exits.OK
 
 
 async def _resume(client: ManagerClient, args: argparse.Namespace) -> int:
@@ -329,14 +361,15 @@ async def _jump_back(client: ManagerClient, args: argparse.Namespace) -> int:
 
 async def _cancel(client: ManagerClient, args: argparse.Namespace) -> int:
     await client.call("Cancel")
-    return EXIT_OK
+    return exits.OK
 
 
 async def _inspect(client: ManagerClient, args: argparse.Namespace) -> int:
     (info,) = await client.call("Inspect", "s", [args.image])
     for key in sorted(info):
-        print(f"{key + ':':15} {_plain(info[key])}")
-    return EXIT_OK
+        print(f"{key + ':':15} {humane.annotate(key, _plain(info[key]))}")
+    readable = "state" in info and "error" not in info and "absent" not in info
+    return exits.for_image_state(str(_plain(info["state"])) if readable else None)
 
 
 def _plain(value: object) -> object:

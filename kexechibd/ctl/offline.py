@@ -8,7 +8,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import decimal
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -16,11 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from kexechibd.ctl import discard
-
-# ``image verify`` of an image whose checksums are fine but that will not be
-# resumed as it is: scripts can tell it from damage (1) without parsing text.
-EXIT_NOT_RESUMABLE = 3
+from kexechibd.ctl import discard, exits, humane
+from kexechibd.ctl.privatefile import private_output
 
 # What each resume state means for whoever wants to resume the image.
 STATE_MEANING = {
@@ -46,7 +45,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "verify",
         help="read and check every chunk of an image",
         description="Read the whole image and check every checksum, then say whether "
-        f"it is resumable.  Exit status: 0 intact and resumable; {EXIT_NOT_RESUMABLE} "
+        f"it is resumable.  Exit status: 0 intact and resumable; {exits.NOT_RESUMABLE} "
         "intact but not resumable (consumed or invalid); 1 damaged or unreadable.",
     )
     p.add_argument("image", type=Path)
@@ -71,20 +70,26 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     p.add_argument("image", type=Path)
     p.add_argument(
-        "--size", type=_size, required=True, help="bytes, or with K, M, G or T (powers of 1024)"
+        "--size",
+        type=_size,
+        required=True,
+        help="bytes, or with K, M, G or T (powers of 1024), decimals allowed: 1.5G",
     )
 
 
 def _size(text: str) -> int:
+    """``text`` as bytes: ``4096``, ``64K``, ``1.5G`` (rounded up to a byte)."""
     units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
     scale = units.get(text[-1:].upper(), 1)
     try:
-        value = int(text[:-1] if scale > 1 else text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r}")
-    return value * scale
+        value = decimal.Decimal(text[:-1] if scale > 1 else text)
+    except decimal.InvalidOperation:
+        value = decimal.Decimal("NaN")
+    if not value.is_finite() or value <= 0:
+        raise argparse.ArgumentTypeError(
+            f"not a size: {text!r} (bytes, or a number with K, M, G or T, e.g. 1.5G)"
+        )
+    return math.ceil(value * scale)
 
 
 def describe(meta: object, summary: object) -> dict[str, object]:
@@ -108,7 +113,7 @@ def _output(name: str) -> Iterator[BinaryIO]:
     if name == "-":
         yield sys.stdout.buffer
         return
-    with open(name, "xb") as out:  # never overwrite: it may be another image
+    with private_output(Path(name)) as out:
         yield out
 
 
@@ -130,13 +135,13 @@ def update_initramfs() -> int:
             "would not look at)",
             file=sys.stderr,
         )
-        return 0
+        return exits.OK
     print(f"running `{UPDATE_COMMAND}` to record it in the initramfs", flush=True)
     done = subprocess.run(UPDATE_COMMAND.split(), check=False)
     if done.returncode != 0:
         print(f"kexechibctl: `{UPDATE_COMMAND}` failed; run it again", file=sys.stderr)
-        return 1
-    return 0
+        return exits.FAILURE
+    return exits.OK
 
 
 def run(args: argparse.Namespace) -> int:
@@ -159,7 +164,8 @@ def run(args: argparse.Namespace) -> int:
                     print(json.dumps(info, indent=2, sort_keys=True))
                 else:
                     for key in sorted(info):
-                        print(f"{key + ':':18} {info[key]}")
+                        print(f"{key + ':':18} {humane.annotate(key, info[key])}")
+                return exits.for_image_state(reader.summary.state)
             elif args.image_command == "verify":
                 reader.verify()
                 s = reader.summary
@@ -168,12 +174,11 @@ def run(args: argparse.Namespace) -> int:
                     f"{args.image}: checksums OK ({chunks}, {s.data_pages} data and "
                     f"{s.zero_pages} zero pages); state: {s.state} ({STATE_MEANING[s.state]})"
                 )
-                if s.state != "committed":
-                    return EXIT_NOT_RESUMABLE
+                return exits.for_image_state(s.state)
             else:
                 with _output(args.output) as out:
                     export_elf_core(reader, out)
-    except (ImageError, OSError) as e:
+    except (ImageError, OSError) as e:  # OutputExists too: its message says what to do
         print(f"kexechibctl: {e}", file=sys.stderr)
-        return 1
-    return 0
+        return exits.FAILURE
+    return exits.OK

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from kexechibd import config as config_module
+from kexechibd.ctl import exits
 
 CONFIG_HELP = "the configuration to read [image] and [saver] from (default: /etc/kexechibd.conf)"
 
@@ -102,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
         config = config_module.load(args.config)
     except ConfigError as e:
         print(f"kexechibctl: {e}", file=sys.stderr)
-        return 1
+        return exits.FAILURE
     release = args.kernel_version or os.uname().release
     kernel, initrd = config.saver.files(release)
     if args.saver_command == "check":
@@ -112,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
         print(result.summary)
         for problem in result.problems:
             print(f"kexechibctl: {problem}", file=sys.stderr)
-        return 1 if result.problems else 0
+        return exits.FAILURE if result.problems else exits.OK
     if args.saver_command == "remove":
         return _remove(initrd)
     from kexechibd.initramfs.build import build
@@ -127,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
         )
     except (KexechibError, OSError) as e:
         print(f"kexechibctl: cannot build kernel B's initramfs: {e}", file=sys.stderr)
-        return 1
+        return exits.FAILURE
     modules = len(built.manifest.modules)
     print(
         f"{built.path}: {built.size / 1e6:.1f} MB, {built.files} files, "
@@ -136,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
     )
     if not kernel.exists():
         print(f"kexechibctl: note: kernel B ({kernel}) is not there", file=sys.stderr)
-    return 0
+    return exits.OK
 
 
 def _remove(initrd: Path) -> int:
@@ -146,13 +147,13 @@ def _remove(initrd: Path) -> int:
         with open(initrd, "rb") as f:
             ours = read_manifest(f.read(HEAD_BYTES)) is not None
     except FileNotFoundError:
-        return 0
+        return exits.OK
     except (OSError, ValueError) as e:
         print(f"kexechibctl: {initrd}: {e}", file=sys.stderr)
-        return 1
+        return exits.FAILURE
     if not ours:
         print(f"kexechibctl: {initrd} was not built by `kexechibctl saver build`; left alone")
-        return 0
+        return exits.OK
     initrd.unlink()
     print(f"removed {initrd}")
-    return 0
+    return exits.OK

@@ -8,14 +8,19 @@ import io
 import json
 import os
 import pty
+import re
+import shlex
 import signal
+import stat
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from kexechibd.ctl.progress import Bar, Lines, display_for
+from kexechibd.ctl import exits
+from kexechibd.ctl.offline import _size as offline_size
+from kexechibd.ctl.progress import Bar, Lines, Measure, display_for
 from kexechibd.engine import HibernateOptions, Mode
 from kexechibd.errors import BadImage
 from tests.dbus.conftest import (
@@ -136,6 +141,69 @@ async def test_resume_and_inspect(daemon, system_bus, ctl_env, tmp_path):
     assert "boot-id:        earlier" in result.stdout
 
 
+async def test_inspect_and_image_info_agree_on_a_missing_image(
+    daemon, system_bus, ctl_env, tmp_path
+):
+    missing = tmp_path / "nonexistent"
+    by_daemon = await ctl(system_bus, ctl_env, "inspect", str(missing))
+    by_file = offline(ctl_env, "info", str(missing))
+    assert by_daemon.returncode == by_file.returncode == exits.FAILURE
+    assert "no image at" in by_daemon.stdout
+    assert b"no image at" in by_file.stderr
+
+
+async def test_inspect_of_a_consumed_image_exits_3(daemon, system_bus, ctl_env, tmp_path):
+    image = make_image(tmp_path / "image", consumed=True)
+    result = await ctl(system_bus, ctl_env, "inspect", str(image))
+    assert result.returncode == exits.NOT_RESUMABLE, result.stderr
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("status", "--bus={bus}"),
+        ("--quiet", "status", "--bus", "{bus}"),
+        ("inspect", "--no-ask-password", "--bus={bus}", ""),
+    ],
+)
+async def test_global_options_may_come_after_the_command(daemon, system_bus, ctl_env, argv):
+    command = [sys.executable, "-m", "kexechibd.ctl"]
+    command += [a.format(bus=system_bus.address) for a in argv]
+    result = await run(command, env=ctl_env)
+    assert result.returncode in (exits.OK, exits.FAILURE), result.stderr
+    assert "usage:" not in result.stderr
+    assert "not running" not in result.stderr
+
+
+async def test_an_option_given_twice_keeps_the_one_after_the_command(daemon, system_bus, ctl_env):
+    command = [sys.executable, "-m", "kexechibd.ctl", "--bus=unix:path=/nonexistent"]
+    result = await run([*command, "status", f"--bus={system_bus.address}"], env=ctl_env)
+    assert result.returncode == exits.OK, result.stderr
+
+
+async def test_a_closed_pipe_ends_quietly(daemon, system_bus, ctl_env):
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # nobody will read: the first write fails with EPIPE
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *ctl_argv(system_bus, "status"),
+            env=ctl_env,
+            stdout=write_end,
+            stderr=asyncio.subprocess.PIPE,
+        )
+    finally:
+        os.close(write_end)
+    _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert (proc.returncode, err) == (exits.CLOSED_PIPE, b"")
+
+
+async def test_status_piped_into_head_prints_no_traceback(daemon, system_bus, ctl_env):
+    argv = " ".join(shlex.quote(a) for a in ctl_argv(system_bus, "status"))
+    result = await run(["sh", "-c", f"{argv} | head -1"], env=ctl_env)
+    assert result.stdout == "State:          idle\n"
+    assert result.stderr == ""
+
+
 async def test_jump_back_without_a_peer(daemon, system_bus, ctl_env):
     result = await ctl(system_bus, ctl_env, "jump-back")
     assert result.returncode == 1
@@ -160,11 +228,13 @@ async def test_ctrl_c_cancels_and_a_second_ctrl_c_leaves(daemon, system_bus, ctl
     daemon.engine.jump_gate.set()
 
 
-async def test_on_a_terminal_progress_is_a_bar(daemon, system_bus, ctl_env):
+async def on_a_terminal(argv, env):
+    """Run ``argv`` with a terminal for its input and output: (exit status,
+    everything it wrote)."""
     primary, secondary = pty.openpty()
     proc = await asyncio.create_subprocess_exec(
-        *ctl_argv(system_bus, "hibernate", "--direct"),
-        env={**ctl_env, "COLUMNS": "100"},
+        *argv,
+        env={**env, "COLUMNS": "100"},
         stdin=secondary,
         stdout=secondary,
         stderr=secondary,
@@ -182,20 +252,23 @@ async def test_on_a_terminal_progress_is_a_bar(daemon, system_bus, ctl_env):
         output += chunk
     await proc.wait()
     os.close(primary)
-    text = output.decode()
-    assert proc.returncode == 0, text
+    return proc.returncode, output.decode()
+
+
+async def test_on_a_terminal_progress_is_a_bar(daemon, system_bus, ctl_env):
+    returncode, text = await on_a_terminal(ctl_argv(system_bus, "hibernate", "--direct"), ctl_env)
+    assert returncode == 0, text
     assert "\rhibernate [" in text
     assert "] 100% " in text
     assert text.rstrip().endswith("hibernate: resumed")
 
 
+def offline_argv(*args):
+    return [sys.executable, "-m", "kexechibd.ctl", "image", *map(str, args)]
+
+
 def offline(env, *args):
-    return subprocess.run(
-        [sys.executable, "-m", "kexechibd.ctl", "image", *args],
-        env=env,
-        capture_output=True,
-        check=False,
-    )
+    return subprocess.run(offline_argv(*args), env=env, capture_output=True, check=False)
 
 
 @pytest.fixture
@@ -267,13 +340,13 @@ def test_image_verify_of_an_intact_image_that_will_not_resume_exits_3(
     )
 
 
-def test_the_help_documents_verifys_exit_status(ctl_env):
+def test_the_help_prints_the_one_exit_status_table(ctl_env):
     result = subprocess.run(
         [sys.executable, "-m", "kexechibd.ctl", "--help"], env=ctl_env, capture_output=True
     )
-    assert b"  3    image verify: the checksums are OK, but the image is not resumable" in (
-        result.stdout
-    )
+    words = " ".join(result.stdout.decode().split())
+    for code, meaning in exits.TABLE:
+        assert f"{code} {meaning}" in words
 
 
 def test_image_export_writes_an_elf_core_readelf_reads(real_image, ctl_env, tmp_path):
@@ -289,8 +362,93 @@ def test_image_export_writes_an_elf_core_readelf_reads(real_image, ctl_env, tmp_
         in subprocess.run(["readelf", "-h", str(core)], capture_output=True, text=True).stdout
     )
     assert headers.count("LOAD") == 2
-    again = offline(ctl_env, "export", str(real_image), str(core))
-    assert again.returncode == 1 and b"File exists" in again.stderr
+
+
+def test_image_export_writes_a_file_only_root_may_read(real_image, ctl_env, tmp_path):
+    core = tmp_path / "core"
+    result = subprocess.run(
+        ["sh", "-c", 'umask 022; exec "$@"', "sh", *offline_argv("export", real_image, core)],
+        env=ctl_env,
+        capture_output=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert stat.S_IMODE(core.stat().st_mode) == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["core", "image"]
+
+
+def test_image_export_to_an_existing_file_says_so_and_leaves_it_alone(
+    real_image, ctl_env, tmp_path
+):
+    core = tmp_path / "core"
+    core.write_bytes(b"someone's data")
+    result = offline(ctl_env, "export", str(real_image), str(core))
+    assert result.returncode == 1
+    assert result.stderr.decode() == (
+        f"kexechibctl: {core} already exists; kexechibctl never overwrites a file (it may be "
+        "another image or core): remove it or name another\n"
+    )
+    assert core.read_bytes() == b"someone's data"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["core", "image"]
+
+
+def test_image_export_of_a_damaged_image_leaves_no_file(real_image, ctl_env, tmp_path):
+    data = bytearray(real_image.read_bytes())
+    data[-200] ^= 0xFF  # inside the chunk data or the index
+    real_image.write_bytes(bytes(data))
+    core = tmp_path / "core"
+    result = offline(ctl_env, "export", str(real_image), str(core))
+    assert result.returncode == 1
+    assert result.stderr.startswith(b"kexechibctl: ")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["image"]
+
+
+def test_image_info_gives_the_creation_time_and_sizes_readably(real_image, ctl_env):
+    result = offline({**ctl_env, "TZ": "UTC"}, "info", str(real_image))
+    assert result.returncode == 0, result.stderr
+    fields = {
+        k: v.strip()
+        for k, v in (line.split(":", 1) for line in result.stdout.decode().splitlines())
+    }
+    assert re.fullmatch(r"\d+(\.\d+)? \(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC\)", fields["created"])
+    assert re.fullmatch(r"4194304 \(4 MiB\)", fields["chunk-size"])
+    assert re.fullmatch(r"\d+ \(\d+(\.\d+)? (bytes|KiB|MiB)\)", fields["stored-bytes"])
+
+
+@pytest.mark.parametrize("state", ["consumed", "invalid"])
+def test_image_info_of_an_image_that_will_not_resume_exits_3(real_image, ctl_env, state):
+    from kexechibd.image import ImageStore
+
+    store = ImageStore(real_image)
+    store.mark_consumed() if state == "consumed" else store.invalidate()
+    result = offline(ctl_env, "info", str(real_image))
+    assert result.returncode == exits.NOT_RESUMABLE, result.stderr
+    assert f"state:             {state}" in result.stdout.decode()
+
+
+def test_image_create_takes_a_decimal_size(ctl_env, tmp_path):
+    # The directory does not exist: the command fails after parsing the size,
+    # before anything is written.
+    result = offline(ctl_env, "create", str(tmp_path / "no-dir" / "image"), "--size", "1.5G")
+    assert result.returncode == exits.FAILURE
+    assert b"not a size" not in result.stderr
+    assert b"No such file or directory" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "size, value",
+    [("4096", 4096), ("1.5G", 3 << 29), ("0.5k", 512), ("1.1K", 1127), ("2T", 2 << 40)],
+)
+def test_sizes_may_be_decimal_and_round_up_to_a_byte(size, value):
+    assert offline_size(size) == value
+
+
+@pytest.mark.parametrize("size", ["1.5Q", "-1G", "0", "nanG", "infM", ""])
+def test_a_size_that_is_not_one_is_a_usage_error(ctl_env, tmp_path, size):
+    result = offline(ctl_env, "create", str(tmp_path / "image"), f"--size={size}")
+    assert result.returncode == exits.USAGE
+    assert b"not a size" in result.stderr
+    assert not (tmp_path / "image").exists()
 
 
 def test_image_tools_refuse_an_image_others_could_have_written(real_image, ctl_env):
@@ -328,6 +486,40 @@ def test_lines_report_state_changes_and_every_ten_percent():
         "hibernate: loading 30%",
         "hibernate: loading 100%",
     ]
+
+
+async def test_on_a_terminal_a_state_without_measured_progress_says_unknown(
+    daemon, system_bus, ctl_env
+):
+    returncode, text = await on_a_terminal(ctl_argv(system_bus, "hibernate", "--direct"), ctl_env)
+    assert returncode == 0, text
+    # The scripted engine reports progress only after it entered a state.
+    assert f"\rhibernate [{'?' * 30}] unknown preparing" in text
+    assert " 0% preparing" not in text
+
+
+def test_a_state_is_unmeasured_until_the_daemon_reports_progress_within_it():
+    measure = Measure()
+    assert measure.change({"State": "preparing", "Progress": 0.0}) == ("preparing", None)
+    assert measure.change({"State": "loading"}) == ("loading", None)
+    assert measure.change({"Progress": 0.4}) == ("loading", 0.4)
+    assert measure.change({"Progress": 0.5}) == ("loading", 0.5)
+    assert measure.change({"State": "jumping"}) == ("jumping", None)
+
+
+def test_a_bar_without_measured_progress_says_unknown():
+    out = io.StringIO()
+    bar = Bar(out, "hibernate")
+    bar.update("loading", None)
+    assert out.getvalue() == f"\rhibernate [{'?' * 30}] unknown loading"
+
+
+def test_lines_without_measured_progress_give_no_percentage():
+    out = io.StringIO()
+    lines = Lines(out, "hibernate")
+    lines.update("preparing", None)
+    lines.update("loading", None)
+    assert out.getvalue().splitlines() == ["hibernate: preparing", "hibernate: loading"]
 
 
 def test_a_bar_redraws_one_line_and_ends_it():
