@@ -178,6 +178,8 @@ def run(args: argparse.Namespace) -> int:
             else:
                 with _output(args.output) as out:
                     export_elf_core(reader, out)
+    except BrokenPipeError:
+        raise  # a reader that went away is not the image's fault: main ends quietly
     except (ImageError, OSError) as e:  # OutputExists too: its message says what to do
         print(f"kexechibctl: {e}", file=sys.stderr)
         return exits.FAILURE

@@ -403,6 +403,18 @@ def test_image_export_of_a_damaged_image_leaves_no_file(real_image, ctl_env, tmp
     assert sorted(p.name for p in tmp_path.iterdir()) == ["image"]
 
 
+@pytest.mark.parametrize("action", ["info", "export"])
+def test_an_image_command_ends_quietly_on_a_closed_pipe(real_image, ctl_env, action):
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # nobody will read: the first write fails with EPIPE
+    argv = offline_argv(action, real_image, *(["-"] if action == "export" else []))
+    try:
+        result = subprocess.run(argv, env=ctl_env, stdout=write_end, stderr=subprocess.PIPE)
+    finally:
+        os.close(write_end)
+    assert (result.returncode, result.stderr) == (exits.CLOSED_PIPE, b"")
+
+
 def test_image_info_gives_the_creation_time_and_sizes_readably(real_image, ctl_env):
     result = offline({**ctl_env, "TZ": "UTC"}, "info", str(real_image))
     assert result.returncode == 0, result.stderr
