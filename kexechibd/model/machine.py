@@ -160,9 +160,7 @@ def firmware_map(ram: int, *, reserved: tuple[tuple[int, int], ...] = ()) -> lis
         ranges.append(MemoryRange(3 * GIB, 4 * GIB, MemoryKind.RESERVED))
         ranges.append(MemoryRange(4 * GIB, 4 * GIB + ram - 3 * GIB))
     for start, end in reserved:
-        ram_ranges = subtract(
-            [r for r in ranges if r.kind is MemoryKind.RAM], [(start, end)]
-        )
+        ram_ranges = subtract([r for r in ranges if r.kind is MemoryKind.RAM], [(start, end)])
         ranges = sorted(
             [
                 *ram_ranges,
