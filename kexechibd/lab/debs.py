@@ -50,6 +50,23 @@ def package_version(package: str) -> str:
     return version
 
 
+def _download(package: str, version: str, directory: Path) -> Path:
+    """`apt-get download` of one version into ``directory``: its .deb."""
+    # apt's sandbox user cannot write into a root-only temp dir.
+    os.chmod(directory, 0o755)
+    result = subprocess.run(
+        ["apt-get", "download", f"{package}={version}"],
+        cwd=directory,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    debs = list(directory.glob("*.deb"))
+    if result.returncode != 0 or len(debs) != 1:
+        raise DebError(f"apt-get download {package}={version} failed: {result.stderr}")
+    return debs[0]
+
+
 def unpacked(package: str) -> Path:
     """Directory holding the unpacked contents of `package` (candidate version)."""
     version = package_version(package)
@@ -64,20 +81,9 @@ def unpacked(package: str) -> Path:
         if (target / ".complete").exists():
             return target
         with tempfile.TemporaryDirectory(dir=root) as tmp:
-            # apt's sandbox user cannot write into a root-only temp dir.
-            os.chmod(tmp, 0o755)
-            result = subprocess.run(
-                ["apt-get", "download", f"{package}={version}"],
-                cwd=tmp,
-                capture_output=True,
-                text=True,
-                check=False,
-            )
-            debs = list(Path(tmp).glob("*.deb"))
-            if result.returncode != 0 or len(debs) != 1:
-                raise DebError(f"apt-get download {package}={version} failed: {result.stderr}")
+            deb = _download(package, version, Path(tmp))
             tree = Path(tmp) / "tree"
-            subprocess.run(["dpkg-deb", "-x", str(debs[0]), str(tree)], check=True)
+            subprocess.run(["dpkg-deb", "-x", str(deb), str(tree)], check=True)
             (tree / ".complete").write_text(f"{package} {version}\n")
             shutil.rmtree(target, ignore_errors=True)
             tree.rename(target)
@@ -114,21 +120,11 @@ def stock_kernel() -> Path:
         if (target / "vmlinuz").exists():
             return target
         with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-            os.chmod(tmp, 0o755)
-            result = subprocess.run(
-                ["apt-get", "download", f"{package}={version}"],
-                cwd=tmp,
-                capture_output=True,
-                text=True,
-                check=False,
-            )
-            debs = list(Path(tmp).glob("*.deb"))
-            if result.returncode != 0 or len(debs) != 1:
-                raise DebError(f"apt-get download {package}={version} failed: {result.stderr}")
+            deb = _download(package, version, Path(tmp))
             tree = Path(tmp) / "tree"
             tree.mkdir()
             subprocess.run(
-                f"dpkg-deb --fsys-tarfile {debs[0]} | tar -x -C {tree} --wildcards './boot/*'",
+                f"dpkg-deb --fsys-tarfile {deb} | tar -x -C {tree} --wildcards './boot/*'",
                 shell=True,
                 check=True,
             )
