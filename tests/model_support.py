@@ -6,11 +6,15 @@ Not a test module: pytest does not collect it."""
 from __future__ import annotations
 
 import array
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
 
 from kexechibd.kernel import abi
 from kexechibd.kernel.abi import PAGE_SHIFT, PAGE_SIZE, Stage
 from kexechibd.model import kimage
 from kexechibd.model.kernel import ModelKernel
+from kexechibd.model.machine import Capabilities, Machine
 from kexechibd.model.memory import PhysicalMemory
 
 P = PAGE_SIZE
@@ -28,6 +32,17 @@ FINAL = abi.load_flags(Stage.FINAL)
 START_KEEP = abi.load_flags(Stage.START, preserve_context=True)
 FINAL_KEEP = abi.load_flags(Stage.FINAL, preserve_context=True)
 FULL = abi.load_flags()
+
+
+@contextlib.contextmanager
+def model_kernel(
+    path: Path, ram: int = FIXTURE_RAM, capabilities: Capabilities | None = None
+) -> Iterator[ModelKernel]:
+    """The running kernel of a new, powered-on model machine at ``path``."""
+    with Machine.create(path, ram=ram, capabilities=capabilities) as machine:
+        machine.power_on()
+        with ModelKernel(machine) as kernel:
+            yield kernel
 
 
 def fill(byte: int, npages: int = 1) -> bytes:

@@ -17,7 +17,6 @@ from kexechibd.kernel.abi import PAGE_SHIFT, Segment, Stage
 from kexechibd.model import kimage
 from kexechibd.model.allocator import PageAllocator
 from kexechibd.model.kernel import ModelKernel
-from kexechibd.model.machine import Machine
 from kexechibd.model.memory import PhysicalMemory
 from tests.model_support import (
     BASE,
@@ -32,6 +31,7 @@ from tests.model_support import (
     fill,
     indirection_pages,
     loaded,
+    model_kernel,
     page_map,
     read_page,
 )
@@ -320,19 +320,15 @@ def test_control_swap_and_indirection_pages_are_no_kind_of_destination(
 
 def test_a_staged_load_of_100k_scattered_pages_completes_on_4_gib(tmp_path) -> None:
     """Issue 2's acceptance: ≥ 100,000 single-page segments over a 4 GiB model."""
-    with Machine.create(tmp_path / "big", ram=4 << 30) as machine:
-        machine.power_on()
-        with ModelKernel(machine) as big:
-            pfns = random.Random(3).sample(range(0x4000, (3 << 30) >> abi.PAGE_SHIFT), 100_000)
-            segs = [Segment(pfn.to_bytes(8, "little"), pfn << abi.PAGE_SHIFT, P) for pfn in pfns]
-            for i in range(0, len(segs), abi.KEXEC_STAGE_SEGMENT_MAX):
-                stage = Stage.START if i == 0 else Stage.MID
-                big.kexec_load(0, segs[i : i + abi.KEXEC_STAGE_SEGMENT_MAX], abi.load_flags(stage))
-            big.kexec_load(0x100000, [], FINAL)
-            runs = abi.decode_page_map(big.kexec_pgmap())
-            assert sum(r.npages for r in runs) == 100_000
-            loaded = big.record.loaded
-            assert loaded is not None
-            kimage.relocate(big.memory, loaded)
-            for pfn in pfns[::997]:
-                assert big.memory.read(pfn << abi.PAGE_SHIFT, 8) == pfn.to_bytes(8, "little")
+    with model_kernel(tmp_path / "big", ram=4 << 30) as big:
+        pfns = random.Random(3).sample(range(0x4000, (3 << 30) >> abi.PAGE_SHIFT), 100_000)
+        segs = [Segment(pfn.to_bytes(8, "little"), pfn << abi.PAGE_SHIFT, P) for pfn in pfns]
+        for i in range(0, len(segs), abi.KEXEC_STAGE_SEGMENT_MAX):
+            stage = Stage.START if i == 0 else Stage.MID
+            big.kexec_load(0, segs[i : i + abi.KEXEC_STAGE_SEGMENT_MAX], abi.load_flags(stage))
+        big.kexec_load(0x100000, [], FINAL)
+        runs = abi.decode_page_map(big.kexec_pgmap())
+        assert sum(r.npages for r in runs) == 100_000
+        kimage.relocate(big.memory, loaded(big))
+        for pfn in pfns[::997]:
+            assert big.memory.read(pfn << abi.PAGE_SHIFT, 8) == pfn.to_bytes(8, "little")
