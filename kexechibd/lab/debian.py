@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import functools
 import hashlib
 import os
@@ -44,6 +43,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from kexechibd.lab.cache import build_once
 from kexechibd.lab.cycle import relay_lines
 from kexechibd.lab.kernel import cache_root
 from kexechibd.lab.qemu import Guest, GuestResult, GuestSpec, LogLine, new_workdir
@@ -166,13 +166,8 @@ def debian_rootfs() -> Path:
     key = rootfs_key()
     entry = rootfs_cache() / key
     root = entry / "root"
-    if (entry / "packages").exists():
-        return root
-    entry.parent.mkdir(parents=True, exist_ok=True)
-    with open(entry.parent / f".lock-{key}", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if (entry / "packages").exists():
-            return root
+
+    def build() -> None:
         work = Path(tempfile.mkdtemp(prefix=f"build-{key}-", dir=entry.parent))
         try:
             started = time.monotonic()
@@ -209,6 +204,8 @@ def debian_rootfs() -> Path:
         except BaseException:
             shutil.rmtree(work, ignore_errors=True)
             raise
+
+    build_once(entry.parent, key, (entry / "packages").exists, build)
     return root
 
 

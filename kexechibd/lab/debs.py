@@ -9,13 +9,13 @@ fetches the package, `dpkg-deb -x` unpacks it; both are cached by version.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import shutil
 import subprocess
 import tempfile
 from pathlib import Path
 
+from kexechibd.lab.cache import build_once
 from kexechibd.lab.kernel import cache_root
 
 
@@ -73,13 +73,8 @@ def unpacked(package: str) -> Path:
     safe = f"{package}_{version}".replace(":", "%3a")
     root = cache_root() / "debs"
     target = root / safe
-    if (target / ".complete").exists():
-        return target
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / f".lock-{safe}", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if (target / ".complete").exists():
-            return target
+
+    def unpack() -> None:
         with tempfile.TemporaryDirectory(dir=root) as tmp:
             deb = _download(package, version, Path(tmp))
             tree = Path(tmp) / "tree"
@@ -87,6 +82,8 @@ def unpacked(package: str) -> Path:
             (tree / ".complete").write_text(f"{package} {version}\n")
             shutil.rmtree(target, ignore_errors=True)
             tree.rename(target)
+
+    build_once(root, safe, (target / ".complete").exists, unpack)
     return target
 
 
@@ -112,13 +109,8 @@ def stock_kernel() -> Path:
     package = names[0]
     version = package_version(package)
     target = cache_root() / "stock" / f"{package}_{version}".replace(":", "%3a")
-    if (target / "vmlinuz").exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with open(target.parent / f".lock-{target.name}", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if (target / "vmlinuz").exists():
-            return target
+
+    def unpack_boot() -> None:
         with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
             deb = _download(package, version, Path(tmp))
             tree = Path(tmp) / "tree"
@@ -136,4 +128,6 @@ def stock_kernel() -> Path:
             (out_dir / "package").write_text(f"{package} {version}\n")
             shutil.rmtree(target, ignore_errors=True)
             out_dir.rename(target)
+
+    build_once(target.parent, target.name, (target / "vmlinuz").exists, unpack_boot)
     return target
