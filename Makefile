@@ -6,20 +6,30 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-# Debian packages the project needs: build tools for systemd-python and the
-# purgatory, the real D-Bus/polkit/systemd tools the tests start, and the
-# field's tools the tests and benchmarks compare against.
+# Debian packages the project needs.  What the package itself needs comes
+# from debian/control, not from a second list here: its Depends (the tests
+# run the product on Debian's python3 and the real dbus, polkitd, systemd and
+# initramfs-tools) are added below, and its Build-Depends (gcc and binutils
+# build the purgatory) are installed by `apt-get build-dep`.
+# Besides: build tools for systemd-python in the venv, the real D-Bus tools
+# the tests start, and the field's tools the tests and benchmarks compare
+# against.
 # libxml2-utils: xmllint validates the polkit policy against polkit's DTD.
 # makedumpfile, time: `make bench` (GNU time measures the tools' peak RSS);
 # makedumpfile only recommends kexec-tools, which --no-install-recommends
 # keeps out (see the lab's note below).
-# python3-dbus-next, python3-systemd: what the installed daemon and CLI run
-# on (Debian's python3, see `make install`); the D-Bus tests also run
-# kexechibctl with it as an unprivileged user.
-APT_PACKAGES := gcc make pkg-config libsystemd-dev python3-dev python3-venv \
-	dbus dbus-bin dbus-daemon libglib2.0-bin polkitd systemd util-linux \
-	binutils cpio zstd lz4 makedumpfile time btrfs-progs \
-	libxml2-utils python3-dbus-next python3-systemd
+APT_PACKAGES := libsystemd-dev python3-dev python3-venv \
+	dbus-bin dbus-daemon libglib2.0-bin util-linux \
+	cpio zstd lz4 makedumpfile time btrfs-progs libxml2-utils
+# debian/control's field $(1): package names without comments, substitution
+# variables, version constraints or architecture qualifiers ("\043" is '#';
+# make would read a literal one as a comment, and count a literal parenthesis).
+lparen := (
+control_field = $(shell awk -v field='$(1):' \
+	'substr($$0, 1, 1) == "\043" { next } \
+	/^[^ \t]/ { f = index($$0, field) == 1; sub(/^[^:]*:/, "") } f { print }' debian/control \
+	| tr ',' '\n' | sed -e 's/^[ \t]*//' -e 's/[ $(lparen):].*//' | grep -v -e '^$$' -e '^\$$')
+APT_PACKAGES += $(call control_field,Depends)
 # The kernel lab (docs/lab.md): QEMU, and the libraries Debian's kexec binary
 # links (kexec-tools itself is unpacked into the lab cache, not installed: its
 # package would make this machine's own reboots go through kexec).
@@ -27,16 +37,13 @@ APT_PACKAGES := gcc make pkg-config libsystemd-dev python3-dev python3-venv \
 # The guests' userspace (kexechibd/lab/userspace.py) is Debian's python3 with
 # the daemon's dependencies as Debian packages; e2fsprogs makes their image disk.
 APT_PACKAGES += qemu-system-x86 libxenmisc4.17 \
-	python3-pyelftools python3-cffi python3-cffi-backend python3-pycparser python3-ply \
-	python3-zstandard python3-lz4 e2fsprogs
+	python3-cffi-backend python3-pycparser python3-ply e2fsprogs
 # The Debian package (`make deb`, which `make check` builds and lints):
-# dpkg-buildpackage, debhelper with dh_python3, lintian; man-db and
-# groff-base render the man pages (`man -l`).
-APT_PACKAGES += dpkg-dev debhelper dh-python lintian man-db groff-base
-# Debian's initramfs builder: tests/test_initramfs_hook.py runs the real
-# mkinitramfs with our hook and local-premount script (in a private mount
-# namespace: nothing of the host's /boot is touched).
-APT_PACKAGES += initramfs-tools
+# dpkg-buildpackage and dpkg-checkbuilddeps, lintian (debhelper and dh-python
+# are Build-Depends); man-db and groff-base render the man pages (`man -l`).
+# tests/test_initramfs_hook.py runs the real mkinitramfs (initramfs-tools is
+# a Depends) with our hook, in a private mount namespace.
+APT_PACKAGES += dpkg-dev lintian man-db groff-base
 # The lab's Debian guest (kexechibd/lab/debian.py): mmdebstrap builds its root
 # filesystem from the archive apt uses; ovmf is the UEFI firmware it boots with.
 APT_PACKAGES += mmdebstrap ovmf
@@ -47,7 +54,7 @@ APT_PACKAGES += mmdebstrap ovmf
 all: check
 
 # ---------------------------------------------------------------- set-up
-$(VENV)/.apt-stamp: Makefile
+$(VENV)/.apt-stamp: Makefile debian/control
 	@missing=$$(for p in $(APT_PACKAGES); do \
 		dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; \
 	done); \
@@ -56,6 +63,9 @@ $(VENV)/.apt-stamp: Makefile
 		export DEBIAN_FRONTEND=noninteractive; \
 		apt-get update -q && apt-get install -y -q --no-install-recommends $$missing; \
 	fi
+	@dpkg-checkbuilddeps 2>/dev/null || { \
+		echo "apt: installing debian/control's Build-Depends"; \
+		DEBIAN_FRONTEND=noninteractive apt-get build-dep -y -q --no-install-recommends ./; }
 	@mkdir -p $(VENV) && touch $@
 
 $(VENV)/.installed: $(VENV)/.apt-stamp setup.cfg pyproject.toml
@@ -116,9 +126,8 @@ bench: setup
 
 # ---------------------------------------------------------------- install
 # Where Debian expects each file.  The Python package goes where Debian's
-# python3 finds it; its dependencies are Debian packages (python3-dbus-next,
-# python3-systemd, python3-pyelftools, python3-cffi, python3-zstandard,
-# python3-lz4).  DESTDIR is respected; /etc/kexechibd.conf is only created
+# python3 finds it; its dependencies are Debian packages (debian/control's
+# Depends).  DESTDIR is respected; /etc/kexechibd.conf is only created
 # when absent, so an administrator's file survives reinstalls.
 DESTDIR ?=
 PREFIX ?= /usr
@@ -194,7 +203,8 @@ install: purgatory-object
 	$(INSTALL) -m 0644 dbus/org.kexechib1.service $(DESTDIR)$(DBUS_SERVICEDIR)/
 	$(INSTALL) -m 0644 dbus/org.kexechib1.xml $(DESTDIR)$(DBUS_INTERFACEDIR)/
 	$(INSTALL) -m 0644 dbus/org.kexechib1.policy $(DESTDIR)$(POLKITDIR)/
-	$(INSTALL) -m 0644 systemd/kexechibd.conf.example docs/DESIGN.md README.md $(DESTDIR)$(DOCDIR)/
+	$(INSTALL) -m 0644 systemd/kexechibd.conf.example docs/DESIGN.md docs/background.md README.md \
+		$(DESTDIR)$(DOCDIR)/
 	$(INSTALL) -m 0644 $(MAN5) $(DESTDIR)$(MANDIR)/man5/
 	$(INSTALL) -m 0644 $(MAN8) $(DESTDIR)$(MANDIR)/man8/
 	$(INSTALL) -D -m 0755 systemd/kernel/postinst.d/kexechibd \

@@ -30,6 +30,8 @@ from pathlib import Path
 
 from elftools.elf.elffile import ELFFile
 
+from kexechibd.kernel.elfcore import EHDR
+
 PAGE = 4096
 GUEST_MIB = 1024
 RECIPE = 1  # bump when FILL changes
@@ -162,7 +164,7 @@ def normalise_headers(path: Path) -> None:
     after them (``e_phoff`` 192); makedumpfile 1.7.2 ignores ``e_phoff`` and
     reads program headers from offset 64, so it finds no PT_LOAD in QEMU's
     dump.  Only the header changes; notes and memory stay where they are."""
-    ehdr = struct.Struct("<16sHHIQQQIHHHHHH")
+    ehdr = EHDR
     with open(path, "r+b") as f:
         fields = list(ehdr.unpack(f.read(ehdr.size)))
         phoff, phentsize, phnum = fields[5], fields[9], fields[10]

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from bench.common import median, run_measured, short, show, worker
 from bench.report import Section, mib
-from kexechibd import cmdline
+from kexechibd import ranges
 from kexechibd.cycle.elfcorehdr import build_elfcorehdr
 from kexechibd.kernel.abi import PAGE_SHIFT, PAGE_SIZE
 from kexechibd.model.machine import Machine
@@ -69,7 +69,7 @@ def make_machine(path: Path, size: int) -> int:
     ``HEADER``; returns the pages the image covers."""
     shutil.rmtree(path, ignore_errors=True)
     with Machine.create(path, ram=size, reserved=((HEADER, HEADER + PAGE_SIZE),)) as m:
-        ram = cmdline.subtract(m.ram_ranges, [window(size)])
+        ram = ranges.subtract(m.ram_ranges, [window(size)])
         pool = page_pool()
         pages = 0
         for r in ram:

@@ -12,6 +12,7 @@ import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from kexechibd import ranges
 from kexechibd.kernel.api import MemoryKind, MemoryRange
 
 JUMP_BACK_ENTRY = "kexec_jump_back_entry"
@@ -132,35 +133,8 @@ def apply_memmap(firmware: Sequence[MemoryRange], cmdline: str) -> list[MemoryRa
             if kind == "@":
                 ram.append(MemoryRange(start, start + size))
             else:
-                ram = subtract(ram, [(start, start + size)])
-    return merge(ram)
-
-
-def merge(ranges: Sequence[MemoryRange]) -> list[MemoryRange]:
-    out: list[MemoryRange] = []
-    for r in sorted(ranges):
-        if out and r.start <= out[-1].end and r.kind is out[-1].kind:
-            out[-1] = MemoryRange(out[-1].start, max(out[-1].end, r.end), r.kind)
-        else:
-            out.append(r)
-    return out
-
-
-def subtract(ranges: Sequence[MemoryRange], holes: Sequence[tuple[int, int]]) -> list[MemoryRange]:
-    """``ranges`` minus the ``[start, end)`` ``holes``."""
-    out = list(ranges)
-    for hole_start, hole_end in holes:
-        pieces = []
-        for r in out:
-            if r.end <= hole_start or r.start >= hole_end:
-                pieces.append(r)
-                continue
-            if r.start < hole_start:
-                pieces.append(MemoryRange(r.start, hole_start, r.kind))
-            if r.end > hole_end:
-                pieces.append(MemoryRange(hole_end, r.end, r.kind))
-        out = pieces
-    return out
+                ram = ranges.subtract(ram, [(start, start + size)])
+    return ranges.merge(ram)
 
 
 def noresume(cmdline: str) -> bool:

@@ -178,7 +178,7 @@ def verdict(run: CycleRun) -> list[tuple[bool, str]]:
 
 def run_lab(args: argparse.Namespace) -> int:
     from kexechibd.lab import lab_kernel, new_workdir, qemu_available
-    from kexechibd.lab.cycle import hibernate_cycle
+    from kexechibd.lab.cycle import hibernate_cycle, print_outcome
     from kexechibd.lab.disk import chunk_spans, published_slots
     from kexechibd.lab.userspace import origin_initrd
 
@@ -222,15 +222,9 @@ def run_lab(args: argparse.Namespace) -> int:
     except BaseException:
         print(f"\n(kept {workdir})")
         raise
-    checks = verdict(run)
-    ok = all(passed for passed, _ in checks)
     step("What happened")
-    for passed, text in checks:
-        print(f"  [{'ok' if passed else 'FAILED'}] {text}")
-    print("\n  times (host seconds, TCG on this machine's cores):")
-    for name, seconds in run.times():
-        print(f"    {name:45} {seconds:7.2f}")
-    print(f"    {'the whole demo (both QEMU runs)':45} {time.monotonic() - started:7.2f}")
+    whole = "the whole demo (both QEMU runs)"
+    ok = print_outcome(verdict(run), run.times(), whole, time.monotonic() - started)
     step(
         "Verdict: "
         + (

@@ -12,6 +12,7 @@ import pytest
 
 from kexechibd.model.kernel import ModelKernel
 from kexechibd.model.machine import Machine
+from tests.model_support import FIXTURE_RAM
 
 SHM = Path("/dev/shm")
 
@@ -31,13 +32,10 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         shutil.rmtree(basetemp, ignore_errors=True)
 
 
-MIB = 1 << 20
-
-
 @pytest.fixture
 def machine(tmp_path: Path) -> Iterator[Machine]:
     """A powered-on 512 MiB model machine."""
-    m = Machine.create(tmp_path / "machine", ram=512 * MIB)
+    m = Machine.create(tmp_path / "machine", ram=FIXTURE_RAM)
     m.power_on()
     yield m
     m.close()

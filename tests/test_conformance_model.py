@@ -9,43 +9,30 @@ from collections.abc import Iterator
 import pytest
 
 from kexechibd.model.kernel import ModelKernel
-from kexechibd.model.machine import Capabilities, Machine
+from kexechibd.model.machine import Capabilities
 from tests.conformance.vectors import VECTORS, applicable, choose_base, features_of, run_vector
-
-MIB = 1 << 20
+from tests.model_support import MIB, model_kernel
 
 
 @pytest.fixture(scope="module")
 def patched(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModelKernel]:
-    m = Machine.create(tmp_path_factory.mktemp("patched") / "m", ram=256 * MIB)
-    m.power_on()
-    k = ModelKernel(m)
-    yield k
-    k.close()
-    m.close()
+    with model_kernel(tmp_path_factory.mktemp("patched") / "m", 256 * MIB) as k:
+        yield k
 
 
 @pytest.fixture(scope="module")
 def mainline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModelKernel]:
     caps = Capabilities(staged_load=False)
-    m = Machine.create(tmp_path_factory.mktemp("mainline") / "m", ram=256 * MIB, capabilities=caps)
-    m.power_on()
-    k = ModelKernel(m)
-    yield k
-    k.close()
-    m.close()
+    with model_kernel(tmp_path_factory.mktemp("mainline") / "m", 256 * MIB, caps) as k:
+        yield k
 
 
 @pytest.fixture(scope="module")
 def stock(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModelKernel]:
     """A distribution kernel without CONFIG_KEXEC_JUMP (Debian 12's)."""
     caps = Capabilities(staged_load=False, kexec_jump=False)
-    m = Machine.create(tmp_path_factory.mktemp("stock") / "m", ram=256 * MIB, capabilities=caps)
-    m.power_on()
-    k = ModelKernel(m)
-    yield k
-    k.close()
-    m.close()
+    with model_kernel(tmp_path_factory.mktemp("stock") / "m", 256 * MIB, caps) as k:
+        yield k
 
 
 PATCHED = [v for v in VECTORS if applicable(v, {"jump", "staged"})]

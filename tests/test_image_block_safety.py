@@ -16,8 +16,8 @@ import pytest
 
 from kexechibd.image import DeviceImageStore, ImageError
 from kexechibd.image import blockstore as bs
+from tests.image_support import make_meta
 from tests.test_image_blockstore import Disk, make_disk, newest, save
-from tests.test_image_helpers import make_meta
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="block devices and ownership need root")
 

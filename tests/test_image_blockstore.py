@@ -34,7 +34,7 @@ from kexechibd.image import (
 )
 from kexechibd.image import blockstore as bs
 from kexechibd.image import format as fmt
-from tests.test_image_helpers import PS, layout, make_meta, page, read_pages
+from tests.image_support import PS, layout, make_meta, page, read_pages
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="block devices and ownership need root")
 

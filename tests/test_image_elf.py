@@ -14,7 +14,7 @@ from elftools.elf.elffile import ELFFile
 
 from kexechibd.image import ImageReader, ImageWriter, export_elf_core
 from kexechibd.image import format as fmt
-from tests.test_image_helpers import (
+from tests.image_support import (
     PAGE_MAP,
     PS,
     VMCOREINFO,

@@ -15,7 +15,7 @@ import zstandard
 from kexechibd.errors import BadImage
 from kexechibd.image import ImageError, codec
 from kexechibd.image import format as fmt
-from tests.test_image_helpers import (
+from tests.image_support import (
     IMAGE_DESC_AT,
     IMAGE_FIELD,
     PS,

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from kexechibd.image import ImageReader, ImageWriter
-from tests.test_image_helpers import PS, make_meta, page
+from tests.image_support import PS, make_meta, page
 
 MIB = 1 << 20
 BUFFER = 4 * MIB  # what a saver reads from /proc/vmcore at a time

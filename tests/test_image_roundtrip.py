@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from kexechibd.image import FORMAT_VERSION, ImageReader, ImageWriter, Run, codec
 from kexechibd.image import format as fmt
-from tests.test_image_helpers import (
+from tests.image_support import (
     PS,
     make_meta,
     open_image,

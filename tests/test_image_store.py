@@ -19,7 +19,7 @@ from kexechibd.image import (
     mark_image_consumed,
 )
 from kexechibd.image import format as fmt
-from tests.test_image_helpers import PS, layout, make_meta, page, read_pages
+from tests.image_support import PS, layout, make_meta, page, read_pages
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="ownership checks need root")
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -21,49 +20,13 @@ import zstandard
 
 from kexechibd import cpio
 from kexechibd.initramfs import hook, record
+from tests.initramfs_support import mkinitramfs
 from tests.test_image_extent_store import Mounted, ext4, prepared  # noqa: F401 (fixtures)
-
-ROOT = Path(__file__).resolve().parent.parent
-RELEASE = "6.1.0-kexechibtest"
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("mkinitramfs") is None or shutil.which("unshare") is None,
     reason="needs root, unshare and initramfs-tools (Makefile APT_PACKAGES)",
 )
-
-
-def mkinitramfs(tmp_path: Path, config: Path, with_hook: bool = True) -> Path:
-    conf = tmp_path / "initramfs-tools"
-    shutil.copytree("/etc/initramfs-tools", conf)
-    if with_hook:
-        shutil.copy2(ROOT / "initramfs-tools/hooks/kexechibd", conf / "hooks/kexechibd")
-        (conf / "scripts/local-premount").mkdir(parents=True, exist_ok=True)
-        shutil.copy2(
-            ROOT / "initramfs-tools/scripts/local-premount/kexechib",
-            conf / "scripts/local-premount/kexechib",
-        )
-    out = tmp_path / "initrd.img"
-    script = (
-        "mount -t tmpfs tmpfs /boot && "
-        f"echo CONFIG_RD_ZSTD=y > /boot/config-{RELEASE} && "
-        f'exec mkinitramfs -d "{conf}" -o "{out}" {RELEASE}'
-    )
-    env = {
-        **os.environ,
-        "KEXECHIB_HOOK_PYTHONPATH": str(ROOT),
-        "KEXECHIB_HOOK_CONFIG": str(config),
-        "TMPDIR": str(tmp_path),
-    }
-    done = subprocess.run(
-        ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr
-    return out
 
 
 def entries(path: Path) -> dict[str, bytes]:

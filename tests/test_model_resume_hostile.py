@@ -25,7 +25,7 @@ from kexechibd.model import bzimage
 from kexechibd.model.kernel import ModelKernel
 from kexechibd.model.machine import Machine
 from kexechibd.model.workload import populate
-from tests.test_image_helpers import IMAGE_DESC_AT, IMAGE_FIELD, Layout, layout
+from tests.image_support import IMAGE_DESC_AT, IMAGE_FIELD, Layout, layout
 from tests.test_model_cycle import Recorder, boot_b_and_save, settings
 
 MIB = 1 << 20

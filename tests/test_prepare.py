@@ -6,7 +6,7 @@ import io
 
 from elftools.elf.elffile import ELFFile
 
-from kexechibd import bootproto, cmdline
+from kexechibd import bootproto, cmdline, ranges
 from kexechibd.cycle.prepare import SaverFiles, SaverLoad, plan_saver_load
 from kexechibd.cycle.window import Window, choose_window
 from kexechibd.kernel.api import MemoryKind, MemoryRange
@@ -46,7 +46,7 @@ def test_b_gets_its_window_as_ram_except_the_elf_core_header() -> None:
     assert header is not None
     header_pages = next(s for s in plan.segments if s.mem == header.addr)
     b_ram = cmdline.apply_memmap(FIRMWARE, plan.cmdline)
-    assert b_ram == cmdline.subtract(list(window.ranges), [(header_pages.mem, header_pages.end)])
+    assert b_ram == ranges.subtract(list(window.ranges), [(header_pages.mem, header_pages.end)])
 
 
 def test_the_elf_core_header_lists_whole_pages_of_a_s_ram_outside_the_window() -> None:

@@ -23,7 +23,7 @@ from kexechibd import mounts
 from kexechibd.cycle.engine import EngineSettings, KexecEngine
 from kexechibd.engine import CancelToken, ResumeOptions, Role, State
 from kexechibd.errors import BadImage, NotSupported
-from tests.test_mounts import EARLY, LATER
+from tests.mounts_support import EARLY, LATER
 
 
 class RealMachine:

@@ -10,30 +10,17 @@ overlap and can be saved and restored as they are.)
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Sequence
 
 from kexechibd.kernel.abi import PAGE_SIZE, page_align_up
 from kexechibd.kernel.api import MemoryRange
-
-ELF_IDENT = b"\x7fELF" + bytes([2, 1, 1, 0]) + bytes(8)  # ELFCLASS64, LSB, EV_CURRENT, SYSV
-EHDR = struct.Struct("<16sHHIQQQIHHHHHH")
-PHDR = struct.Struct("<IIQQQQQQ")
-ET_CORE = 4
-EM_X86_64 = 62
-PT_LOAD = 1
-PT_NOTE = 4
-PF_RWX = 7
-# fs/proc/vmcore.c reads the header from a page-aligned buffer of this size class.
-HEADER_ALIGN = 1024
+from kexechibd.kernel.elfcore import PF_RWX, PHDR, PT_LOAD, PT_NOTE, core_ehdr
 
 
 def build_elfcorehdr(ram: Sequence[MemoryRange], *, notes: Sequence[tuple[int, int]] = ()) -> bytes:
     """The header: ``notes`` are ``(physical address, size)`` of note blobs."""
     phnum = len(notes) + len(ram)
-    ehdr = EHDR.pack(
-        ELF_IDENT, ET_CORE, EM_X86_64, 1, 0, EHDR.size, 0, 0, EHDR.size, PHDR.size, phnum, 0, 0, 0
-    )
+    ehdr = core_ehdr(phnum)
     phdrs = [PHDR.pack(PT_NOTE, 0, addr, 0, addr, size, size, 0) for addr, size in notes]
     phdrs += [PHDR.pack(PT_LOAD, PF_RWX, r.start, 0, r.start, r.size, r.size, 0) for r in ram]
     header = ehdr + b"".join(phdrs)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from kexechibd import bootproto, cmdline
+from kexechibd import bootproto, cmdline, ranges
 from kexechibd.cycle.elfcorehdr import build_elfcorehdr
 from kexechibd.cycle.kexec_ops import discard_staged
 from kexechibd.cycle.params import SaveParams, pack_params
@@ -161,7 +161,7 @@ def plan_saver_load(
     used = [*data, placeholder, purg.segment]
     backups = [
         Segment.zero(r.start, r.size)
-        for r in cmdline.subtract(list(window.ranges), [(s.mem, s.end) for s in used])
+        for r in ranges.subtract(list(window.ranges), [(s.mem, s.end) for s in used])
         if r.size
     ]
     segments = tuple(sorted([*used, *backups], key=lambda s: s.mem))

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from kexechibd import cmdline
+from kexechibd import cmdline, ranges
 from kexechibd.errors import ConfigError
 from kexechibd.kernel.abi import PAGE_SIZE, page_align_down
 from kexechibd.kernel.api import MemoryKind, MemoryRange
@@ -43,7 +43,7 @@ class Window:
 
     def outside(self, ram: Sequence[MemoryRange]) -> list[MemoryRange]:
         """RAM not in the window: what B saves."""
-        return cmdline.subtract(list(ram), list(self.spans))
+        return ranges.subtract(list(ram), list(self.spans))
 
 
 def choose_window(

@@ -24,26 +24,23 @@ from typing import Any, ClassVar
 
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
-from elftools.elf.enums import ENUM_E_MACHINE, ENUM_E_TYPE, ENUM_P_TYPE_BASE
 from elftools.elf.notes import iter_notes
 
 from kexechibd.image.meta import MODES, ImageError, ImageMeta, ImageSummary, Run
 
+# The ELF core structures and values have one home, the kernel interface's (an
+# image is an ELF core file like /proc/vmcore); named here for image/'s modules.
+from kexechibd.kernel.elfcore import EHDR as EHDR
+from kexechibd.kernel.elfcore import NHDR as NHDR
+from kexechibd.kernel.elfcore import PF_RWX as PF_RWX
+from kexechibd.kernel.elfcore import PHDR as PHDR
+from kexechibd.kernel.elfcore import PN_XNUM as PN_XNUM
+from kexechibd.kernel.elfcore import PT_LOAD as PT_LOAD
+from kexechibd.kernel.elfcore import PT_NOTE as PT_NOTE
+from kexechibd.kernel.elfcore import SHDR as SHDR
+from kexechibd.kernel.elfcore import core_ehdr
+
 FORMAT_VERSION = 1
-
-# ELF values, from pyelftools' tables so that they have one home.
-ET_CORE = ENUM_E_TYPE["ET_CORE"]
-EM_X86_64 = ENUM_E_MACHINE["EM_X86_64"]
-PT_LOAD = ENUM_P_TYPE_BASE["PT_LOAD"]
-PT_NOTE = ENUM_P_TYPE_BASE["PT_NOTE"]
-PN_XNUM = 0xFFFF
-PF_RWX = 7
-
-EHDR = struct.Struct("<16sHHIQQQIHHHHHH")  # Elf64_Ehdr
-PHDR = struct.Struct("<IIQQQQQQ")  # Elf64_Phdr
-SHDR = struct.Struct("<IIQQQQIIQQ")  # Elf64_Shdr
-NHDR = struct.Struct("<III")  # Elf64_Nhdr: namesz, descsz, type
-E_IDENT = b"\x7fELF\x02\x01\x01" + bytes(9)  # ELFCLASS64, ELFDATA2LSB, EV_CURRENT, SYSV
 
 # -- notes ------------------------------------------------------------------
 NOTE_OWNER = "KEXECHIB"
@@ -241,22 +238,7 @@ def header_size(meta: ImageMeta) -> int:
 
 
 def encode_elf_prefix(phnum: int, shoff: int = 0, shnum: int = 0) -> bytes:
-    return EHDR.pack(
-        E_IDENT,
-        ET_CORE,
-        EM_X86_64,
-        1,
-        0,
-        EHDR.size,
-        shoff,
-        0,
-        EHDR.size,
-        PHDR.size,
-        phnum,
-        SHDR.size if shnum else 0,
-        shnum,
-        0,
-    )
+    return core_ehdr(phnum, shoff=shoff, shnum=shnum)
 
 
 def header_digest(header: bytes | bytearray | memoryview) -> bytes:

@@ -17,7 +17,7 @@ resumes the checkpoint.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -144,3 +144,15 @@ async def hibernate_cycle(
     async with Guest(restorer_guest(kernel, workdir), workdir / "qemu-2", on_line=relay("2")) as g:
         second = await g.wait()
     return CycleRun(first, second)
+
+
+def print_outcome(
+    checks: Sequence[tuple[bool, str]], times: Iterable[tuple[str, float]], whole: str, total: float
+) -> bool:
+    """A demo's checks, each marked ok or FAILED, and its times; whether all passed."""
+    for passed, text in checks:
+        print(f"  [{'ok' if passed else 'FAILED'}] {text}")
+    print("\n  times (host seconds, TCG on this machine's cores):")
+    for name, seconds in [*times, (whole, total)]:
+        print(f"    {name:48} {seconds:7.2f}")
+    return all(passed for passed, _ in checks)

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import functools
 import hashlib
 import os
@@ -44,6 +43,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from kexechibd.lab.cache import build_once
 from kexechibd.lab.cycle import relay_lines
 from kexechibd.lab.kernel import cache_root
 from kexechibd.lab.qemu import Guest, GuestResult, GuestSpec, LogLine, new_workdir
@@ -166,13 +166,8 @@ def debian_rootfs() -> Path:
     key = rootfs_key()
     entry = rootfs_cache() / key
     root = entry / "root"
-    if (entry / "packages").exists():
-        return root
-    entry.parent.mkdir(parents=True, exist_ok=True)
-    with open(entry.parent / f".lock-{key}", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if (entry / "packages").exists():
-            return root
+
+    def build() -> None:
         work = Path(tempfile.mkdtemp(prefix=f"build-{key}-", dir=entry.parent))
         try:
             started = time.monotonic()
@@ -209,6 +204,8 @@ def debian_rootfs() -> Path:
         except BaseException:
             shutil.rmtree(work, ignore_errors=True)
             raise
+
+    build_once(entry.parent, key, (entry / "packages").exists, build)
     return root
 
 
@@ -555,28 +552,21 @@ async def debian_cycle(
 
     disk = await asyncio.to_thread(debian_disk, workdir, kernel)
     nvram = workdir / "OVMF_VARS.fd"
-    first_spec = debian_guest(
-        disk,
-        f"sh /{GUEST_LIB}/debian-cycle.sh",
-        kernel=kernel,
-        timeout=900,
-        name="deb-a",
-        firmware_vars=nvram,
-    )
-    async with Guest(first_spec, workdir / "qemu-1", on_line=relay_lines(on_line, "1")) as guest:
-        first = await guest.wait()
+
+    async def boot(n: int, command: str, timeout: float, name: str) -> GuestResult:
+        """QEMU ``n`` on the disk and the firmware variables both boots share."""
+        spec = debian_guest(
+            disk, command, kernel=kernel, timeout=timeout, name=name, firmware_vars=nvram
+        )
+        async with Guest(
+            spec, workdir / f"qemu-{n}", on_line=relay_lines(on_line, str(n))
+        ) as guest:
+            return await guest.wait()
+
+    first = await boot(1, f"sh /{GUEST_LIB}/debian-cycle.sh", 900, "deb-a")
     if first.timed_out or first.exit_status is not None:
         # A's script ended in QEMU 1: A never hibernated, nothing to resume.
         return DebianCycle(first, None, None, "", disk)
-    second_spec = debian_guest(
-        disk,
-        f". /{GUEST_LIB}/lab.sh; say c-boots-on",
-        kernel=kernel,
-        timeout=600,
-        name="deb-c",
-        firmware_vars=nvram,
-    )
-    async with Guest(second_spec, workdir / "qemu-2", on_line=relay_lines(on_line, "2")) as guest:
-        second = await guest.wait()
+    second = await boot(2, f". /{GUEST_LIB}/lab.sh; say c-boots-on", 600, "deb-c")
     status, output = await asyncio.to_thread(fsck, disk)
     return DebianCycle(first, second, status, output, disk)

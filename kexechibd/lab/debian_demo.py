@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 
+from kexechibd.lab.cycle import print_outcome
 from kexechibd.lab.debian import DebianCycle, debian_cycle, journal, read_file
 from kexechibd.lab.qemu import GuestResult, LogLine
 
@@ -105,15 +106,8 @@ def main(keep: bool = False) -> int:
     workdir = new_workdir("demo-debian")
     started = time.monotonic()
     run = asyncio.run(debian_cycle(kernel, workdir, on_line=_show))
-    results = checks(run)
     print("\n==> what happened")
-    for passed, what in results:
-        print(f"  [{'ok' if passed else 'FAILED'}] {what}")
-    print("\n  times (host seconds, TCG on this machine's cores):")
-    for name, seconds in run.times():
-        print(f"    {name:48} {seconds:7.1f}")
-    print(f"    {'the whole demo':48} {time.monotonic() - started:7.1f}")
-    ok = all(passed for passed, _ in results)
+    ok = print_outcome(checks(run), run.times(), "the whole demo", time.monotonic() - started)
     if ok and not keep:
         shutil.rmtree(workdir, ignore_errors=True)
     else:

@@ -9,13 +9,13 @@ fetches the package, `dpkg-deb -x` unpacks it; both are cached by version.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import shutil
 import subprocess
 import tempfile
 from pathlib import Path
 
+from kexechibd.lab.cache import build_once
 from kexechibd.lab.kernel import cache_root
 
 
@@ -50,37 +50,40 @@ def package_version(package: str) -> str:
     return version
 
 
+def _download(package: str, version: str, directory: Path) -> Path:
+    """`apt-get download` of one version into ``directory``: its .deb."""
+    # apt's sandbox user cannot write into a root-only temp dir.
+    os.chmod(directory, 0o755)
+    result = subprocess.run(
+        ["apt-get", "download", f"{package}={version}"],
+        cwd=directory,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    debs = list(directory.glob("*.deb"))
+    if result.returncode != 0 or len(debs) != 1:
+        raise DebError(f"apt-get download {package}={version} failed: {result.stderr}")
+    return debs[0]
+
+
 def unpacked(package: str) -> Path:
     """Directory holding the unpacked contents of `package` (candidate version)."""
     version = package_version(package)
     safe = f"{package}_{version}".replace(":", "%3a")
     root = cache_root() / "debs"
     target = root / safe
-    if (target / ".complete").exists():
-        return target
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / f".lock-{safe}", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if (target / ".complete").exists():
-            return target
+
+    def unpack() -> None:
         with tempfile.TemporaryDirectory(dir=root) as tmp:
-            # apt's sandbox user cannot write into a root-only temp dir.
-            os.chmod(tmp, 0o755)
-            result = subprocess.run(
-                ["apt-get", "download", f"{package}={version}"],
-                cwd=tmp,
-                capture_output=True,
-                text=True,
-                check=False,
-            )
-            debs = list(Path(tmp).glob("*.deb"))
-            if result.returncode != 0 or len(debs) != 1:
-                raise DebError(f"apt-get download {package}={version} failed: {result.stderr}")
+            deb = _download(package, version, Path(tmp))
             tree = Path(tmp) / "tree"
-            subprocess.run(["dpkg-deb", "-x", str(debs[0]), str(tree)], check=True)
+            subprocess.run(["dpkg-deb", "-x", str(deb), str(tree)], check=True)
             (tree / ".complete").write_text(f"{package} {version}\n")
             shutil.rmtree(target, ignore_errors=True)
             tree.rename(target)
+
+    build_once(root, safe, (target / ".complete").exists, unpack)
     return target
 
 
@@ -106,29 +109,14 @@ def stock_kernel() -> Path:
     package = names[0]
     version = package_version(package)
     target = cache_root() / "stock" / f"{package}_{version}".replace(":", "%3a")
-    if (target / "vmlinuz").exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with open(target.parent / f".lock-{target.name}", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if (target / "vmlinuz").exists():
-            return target
+
+    def unpack_boot() -> None:
         with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-            os.chmod(tmp, 0o755)
-            result = subprocess.run(
-                ["apt-get", "download", f"{package}={version}"],
-                cwd=tmp,
-                capture_output=True,
-                text=True,
-                check=False,
-            )
-            debs = list(Path(tmp).glob("*.deb"))
-            if result.returncode != 0 or len(debs) != 1:
-                raise DebError(f"apt-get download {package}={version} failed: {result.stderr}")
+            deb = _download(package, version, Path(tmp))
             tree = Path(tmp) / "tree"
             tree.mkdir()
             subprocess.run(
-                f"dpkg-deb --fsys-tarfile {debs[0]} | tar -x -C {tree} --wildcards './boot/*'",
+                f"dpkg-deb --fsys-tarfile {deb} | tar -x -C {tree} --wildcards './boot/*'",
                 shell=True,
                 check=True,
             )
@@ -140,4 +128,6 @@ def stock_kernel() -> Path:
             (out_dir / "package").write_text(f"{package} {version}\n")
             shutil.rmtree(target, ignore_errors=True)
             out_dir.rename(target)
+
+    build_once(target.parent, target.name, (target / "vmlinuz").exists, unpack_boot)
     return target

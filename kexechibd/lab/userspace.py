@@ -34,7 +34,6 @@ costs a few stat calls; archives unused for a day go when a new one is built.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import shutil
 import subprocess
@@ -45,6 +44,7 @@ from pathlib import Path
 
 from kexechibd.initramfs.archive import Cpio, add_libraries, add_programs, shared_libraries
 from kexechibd.initramfs.python import PYC_TAG, guest_module, stdlib_files
+from kexechibd.lab.cache import build_once
 from kexechibd.lab.initramfs import initramfs_archive, kexec_path
 from kexechibd.lab.kernel import cache_root
 from kexechibd.lab.qemu import GuestSpec
@@ -263,15 +263,12 @@ def _cached(name: str, key: str, build: Callable[[], Iterable[bytes]]) -> Path:
     """The archive `<name>-<key>.cpio` in the lab cache, built once per key
     (its mtime says when it was last used)."""
     directory = cache_root() / "initramfs"
-    directory.mkdir(parents=True, exist_ok=True)
     final = directory / f"{name}-{key}.cpio"
     if final.exists():
         final.touch()
         return final
-    with open(directory / f".lock-{name}-{key}", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if final.exists():
-            return final
+
+    def write() -> None:
         with tempfile.NamedTemporaryFile(dir=directory, suffix=".tmp", delete=False) as tmp:
             path = Path(tmp.name)
         try:
@@ -283,6 +280,8 @@ def _cached(name: str, key: str, build: Callable[[], Iterable[bytes]]) -> Path:
         except BaseException:
             path.unlink(missing_ok=True)
             raise
+
+    build_once(directory, f"{name}-{key}", final.exists, write)
     _prune(directory, name, final)
     return final
 

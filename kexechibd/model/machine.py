@@ -38,6 +38,7 @@ from kexechibd.kernel.api import MemoryKind, MemoryRange
 from kexechibd.model import bzimage, kimage
 from kexechibd.model.allocator import PageAllocator
 from kexechibd.model.memory import PhysicalMemory
+from kexechibd.ranges import subtract
 
 STATE_FILE = "state.json"
 MEMORY_FILE = "memory"
@@ -159,9 +160,7 @@ def firmware_map(ram: int, *, reserved: tuple[tuple[int, int], ...] = ()) -> lis
         ranges.append(MemoryRange(3 * GIB, 4 * GIB, MemoryKind.RESERVED))
         ranges.append(MemoryRange(4 * GIB, 4 * GIB + ram - 3 * GIB))
     for start, end in reserved:
-        ram_ranges = cmdline.subtract(
-            [r for r in ranges if r.kind is MemoryKind.RAM], [(start, end)]
-        )
+        ram_ranges = subtract([r for r in ranges if r.kind is MemoryKind.RAM], [(start, end)])
         ranges = sorted(
             [
                 *ram_ranges,

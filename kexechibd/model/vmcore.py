@@ -10,19 +10,14 @@ inside the new file, whose header occupies whole pages.
 from __future__ import annotations
 
 import io
-import struct
 from dataclasses import dataclass
 
 from elftools.elf.elffile import ELFFile
 
 from kexechibd.kernel.abi import PAGE_SIZE, page_align_down, page_align_up
+from kexechibd.kernel.elfcore import E_IDENT, EHDR, NHDR, PHDR, PT_LOAD, PT_NOTE, core_ehdr
 from kexechibd.model.memory import PhysicalMemory
 
-EHDR = struct.Struct("<16sHHIQQQIHHHHHH")
-PHDR = struct.Struct("<IIQQQQQQ")
-NHDR = struct.Struct("<III")
-PT_LOAD = 1
-PT_NOTE = 4
 MAX_HEADER = 1 << 20
 
 
@@ -102,9 +97,7 @@ class VmcoreFile(io.RawIOBase):
                 )
             )
             offset += end - start
-        ehdr = EHDR.pack(
-            header[:16], 4, 62, 1, 0, EHDR.size, 0, 0, EHDR.size, PHDR.size, phnum, 0, 0, 0
-        )
+        ehdr = core_ehdr(phnum, ident=header[: len(E_IDENT)])
         self._header = (ehdr + b"".join(phdrs) + notes).ljust(
             page_align_up(notes_offset + len(notes)), b"\0"
         )

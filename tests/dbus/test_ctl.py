@@ -275,7 +275,7 @@ def offline(env, *args):
 def real_image(tmp_path):
     """An image written by the image library (no daemon, no engine)."""
     from kexechibd.image import ImageStore
-    from tests.test_image_helpers import make_meta, page
+    from tests.image_support import make_meta, page
 
     path = tmp_path / "image"
     with ImageStore(path).writer(make_meta()) as writer:

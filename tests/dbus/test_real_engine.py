@@ -25,7 +25,7 @@ from tests.dbus.conftest import (
     stop_daemon,
     wait_thread_event,
 )
-from tests.test_image_helpers import make_meta, page
+from tests.image_support import make_meta, page
 
 MIB = 1 << 20
 

@@ -28,9 +28,9 @@ from kexechibd.initramfs import record
 from kexechibd.initramfs.archive import Tree, add_programs
 from kexechibd.lab import lab_kernel
 from kexechibd.lab.qemu import GuestSpec, run_guest
+from tests.initramfs_support import mkinitramfs
 from tests.test_image_blockstore import save
 from tests.test_image_extent_store import Mounted, ext4  # noqa: F401 (fixture)
-from tests.test_initramfs_hook import mkinitramfs
 
 pytestmark = pytest.mark.lab
 

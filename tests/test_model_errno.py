@@ -11,15 +11,10 @@ import errno
 import pytest
 
 from kexechibd.kernel import abi
-from kexechibd.kernel.abi import PAGE_SIZE, Segment, Stage
+from kexechibd.kernel.abi import Segment
 from kexechibd.model.kernel import ModelKernel
+from tests.model_support import BASE, FINAL, FULL, MID, START, P
 
-P = PAGE_SIZE
-BASE = 0x8000000
-START = abi.load_flags(Stage.START)
-MID = abi.load_flags(Stage.MID)
-FINAL = abi.load_flags(Stage.FINAL)
-FULL = abi.load_flags()
 CRASH = FULL | abi.KEXEC_ON_CRASH
 
 

@@ -14,17 +14,15 @@ from dataclasses import dataclass, field
 import pytest
 
 from kexechibd.kernel import abi
-from kexechibd.kernel.abi import PAGE_SHIFT, PAGE_SIZE, Segment, Stage
+from kexechibd.kernel.abi import PAGE_SHIFT, Segment, Stage
 from kexechibd.model import kimage
 from kexechibd.model.kernel import ModelKernel
+from tests.model_support import BASE, RAM_TOP_PFN, P
 
-P = PAGE_SIZE
-# The fixture machine's RAM ends below 128 KiB of ACPI tables at 512 MiB; a
-# window at its top gets its sources from inside itself (the allocator works
-# top down), which exercises parking, eviction and sources that are
-# zero-fill destinations.
-RAM_TOP_PFN = ((512 << 20) - (128 << 10)) >> PAGE_SHIFT
-WINDOWS = {"middle": (0x8000000 >> PAGE_SHIFT, 192), "top": (RAM_TOP_PFN - 192, 192)}
+# A window at the top of RAM gets its sources from inside itself (the
+# allocator works top down), which exercises parking, eviction and sources
+# that are zero-fill destinations.
+WINDOWS = {"middle": (BASE >> PAGE_SHIFT, 192), "top": (RAM_TOP_PFN - 192, 192)}
 DATA, ZERO = "data", "zero"
 
 

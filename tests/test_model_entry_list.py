@@ -15,15 +15,11 @@ from pathlib import Path
 import pytest
 
 from kexechibd.kernel import abi
-from kexechibd.kernel.abi import PAGE_SHIFT, PAGE_SIZE, Segment, Stage
+from kexechibd.kernel.abi import PAGE_SHIFT, Segment
 from kexechibd.model import kimage
 from kexechibd.model.kernel import ModelKernel
 from kexechibd.model.memory import PhysicalMemory
-
-P = PAGE_SIZE
-BASE = 0x8000000
-START = abi.load_flags(Stage.START)
-FINAL = abi.load_flags(Stage.FINAL)
+from tests.model_support import BASE, FINAL, START, P, fill, indirection_pages, loaded
 
 
 @contextlib.contextmanager
@@ -42,27 +38,7 @@ def deadline(seconds: int) -> Iterator[None]:
         signal.signal(signal.SIGALRM, old)
 
 
-def fill(byte: int, npages: int = 1) -> bytes:
-    return bytes([byte]) * (npages * P)
-
-
-def loaded(kernel: ModelKernel) -> kimage.LoadedImage:
-    image = kernel.record.loaded
-    assert image is not None
-    return image
-
-
 # ------------------------------------------------------------ long entry lists
-
-
-def _indirection_pages(memory: PhysicalMemory, head: int) -> list[array.array[int]]:
-    pages = []
-    page = head
-    while page:
-        words = array.array("Q", memory.read(page, P))
-        pages.append(words)
-        page = words[-1] & abi.PAGE_MASK if words[-1] & abi.IND_INDIRECTION else 0
-    return pages
 
 
 def test_more_than_511_entries_chain_indirection_pages_as_the_kernel_does(
@@ -72,7 +48,7 @@ def test_more_than_511_entries_chain_indirection_pages_as_the_kernel_does(
     kernel.kexec_load(0, segs[:300], START)
     kernel.kexec_load(0, segs[300:], FINAL)
     image = loaded(kernel)
-    pages = _indirection_pages(kernel.memory, image.head)
+    pages = indirection_pages(kernel.memory, image.head)
     assert len(pages) == 3  # 1200 entries: 511 + 511 + 178, each page linked from slot 511
     assert all(p[511] & abi.IND_INDIRECTION for p in pages[:2])
     entries = list(kimage.walk_entries(kernel.memory, image.head))
@@ -90,7 +66,7 @@ def test_511_entries_fill_one_indirection_page_and_done_takes_the_last_slot(
     """kimage_terminate() writes IND_DONE where the next link would go."""
     kernel.kexec_load(0, [Segment(fill(5, 510), BASE, 510 * P)], START)
     kernel.kexec_load(0, [], FINAL)
-    pages = _indirection_pages(kernel.memory, loaded(kernel).head)
+    pages = indirection_pages(kernel.memory, loaded(kernel).head)
     assert len(pages) == 1
     assert pages[0][0] == BASE | abi.IND_DESTINATION
     assert pages[0][511] == abi.IND_DONE

@@ -1,5 +1,6 @@
-"""Helpers shared by the image tests (imported as ``tests.test_image_helpers``),
-and the tests that show the helpers themselves can be trusted."""
+"""Helpers shared by the image tests: sample images, their layout, and
+re-signing an edited image.  Not a test module (pytest does not collect it);
+tests/test_image_support.py shows the helpers themselves can be trusted."""
 
 from __future__ import annotations
 
@@ -165,16 +166,3 @@ def resign(image: bytearray, *, payloads: bool = False) -> bytearray:
     end = lay.notes_end
     image[end - 32 : end] = fmt.header_digest(image[: end - 32])
     return image
-
-
-def test_resign_without_edits_changes_nothing() -> None:
-    image, _ = sample_image()
-    assert bytes(resign(bytearray(image), payloads=True)) == image
-
-
-def test_layout_finds_every_chunk_of_the_sample() -> None:
-    image, summary = sample_image()
-    lay = layout(image)
-    assert lay.chunks == summary.chunks > 3
-    assert lay.entries[0].offset == lay.data_offset
-    assert lay.entries[-1].offset + lay.entries[-1].length == lay.index_offset
