@@ -11,7 +11,7 @@ import pytest
 from kexechibd import compression as policy
 from kexechibd.image import ImageWriter
 from kexechibd.image.format import Codec
-from tests.test_image_helpers import make_meta
+from tests.image_support import make_meta
 
 BAD = [
     ("zstd", 23, "zstd levels go from -7 to 22, not 23"),

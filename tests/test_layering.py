@@ -33,6 +33,7 @@ KERNEL = ("kexechibd.kernel",)
 PURE = (
     "kexechibd.bootproto",
     "kexechibd.cmdline",
+    "kexechibd.compression",
     "kexechibd.cpio",
     "kexechibd.ranges",
     "kexechibd.cycle.elfcorehdr",
@@ -77,6 +78,12 @@ RULES = (
     ),
     Rule("the daemon does not import the CLI", importers=DAEMON, forbidden=CTL),
     Rule(
+        "the bus address and message helpers are shared by the daemon and the CLI, so"
+        " they import neither",
+        importers=("kexechibd.busapi", "kexechibd.busutil"),
+        forbidden=(*ENGINE, *DAEMON, *CTL, "kexechibd.config"),
+    ),
+    Rule(
         "the model is a model of the kernel, not of kexechibd: it imports only the"
         " kernel interface and the pure formats",
         importers=("kexechibd.model",),
@@ -105,9 +112,6 @@ ALLOWED: frozenset[tuple[str, str]] = frozenset(
         # engine branch: backend choice moves from kernel/backends.py to the daemon's start.
         ("kexechibd.kernel.backends", "kexechibd.config"),
         ("kexechibd.kernel.backends", "kexechibd.model.kernel"),
-        # policy branch: the bus names move to a module client and daemon both import.
-        ("kexechibd.ctl.client", "kexechibd.daemon.busutil"),
-        ("kexechibd.ctl.client", "kexechibd.daemon.service"),
     }
 )
 
