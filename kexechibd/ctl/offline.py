@@ -140,7 +140,7 @@ def update_initramfs() -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from kexechibd.image import ImageError, ImageStore, export_elf_core, prepare_image_file
+    from kexechibd.image import ImageError, export_elf_core, open_store, prepare_image_file
 
     try:
         if args.image_command == "discard":
@@ -152,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
                 f"in {len(mapped.extents)} extents on {mapped.device_name}"
             )
             return update_initramfs()
-        with ImageStore(args.image).open() as reader:
+        with open_store(args.image).open() as reader:
             if args.image_command in ("info", "inspect"):
                 info = describe(reader.meta, reader.summary)
                 if args.json:

@@ -27,7 +27,7 @@ from kexechibd.image.format import (
     Header,
     IndexEntry,
 )
-from kexechibd.image.meta import Chunk, ImageError, ImageMeta, ImageSummary, Run
+from kexechibd.image.meta import Chunk, ImageError, ImageMeta, ImageState, ImageSummary, Run
 
 
 class ImageReader:
@@ -163,11 +163,11 @@ class ImageReader:
     def require_resumable(self, *, force: bool = False) -> None:
         """Refuse an invalidated image always, a consumed one unless ``force``."""
         state = self.summary.state
-        if state == "invalid":
+        if state is ImageState.INVALID:
             raise ImageError(
                 "image was invalidated and is never resumed again", offset=format.STATE_OFFSET
             )
-        if state == "consumed" and not force:
+        if state is ImageState.CONSUMED and not force:
             raise ImageError(
                 "image was already resumed once (consumed); resuming it again needs force",
                 offset=format.STATE_OFFSET,

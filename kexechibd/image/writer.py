@@ -14,7 +14,6 @@ import collections
 import dataclasses
 import hashlib
 import io
-import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -22,6 +21,7 @@ from types import TracebackType
 from typing import BinaryIO
 
 from kexechibd.image import codec, format
+from kexechibd.image.fileio import fsync, write_all
 from kexechibd.image.format import (
     INDEX_HEAD,
     INDEX_MAGIC,
@@ -33,30 +33,10 @@ from kexechibd.image.format import (
     Header,
     IndexEntry,
 )
-from kexechibd.image.meta import ImageMeta, ImageSummary
+from kexechibd.image.meta import ImageMeta, ImageState, ImageSummary
 from kexechibd.image.zeroscan import page_runs
 
 Buffer = bytes | memoryview
-
-
-def _write_all(out: BinaryIO, data: bytes | bytearray | memoryview) -> None:
-    """``write`` may be partial on a raw (unbuffered) file."""
-    mv = memoryview(data)
-    while mv:
-        n = out.write(mv)
-        if n is None:
-            raise BlockingIOError("image output would block")
-        mv = mv[n:]
-
-
-def fsync(f: BinaryIO) -> None:
-    """Flush and fsync ``f``; in-memory files (tests) have nothing to sync."""
-    f.flush()
-    try:
-        fd = f.fileno()
-    except (OSError, io.UnsupportedOperation):
-        return
-    os.fsync(fd)
 
 
 class _Chunk:
@@ -168,11 +148,18 @@ class ImageWriter:
         # Destroy whatever header was there before (a previous image on the
         # same device must not survive with our data under it).
         out.seek(0)
-        _write_all(out, bytes(self._data_offset))
+        write_all(out, bytes(self._data_offset))
         fsync(out)
         self._pos = self._data_offset
 
     # -- public -----------------------------------------------------------
+
+    def on_commit(self, hook: Callable[[], None]) -> None:
+        """Run ``hook`` once ``commit()`` has made the image whole and durable,
+        in the order added: how a store publishes it (a rename, a slot
+        record).  A hook's exception reaches ``commit``'s caller; the image
+        stays committed."""
+        self._commit_hooks.append(hook)
 
     @property
     def progress(self) -> tuple[int, int]:
@@ -239,12 +226,12 @@ class ImageWriter:
                 self._write_oldest()
             index = INDEX_HEAD.pack(INDEX_MAGIC, self._chunks) + self._index
             index_offset = self._pos
-            _write_all(self._out, index)
+            write_all(self._out, index)
             self._pos += len(index)
             fsync(self._out)
             header = Header(
                 self._meta_saved(),
-                "committed",
+                ImageState.COMMITTED,
                 self._c.ident,
                 self._c.level,
                 self._chunk_size,
@@ -260,7 +247,7 @@ class ImageWriter:
             encoded = format.encode_header(header)
             assert len(encoded) == self._header_size
             self._out.seek(0)
-            _write_all(self._out, encoded)
+            write_all(self._out, encoded)
             fsync(self._out)
             self._header = header
             self._state = "committed"
@@ -377,8 +364,8 @@ class ImageWriter:
             payload_sha,
         )
         head_bytes = head.pack() + table
-        _write_all(self._out, head_bytes)
-        _write_all(self._out, payload)
+        write_all(self._out, head_bytes)
+        write_all(self._out, payload)
         entry = IndexEntry(
             self._pos,
             head.record_size,
@@ -418,7 +405,7 @@ class ImageWriter:
         self._shutdown()
         try:
             self._out.seek(0)
-            _write_all(self._out, bytes(self._data_offset))
+            write_all(self._out, bytes(self._data_offset))
             fsync(self._out)
         except (OSError, ValueError):
             pass

@@ -201,11 +201,11 @@ def offline(env, *args):
 @pytest.fixture
 def real_image(tmp_path):
     """An image written by the image library (no daemon, no engine)."""
-    from kexechibd.image import ImageStore
+    from kexechibd.image import open_store
     from tests.test_image_helpers import make_meta, page
 
     path = tmp_path / "image"
-    with ImageStore(path).writer(make_meta()) as writer:
+    with open_store(path).writer(make_meta()) as writer:
         writer.add(0x100000, page(1) + page(2))
         writer.add(0x200000, bytes(4096))
         writer.commit()
@@ -252,9 +252,9 @@ def test_image_verify_checks_every_chunk_and_names_a_bad_one(real_image, ctl_env
 def test_image_verify_of_an_intact_image_that_will_not_resume_exits_3(
     real_image, ctl_env, state, meaning
 ):
-    from kexechibd.image import ImageStore
+    from kexechibd.image import open_store
 
-    store = ImageStore(real_image)
+    store = open_store(real_image)
     if state == "consumed":
         store.mark_consumed()
     else:
