@@ -73,14 +73,41 @@ def test_no_image_module_takes_a_name_from_the_package_that_imports_it() -> None
     assert importers == []
 
 
-@pytest.mark.parametrize("module", MODULES)
-def test_each_image_module_imports_alone(module: str) -> None:
-    """In a fresh interpreter, with nothing imported before it: an order
-    that only works when another module came first fails here."""
-    done = subprocess.run(
-        [sys.executable, "-c", f"import {module}"], capture_output=True, text=True, check=False
+def import_alone(module: str, then: str = "") -> subprocess.CompletedProcess[str]:
+    """Import ``module`` in a fresh interpreter, the package's ``__init__``
+    (which Python runs before any submodule, and which imports them all)
+    replaced by a bare package: the module brings in only what it imports
+    itself.  ``then`` runs after it."""
+    code = (
+        "import sys, types\n"
+        "package = types.ModuleType('kexechibd.image')\n"
+        f"package.__path__ = [{str(PACKAGE)!r}]\n"
+        "sys.modules['kexechibd.image'] = package\n"
+        f"import {module}\n{then}"
     )
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("module", [m for m in MODULES if m != "kexechibd.image"])
+def test_each_image_module_imports_alone(module: str) -> None:
+    """With nothing imported before it: an order that only works when
+    another module came first fails here."""
+    done = import_alone(module)
     assert done.returncode == 0, done.stderr
+
+
+def test_the_package_imports_in_a_fresh_interpreter() -> None:
+    done = subprocess.run([sys.executable, "-c", "import kexechibd.image"], capture_output=True)
+    assert done.returncode == 0, done.stderr
+
+
+def test_a_module_imported_alone_brings_in_only_its_own_imports() -> None:
+    """What the test above relies on: the bare package keeps the rest out."""
+    done = import_alone(
+        "kexechibd.image.slots",
+        "print(sorted(m for m in sys.modules if m.startswith('kexechibd.image.')))",
+    )
+    assert done.stdout.strip() == "['kexechibd.image.meta', 'kexechibd.image.slots']"
 
 
 def private_reaches(path: Path) -> list[str]:
