@@ -26,12 +26,12 @@ import os
 import stat
 from collections.abc import Iterator
 from pathlib import Path
-from types import TracebackType
 from typing import BinaryIO, cast
 
 from kexechibd.image import format
 from kexechibd.image.blockdev import check_device_node, device_in_use, logical_block_size
 from kexechibd.image.extents import FileExtents
+from kexechibd.image.fileio import ClosedOnExit
 from kexechibd.image.meta import ImageError
 from kexechibd.image.slots import (
     IO_ALIGN,
@@ -47,7 +47,7 @@ BOUNCE_SIZE = 1 << 20  # reads up to this size go through one buffer per device
 WRITE_BUFFER = 4 << 20  # the writer's output is gathered into aligned writes this large
 
 
-class DirectDevice:
+class DirectDevice(ClosedOnExit):
     """An open image device (or, for tests and tools, a preallocated regular
     file), every transfer ``O_DIRECT`` and aligned to ``IO_ALIGN``.
 
@@ -154,17 +154,6 @@ class DirectDevice:
             os.close(self.fd)
             self.fd = -1
 
-    def __enter__(self) -> DirectDevice:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
     # -- aligned transfers ------------------------------------------------------
 
     def _spans(self, pos: int, span: int) -> Iterator[tuple[int, int, int]]:
@@ -244,7 +233,7 @@ class DirectDevice:
         return f"slot {SLOT_NAMES[k]} of {self.name} (from byte {self.layout.offset(k):#x})"
 
 
-class SlotFile:
+class SlotFile(ClosedOnExit):
     """One slot as a file of its own, for ``ImageReader`` and ``ImageWriter``
     (they use seek, tell, read, write, flush, fileno and close): offsets from
     the slot's start, its end at the slot's capacity.
@@ -355,17 +344,6 @@ class SlotFile:
                 self._wbuf.close()
             if self._owns:
                 self._dev.close()
-
-    def __enter__(self) -> SlotFile:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def as_binary_io(self) -> BinaryIO:
         """The reader and writer are typed for files; this is one, duck-typed."""

@@ -5,10 +5,30 @@ Shared by the writer, the stores and the export; no policy of its own.
 
 from __future__ import annotations
 
+import abc
 import io
 import os
 from pathlib import Path
-from typing import BinaryIO
+from types import TracebackType
+from typing import BinaryIO, Self
+
+
+class ClosedOnExit(abc.ABC):
+    """An object that ``with`` closes at the end of the block."""
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
 
 
 def write_all(out: BinaryIO, data: bytes | bytearray | memoryview) -> None:

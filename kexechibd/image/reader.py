@@ -15,10 +15,10 @@ import os
 import threading
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from types import TracebackType
 from typing import BinaryIO
 
 from kexechibd.image import codec, format
+from kexechibd.image.fileio import ClosedOnExit
 from kexechibd.image.format import (
     CHUNK_HEAD,
     NOTES_OFFSET,
@@ -30,7 +30,7 @@ from kexechibd.image.format import (
 from kexechibd.image.meta import Chunk, ImageError, ImageMeta, ImageState, ImageSummary, Run
 
 
-class ImageReader:
+class ImageReader(ClosedOnExit):
     """A verified view of the image in ``f`` (seekable; the image starts at
     offset 0; bytes after the image's end are ignored)."""
 
@@ -146,17 +146,6 @@ class ImageReader:
 
     def close(self) -> None:
         self._f.close()
-
-    def __enter__(self) -> ImageReader:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # -- state ----------------------------------------------------------------
 
