@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import enum
 import hashlib
 import io
 import threading
@@ -37,6 +38,14 @@ from kexechibd.image.meta import ImageMeta, ImageState, ImageSummary
 from kexechibd.image.zeroscan import page_runs
 
 Buffer = bytes | memoryview
+
+
+class _Phase(enum.Enum):
+    """Where a writer is: taking pages, done (the image is whole), or given up."""
+
+    OPEN = "open"
+    COMMITTED = "committed"
+    ABORTED = "aborted"
 
 
 class _Chunk:
@@ -143,7 +152,7 @@ class ImageWriter:
         self._last: tuple[int, bool] | None = None  # (end pfn, zero) of the last run
         self._runs = self._data_pages = self._zero_pages = 0
         self._consumed = 0
-        self._state = "open"
+        self._phase = _Phase.OPEN
         self._commit_hooks: list[Callable[[], None]] = []
         # Destroy whatever header was there before (a previous image on the
         # same device must not survive with our data under it).
@@ -250,7 +259,7 @@ class ImageWriter:
             write_all(self._out, encoded)
             fsync(self._out)
             self._header = header
-            self._state = "committed"
+            self._phase = _Phase.COMMITTED
         except BaseException:
             self._fail()
             raise
@@ -263,7 +272,7 @@ class ImageWriter:
     def abort(self) -> None:
         """Stop and leave nothing that could pass as a valid image.  Does
         nothing once the image is committed."""
-        if self._state == "committed":
+        if self._phase is _Phase.COMMITTED:
             return
         self._fail()
 
@@ -276,7 +285,7 @@ class ImageWriter:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._state != "committed":
+        if self._phase is not _Phase.COMMITTED:
             self.abort()
 
     # -- cutting runs into chunks -----------------------------------------
@@ -388,8 +397,8 @@ class ImageWriter:
         return self._header.summary()
 
     def _check_open(self) -> None:
-        if self._state != "open":
-            raise ValueError(f"image writer is {self._state}")
+        if self._phase is not _Phase.OPEN:
+            raise ValueError(f"image writer is {self._phase.value}")
 
     def _shutdown(self) -> None:
         for _c, _t, fut in self._inflight:
@@ -401,7 +410,7 @@ class ImageWriter:
     def _fail(self) -> None:
         """Stop for good and zero the header region, best effort: the error
         that brought us here is the one the caller needs to see."""
-        self._state = "aborted"
+        self._phase = _Phase.ABORTED
         self._shutdown()
         try:
             self._out.seek(0)
