@@ -24,7 +24,7 @@ from pathlib import Path
 from bench import inputs
 from bench.common import median, run_measured, short, show, worker
 from bench.report import Row, Section, mbps, mib, ratio
-from kexechibd.image import ImageMeta, ImageStore
+from kexechibd.image import ImageMeta, open_store
 from kexechibd.kernel.api import MemoryKind
 from kexechibd.model.kernel import ModelKernel
 from kexechibd.model.machine import Machine, firmware_map
@@ -81,8 +81,8 @@ def write_inputs(
     total = 0
     with contextlib.ExitStack() as stack:
         writers = [
-            stack.enter_context(ImageStore(images["zstd"]).writer(meta, level=1)),
-            stack.enter_context(ImageStore(images["lz4"]).writer(meta, compression="lz4")),
+            stack.enter_context(open_store(images["zstd"]).writer(meta, level=1)),
+            stack.enter_context(open_store(images["lz4"]).writer(meta, compression="lz4")),
         ]
         core = stack.enter_context(open(vm.path, "rb"))
         out = stack.enter_context(open(raw, "wb"))

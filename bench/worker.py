@@ -102,7 +102,7 @@ def save(args: argparse.Namespace) -> dict[str, object]:
 
 def resume(args: argparse.Namespace) -> dict[str, object]:
     from kexechibd.cycle.loader import check_destinations, stream_load
-    from kexechibd.image import ImageStore
+    from kexechibd.image import open_store
     from kexechibd.model.kernel import ModelKernel
 
     kernel: ModelKernel | KernelProxy = (
@@ -112,7 +112,7 @@ def resume(args: argparse.Namespace) -> dict[str, object]:
     baseline = rss_kib("VmRSS")
     reset_peak()
     start = time.perf_counter()
-    reader = ImageStore(Path(args.image)).open()
+    reader = open_store(Path(args.image)).open()
     pages = check_destinations(reader, kernel.memory_map())
     report = stream_load(kernel, reader, total_pages=pages)  # type: ignore[arg-type]
     seconds = time.perf_counter() - start

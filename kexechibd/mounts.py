@@ -14,6 +14,7 @@ none of A's data; every other type counts, disk and network alike.
 from __future__ import annotations
 
 import os
+import re
 import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -40,21 +41,14 @@ class Mount:
     fstype: str
     source: str
     writable: bool  # the superblock's rw/ro, not this mount's
+    device: int = 0  # st_dev of its files (major:minor); 0 when unreadable
+    options: str = ""  # the mount's and the superblock's, comma-separated
 
 
-def _unescape(field: str) -> str:
-    """mountinfo escapes space, tab, newline and backslash as octal ``\\ooo``."""
-    if "\\" not in field:
-        return field
-    out, i = [], 0
-    while i < len(field):
-        if field[i] == "\\" and i + 3 < len(field) and field[i + 1 : i + 4].isdigit():
-            out.append(chr(int(field[i + 1 : i + 4], 8)))
-            i += 4
-        else:
-            out.append(field[i])
-            i += 1
-    return "".join(out)
+def unescape(field: str) -> str:
+    """A field of mountinfo or /proc/swaps, which write space, tab, newline
+    and backslash as octal ``\\ooo``."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
 
 
 def parse_mountinfo(text: str) -> list[Mount]:
@@ -68,12 +62,19 @@ def parse_mountinfo(text: str) -> list[Mount]:
         if sep < 6 or len(fields) < sep + 4:
             continue
         super_options = fields[sep + 3].split(",")
+        try:
+            major, minor = fields[2].split(":")
+            device = os.makedev(int(major), int(minor))
+        except ValueError:
+            device = 0
         mounts.append(
             Mount(
-                mount_point=_unescape(fields[4]),
+                mount_point=unescape(fields[4]),
                 fstype=fields[sep + 1],
-                source=_unescape(fields[sep + 2]),
+                source=unescape(fields[sep + 2]),
                 writable="rw" in super_options,
+                device=device,
+                options=f"{fields[5]},{fields[sep + 3]}",
             )
         )
     return mounts

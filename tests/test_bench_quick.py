@@ -18,7 +18,7 @@ import pytest
 
 from bench import common, dbuslat, inputs, placement, report, resume, save, scaling
 from bench.common import run_measured, worker
-from kexechibd.image import ImageMeta, ImageReader, ImageStore
+from kexechibd.image import ImageMeta, ImageReader, open_store
 from kexechibd.kernel.abi import PAGE_SIZE
 from kexechibd.model.kernel import ModelKernel
 from kexechibd.model.machine import Machine
@@ -75,7 +75,7 @@ def test_the_saver_worker_writes_an_image_that_holds_the_core(scratch: Path) -> 
     vm = inputs.generated_vmcore(scratch / "w.vmcore", 4 * MIB)
     image = scratch / "w.image"
     out = json.loads(run_measured(worker("save", str(vm.path), str(image))).stdout)
-    with ImageStore(image).open() as reader:
+    with open_store(image).open() as reader:
         assert reader.summary.data_pages + reader.summary.zero_pages == 4 * MIB // PAGE_SIZE
         restored = bytearray(4 * MIB)
         for chunk in reader.chunks():
@@ -144,7 +144,7 @@ def sparse_image(path: Path, machine: Path, ram: int) -> None:
     )  # fmt: skip
     low_top = min(ram, 3 * GIB) - 128 * 1024  # the model's ACPI tables sit above
     zeros = bytes(STRIDE - PAGE_SIZE)
-    with ImageStore(path).writer(meta, level=1, chunk_size=1 * MIB) as w:
+    with open_store(path).writer(meta, level=1, chunk_size=1 * MIB) as w:
         for start, end in ranges:
             start = max(start, 1 * MIB)
             end = min(end, low_top - WINDOW) if end <= low_top else end
@@ -162,7 +162,7 @@ def loader_peak(tmp: Path, ram: int) -> tuple[int, ImageReader]:
     sparse_image(image, machine, ram)
     argv = worker("resume", str(image), str(machine), "--kernel-process")
     out = json.loads(run_measured(argv).stdout)
-    return int(out["rss_hwm_kib"]), ImageStore(image).open()
+    return int(out["rss_hwm_kib"]), open_store(image).open()
 
 
 # How much more the loader's peak RSS may be for the 8 GiB image than for the

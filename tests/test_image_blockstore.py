@@ -31,8 +31,10 @@ from kexechibd.image import (
     ImageReader,
     ImageStore,
     ImageWriter,
+    directio,
+    open_store,
+    slots,
 )
-from kexechibd.image import blockstore as bs
 from kexechibd.image import format as fmt
 from tests.image_support import PS, layout, make_meta, page, read_pages
 
@@ -146,15 +148,15 @@ def state_word(disk: Disk, slot: int) -> bytes:
 # -- which store -------------------------------------------------------------------
 
 
-def test_image_store_picks_the_device_store_for_a_block_device(
+def test_open_store_picks_the_device_store_for_a_block_device(
     loop_disk: Disk, tmp_path: Path
 ) -> None:
-    assert type(ImageStore(loop_disk.path)) is DeviceImageStore
-    assert type(ImageStore(loop_disk.backing)) is FileImageStore
-    assert type(ImageStore(tmp_path / "absent")) is FileImageStore
+    assert type(open_store(loop_disk.path)) is DeviceImageStore
+    assert type(open_store(loop_disk.backing)) is FileImageStore
+    assert type(open_store(tmp_path / "absent")) is FileImageStore
     link = tmp_path / "by-partlabel"  # udev names devices with symlinks
     link.symlink_to(loop_disk.path)
-    assert type(ImageStore(link)) is DeviceImageStore
+    assert type(open_store(link)) is DeviceImageStore
 
 
 def test_the_device_store_refuses_what_is_not_a_block_device(tmp_path: Path) -> None:
@@ -190,7 +192,7 @@ def test_saves_alternate_between_the_two_slots(disk: Disk) -> None:
         save(store, tag)
         assert records(store) == recs
         assert newest(store) == (f"image-{tag}", "committed")
-    assert store.exists() and store.capacity == SLOT - bs.RECORD_SIZE
+    assert store.exists() and store.capacity == SLOT - slots.RECORD_SIZE
 
 
 def test_each_slot_holds_a_plain_image_from_its_start(disk: Disk) -> None:
@@ -222,9 +224,9 @@ def test_a_failure_while_writing_leaves_the_previous_image_resumable(disk: Disk)
     before = disk.read(SLOT, SLOT)
     with pytest.raises(RuntimeError), store.writer(make_meta(), chunk_size=PS) as w:
         # More than the write buffer: part of the new image is on the device.
-        w.add(0, b"".join(page(i, "random") for i in range(2 * bs.WRITE_BUFFER // PS)))
+        w.add(0, b"".join(page(i, "random") for i in range(2 * directio.WRITE_BUFFER // PS)))
         raise RuntimeError("B lost power")
-    slot_a = disk.read(0, 2 * bs.WRITE_BUFFER)
+    slot_a = disk.read(0, 2 * directio.WRITE_BUFFER)
     assert slot_a[: fmt.PREFIX_SIZE] == bytes(fmt.PREFIX_SIZE)  # no header: not an image
     assert slot_a.count(0) < len(slot_a) // 2  # the new data did land there
     assert disk.read(SLOT, SLOT) == before
@@ -257,7 +259,7 @@ def test_an_image_too_large_for_a_slot_names_the_sizes_and_publishes_nothing(
     with make_disk(tmp_path, "file", 4 * MIB) as small:
         store = small.store()
         save(store, 1)
-        capacity = 2 * MIB - bs.RECORD_SIZE
+        capacity = 2 * MIB - slots.RECORD_SIZE
         with (
             pytest.raises(ImageError, match=rf"does not fit in slot B .* holds {capacity} "),
             store.writer(make_meta(), compression="none") as w,
@@ -283,7 +285,7 @@ def rewrite_record(disk: Disk, slot: int, **changes: object) -> None:
     rec = disk.store().records()[slot]
     assert rec is not None
     new = dataclasses.replace(rec, **changes)  # type: ignore[arg-type]
-    disk.write(slot * SLOT + SLOT - bs.RECORD_SIZE, new.encode())
+    disk.write(slot * SLOT + SLOT - slots.RECORD_SIZE, new.encode())
 
 
 def test_the_highest_sequence_number_wins(disk: Disk) -> None:
@@ -301,7 +303,7 @@ def test_a_torn_record_publishes_nothing_and_the_older_image_stays_retired(disk:
     store = disk.store()
     save(store, 1)
     save(store, 2)
-    disk.write(2 * SLOT - bs.RECORD_SIZE + bs.RECORD.size, b"\xff")  # its checksum
+    disk.write(2 * SLOT - slots.RECORD_SIZE + slots.RECORD.size, b"\xff")  # its checksum
     assert records(store) == [(0, 1), None]
     assert newest(store) == ("image-1", "invalid")  # never resumed: newer ones existed
 
@@ -326,22 +328,6 @@ def test_a_slot_overwritten_by_another_image_is_refused(disk: Disk) -> None:
     disk.write(0, other.getvalue())
     with pytest.raises(ImageError, match="record does not describe the image in the slot"):
         store.open()
-
-
-def test_a_record_from_another_slot_geometry_publishes_nothing() -> None:
-    big = bs.SlotLayout.for_device(64 * MIB)
-    rec = bs.SlotRecord(1, 5, big.offset(1), big.slot_size, 4096, bytes(32))
-    assert bs.decode_record(rec.encode(), 1, big) == rec
-    assert bs.decode_record(rec.encode(), 1, bs.SlotLayout.for_device(80 * MIB)) is None
-    assert bs.decode_record(rec.encode(), 0, big) is None
-
-
-def test_a_record_of_an_unknown_version_is_an_error() -> None:
-    lay = bs.SlotLayout.for_device(SIZE)
-    block = bytearray(bs.SlotRecord(0, 1, 0, SLOT, 4096, bytes(32)).encode())
-    block[8] = 2
-    with pytest.raises(ImageError, match="layout version 2"):
-        bs.decode_record(bytes(block), 0, lay)
 
 
 # -- resume state ------------------------------------------------------------------------

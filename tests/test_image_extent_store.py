@@ -22,12 +22,13 @@ from kexechibd.image import (
     ExtentImageStore,
     FileImageStore,
     ImageError,
-    ImageStore,
+    open_store,
     prepare_image_file,
 )
 from kexechibd.image import extents as ex
 from kexechibd.image import format as fmt
-from kexechibd.image.blockstore import SlotLayout
+from kexechibd.image.extentstore import is_prepared
+from kexechibd.image.slots import SlotLayout
 from tests.test_image_blockstore import Disk, make_disk, newest, save
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="loop devices and mounts need root")
@@ -97,19 +98,19 @@ def test_a_prepared_file_is_root_private_and_mapped_on_its_device(
     assert (mapped.device_name, mapped.size) == (Path(str(ext4.disk.loop)).name, FILE_SIZE)
     assert all(e.physical % 4096 == 0 for e in mapped.extents)
     assert (os.stat(path).st_mode & 0o777, os.stat(path).st_uid) == (0o600, 0)
-    assert isinstance(ImageStore(path), ExtentImageStore)
-    assert not ImageStore(path).exists()  # prepared, but no image published yet
+    assert isinstance(open_store(path), ExtentImageStore)
+    assert not open_store(path).exists()  # prepared, but no image published yet
 
 
 def test_a_plain_image_file_is_not_taken_for_a_prepared_one(tmp_path: Path) -> None:
     plain = FileImageStore(tmp_path / "plain")
     save(plain, 1)
-    assert isinstance(ImageStore(plain.path), FileImageStore)
+    assert isinstance(open_store(plain.path), FileImageStore)
 
 
 def test_an_image_written_by_block_address_reads_back_through_the_store(prepared: Path) -> None:
     save(ExtentImageStore(prepared, extents=ex.map_file(prepared)), 1)  # B: A's map
-    assert newest(ImageStore(prepared)) == ("image-1", "committed")  # C: maps it itself
+    assert newest(open_store(prepared)) == ("image-1", "committed")  # C: maps it itself
 
 
 def test_the_file_holds_the_image_as_a_plain_image_file_would(
@@ -124,7 +125,7 @@ def test_the_file_holds_the_image_as_a_plain_image_file_would(
 
 
 def test_a_second_image_goes_to_slot_b_of_the_file(ext4: Mounted, prepared: Path) -> None:
-    store = ImageStore(prepared)
+    store = open_store(prepared)
     save(store, 1)
     save(store, 2)
     assert newest(store) == ("image-2", "committed")
@@ -136,15 +137,15 @@ def test_a_second_image_goes_to_slot_b_of_the_file(ext4: Mounted, prepared: Path
 
 
 def test_mark_consumed_lands_in_the_file_by_block_address(ext4: Mounted, prepared: Path) -> None:
-    save(ImageStore(prepared), 1)
-    ImageStore(prepared).mark_consumed()
+    save(open_store(prepared), 1)
+    open_store(prepared).mark_consumed()
     ext4.remount()
     assert file_bytes(prepared, fmt.STATE_OFFSET, 8) == fmt.STATE_WORDS["consumed"]
 
 
 def test_invalidate_lands_in_the_file_by_block_address(ext4: Mounted, prepared: Path) -> None:
-    save(ImageStore(prepared), 1)
-    ImageStore(prepared).invalidate()
+    save(open_store(prepared), 1)
+    open_store(prepared).invalidate()
     ext4.remount()
     assert file_bytes(prepared, fmt.STATE_OFFSET, 8) == fmt.STATE_WORDS["invalid"]
 
@@ -214,7 +215,7 @@ def test_image_create_prepares_a_file(ext4: Mounted, capsys: pytest.CaptureFixtu
     path = ext4.where / "image"
     assert kexechibctl(["image", "create", str(path), "--size", "8M"]) == 0
     assert "two slots of 4 MiB" in capsys.readouterr().out
-    assert ex.is_prepared(path)
+    assert is_prepared(path)
 
 
 def test_image_create_never_overwrites_a_file(

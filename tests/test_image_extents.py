@@ -138,13 +138,3 @@ def test_a_map_with_a_field_of_the_wrong_type_is_refused() -> None:
     data["extents"] = [[0, "40960", 8192]]
     with pytest.raises(ImageError, match="bad extent map: a field has the wrong type"):
         FileExtents.from_dict(data)
-
-
-def test_a_file_of_size_for_n_bytes_has_slots_that_hold_n_bytes() -> None:
-    from kexechibd.image.blockstore import SlotLayout
-
-    for n in (0, 1, MIB - K, MIB - K + 1, 5 * MIB + 17):
-        size = ex.size_for(n)
-        assert SlotLayout.for_device(size).capacity >= n
-        smaller = size - 2 * MIB
-        assert smaller < 2 * MIB or SlotLayout.for_device(smaller).capacity < n

@@ -12,7 +12,6 @@ import lz4.frame
 import pytest
 import zstandard
 
-from kexechibd.errors import BadImage
 from kexechibd.image import ImageError, codec
 from kexechibd.image import format as fmt
 from tests.image_support import (
@@ -56,10 +55,9 @@ def put(data: bytes | bytearray, offset: int, fmt_: str, *values: object) -> byt
     return out
 
 
-def test_image_errors_are_bad_image_errors_for_dbus() -> None:
+def test_an_image_error_names_the_chunk_and_offset_it_was_found_at() -> None:
     e = ImageError("x", offset=3, chunk=1)
-    assert isinstance(e, ValueError) and isinstance(e, BadImage)
-    assert e.dbus_name == "org.kexechib1.Error.BadImage"
+    assert (e.message, e.offset, e.chunk) == ("x", 3, 1)
     assert str(e) == "x (chunk 1, offset 0x3)"
 
 

@@ -17,6 +17,7 @@ from kexechibd.image import (
     create_image_file,
     invalidate_image,
     mark_image_consumed,
+    open_store,
 )
 from kexechibd.image import format as fmt
 from tests.image_support import PS, layout, make_meta, page, read_pages
@@ -34,7 +35,7 @@ def save(store: ImageStore, tag: int = 1) -> None:
 
 @pytest.fixture
 def store(tmp_path: Path) -> ImageStore:
-    s = ImageStore(tmp_path / "hibernate.img")
+    s = open_store(tmp_path / "hibernate.img")
     save(s)
     return s
 
@@ -82,7 +83,7 @@ def test_a_failed_write_leaves_the_previous_image_untouched(store: ImageStore) -
 
 
 def test_leaving_the_writer_without_commit_publishes_nothing(tmp_path: Path) -> None:
-    store = ImageStore(tmp_path / "img")
+    store = open_store(tmp_path / "img")
     with store.writer(make_meta()) as w:
         w.add(0, page(1))
     assert not store.exists() and not store.temp_path.exists()
@@ -133,13 +134,13 @@ def test_open_refuses_an_image_not_owned_by_root(store: ImageStore) -> None:
 
 
 def test_open_refuses_a_symlink_and_a_directory(tmp_path: Path, store: ImageStore) -> None:
-    link = ImageStore(tmp_path / "link")
+    link = open_store(tmp_path / "link")
     link.path.symlink_to(store.path)
     with pytest.raises(ImageError, match="cannot open"):
         link.open()
     (tmp_path / "dir").mkdir()
     with pytest.raises(ImageError, match="is not a regular file"):
-        ImageStore(tmp_path / "dir").open()
+        open_store(tmp_path / "dir").open()
 
 
 def test_open_refuses_a_fifo_without_waiting_for_a_writer(tmp_path: Path) -> None:
@@ -148,7 +149,7 @@ def test_open_refuses_a_fifo_without_waiting_for_a_writer(tmp_path: Path) -> Non
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo, 0o600)
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        opening = pool.submit(ImageStore(fifo).open)
+        opening = pool.submit(open_store(fifo).open)
         try:
             with pytest.raises(ImageError, match="is not a regular file"):
                 opening.result(timeout=30)
@@ -158,7 +159,7 @@ def test_open_refuses_a_fifo_without_waiting_for_a_writer(tmp_path: Path) -> Non
 
 
 def test_open_of_a_missing_image_says_so(tmp_path: Path) -> None:
-    store = ImageStore(tmp_path / "none")
+    store = open_store(tmp_path / "none")
     assert not store.exists()
     with pytest.raises(ImageError, match="no image at"):
         store.open()
@@ -266,7 +267,7 @@ def test_invalidate_leaves_a_file_that_is_not_an_image_untouched(tmp_path: Path)
     path.write_bytes(b"\x7fELF" + bytes(300))  # some other ELF file
     path.chmod(0o600)
     with pytest.raises(ImageError, match="left untouched"):
-        ImageStore(path).invalidate()
+        open_store(path).invalidate()
     assert path.read_bytes() == b"\x7fELF" + bytes(300)
 
 

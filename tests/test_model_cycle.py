@@ -14,7 +14,7 @@ import pytest
 from kexechibd.cycle.engine import EngineSettings, KexecEngine
 from kexechibd.engine import CancelToken, HibernateOptions, Mode, ResumeOptions, Role, State
 from kexechibd.errors import NotSupported
-from kexechibd.image import ImageStore
+from kexechibd.image import open_store
 from kexechibd.kernel.api import KernelGone
 from kexechibd.model.bzimage import make_bzimage
 from kexechibd.model.kernel import ModelKernel
@@ -53,7 +53,7 @@ class Recorder:
 
 
 def image_state(location: Path) -> str:
-    with ImageStore(location).open() as reader:
+    with open_store(location).open() as reader:
         return reader.summary.state
 
 
@@ -234,7 +234,7 @@ async def test_checkpoint_works_on_a_kernel_without_staged_loads(
     populate(kernel, pages=1_000, seed=8)
     config = settings(tmp_path)
     _, saver = await checkpoint(machine, kernel, config)
-    assert ImageStore(config.image_location).open().meta.page_map == b""
+    assert open_store(config.image_location).open().meta.page_map == b""
     saver.cancel()
 
 

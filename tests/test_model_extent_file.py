@@ -19,7 +19,7 @@ from kexechibd.cycle.engine import EngineSettings, KexecEngine
 from kexechibd.cycle.params import SaveParams
 from kexechibd.engine import CancelToken, HibernateOptions, ResumeOptions, Role
 from kexechibd.errors import NotSupported
-from kexechibd.image import ImageStore, prepare_image_file
+from kexechibd.image import open_store, prepare_image_file
 from kexechibd.image.extents import map_file
 from kexechibd.kernel.api import KernelGone
 from kexechibd.model.machine import Machine
@@ -88,13 +88,13 @@ async def test_a_real_kernel_hibernates_into_a_prepared_file_and_resumes(
     # C boots with the file system mounted again, and finds the image by path.
     machine.power_on()
     c = RealFilesystems(machine)
-    assert ImageStore(image).open().summary.state == "committed"
+    assert open_store(image).open().summary.state == "committed"
     with pytest.raises(KernelGone):
         await KexecEngine(config, c).resume(image, ResumeOptions(), Recorder(), CancelToken())
     await asyncio.wait_for(hibernate, 60)
     assert machine.running == a.id
     assert ram_digest(a, observer.excluded) == observer.digest
-    assert ImageStore(image).open().summary.state == "invalid"  # A withdrew it
+    assert open_store(image).open().summary.state == "invalid"  # A withdrew it
     a.close()
 
 

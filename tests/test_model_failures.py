@@ -21,7 +21,7 @@ from kexechibd.cycle.engine import EngineSettings, KexecEngine
 from kexechibd.cycle.params import PARAMS_FILE
 from kexechibd.engine import CancelToken, HibernateOptions, ResumeOptions, Role, State
 from kexechibd.errors import Cancelled, Failed, NotSupported
-from kexechibd.image import ImageStore
+from kexechibd.image import open_store
 from kexechibd.kernel import abi
 from kexechibd.model.kernel import ModelKernel
 from kexechibd.model.machine import Machine
@@ -160,7 +160,7 @@ async def test_when_b_cannot_power_off_a_withdraws_the_image_and_carries_on(
     with pytest.raises(Failed, match="could not power off"):
         a.result()
     a_carries_on_unchanged(machine, kernel, observer)
-    with ImageStore(config.image_location).open() as reader:
+    with open_store(config.image_location).open() as reader:
         assert reader.summary.state == "invalid"
     saver.cancel()
 
@@ -191,7 +191,7 @@ def saved(machine: Machine, kernel: ModelKernel, tmp_path: Path) -> Iterator[Eng
 def c_is_as_it_was(c: ModelKernel, image: Path) -> None:
     assert c.machine.running == c.id
     assert not c.kexec_loaded()
-    with ImageStore(image).open() as reader:
+    with open_store(image).open() as reader:
         assert reader.summary.state == "committed"
 
 

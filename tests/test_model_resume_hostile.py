@@ -17,7 +17,7 @@ import pytest
 from kexechibd.cycle.engine import KexecEngine
 from kexechibd.engine import CancelToken, HibernateOptions, Mode, ResumeOptions
 from kexechibd.errors import BadImage
-from kexechibd.image import ImageMeta, ImageStore, Run
+from kexechibd.image import ImageMeta, Run, open_store
 from kexechibd.image import format as fmt
 from kexechibd.kernel import abi
 from kexechibd.kernel.api import KernelGone
@@ -126,12 +126,12 @@ def shape(image: Path) -> Layout:
 
 
 def meta_of(image: Path) -> ImageMeta:
-    with ImageStore(image).open() as reader:
+    with open_store(image).open() as reader:
         return reader.meta
 
 
 def first_run(image: Path) -> Run:
-    with ImageStore(image).open() as reader:
+    with open_store(image).open() as reader:
         return next(iter(reader.covered()))
 
 

@@ -17,6 +17,7 @@ from kexechibd.mounts import (
     parse_mountinfo,
     read_mounts,
     resume_refusal,
+    unescape,
     writable_data_mounts,
 )
 from tests.mounts_support import EARLY, LATER
@@ -116,3 +117,24 @@ def test_a_damaged_image_is_reported_but_an_invalidated_one_is_not() -> None:
     spent = ImageState.from_inspect({"valid": False, "state": "invalid"})
     assert spent.verdict is ImageVerdict.INVALID
     assert detect_role("ro", spent, "b").damaged_image == ""
+
+
+def test_a_mount_carries_its_device_number_and_both_option_lists() -> None:
+    """What the image library asks of a mount: which device its files name
+    (st_dev) and its options, the mount's and the superblock's."""
+    home = next(m for m in parse_mountinfo(LATER) if m.mount_point == "/home dir")
+    assert home.device == os.makedev(254, 17)
+    assert home.options == "rw,relatime,rw,attr2"
+
+
+@pytest.mark.parametrize(
+    "field, text",
+    [
+        ("/srv/with\\040space", "/srv/with space"),
+        ("a\\011tab\\012newline\\134backslash", "a\ttab\nnewline\\backslash"),
+        ("\\089", "\\089"),  # not octal: left as it is
+        ("plain", "plain"),
+    ],
+)
+def test_mountinfo_fields_have_their_octal_escapes_undone(field: str, text: str) -> None:
+    assert unescape(field) == text

@@ -39,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from kexechibd.image import ImageError, ImageStore
+    from kexechibd.image import ImageError, open_store
 
     if os.geteuid() != 0:
         print("kexechibctl: image discard needs root (images are root's)", file=sys.stderr)
@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"kexechibctl: {e}", file=sys.stderr)
             return exits.FAILURE
     try:
-        ImageStore(path).invalidate()
+        open_store(path).invalidate()
     except (ImageError, OSError) as e:
         print(f"kexechibctl: cannot discard {path}: {e}", file=sys.stderr)
         return exits.FAILURE

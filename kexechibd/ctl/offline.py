@@ -6,7 +6,6 @@ system's memory."""
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import decimal
 import json
@@ -14,12 +13,9 @@ import math
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
 
 from kexechibd.ctl import discard, exits, humane
-from kexechibd.ctl.privatefile import private_output
 
 # What each resume state means for whoever wants to resume the image.
 STATE_MEANING = {
@@ -108,15 +104,6 @@ def describe(meta: object, summary: object) -> dict[str, object]:
     return info
 
 
-@contextlib.contextmanager
-def _output(name: str) -> Iterator[BinaryIO]:
-    if name == "-":
-        yield sys.stdout.buffer
-        return
-    with private_output(Path(name)) as out:
-        yield out
-
-
 INITRAMFS_HOOK = Path("/usr/share/initramfs-tools/hooks/kexechibd")
 
 
@@ -145,7 +132,13 @@ def update_initramfs() -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from kexechibd.image import ImageError, ImageStore, export_elf_core, prepare_image_file
+    from kexechibd.image import (
+        ImageError,
+        export_elf_core,
+        export_image,
+        open_store,
+        prepare_image_file,
+    )
 
     try:
         if args.image_command == "discard":
@@ -157,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
                 f"in {len(mapped.extents)} extents on {mapped.device_name}"
             )
             return update_initramfs()
-        with ImageStore(args.image).open() as reader:
+        with open_store(args.image).open() as reader:
             if args.image_command in ("info", "inspect"):
                 info = describe(reader.meta, reader.summary)
                 if args.json:
@@ -176,11 +169,13 @@ def run(args: argparse.Namespace) -> int:
                 )
                 return exits.for_image_state(s.state)
             else:
-                with _output(args.output) as out:
-                    export_elf_core(reader, out)
+                if args.output == "-":
+                    export_elf_core(reader, sys.stdout.buffer)
+                else:
+                    export_image(reader, Path(args.output))
     except BrokenPipeError:
         raise  # a reader that went away is not the image's fault: main ends quietly
-    except (ImageError, OSError) as e:  # OutputExists too: its message says what to do
+    except (ImageError, OSError) as e:  # ExportError too: its message says what to do
         print(f"kexechibctl: {e}", file=sys.stderr)
         return exits.FAILURE
     return exits.OK

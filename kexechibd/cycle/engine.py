@@ -39,9 +39,11 @@ from kexechibd.image import (
     ExtentImageStore,
     FileExtents,
     ImageError,
+    ImageState,
     ImageStore,
+    open_store,
 )
-from kexechibd.image.extents import size_for
+from kexechibd.image.slots import size_for
 from kexechibd.initramfs import record
 from kexechibd.kernel import abi
 from kexechibd.kernel.api import Kernel, MemoryKind, SupportReport
@@ -123,7 +125,7 @@ class KexecEngine:
     def _store(self, image: Path) -> ImageStore:
         if self.settings.image_store is not None and image == self.settings.image_location:
             return self.settings.image_store
-        return ImageStore(image)
+        return open_store(image)
 
     # ------------------------------------------------------------ A: hibernate
 
@@ -191,7 +193,7 @@ class KexecEngine:
         worst = sum(r.size for r in window.outside(ram))
         need = worst + (worst >> 6)  # incompressible chunks, plus headers and index
         create = f"kexechibctl image create {location} --size {size_for(need) >> 20}M"
-        store = ImageStore(location)
+        store = open_store(location)
         if not isinstance(store, DeviceImageStore):  # a plain file
             if not self.kernel.successors_share_files:
                 raise NotSupported(
@@ -275,13 +277,13 @@ class KexecEngine:
     def _after_return(self, params: SaveParams) -> str:
         """Back in A after ``reboot_kexec`` returned 0: resumed from an image,
         or jumped back to by B after a checkpoint (or a failed save)."""
-        store = ImageStore(Path(params.image_location))
+        store = open_store(params.image_location)
         try:
             with store.open() as reader:
                 mine = reader.meta.hibernate_id == params.hibernate_id
-                state = reader.summary.state
+                state: ImageState | None = reader.summary.state
         except (ImageError, OSError):
-            mine, state = False, "missing"
+            mine, state = False, None  # missing or unreadable
         if mine and state == "consumed":
             # Resumed from the image: it must never be resumed again, and A's
             # kexec image (B, long gone) is stale.

@@ -11,7 +11,6 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import BinaryIO
 
 from elftools.elf.elffile import ELFFile
@@ -20,7 +19,14 @@ from elftools.elf.segments import NoteSegment
 from kexechibd import cmdline
 from kexechibd.cycle.params import SaveParams, read_params
 from kexechibd.errors import Failed
-from kexechibd.image import ExtentImageStore, ImageMeta, ImageStore, ImageSummary
+from kexechibd.image import (
+    ExtentImageStore,
+    ImageMeta,
+    ImageMode,
+    ImageStore,
+    ImageSummary,
+    open_store,
+)
 from kexechibd.kernel.api import Kernel
 
 READ_SIZE = 4 << 20
@@ -90,7 +96,7 @@ def image_meta(
         created=params.created,
         jump_back_entry=jump_back_entry,
         hibernate_id=params.hibernate_id,
-        mode=params.mode,
+        mode=ImageMode(params.mode),
         window=params.window,
         page_map=page_map,
         vmcoreinfo=vmcoreinfo,
@@ -112,7 +118,7 @@ def image_store(params: SaveParams) -> ImageStore:
     filesystems), or the location itself (a device; a file in the model)."""
     if params.image_file is not None:
         return ExtentImageStore(params.image_location, extents=params.image_file)
-    return ImageStore(Path(params.image_location))
+    return open_store(params.image_location)
 
 
 def save_image(

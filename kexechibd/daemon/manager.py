@@ -36,6 +36,7 @@ from kexechibd.engine import (
     State,
 )
 from kexechibd.errors import (
+    BadImage,
     Busy,
     Cancelled,
     Failed,
@@ -46,6 +47,7 @@ from kexechibd.errors import (
     NotSupported,
     TooLate,
 )
+from kexechibd.image.meta import ImageError
 from kexechibd.kernel.abi import KernelError
 from kexechibd.kernel.api import KernelGone, SupportReport
 
@@ -87,16 +89,26 @@ def end_with_the_kernel(gone: KernelGone) -> NoReturn:
 
 
 def as_daemon_error(exc: BaseException) -> KexechibError:
-    """What a caller is told about ``exc``: our named errors pass unchanged,
-    a kernel's refusal becomes ``KernelRefused`` with the kernel's own
-    explanation, anything else is ``Failed`` (the traceback goes to the log)."""
+    """What a caller is told about ``exc`` (the one place errors of the
+    layers below become D-Bus errors): our named errors pass unchanged, the
+    image library's become ``BadImage``, a kernel's refusal becomes
+    ``KernelRefused`` with the kernel's own explanation, anything else is
+    ``Failed`` (the traceback goes to the log)."""
     if isinstance(exc, KexechibError):
         return exc
+    if isinstance(exc, ImageError):
+        return BadImage(str(exc))
     if isinstance(exc, KernelError):
         return KernelRefused(str(exc))
     if isinstance(exc, asyncio.CancelledError):
         return Cancelled("the daemon stopped before the operation finished; nothing was changed")
     return Failed(f"internal error ({type(exc).__name__}: {exc}); the daemon's log has details")
+
+
+def unexpected(exc: BaseException) -> bool:
+    """Whether ``exc`` is a fault of ours, whose traceback belongs in the
+    log, rather than an error the caller is told about by name."""
+    return isinstance(as_daemon_error(exc), Failed) and not isinstance(exc, KexechibError)
 
 
 def describe(error: KexechibError) -> str:
@@ -387,7 +399,7 @@ class Manager:
             end_with_the_kernel(gone)
         except BaseException as exc:
             error = as_daemon_error(exc)
-            if isinstance(error, Failed) and not isinstance(exc, KexechibError):
+            if unexpected(exc):
                 log.error("%s failed unexpectedly", kind, exc_info=exc, extra=extra)
             else:
                 log.warning(

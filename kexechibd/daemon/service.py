@@ -38,9 +38,9 @@ from kexechibd import compression
 from kexechibd.busapi import INTERFACE, OBJECT_PATH
 from kexechibd.config import Config
 from kexechibd.daemon.auth import Action, Authorizer, Caller, Verdict, denial
-from kexechibd.daemon.manager import PROPERTY_SIGNATURES, Manager, as_daemon_error
+from kexechibd.daemon.manager import PROPERTY_SIGNATURES, Manager, as_daemon_error, unexpected
 from kexechibd.engine import HibernateOptions, ResumeOptions
-from kexechibd.errors import InvalidOption, KexechibError
+from kexechibd.errors import InvalidOption
 
 log = logging.getLogger("kexechibd.service")
 
@@ -282,7 +282,7 @@ class ManagerService:
             body = await self._handlers[member.name](caller, list(msg.body))
         except Exception as exc:
             error = as_daemon_error(exc)
-            if not isinstance(exc, KexechibError):
+            if unexpected(exc):
                 log.error("%s from %s failed", member.name, caller.sender, exc_info=exc)
             reply = Message.new_error(msg, error.dbus_name, str(error))
         else:

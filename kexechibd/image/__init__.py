@@ -1,20 +1,33 @@
 """The hibernation image (DESIGN §4; layout in docs/image-format.md).
 
 A pure library: the saver writes one with ``ImageWriter``, the restorer reads
-it with ``ImageReader``, ``ImageStore(path)`` keeps one in a file, in the two
-slots of a block device, or in the two slots of a prepared file written by
-block address (``FileImageStore``, ``DeviceImageStore``, ``ExtentImageStore``), and
-``export_elf_core`` turns one into a plain ELF core.
+it with ``ImageReader``; ``open_store(path)`` gives the store that keeps one
+at ``path``: in a file (``FileImageStore``), in the two slots of a block
+device (``DeviceImageStore``) or of a prepared file written by block address
+(``ExtentImageStore``); ``export_image`` turns one into a plain ELF core file
+(``export_elf_core`` into any stream).  Every error it raises is an
+``ImageError``; the daemon says what a D-Bus caller sees.
 """
 
-from kexechibd.image.blockstore import DeviceImageStore, SlotRecord
-from kexechibd.image.export import export_elf_core
-from kexechibd.image.extents import ExtentImageStore, FileExtents, prepare_image_file
+from kexechibd.image.blockstore import DeviceImageStore
+from kexechibd.image.export import ExportError, export_elf_core, export_image
+from kexechibd.image.extents import FileExtents
+from kexechibd.image.extentstore import ExtentImageStore, prepare_image_file
+from kexechibd.image.filestore import FileImageStore
 from kexechibd.image.format import FORMAT_VERSION
-from kexechibd.image.meta import Chunk, ImageError, ImageMeta, ImageSummary, Run
+from kexechibd.image.location import open_store
+from kexechibd.image.meta import (
+    Chunk,
+    ImageError,
+    ImageMeta,
+    ImageMode,
+    ImageState,
+    ImageSummary,
+    Run,
+)
 from kexechibd.image.reader import ImageReader
+from kexechibd.image.slots import SlotRecord
 from kexechibd.image.store import (
-    FileImageStore,
     ImageStore,
     check_private,
     create_image_file,
@@ -28,12 +41,15 @@ __all__ = [
     "FORMAT_VERSION",
     "Chunk",
     "DeviceImageStore",
+    "ExportError",
     "ExtentImageStore",
     "FileExtents",
     "FileImageStore",
     "ImageError",
     "ImageMeta",
+    "ImageMode",
     "ImageReader",
+    "ImageState",
     "ImageStore",
     "ImageSummary",
     "ImageWriter",
@@ -42,8 +58,10 @@ __all__ = [
     "check_private",
     "create_image_file",
     "export_elf_core",
+    "export_image",
     "invalidate_image",
     "mark_image_consumed",
+    "open_store",
     "prepare_image_file",
     "unmark_image_consumed",
 ]

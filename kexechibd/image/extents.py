@@ -7,8 +7,8 @@ still hold images the way a swap file holds pages: it is written out once
 written), and from then on its blocks are read and written on the block
 device underneath, at the byte offsets that ``FS_IOC_FIEMAP`` reports.  A maps
 the file right before it loads B and hands the map to B with B's parameters;
-C and A after its return map it themselves (``ExtentImageStore``, at the
-end).
+C and A after its return map it themselves (``ExtentImageStore``,
+``extentstore.py``).
 
 This is safe only while nothing else writes the file's blocks: the
 filesystem writes a file's data blocks only for data written through it
@@ -19,38 +19,25 @@ only filesystems whose FIEMAP addresses are byte offsets on the one device
 
 The pure part decodes and validates what FIEMAP returns (``decode_fiemap``,
 ``check_extents``) and maps file offsets to device offsets (``FileExtents``);
-then come asking the kernel, preparing a file, and the store.
+then come asking the kernel and checking the file's filesystem and device.
+Preparing such a file and the store are in ``extentstore.py``.
 """
 
 from __future__ import annotations
 
 import bisect
-import contextlib
 import errno
 import fcntl
 import os
-import stat
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kexechibd.image.blockstore import (
-    IO_ALIGN,
-    MOUNTINFO,
-    RECORD_SIZE,
-    SLOT_ALIGN,
-    SYS_DEV_BLOCK,
-    DeviceImageStore,
-    SlotLayout,
-    SlotRecord,
-    _Device,
-    _lines,
-    _unescape,
-    newest,
-)
+from kexechibd.image.blockdev import current_mounts, device_name, device_size, sysfs_node
 from kexechibd.image.meta import ImageError
-from kexechibd.image.store import check_private, create_image_file
+from kexechibd.image.slots import IO_ALIGN
+from kexechibd.image.store import check_private
 from kexechibd.kernel.abi import (
     EXTENT_FLAGS,
     EXTENT_LAST,
@@ -61,6 +48,7 @@ from kexechibd.kernel.abi import (
     FIEMAP_MAX_OFFSET,
     FS_IOC_FIEMAP,
 )
+from kexechibd.mounts import Mount
 
 REQUEST_EXTENTS = 256  # extents asked for per ioctl
 # B's parameters travel in a 64 KiB room (cycle/prepare.py); a file this
@@ -293,25 +281,9 @@ def fiemap(fd: int) -> list[RawExtent]:
         start = got[-1].logical + got[-1].length
 
 
-@dataclass(frozen=True)
-class Mount:
-    fstype: str
-    options: str  # the mount's and the superblock's, comma-separated
-    where: str
-
-
 def mount_of(dev: int) -> Mount | None:
     """How the filesystem with device number ``dev`` is mounted (mountinfo)."""
-    for fields in _lines(MOUNTINFO):
-        try:
-            sep = fields.index("-", 6)
-            major, minor = fields[2].split(":")
-            if os.makedev(int(major), int(minor)) != dev:
-                continue
-            return Mount(fields[sep + 1], f"{fields[5]},{fields[sep + 3]}", _unescape(fields[4]))
-        except (ValueError, IndexError):
-            continue
-    return None
+    return next((m for m in current_mounts() if m.device == dev), None)
 
 
 def mount_containing(path: Path | str) -> Mount | None:
@@ -320,26 +292,12 @@ def mount_containing(path: Path | str) -> Mount | None:
     superblock's (btrfs subvolumes: anonymous device numbers)."""
     target = os.path.realpath(path)
     found: Mount | None = None
-    for fields in _lines(MOUNTINFO):
-        try:
-            sep = fields.index("-", 6)
-            where = _unescape(fields[4])
-        except (ValueError, IndexError):
-            continue
+    for m in current_mounts():
+        where = m.mount_point
         inside = target == where or target.startswith(where.rstrip("/") + "/")
-        if inside and (found is None or len(where) >= len(found.where)):
-            found = Mount(fields[sep + 1], f"{fields[5]},{fields[sep + 3]}", where)
+        if inside and (found is None or len(where) >= len(found.mount_point)):
+            found = m
     return found
-
-
-def device_name(rdev: int) -> str | None:
-    """The kernel's name of block device ``rdev`` (``DEVNAME`` in sysfs)."""
-    node = SYS_DEV_BLOCK / f"{os.major(rdev)}:{os.minor(rdev)}"
-    with contextlib.suppress(OSError):
-        for line in (node / "uevent").read_text().splitlines():
-            if line.startswith("DEVNAME="):
-                return line.split("=", 1)[1]
-    return None
 
 
 def device_path(extents: FileExtents) -> Path:
@@ -382,7 +340,7 @@ def check_backing_device(st: os.stat_result, path: Path | str) -> tuple[int, str
     assert mount is not None
     if "data=journal" in mount.options.split(","):
         raise ImageError(
-            f"{path} is on {mount.where}, mounted with data=journal: the journal would "
+            f"{path} is on {mount.mount_point}, mounted with data=journal: the journal would "
             "write the file's old data over the image; use another filesystem or a raw "
             "partition"
         )
@@ -392,7 +350,7 @@ def check_backing_device(st: os.stat_result, path: Path | str) -> tuple[int, str
             f"{path}: its filesystem's device {os.major(dev)}:{os.minor(dev)} is not a block "
             "device (sysfs has no /sys/dev/block entry for it)"
         )
-    node = SYS_DEV_BLOCK / f"{os.major(dev)}:{os.minor(dev)}"
+    node = sysfs_node(dev)
     for kind, what in (("dm", "device-mapper (LVM, dm-crypt)"), ("md", "md RAID")):
         if (node / kind).exists() or name.startswith(f"{kind}-" if kind == "dm" else kind):
             raise ImageError(
@@ -401,13 +359,6 @@ def check_backing_device(st: os.stat_result, path: Path | str) -> tuple[int, str
                 "partition, or a raw partition"
             )
     return dev, name
-
-
-def _device_size(name: str) -> int:
-    try:
-        return int((Path("/sys/class/block") / name / "size").read_text()) * 512
-    except (OSError, ValueError) as e:
-        raise ImageError(f"cannot read the size of block device {name}: {e}") from e
 
 
 def map_open_file(fd: int, path: Path | str) -> FileExtents:
@@ -422,7 +373,7 @@ def map_open_file(fd: int, path: Path | str) -> FileExtents:
     except OSError as e:
         raise ImageError(f"{path}: cannot map its blocks (FIEMAP): {e.strerror}") from e
     extents = check_extents(raw, st.st_size, path)
-    return FileExtents(os.major(dev), os.minor(dev), name, _device_size(name), st.st_size, extents)
+    return FileExtents(os.major(dev), os.minor(dev), name, device_size(name), st.st_size, extents)
 
 
 def map_file(path: Path | str) -> FileExtents:
@@ -442,123 +393,3 @@ def map_file(path: Path | str) -> FileExtents:
         return mapped
     finally:
         os.close(fd)
-
-
-# ===========================================================================
-# Preparing a file
-# ===========================================================================
-
-# Its two record blocks hold records of sequence 0: they publish nothing
-# (docs/image-format.md), but say the file is a prepared one.
-MARKER_SEQUENCE = 0
-ZERO_WRITE = 4 << 20
-
-
-def size_for(image_bytes: int) -> int:
-    """The smallest device or file whose two slots each hold an image of
-    ``image_bytes``, in whole MiB."""
-    slot = -(-(image_bytes + RECORD_SIZE) // SLOT_ALIGN) * SLOT_ALIGN
-    return 2 * slot
-
-
-def marker(layout: SlotLayout, slot: int) -> bytes:
-    return SlotRecord(
-        slot, MARKER_SEQUENCE, layout.offset(slot), layout.slot_size, 0, bytes(32)
-    ).encode()
-
-
-def is_prepared(path: Path | str) -> bool:
-    """Whether ``path`` is a regular file that ``prepare_image_file`` made
-    (either record block starts with the record magic).  Read through the
-    filesystem: the magic, once there, never changes."""
-    try:
-        # O_NONBLOCK: opening a FIFO must not wait for a writer.
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
-    except OSError:
-        return False
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_size < 2 * SLOT_ALIGN:
-            return False
-        layout = SlotLayout.for_device(st.st_size)
-        return any(
-            os.pread(fd, 8, layout.record_offset(k)) == marker(layout, k)[:8] for k in (0, 1)
-        )
-    finally:
-        os.close(fd)
-
-
-def prepare_image_file(path: Path, size: int) -> FileExtents:
-    """Create ``path`` (it must not exist; root's, 0600) holding ``size``
-    bytes (rounded up to whole MiB slots) written out as zeros and fsynced,
-    with the two slots' markers, and return its validated extent map.  The
-    filesystem and device are checked before anything is written; on any
-    failure the file is removed."""
-    size = max(size_for(0), -(-size // (2 * SLOT_ALIGN)) * 2 * SLOT_ALIGN)
-    parent = os.stat(path.parent)
-    check_backing_device(parent, path)
-    layout = SlotLayout.for_device(size)
-    f = create_image_file(path)
-    try:
-        with f:
-            zeros = bytes(ZERO_WRITE)
-            pos = 0
-            while pos < size:
-                pos += f.write(zeros[: min(ZERO_WRITE, size - pos)])
-            for k in (0, 1):
-                f.seek(layout.record_offset(k))
-                f.write(marker(layout, k))
-            f.flush()
-            os.fsync(f.fileno())
-            mapped = map_open_file(f.fileno(), path)
-            os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
-        fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            os.fsync(fd)  # the new name, too, survives a crash
-        finally:
-            os.close(fd)
-        return mapped
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(path)
-        raise
-
-
-# ===========================================================================
-# The store
-# ===========================================================================
-
-
-class ExtentImageStore(DeviceImageStore):
-    """Images in the two slots of a prepared file (the layout of a device's,
-    docs/image-format.md), every transfer direct on the block device that
-    holds the file, at the file's extents.
-
-    ``extents`` given: B's case, which cannot see the file and uses the map
-    A made right before it loaded B (A is frozen from then on: the blocks
-    cannot move).  Without it (A, C, tools) the file is mapped afresh each
-    time the device is opened."""
-
-    def __init__(self, path: Path | str, *, extents: FileExtents | None = None) -> None:
-        super().__init__(path)
-        self.extents = extents
-
-    def mapping(self) -> FileExtents:
-        return self.extents if self.extents is not None else map_file(self.path)
-
-    def _device(self, *, write: bool) -> _Device:
-        mapped = self.mapping()
-        return _Device(device_path(mapped), write=write, extents=mapped, name=self.path)
-
-    def check_writable(self) -> None:
-        """A and C write the file's blocks while its filesystem is mounted,
-        which a kernel built without CONFIG_BLK_DEV_WRITE_MOUNTED refuses:
-        A finds out before it jumps."""
-        with self._device(write=True):
-            pass
-
-    def exists(self) -> bool:
-        if self.extents is None and not self.path.exists():
-            return False
-        with self._device(write=False) as dev:
-            return newest(dev.records()) is not None

@@ -26,7 +26,7 @@ from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 from elftools.elf.notes import iter_notes
 
-from kexechibd.image.meta import MODES, ImageError, ImageMeta, ImageSummary, Run
+from kexechibd.image.meta import ImageError, ImageMeta, ImageMode, ImageState, ImageSummary, Run
 
 # The ELF core structures and values have one home, the kernel interface's (an
 # image is an ELF core file like /proc/vmcore); named here for image/'s modules.
@@ -62,7 +62,11 @@ NOTES_SIZE_OFFSET = FORMAT_DESC_OFFSET + 12  # 156: v1, repeats PT_NOTE p_filesz
 STATE_OFFSET = FORMAT_DESC_OFFSET + 16  # 160: rewritten in place, outside every checksum
 STATE_SIZE = 8
 IMAGE_MAGIC = b"KXHIBIMG"
-STATE_WORDS = {"committed": b"COMMITTD", "consumed": b"CONSUMED", "invalid": b"INVALID\0"}
+STATE_WORDS = {
+    ImageState.COMMITTED: b"COMMITTD",
+    ImageState.CONSUMED: b"CONSUMED",
+    ImageState.INVALID: b"INVALID\0",
+}
 STATE_BY_WORD = {word: state for state, word in STATE_WORDS.items()}
 PREFIX_SIZE = FORMAT_DESC_OFFSET + FORMAT_DESC.size  # 168: enough to identify any version
 
@@ -125,7 +129,7 @@ class Header:
     """Everything the header of an image says."""
 
     meta: ImageMeta  # window is always () here: it is not saved
-    state: str
+    state: ImageState
     codec: int
     level: int
     chunk_size: int
@@ -180,8 +184,6 @@ def validate_meta(meta: ImageMeta) -> None:
     """Reject metadata the format cannot carry faithfully (a caller's bug)."""
     if meta.page_size not in PAGE_SIZES:
         raise ValueError(f"page size {meta.page_size} is not one of {PAGE_SIZES}")
-    if meta.mode not in MODES:
-        raise ValueError(f"mode {meta.mode!r} is not one of {MODES}")
     for key in IDENTITY_KEYS:
         value = getattr(meta, key)
         if not isinstance(value, str) or any(c in value for c in "\n\0"):
@@ -233,7 +235,7 @@ def encode_notes(h: Header) -> bytes:
 
 def header_size(meta: ImageMeta) -> int:
     """Bytes of ELF header, program header and notes for ``meta`` (padding excluded)."""
-    probe = Header(meta, "committed", 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, bytes(32))
+    probe = Header(meta, ImageState.COMMITTED, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, bytes(32))
     return NOTES_OFFSET + len(encode_notes(probe)) + DIGEST_NOTE_SIZE
 
 
@@ -306,7 +308,7 @@ def notes_end(prefix: bytes) -> int:
     return int(NOTES_OFFSET + size)
 
 
-def check_format_prefix(prefix: bytes | bytearray | memoryview) -> tuple[int, str]:
+def check_format_prefix(prefix: bytes | bytearray | memoryview) -> tuple[int, ImageState]:
     """Identify a kexechib image from its first ``PREFIX_SIZE`` bytes (the same
     in every format version): return (version, state) or raise."""
     namesz, descsz, ntype = NHDR.unpack_from(prefix, NOTES_OFFSET)
@@ -361,7 +363,7 @@ def _identity(desc: bytes, offset: int) -> dict[str, str]:
         raise ImageError(
             f"identity note lacks {', '.join(missing) or 'a final newline'}", offset=offset
         )
-    if values["mode"] not in MODES:
+    if values["mode"] not in {m.value for m in ImageMode}:
         raise ImageError(f"mode {values['mode']!r} is unknown", offset=offset)
     return values
 
@@ -461,7 +463,7 @@ def decode_header(region: bytes, image_end: int | None = None) -> Header:
         created=created,
         jump_back_entry=jump_back,
         hibernate_id=ident["hibernate_id"],
-        mode=ident["mode"],
+        mode=ImageMode(ident["mode"]),
         window=(),
         page_map=by_kind.get((NOTE_OWNER, NT_PAGE_MAP), b""),
         vmcoreinfo=by_kind.get((VMCOREINFO_OWNER, NT_VMCOREINFO), b""),

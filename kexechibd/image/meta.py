@@ -1,15 +1,29 @@
 """The image library's vocabulary: what a saver knows, what an image holds,
-and the one error every check raises.  Pure data, no I/O."""
+its resume state, and the one error every check raises.  Pure data, no I/O."""
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 
-from kexechibd.errors import BadImage
 from kexechibd.kernel.abi import PAGE_SIZE
 
-MODES = ("poweroff", "checkpoint")
-STATES = ("committed", "consumed", "invalid")
+
+class ImageState(enum.StrEnum):
+    """An image's resume state (its state word, docs/image-format.md).  The
+    values are what ``Inspect`` and ``kexechibctl`` show: they are part of
+    the D-Bus interface and never change."""
+
+    COMMITTED = "committed"  # whole, resumable
+    CONSUMED = "consumed"  # a restorer is jumping (or jumped) into it
+    INVALID = "invalid"  # never resumed again
+
+
+class ImageMode(enum.StrEnum):
+    """What B does after the save; the values are the D-Bus ``mode`` option's."""
+
+    POWEROFF = "poweroff"  # power off; the next boot resumes
+    CHECKPOINT = "checkpoint"  # jump back into A at once; the image stays
 
 
 @dataclass(frozen=True)
@@ -23,11 +37,20 @@ class ImageMeta:
     created: float  # unix time of the jump
     jump_back_entry: int  # A's re-entry point (physical)
     hibernate_id: str  # nonce chosen by A for this hibernation
-    mode: str  # "poweroff" | "checkpoint"
+    mode: ImageMode
     window: tuple[tuple[int, int], ...]  # B's window [start, end) ranges; not saved
     page_map: bytes = b""  # raw /proc/kexec_pgmap bytes of A's B image (opaque here)
     vmcoreinfo: bytes = b""  # A's VMCOREINFO note text, if any
     page_size: int = PAGE_SIZE
+
+    def __post_init__(self) -> None:
+        # Callers may name the mode by its value; a wrong one fails here, not
+        # when the header is encoded after every page was saved.
+        try:
+            object.__setattr__(self, "mode", ImageMode(self.mode))
+        except ValueError:
+            modes = ", ".join(m.value for m in ImageMode)
+            raise ValueError(f"mode {self.mode!r} is not one of {modes}") from None
 
 
 @dataclass(frozen=True)
@@ -44,7 +67,7 @@ class ImageSummary:
     chunks: int
     stored_bytes: int  # length of the image: header, chunks and index
     digest: str  # hex SHA-256 of the index, which holds every chunk's checksum
-    state: str  # "committed" | "consumed" | "invalid"
+    state: ImageState
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,13 +93,15 @@ class Chunk:
     data: bytes | memoryview
 
 
-class ImageError(ValueError, BadImage):
-    """An image that is corrupt, truncated, foreign or unsafe to use.
+class ImageError(ValueError):
+    """An image (or where one is kept) that is missing, corrupt, truncated,
+    foreign or unsafe to use: the base of every error the image library raises.
 
     ``offset`` is the byte offset in the image the problem was found at and
     ``chunk`` the chunk it belongs to, each ``None`` when it does not apply.
-    It is a ``BadImage``, so the D-Bus layer reports it as
-    ``org.kexechib1.Error.BadImage``.
+    The library knows nothing of D-Bus: the daemon reports it as
+    ``org.kexechib1.Error.BadImage`` (``daemon/manager.py``,
+    ``as_daemon_error``).
     """
 
     def __init__(self, message: str, *, offset: int | None = None, chunk: int | None = None):

@@ -15,10 +15,10 @@ import os
 import threading
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from types import TracebackType
 from typing import BinaryIO
 
 from kexechibd.image import codec, format
+from kexechibd.image.fileio import ClosedOnExit
 from kexechibd.image.format import (
     CHUNK_HEAD,
     NOTES_OFFSET,
@@ -27,10 +27,10 @@ from kexechibd.image.format import (
     Header,
     IndexEntry,
 )
-from kexechibd.image.meta import Chunk, ImageError, ImageMeta, ImageSummary, Run
+from kexechibd.image.meta import Chunk, ImageError, ImageMeta, ImageState, ImageSummary, Run
 
 
-class ImageReader:
+class ImageReader(ClosedOnExit):
     """A verified view of the image in ``f`` (seekable; the image starts at
     offset 0; bytes after the image's end are ignored)."""
 
@@ -147,27 +147,16 @@ class ImageReader:
     def close(self) -> None:
         self._f.close()
 
-    def __enter__(self) -> ImageReader:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
     # -- state ----------------------------------------------------------------
 
     def require_resumable(self, *, force: bool = False) -> None:
         """Refuse an invalidated image always, a consumed one unless ``force``."""
         state = self.summary.state
-        if state == "invalid":
+        if state is ImageState.INVALID:
             raise ImageError(
                 "image was invalidated and is never resumed again", offset=format.STATE_OFFSET
             )
-        if state == "consumed" and not force:
+        if state is ImageState.CONSUMED and not force:
             raise ImageError(
                 "image was already resumed once (consumed); resuming it again needs force",
                 offset=format.STATE_OFFSET,

@@ -1,33 +1,31 @@
-"""Images on disk: created private, replaced atomically, checked before use,
-and their resume state changed in place.
+"""What every image store offers (``ImageStore``), and what they share:
+image files created private and checked before use, and an image's resume
+state changed in place.
 
 Images hold all of memory, secrets included (DESIGN §9): files are created
 0600 and root-owned, and an image that others could have written is refused.
 
-``ImageStore(path)`` is the one way to reach an image: it returns a
-``DeviceImageStore`` (``blockstore.py``: two slots on a raw device, which B
-may write without going through A's filesystems, DESIGN §1.3) for a block
-device, an ``ExtentImageStore`` (``extents.py``: the same two slots in a file
-that ``kexechibctl image create`` prepared, written by block address) for
-such a file, and a ``FileImageStore`` for any other regular file (or a path
-that does not exist yet).  All offer the same methods.
+The stores: ``FileImageStore`` (``filestore.py``), ``DeviceImageStore``
+(``blockstore.py``), ``ExtentImageStore`` (``extentstore.py``);
+``open_store`` (``location.py``) picks one for a path.
 """
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import os
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from kexechibd.image import format
-from kexechibd.image.meta import ImageError, ImageMeta
+from kexechibd.image.fileio import fsync
+from kexechibd.image.meta import ImageError, ImageMeta, ImageState
 from kexechibd.image.reader import ImageReader
-from kexechibd.image.writer import ImageWriter, fsync
+from kexechibd.image.writer import ImageWriter
 
-_OPEN_FLAGS = os.O_NOFOLLOW | os.O_CLOEXEC
+OPEN_FLAGS = os.O_NOFOLLOW | os.O_CLOEXEC  # an image is never reached through a symlink
 
 
 def create_image_file(path: Path) -> BinaryIO:
@@ -35,7 +33,7 @@ def create_image_file(path: Path) -> BinaryIO:
     symlink followed), mode 0600, owned by root:root when we are root."""
 
     def opener(name: str, _flags: int) -> int:
-        return os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL | _OPEN_FLAGS, 0o600)
+        return os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL | OPEN_FLAGS, 0o600)
 
     f = open(path, "r+b", opener=opener)  # noqa: SIM115 - the caller owns it
     try:
@@ -70,7 +68,7 @@ def check_private(st: os.stat_result, path: Path | str) -> None:
         )
 
 
-def _set_state(f: BinaryIO, state: str) -> None:
+def _set_state(f: BinaryIO, state: ImageState) -> None:
     f.seek(format.STATE_OFFSET)
     f.write(format.STATE_WORDS[state])
     fsync(f)
@@ -79,22 +77,22 @@ def _set_state(f: BinaryIO, state: str) -> None:
 def mark_image_consumed(f: BinaryIO) -> None:
     """COMMITTED → CONSUMED, in place and fsynced; the image must verify."""
     state = ImageReader(f).summary.state
-    if state == "invalid":
+    if state is ImageState.INVALID:
         raise ImageError("cannot mark an invalidated image consumed", offset=format.STATE_OFFSET)
-    if state == "committed":
-        _set_state(f, "consumed")
+    if state is ImageState.COMMITTED:
+        _set_state(f, ImageState.CONSUMED)
 
 
 def unmark_image_consumed(f: BinaryIO) -> None:
     """CONSUMED → COMMITTED, in place and fsynced: the restorer marked the
     image consumed but the jump did not happen, so nothing resumed from it."""
     state = ImageReader(f).summary.state
-    if state == "invalid":
+    if state is ImageState.INVALID:
         raise ImageError(
             "cannot mark an invalidated image committed again", offset=format.STATE_OFFSET
         )
-    if state == "consumed":
-        _set_state(f, "committed")
+    if state is ImageState.CONSUMED:
+        _set_state(f, ImageState.COMMITTED)
 
 
 def invalidate_image(f: BinaryIO) -> None:
@@ -111,12 +109,12 @@ def invalidate_image(f: BinaryIO) -> None:
         # Wrong version or a garbled state word still identify our image.
         if prefix[format.MAGIC_OFFSET : format.VERSION_OFFSET] != format.IMAGE_MAGIC:
             raise ImageError(f"{e.message}; left untouched", offset=e.offset) from e
-    _set_state(f, "invalid")
+    _set_state(f, ImageState.INVALID)
 
 
-class ImageStore:
-    """Where the image lives: ``ImageStore(path)`` picks the store for what
-    ``path`` is when it is called (see the module's docstring).
+class ImageStore(abc.ABC):
+    """Where an image lives; ``open_store(path)`` (``location.py``) gives the
+    store for what ``path`` is.
 
     Every store: ``writer()`` yields an ``ImageWriter`` whose ``commit()``
     publishes the image while a failure leaves the previous one whole;
@@ -127,141 +125,31 @@ class ImageStore:
 
     path: Path
 
-    def __new__(cls, path: Path | str, **_options: object) -> ImageStore:
-        if cls is ImageStore:
-            if _is_block_device(path):
-                from kexechibd.image.blockstore import DeviceImageStore
-
-                cls = DeviceImageStore
-            else:
-                from kexechibd.image.extents import ExtentImageStore, is_prepared
-
-                cls = ExtentImageStore if is_prepared(path) else FileImageStore
-        return super().__new__(cls)
-
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
 
-    # The interface; ``ImageStore(path)`` never returns this class itself, so
-    # these are not abstract (mypy would refuse ``ImageStore(path)`` if they were).
+    @abc.abstractmethod
+    def exists(self) -> bool: ...
 
-    def exists(self) -> bool:
-        raise NotImplementedError
-
+    @abc.abstractmethod
     def writer(
         self, meta: ImageMeta, **writer_kwargs: Any
-    ) -> contextlib.AbstractContextManager[ImageWriter]:
-        raise NotImplementedError
+    ) -> contextlib.AbstractContextManager[ImageWriter]: ...
 
-    def open(self) -> ImageReader:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def open(self) -> ImageReader: ...
 
+    @abc.abstractmethod
     def mark_consumed(self) -> None:
         """COMMITTED → CONSUMED (the restorer is about to jump into it)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def mark_committed(self) -> None:
         """Undo ``mark_consumed`` when the jump failed (the kernel refused it)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def invalidate(self) -> None:
         """Any state → INVALID: the image is never resumed again."""
-        raise NotImplementedError
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self.path)!r})"
-
-
-def _is_block_device(path: Path | str) -> bool:
-    """Follows symlinks: devices are usually named by udev's /dev/disk/by-* links."""
-    try:
-        return stat.S_ISBLK(os.stat(path).st_mode)
-    except OSError:
-        return False  # absent (or unreadable): the file store says what is wrong
-
-
-class FileImageStore(ImageStore):
-    """The image in one regular file.
-
-    A new image is written to ``<path>.new`` and renamed over ``<path>`` when it
-    commits, so the previous image stays whole until the new one is.
-    """
-
-    @property
-    def temp_path(self) -> Path:
-        return self.path.with_name(self.path.name + ".new")
-
-    def exists(self) -> bool:
-        return self.path.is_file()
-
-    @contextlib.contextmanager
-    def writer(self, meta: ImageMeta, **writer_kwargs: Any) -> Iterator[ImageWriter]:
-        """An ``ImageWriter`` on the temp file; ``commit()`` publishes the
-        image at ``path`` (fsync, rename, fsync the directory).  An exception,
-        or leaving the block without committing, removes the temp file."""
-        tmp = self.temp_path
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()  # left by a writer that died: it was never committed
-        published = False
-
-        def publish() -> None:
-            nonlocal published
-            os.rename(tmp, self.path)
-            published = True
-            self._sync_dir()
-
-        f = create_image_file(tmp)
-        try:
-            with f, ImageWriter(f, meta, **writer_kwargs) as w:
-                w._commit_hooks.append(publish)
-                yield w
-        finally:
-            if not published:
-                with contextlib.suppress(FileNotFoundError):
-                    tmp.unlink()
-
-    def _sync_dir(self) -> None:
-        fd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-    def _open(self, flags: int) -> BinaryIO:
-        try:
-            # O_NONBLOCK: open(2) of a FIFO would wait for a writer, holding
-            # the caller where Cancel cannot reach; check_private refuses it.
-            fd = os.open(self.path, flags | _OPEN_FLAGS | os.O_NONBLOCK)
-        except FileNotFoundError as e:
-            raise ImageError(f"no image at {self.path}") from e
-        except OSError as e:
-            raise ImageError(f"cannot open the image at {self.path}: {e.strerror}") from e
-        try:
-            check_private(os.fstat(fd), self.path)
-            os.set_blocking(fd, True)
-            return os.fdopen(fd, "r+b" if flags & os.O_RDWR else "rb")
-        except BaseException:
-            os.close(fd)
-            raise
-
-    def open(self) -> ImageReader:
-        """A verified reader on the image (close it when done); refuses a file
-        that is not root-owned or is group/world-writable."""
-        f = self._open(os.O_RDONLY)
-        try:
-            return ImageReader(f)
-        except BaseException:
-            f.close()
-            raise
-
-    def mark_consumed(self) -> None:
-        with self._open(os.O_RDWR) as f:
-            mark_image_consumed(f)
-
-    def mark_committed(self) -> None:
-        with self._open(os.O_RDWR) as f:
-            unmark_image_consumed(f)
-
-    def invalidate(self) -> None:
-        with self._open(os.O_RDWR) as f:
-            invalidate_image(f)

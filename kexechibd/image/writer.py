@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import enum
 import hashlib
 import io
-import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -23,6 +23,7 @@ from typing import BinaryIO
 
 from kexechibd import compression as policy
 from kexechibd.image import codec, format
+from kexechibd.image.fileio import fsync, write_all
 from kexechibd.image.format import (
     INDEX_HEAD,
     INDEX_MAGIC,
@@ -34,30 +35,18 @@ from kexechibd.image.format import (
     Header,
     IndexEntry,
 )
-from kexechibd.image.meta import ImageMeta, ImageSummary
+from kexechibd.image.meta import ImageMeta, ImageState, ImageSummary
 from kexechibd.image.zeroscan import page_runs
 
 Buffer = bytes | memoryview
 
 
-def _write_all(out: BinaryIO, data: bytes | bytearray | memoryview) -> None:
-    """``write`` may be partial on a raw (unbuffered) file."""
-    mv = memoryview(data)
-    while mv:
-        n = out.write(mv)
-        if n is None:
-            raise BlockingIOError("image output would block")
-        mv = mv[n:]
+class _Phase(enum.Enum):
+    """Where a writer is: taking pages, done (the image is whole), or given up."""
 
-
-def fsync(f: BinaryIO) -> None:
-    """Flush and fsync ``f``; in-memory files (tests) have nothing to sync."""
-    f.flush()
-    try:
-        fd = f.fileno()
-    except (OSError, io.UnsupportedOperation):
-        return
-    os.fsync(fd)
+    OPEN = "open"
+    COMMITTED = "committed"
+    ABORTED = "aborted"
 
 
 class _Chunk:
@@ -164,16 +153,23 @@ class ImageWriter:
         self._last: tuple[int, bool] | None = None  # (end pfn, zero) of the last run
         self._runs = self._data_pages = self._zero_pages = 0
         self._consumed = 0
-        self._state = "open"
+        self._phase = _Phase.OPEN
         self._commit_hooks: list[Callable[[], None]] = []
         # Destroy whatever header was there before (a previous image on the
         # same device must not survive with our data under it).
         out.seek(0)
-        _write_all(out, bytes(self._data_offset))
+        write_all(out, bytes(self._data_offset))
         fsync(out)
         self._pos = self._data_offset
 
     # -- public -----------------------------------------------------------
+
+    def on_commit(self, hook: Callable[[], None]) -> None:
+        """Run ``hook`` once ``commit()`` has made the image whole and durable,
+        in the order added: how a store publishes it (a rename, a slot
+        record).  A hook's exception reaches ``commit``'s caller; the image
+        stays committed."""
+        self._commit_hooks.append(hook)
 
     @property
     def progress(self) -> tuple[int, int]:
@@ -240,12 +236,12 @@ class ImageWriter:
                 self._write_oldest()
             index = INDEX_HEAD.pack(INDEX_MAGIC, self._chunks) + self._index
             index_offset = self._pos
-            _write_all(self._out, index)
+            write_all(self._out, index)
             self._pos += len(index)
             fsync(self._out)
             header = Header(
                 self._meta_saved(),
-                "committed",
+                ImageState.COMMITTED,
                 self._c.ident,
                 self._c.level,
                 self._chunk_size,
@@ -261,10 +257,10 @@ class ImageWriter:
             encoded = format.encode_header(header)
             assert len(encoded) == self._header_size
             self._out.seek(0)
-            _write_all(self._out, encoded)
+            write_all(self._out, encoded)
             fsync(self._out)
             self._header = header
-            self._state = "committed"
+            self._phase = _Phase.COMMITTED
         except BaseException:
             self._fail()
             raise
@@ -277,7 +273,7 @@ class ImageWriter:
     def abort(self) -> None:
         """Stop and leave nothing that could pass as a valid image.  Does
         nothing once the image is committed."""
-        if self._state == "committed":
+        if self._phase is _Phase.COMMITTED:
             return
         self._fail()
 
@@ -290,7 +286,7 @@ class ImageWriter:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._state != "committed":
+        if self._phase is not _Phase.COMMITTED:
             self.abort()
 
     # -- cutting runs into chunks -----------------------------------------
@@ -378,8 +374,8 @@ class ImageWriter:
             payload_sha,
         )
         head_bytes = head.pack() + table
-        _write_all(self._out, head_bytes)
-        _write_all(self._out, payload)
+        write_all(self._out, head_bytes)
+        write_all(self._out, payload)
         entry = IndexEntry(
             self._pos,
             head.record_size,
@@ -402,8 +398,8 @@ class ImageWriter:
         return self._header.summary()
 
     def _check_open(self) -> None:
-        if self._state != "open":
-            raise ValueError(f"image writer is {self._state}")
+        if self._phase is not _Phase.OPEN:
+            raise ValueError(f"image writer is {self._phase.value}")
 
     def _shutdown(self) -> None:
         for _c, _t, fut in self._inflight:
@@ -415,11 +411,11 @@ class ImageWriter:
     def _fail(self) -> None:
         """Stop for good and zero the header region, best effort: the error
         that brought us here is the one the caller needs to see."""
-        self._state = "aborted"
+        self._phase = _Phase.ABORTED
         self._shutdown()
         try:
             self._out.seek(0)
-            _write_all(self._out, bytes(self._data_offset))
+            write_all(self._out, bytes(self._data_offset))
             fsync(self._out)
         except (OSError, ValueError):
             pass

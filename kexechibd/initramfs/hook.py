@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         said = add(Path(args[0]), Path(args[1]) if len(args) == 2 else None)
-    except (ConfigError, KexechibError, OSError, subprocess.CalledProcessError) as e:
+    except (ConfigError, KexechibError, ImageError, OSError, subprocess.CalledProcessError) as e:
         print(
             f"kexechibd: W: not added to the initramfs, which will resume nothing: {e}",
             file=sys.stderr,

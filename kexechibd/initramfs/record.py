@@ -38,16 +38,10 @@ from pathlib import Path
 from typing import Any
 
 from kexechibd import cpio
+from kexechibd.image.blockdev import device_name, device_size
 from kexechibd.image.blockstore import DeviceImageStore
-from kexechibd.image.extents import (
-    Extent,
-    ExtentImageStore,
-    FileExtents,
-    _device_size,
-    device_name,
-    is_prepared,
-    map_file,
-)
+from kexechibd.image.extents import Extent, FileExtents, map_file
+from kexechibd.image.extentstore import ExtentImageStore, is_prepared
 from kexechibd.image.meta import ImageError
 
 # In the initramfs (relative to its root, as initramfs-tools' $DESTDIR).
@@ -234,7 +228,7 @@ def make(location: Path, links_root: Path = DISK_LINKS) -> Record:
             os.major(st.st_rdev),
             os.minor(st.st_rdev),
             name,
-            _device_size(name),
+            device_size(name),
         )
     if not is_prepared(location):
         raise ImageError(

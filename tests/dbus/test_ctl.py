@@ -274,11 +274,11 @@ def offline(env, *args):
 @pytest.fixture
 def real_image(tmp_path):
     """An image written by the image library (no daemon, no engine)."""
-    from kexechibd.image import ImageStore
+    from kexechibd.image import open_store
     from tests.image_support import make_meta, page
 
     path = tmp_path / "image"
-    with ImageStore(path).writer(make_meta()) as writer:
+    with open_store(path).writer(make_meta()) as writer:
         writer.add(0x100000, page(1) + page(2))
         writer.add(0x200000, bytes(4096))
         writer.commit()
@@ -325,9 +325,9 @@ def test_image_verify_checks_every_chunk_and_names_a_bad_one(real_image, ctl_env
 def test_image_verify_of_an_intact_image_that_will_not_resume_exits_3(
     real_image, ctl_env, state, meaning
 ):
-    from kexechibd.image import ImageStore
+    from kexechibd.image import open_store
 
-    store = ImageStore(real_image)
+    store = open_store(real_image)
     if state == "consumed":
         store.mark_consumed()
     else:
@@ -385,8 +385,8 @@ def test_image_export_to_an_existing_file_says_so_and_leaves_it_alone(
     result = offline(ctl_env, "export", str(real_image), str(core))
     assert result.returncode == 1
     assert result.stderr.decode() == (
-        f"kexechibctl: {core} already exists; kexechibctl never overwrites a file (it may be "
-        "another image or core): remove it or name another\n"
+        f"kexechibctl: {core} exists; an export never replaces a file (it may be another "
+        "image or a core you still need): remove it or name another\n"
     )
     assert core.read_bytes() == b"someone's data"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["core", "image"]
@@ -429,9 +429,9 @@ def test_image_info_gives_the_creation_time_and_sizes_readably(real_image, ctl_e
 
 @pytest.mark.parametrize("state", ["consumed", "invalid"])
 def test_image_info_of_an_image_that_will_not_resume_exits_3(real_image, ctl_env, state):
-    from kexechibd.image import ImageStore
+    from kexechibd.image import open_store
 
-    store = ImageStore(real_image)
+    store = open_store(real_image)
     store.mark_consumed() if state == "consumed" else store.invalidate()
     result = offline(ctl_env, "info", str(real_image))
     assert result.returncode == exits.NOT_RESUMABLE, result.stderr

@@ -15,7 +15,7 @@ from dbus_next.signature import Variant
 from kexechibd.config import parse
 from kexechibd.cycle.engine import KexecEngine
 from kexechibd.daemon.main import engine_settings
-from kexechibd.image import ImageStore
+from kexechibd.image import open_store
 from kexechibd.model.bzimage import make_bzimage
 from tests.dbus.conftest import (
     CallError,
@@ -102,7 +102,7 @@ async def test_a_bad_compression_is_refused_in_a_before_anything_is_loaded(
 async def test_a_committed_image_of_another_boot_makes_the_daemon_a_restorer(
     system_bus, polkitd, kernel, settings, client
 ):
-    with ImageStore(settings.image.location).writer(make_meta(boot_id="an-earlier-boot")) as w:
+    with open_store(settings.image.location).writer(make_meta(boot_id="an-earlier-boot")) as w:
         w.add(0x100000, page(1))
         w.commit()
     engine = KexecEngine(engine_settings(settings), kernel)
@@ -228,7 +228,7 @@ async def test_the_bus_answers_while_a_real_resume_loads_the_image(real, held, s
     meta = make_meta(
         machine_id=here.machine_id, kernel_release=here.release, build_id=here.build_id
     )
-    with ImageStore(settings.image.location).writer(meta) as w:
+    with open_store(settings.image.location).writer(meta) as w:
         w.add(0x100000, page(1))
         w.commit()
     pending = asyncio.create_task(

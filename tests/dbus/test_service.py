@@ -17,6 +17,7 @@ from kexechibd.busapi import BUS_NAME, OBJECT_PATH
 from kexechibd.config import parse
 from kexechibd.engine import HibernateOptions, Mode
 from kexechibd.errors import BadImage, Failed, NotSupported
+from kexechibd.image import ImageError
 from kexechibd.kernel.abi import kexec_load_error, load_flags
 from tests.dbus.conftest import (
     CallError,
@@ -142,6 +143,11 @@ async def test_cancel_after_the_point_of_no_return_is_too_late(daemon, client):
             BadImage("cannot preallocate the image: no space"),
             "org.kexechib1.Error.BadImage",
             "no space",
+        ),
+        (  # the image library's own error, mapped at the daemon's edge
+            ImageError("no image at /var/lib/kexechib/image"),
+            "org.kexechib1.Error.BadImage",
+            "no image at",
         ),
         (
             kexec_load_error(errno.EPERM, load_flags(), 3),

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from kexechibd.image import ExtentImageStore, prepare_image_file
-from kexechibd.image.blockstore import SlotLayout
+from kexechibd.image.slots import SlotLayout
 from kexechibd.initramfs import record
 from kexechibd.initramfs.archive import Tree, add_programs
 from kexechibd.lab import lab_kernel

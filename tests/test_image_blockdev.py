@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from kexechibd.image import DeviceImageStore, ImageError
-from kexechibd.image import blockstore as bs
+from kexechibd.image import DeviceImageStore, ImageError, blockdev
 from tests.image_support import make_meta
 from tests.test_image_blockstore import Disk, make_disk, newest, save
 
@@ -163,9 +162,9 @@ def fake_sys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     block.mkdir(parents=True)
     (block / "7:0").symlink_to(dev)
     (block / "259:1").symlink_to(part)
-    monkeypatch.setattr(bs, "SYS_DEV_BLOCK", block)
-    monkeypatch.setattr(bs, "MOUNTINFO", tmp_path / "mountinfo")
-    monkeypatch.setattr(bs, "SWAPS", tmp_path / "swaps")
+    monkeypatch.setattr(blockdev, "SYS_DEV_BLOCK", block)
+    monkeypatch.setattr(blockdev, "MOUNTINFO", tmp_path / "mountinfo")
+    monkeypatch.setattr(blockdev, "SWAPS", tmp_path / "swaps")
     (tmp_path / "mountinfo").write_text(
         "22 27 0:21 / /proc rw,relatime - proc proc rw\n"
         "27 1 253:0 / / rw,relatime - ext4 /dev/vda1 rw\n"
@@ -180,18 +179,20 @@ def mount(fake: Path, majmin: str, where: str, source: str = "/dev/x") -> None:
 
 
 def test_a_free_device_is_not_in_use(fake_sys: Path) -> None:
-    assert bs.device_in_use(DISK) is None
-    assert bs.device_in_use(PART) is None
+    assert blockdev.device_in_use(DISK) is None
+    assert blockdev.device_in_use(PART) is None
 
 
 def test_a_disk_whose_partition_is_mounted_is_in_use(fake_sys: Path) -> None:
     mount(fake_sys, "259:1", "/srv/with\\040space")
-    assert bs.device_in_use(DISK) == "its partition loop0p1 is mounted at /srv/with space (ext4)"
+    assert (
+        blockdev.device_in_use(DISK) == "its partition loop0p1 is mounted at /srv/with space (ext4)"
+    )
 
 
 def test_a_partition_of_a_mounted_disk_is_in_use(fake_sys: Path) -> None:
     mount(fake_sys, "7:0", "/mnt")
-    assert bs.device_in_use(PART) == "its disk loop0 is mounted at /mnt (ext4)"
+    assert blockdev.device_in_use(PART) == "its disk loop0 is mounted at /mnt (ext4)"
 
 
 def test_a_device_mounted_under_an_anonymous_number_is_found_by_its_source(
@@ -200,7 +201,7 @@ def test_a_device_mounted_under_an_anonymous_number_is_found_by_its_source(
     node = fake_sys / "loop0p1"  # btrfs reports 0:NN; its source names the device
     os.mknod(node, stat.S_IFBLK | 0o600, PART)
     mount(fake_sys, "0:45", "/home", source=f"/dev/../{node}")
-    assert bs.device_in_use(DISK) == "its partition loop0p1 is mounted at /home (ext4)"
+    assert blockdev.device_in_use(DISK) == "its partition loop0p1 is mounted at /home (ext4)"
 
 
 def test_a_device_used_as_swap_is_in_use(fake_sys: Path) -> None:
@@ -208,13 +209,13 @@ def test_a_device_used_as_swap_is_in_use(fake_sys: Path) -> None:
     os.mknod(node, stat.S_IFBLK | 0o600, PART)
     with (fake_sys / "swaps").open("a") as f:
         f.write(f"{node}\tpartition\t1048572\t0\t-2\n")
-    assert bs.device_in_use(PART) == "it is active swap"
-    assert bs.device_in_use(DISK) == "its partition loop0p1 is active swap"
+    assert blockdev.device_in_use(PART) == "it is active swap"
+    assert blockdev.device_in_use(DISK) == "its partition loop0p1 is active swap"
 
 
 def test_a_device_held_by_device_mapper_is_in_use(fake_sys: Path) -> None:
     (fake_sys / "sys/devices/virtual/block/loop0/loop0p1/holders/dm-0").mkdir()
-    assert bs.device_in_use(DISK) == (
+    assert blockdev.device_in_use(DISK) == (
         "its partition loop0p1 is held by dm-0 (device-mapper, RAID or the like)"
     )
 
@@ -222,10 +223,10 @@ def test_a_device_held_by_device_mapper_is_in_use(fake_sys: Path) -> None:
 def test_without_sysfs_only_the_device_itself_is_checked(
     fake_sys: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(bs, "SYS_DEV_BLOCK", fake_sys / "absent")
+    monkeypatch.setattr(blockdev, "SYS_DEV_BLOCK", fake_sys / "absent")
     mount(fake_sys, "259:1", "/mnt")
-    assert bs.device_in_use(DISK) is None
-    assert bs.device_in_use(PART) == "it is mounted at /mnt (ext4)"
+    assert blockdev.device_in_use(DISK) is None
+    assert blockdev.device_in_use(PART) == "it is mounted at /mnt (ext4)"
 
 
 def test_a_regular_file_is_a_device_only_when_allowed(tmp_path: Path) -> None:
