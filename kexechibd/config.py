@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import TypeVar
 
 from kexechibd import cmdline
-from kexechibd.engine import COMPRESSIONS, Mode
 from kexechibd.errors import ConfigError
 from kexechibd.kernel.abi import PAGE_SIZE
+from kexechibd.operation import COMPRESSIONS, Mode
 
 DEFAULT_PATH = Path("/etc/kexechibd.conf")
 

@@ -11,7 +11,7 @@ import pytest
 from kexechibd import config
 from kexechibd.config import Config, ConfigError, MemoryWindow, parse, parse_size
 from kexechibd.daemon.main import engine_settings, parse_args
-from kexechibd.engine import Mode
+from kexechibd.operation import Mode
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "systemd" / "kexechibd.conf.example"
 SETTING_LINE = re.compile(r"^#(\w+) = ?(.*)$")

@@ -15,10 +15,10 @@ import pytest
 
 from kexechibd import cpio
 from kexechibd.cycle.engine import EngineSettings, KexecEngine
-from kexechibd.engine import CancelToken, ResumeOptions
 from kexechibd.errors import NotSupported
 from kexechibd.initramfs import record
 from kexechibd.kernel.api import KernelIdentity
+from kexechibd.operation import CancelToken, ResumeOptions
 from tests.test_image_extent_store import Mounted, ext4, prepared  # noqa: F401 (fixtures)
 
 RELEASE = "6.1.0-test"

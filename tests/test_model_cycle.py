@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from kexechibd.cycle.engine import EngineSettings, KexecEngine
-from kexechibd.engine import CancelToken, HibernateOptions, Mode, ResumeOptions, Role, State
 from kexechibd.errors import NotSupported
 from kexechibd.image import ImageStore
 from kexechibd.kernel.api import KernelGone
@@ -20,6 +19,7 @@ from kexechibd.model.bzimage import make_bzimage
 from kexechibd.model.kernel import ModelKernel
 from kexechibd.model.machine import Machine
 from kexechibd.model.workload import count_runs, populate
+from kexechibd.operation import CancelToken, HibernateOptions, Mode, ResumeOptions, Role, State
 from tests.model_cycle import owned_by_image, ram_digest
 
 MIB = 1 << 20

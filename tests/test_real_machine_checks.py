@@ -21,8 +21,8 @@ import pytest
 
 from kexechibd import mounts
 from kexechibd.cycle.engine import EngineSettings, KexecEngine
-from kexechibd.engine import CancelToken, ResumeOptions, Role, State
 from kexechibd.errors import BadImage, NotSupported
+from kexechibd.operation import CancelToken, ResumeOptions, Role, State
 from tests.test_mounts import EARLY, LATER
 
 

@@ -22,7 +22,7 @@ from kexechibd import __version__
 from kexechibd.ctl import logind, offline, saver
 from kexechibd.ctl.client import DaemonError, ManagerClient
 from kexechibd.ctl.progress import display_for
-from kexechibd.engine import COMPRESSIONS, Mode
+from kexechibd.operation import COMPRESSIONS, Mode
 
 EXIT_OK = 0
 EXIT_FAILURE = 1

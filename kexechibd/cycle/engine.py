@@ -24,15 +24,6 @@ from kexechibd.cycle.params import SaveParams
 from kexechibd.cycle.prepare import SaverFiles, SaverLoad, load_saver, plan_saver_load
 from kexechibd.cycle.saver import save_image, saver_params
 from kexechibd.cycle.window import Window, choose_window
-from kexechibd.engine import (
-    CancelToken,
-    HibernateOptions,
-    Mode,
-    Observer,
-    ResumeOptions,
-    Role,
-    State,
-)
 from kexechibd.errors import BadImage, Failed, KernelRefused, KexechibError, NoPeer, NotSupported
 from kexechibd.image import (
     DeviceImageStore,
@@ -45,6 +36,15 @@ from kexechibd.image.extents import size_for
 from kexechibd.initramfs import record
 from kexechibd.kernel import abi
 from kexechibd.kernel.api import Kernel, MemoryKind, SupportReport
+from kexechibd.operation import (
+    CancelToken,
+    HibernateOptions,
+    Mode,
+    Observer,
+    ResumeOptions,
+    Role,
+    State,
+)
 from kexechibd.purgatory import default_purgatory_path
 
 log = logging.getLogger("kexechibd.engine")

@@ -33,9 +33,9 @@ from kexechibd.daemon.manager import Manager
 from kexechibd.daemon.notify import Notifier, StatusListener, status_text
 from kexechibd.daemon.roles import ImageState, ImageVerdict, detect_role
 from kexechibd.daemon.service import BUS_NAME, ManagerService, hibernate_defaults
-from kexechibd.engine import Engine, ResumeOptions, Role
 from kexechibd.errors import ConfigError, KexechibError
 from kexechibd.kernel.abi import KernelError
+from kexechibd.operation import Engine, ResumeOptions, Role
 
 if TYPE_CHECKING:
     from kexechibd.cycle.engine import EngineSettings
@@ -109,7 +109,7 @@ def open_runtime(
     # Imported here: the engine and the backends are heavy, and the D-Bus
     # shell is tested (and kexechibctl works) without them.
     from kexechibd.cycle.engine import KexecEngine
-    from kexechibd.kernel import open_kernel
+    from kexechibd.daemon.backend import open_kernel
 
     kernel = open_kernel(config)
     problems = None

@@ -26,15 +26,6 @@ from pathlib import Path
 from typing import NoReturn, Protocol
 
 from kexechibd.daemon.roles import RoleDecision
-from kexechibd.engine import (
-    CancelToken,
-    Engine,
-    HibernateOptions,
-    Mode,
-    ResumeOptions,
-    Role,
-    State,
-)
 from kexechibd.errors import (
     Busy,
     Cancelled,
@@ -48,6 +39,15 @@ from kexechibd.errors import (
 )
 from kexechibd.kernel.abi import KernelError
 from kexechibd.kernel.api import KernelGone, SupportReport
+from kexechibd.operation import (
+    CancelToken,
+    Engine,
+    HibernateOptions,
+    Mode,
+    ResumeOptions,
+    Role,
+    State,
+)
 
 log = logging.getLogger("kexechibd.manager")
 

@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from kexechibd import cmdline
-from kexechibd.engine import Role
+from kexechibd.operation import Role
 
 
 class ImageVerdict(enum.Enum):

@@ -37,8 +37,8 @@ from dbus_next.signature import Variant
 from kexechibd.config import Config
 from kexechibd.daemon.auth import Action, Authorizer, Caller, Verdict, denial
 from kexechibd.daemon.manager import PROPERTY_SIGNATURES, Manager, as_daemon_error
-from kexechibd.engine import HibernateOptions, ResumeOptions
 from kexechibd.errors import InvalidOption, KexechibError
+from kexechibd.operation import HibernateOptions, ResumeOptions
 
 log = logging.getLogger("kexechibd.service")
 

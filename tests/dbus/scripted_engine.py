@@ -21,7 +21,9 @@ import asyncio
 import threading
 from pathlib import Path
 
-from kexechibd.engine import (
+from kexechibd.errors import BadImage, NoPeer
+from kexechibd.kernel.api import SupportReport
+from kexechibd.operation import (
     CancelToken,
     HibernateOptions,
     Observer,
@@ -29,8 +31,6 @@ from kexechibd.engine import (
     Role,
     State,
 )
-from kexechibd.errors import BadImage, NoPeer
-from kexechibd.kernel.api import SupportReport
 
 SUPPORTED = SupportReport(
     backend="model",

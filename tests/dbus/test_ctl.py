@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from kexechibd.ctl.progress import Bar, Lines, display_for
-from kexechibd.engine import HibernateOptions, Mode
 from kexechibd.errors import BadImage
+from kexechibd.operation import HibernateOptions, Mode
 from tests.dbus.conftest import (
     SYSTEM_PYTHON,
     CallError,

@@ -14,15 +14,6 @@ import pytest
 
 from kexechibd.daemon.manager import Manager
 from kexechibd.daemon.roles import RoleDecision
-from kexechibd.engine import (
-    CancelToken,
-    HibernateOptions,
-    Mode,
-    Observer,
-    ResumeOptions,
-    Role,
-    State,
-)
 from kexechibd.errors import (
     Busy,
     Cancelled,
@@ -34,6 +25,15 @@ from kexechibd.errors import (
     TooLate,
 )
 from kexechibd.kernel.abi import reboot_error
+from kexechibd.operation import (
+    CancelToken,
+    HibernateOptions,
+    Mode,
+    Observer,
+    ResumeOptions,
+    Role,
+    State,
+)
 from tests.dbus.conftest import wait_thread_event
 from tests.dbus.scripted_engine import SUPPORTED, make_image
 

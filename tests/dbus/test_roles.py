@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from kexechibd.daemon.roles import ImageState, ImageVerdict, detect_role
-from kexechibd.engine import Role
+from kexechibd.operation import Role
 
 NONE = ImageState(ImageVerdict.ABSENT)
 THIS_BOOT = "0b5c3f52-this-boot"

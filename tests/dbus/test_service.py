@@ -15,9 +15,9 @@ from dbus_next.signature import Variant
 
 from kexechibd.config import parse
 from kexechibd.daemon.service import BUS_NAME, OBJECT_PATH
-from kexechibd.engine import HibernateOptions, Mode
 from kexechibd.errors import BadImage, Failed, NotSupported
 from kexechibd.kernel.abi import kexec_load_error, load_flags
+from kexechibd.operation import HibernateOptions, Mode
 from tests.dbus.conftest import (
     CallError,
     call,

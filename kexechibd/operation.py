@@ -1,4 +1,4 @@
-"""The daemon's core, as the D-Bus shell sees it.
+"""The contract between the daemon and the engine (what one operation is).
 
 The shell (``kexechibd.daemon``) owns the bus, authorization, the one-operation-
 at-a-time rule and the properties; an ``Engine`` does the work (prepare, jump,
