@@ -62,8 +62,6 @@ def settings(tmp_path: Path) -> EngineSettings:
     kernel.write_bytes(make_bzimage(kernel_size=128 << 10, init_size=1 * MIB))
     return EngineSettings(
         image_location=tmp_path / "image",
-        compression="zstd",
-        level=1,
         chunk_size=1 * MIB,
         saver_kernel=kernel,
         saver_initrd=None,
@@ -113,7 +111,8 @@ async def boot_c_and_resume(machine: Machine, config: EngineSettings, image: Pat
     machine.power_on()
     c = ModelKernel(machine)
     engine = KexecEngine(config, c)
-    assert engine.role is Role.ORIGIN
+    # As the daemon would decide: the image of an earlier boot awaits.
+    assert engine.role is Role.RESTORER
     await engine.resume(image, ResumeOptions(), Recorder(), CancelToken())
 
 

@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn, Protocol
 
-from kexechibd.daemon.roles import RoleDecision
 from kexechibd.errors import (
     Busy,
     Cancelled,
@@ -43,10 +42,13 @@ from kexechibd.operation import (
     CancelToken,
     Engine,
     HibernateOptions,
+    ImageReport,
     Mode,
     ResumeOptions,
     Role,
+    RoleDecision,
     State,
+    hibernate_refusal,
 )
 
 log = logging.getLogger("kexechibd.manager")
@@ -230,7 +232,7 @@ class Manager:
                 hook(reason)
             except Exception:
                 log.exception("telling whether hibernation is available failed")
-        if checkpoint and report is not None and report.can_jump and report.kexec_jump:
+        if checkpoint and report is not None and not hibernate_refusal(report, Mode.CHECKPOINT):
             return ""
         return reason
 
@@ -252,8 +254,9 @@ class Manager:
             if problems:
                 return "; ".join(problems), None
         report = await self.refresh_support()
-        if not report.can_hibernate:
-            return f"{report.summary}; see `kexechibctl status`", report
+        refusal = hibernate_refusal(report, Mode.POWEROFF)
+        if refusal:
+            return f"{refusal}; see `kexechibctl status`", report
         problem = await asyncio.to_thread(self._engine.location_problem)
         return problem, report
 
@@ -310,7 +313,7 @@ class Manager:
             lambda observer, token: self._engine.jump_back(observer),
         )
 
-    async def inspect(self, image: Path) -> dict[str, object]:
+    async def inspect(self, image: Path) -> ImageReport:
         """Metadata and verdict of ``image``; not an operation, so it also
         answers while one runs."""
         return await asyncio.to_thread(self._engine.inspect, image)

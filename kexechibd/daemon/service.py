@@ -36,6 +36,7 @@ from dbus_next.signature import Variant
 
 from kexechibd.config import Config
 from kexechibd.daemon.auth import Action, Authorizer, Caller, Verdict, denial
+from kexechibd.daemon.inspect import report_fields
 from kexechibd.daemon.manager import PROPERTY_SIGNATURES, Manager, as_daemon_error
 from kexechibd.errors import InvalidOption, KexechibError
 from kexechibd.operation import HibernateOptions, ResumeOptions
@@ -376,5 +377,5 @@ class ManagerService:
         if not self._is_configured_image(args[0]):
             await self._authorize(caller, Action.INSPECT, {"image": args[0]})
         image = self._image_path(args[0])
-        info = await self._manager.inspect(image)
-        return [to_vardict(info)]
+        report = await self._manager.inspect(image)
+        return [to_vardict(report_fields(report))]

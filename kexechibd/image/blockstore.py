@@ -679,6 +679,12 @@ class DeviceImageStore(ImageStore):
         with self._device(write=False) as dev:
             return dev.layout.capacity
 
+    def pin_for_saver(self) -> tuple[int, FileExtents | None]:
+        """What kernel A asks before it hands this location to B (the
+        engine's ``SlotLocation``): one slot's capacity, and the block map B
+        writes by (a partition: none, B opens it by name)."""
+        return self.capacity, None
+
     def exists(self) -> bool:
         """Whether a slot holds a published image (in any state); a device that
         is absent has none, one that is refused raises ``ImageError``."""

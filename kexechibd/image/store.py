@@ -142,6 +142,12 @@ class ImageStore:
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
 
+    @property
+    def through_filesystem(self) -> bool:
+        """Whether this store found a prepared file through its mounted
+        filesystem: a real C must not resume from there (DESIGN §6.4)."""
+        return False
+
     # The interface; ``ImageStore(path)`` never returns this class itself, so
     # these are not abstract (mypy would refuse ``ImageStore(path)`` if they were).
 

@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 from kexechibd.daemon.manager import Manager
-from kexechibd.daemon.roles import RoleDecision
 from kexechibd.errors import (
     Busy,
     Cancelled,
@@ -32,6 +31,7 @@ from kexechibd.operation import (
     Observer,
     ResumeOptions,
     Role,
+    RoleDecision,
     State,
 )
 from tests.dbus.conftest import wait_thread_event
