@@ -64,7 +64,10 @@ def hibernate_refusal(report: SupportReport, mode: Mode) -> str:
     power off also needs staged loads (C streams the image in with them)."""
     if mode is Mode.CHECKPOINT and report.can_jump and report.kexec_jump is True:
         return ""
-    return "" if report.can_hibernate else report.summary
+    if report.can_hibernate:
+        return ""
+    # Never '' when refused: kexec jump may be unknown with nothing missing.
+    return report.summary or "whether this kernel has kexec jump (CONFIG_KEXEC_JUMP) is unknown"
 
 
 COMPRESSIONS = ("zstd", "lz4", "none")

@@ -8,7 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from kexechibd.operation import ImageDetails, ImageReport, Role
+from kexechibd.cycle.engine import EngineSettings, KexecEngine
+from kexechibd.errors import NotSupported
+from kexechibd.kernel.api import KernelIdentity
+from kexechibd.operation import CancelToken, HibernateOptions, ImageDetails, ImageReport, Role
 from kexechibd.role import ImageFinding, ImageVerdict, detect_role, image_at
 from tests.dbus.scripted_engine import scripted_details
 
@@ -110,3 +113,46 @@ def test_no_file_at_the_location_is_no_image_without_asking_the_engine(tmp_path:
     # Reached by block address (Debian's initramfs): the path need not exist.
     assert image_at(tmp_path / "none", inspect, by_block_address=True).damaged
     assert asked == [tmp_path / "none"]
+
+
+class CmdlineOnly:
+    """A stand-in kernel (the engine must decide before touching anything
+    else): its command line and identity, nothing more."""
+
+    backend = "model"
+
+    def __init__(self, line: str) -> None:
+        self.line = line
+
+    def cmdline(self) -> str:
+        return self.line
+
+    def identity(self) -> KernelIdentity:
+        return KernelIdentity("6.1.0", "ab", THIS_BOOT, "m")
+
+
+@pytest.mark.parametrize("line", [f"{SAVE} {ENTRY}", SAVE, "ro quiet", "kexec_jump_back_entry=0x1"])
+def test_an_engine_alone_decides_as_the_daemon_does(line: str, tmp_path: Path) -> None:
+    settings = EngineSettings(
+        image_location=tmp_path / "image",
+        chunk_size=1 << 20,
+        saver_kernel=tmp_path / "vmlinuz",
+        saver_initrd=None,
+        saver_cmdline="",
+        window_start=256 << 20,
+        window_size=64 << 20,
+        low_memory=True,
+    )
+    engine = KexecEngine(settings, CmdlineOnly(line))  # type: ignore[arg-type]
+    assert engine.decision == detect_role(line, NONE, THIS_BOOT)
+
+
+async def test_a_saver_without_a_re_entry_point_neither_hibernates_nor_saves(
+    tmp_path: Path,
+) -> None:
+    decision = detect_role(SAVE, NONE, THIS_BOOT)
+    engine = KexecEngine(None, CmdlineOnly(SAVE), role=decision)  # type: ignore[arg-type]
+    with pytest.raises(NotSupported, match="this is kernel saver"):
+        await engine.hibernate(HibernateOptions(), None, CancelToken())  # type: ignore[arg-type]
+    with pytest.raises(NotSupported, match="kexec_jump_back_entry= is missing"):
+        await engine.save(None, CancelToken())  # type: ignore[arg-type]
