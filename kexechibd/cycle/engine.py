@@ -15,7 +15,6 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, runtime_checkable
 
 from kexechibd import mounts
 from kexechibd.cycle import kexec_ops
@@ -71,18 +70,6 @@ class EngineSettings:
     # Where the next boot's initramfs is, whose resume record Hibernate
     # checks ({release}: this kernel's); None: not checked.
     next_initramfs: str | None = None
-
-
-@runtime_checkable
-class SlotLocation(Protocol):
-    """What A asks of the store at the image location before it hands it to
-    B: a store B writes by block address (a partition, a prepared file) has
-    this; a plain file, which B can write only through a filesystem, has not."""
-
-    def pin_for_saver(self) -> tuple[int, FileExtents | None]:
-        """One slot's capacity, and for a prepared file the map of its blocks
-        B writes by (made now, checked writable); raises ``ImageError``."""
-        ...
 
 
 def _refused(exc: abi.KernelError) -> KernelRefused:
@@ -214,13 +201,11 @@ class KexecEngine:
         file, returns the map of its blocks that B writes by: made now, as
         late as it can be, since A is frozen from the jump on and nothing
         can move them before B writes."""
-        store = ImageStore(location)
-        capacity, mapped = None, None
-        if isinstance(store, SlotLocation):
-            try:
-                capacity, mapped = store.pin_for_saver()
-            except ImageError as exc:
-                raise NotSupported(f"the image location cannot be used: {exc}") from None
+        try:
+            slot = ImageStore(location).pin_for_saver()
+        except ImageError as exc:
+            raise NotSupported(f"the image location cannot be used: {exc}") from None
+        capacity, mapped = slot if slot is not None else (None, None)
         refusal = location_refusal(
             location,
             worst_case(facts.memory_map, window),

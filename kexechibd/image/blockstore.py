@@ -679,10 +679,8 @@ class DeviceImageStore(ImageStore):
         with self._device(write=False) as dev:
             return dev.layout.capacity
 
-    def pin_for_saver(self) -> tuple[int, FileExtents | None]:
-        """What kernel A asks before it hands this location to B (the
-        engine's ``SlotLocation``): one slot's capacity, and the block map B
-        writes by (a partition: none, B opens it by name)."""
+    def pin_for_saver(self) -> tuple[int, FileExtents | None] | None:
+        """One slot's capacity; no block map (B opens a partition by name)."""
         return self.capacity, None
 
     def exists(self) -> bool:

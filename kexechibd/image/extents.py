@@ -557,7 +557,7 @@ class ExtentImageStore(DeviceImageStore):
         with self._device(write=True):
             pass
 
-    def pin_for_saver(self) -> tuple[int, FileExtents | None]:
+    def pin_for_saver(self) -> tuple[int, FileExtents | None] | None:
         """The map of the file's blocks B writes by, made now (as late as it
         can be: A is frozen from the jump on, so nothing moves them before B
         writes), checked writable, with one slot's capacity."""

@@ -20,12 +20,15 @@ import os
 import stat
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from kexechibd.image import format
 from kexechibd.image.meta import ImageError, ImageMeta
 from kexechibd.image.reader import ImageReader
 from kexechibd.image.writer import ImageWriter, fsync
+
+if TYPE_CHECKING:
+    from kexechibd.image.extents import FileExtents
 
 _OPEN_FLAGS = os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -142,11 +145,22 @@ class ImageStore:
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
 
+    # What kernel A asks before it hands the location to B, and C before it
+    # resumes (kexechibd.cycle.engine):
+
     @property
     def through_filesystem(self) -> bool:
         """Whether this store found a prepared file through its mounted
         filesystem: a real C must not resume from there (DESIGN §6.4)."""
         return False
+
+    def pin_for_saver(self) -> tuple[int, FileExtents | None] | None:
+        """For a location B writes by block address (a partition, a prepared
+        file): one slot's capacity, and for a prepared file the map of its
+        blocks B writes by, made now and checked writable (raises
+        ``ImageError``).  None: a plain file, which B could write only
+        through a filesystem."""
+        return None
 
     # The interface; ``ImageStore(path)`` never returns this class itself, so
     # these are not abstract (mypy would refuse ``ImageStore(path)`` if they were).
