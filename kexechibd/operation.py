@@ -1,10 +1,12 @@
-"""The contract between the daemon and the engine (what one operation is).
+"""The contract between the daemon and the engine: what an operation is
+(its options, states, cancel token, observer), the role it runs in, what
+``Inspect`` reports, the one support rule, and the ``Engine`` protocol.
 
 The shell (``kexechibd.daemon``) owns the bus, authorization, the one-operation-
-at-a-time rule and the properties; an ``Engine`` does the work (prepare, jump,
-save, resume) through a ``Kernel``.  Long work runs in worker threads; the
-engine reports through an ``Observer`` whose methods may be called from any
-thread.
+at-a-time rule and the properties; an ``Engine`` (``kexechibd.cycle.engine``)
+does the work (prepare, jump, save, resume) through a ``Kernel``.  Long work
+runs in worker threads; the engine reports through an ``Observer`` whose
+methods may be called from any thread.
 """
 
 from __future__ import annotations
