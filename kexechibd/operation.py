@@ -250,9 +250,16 @@ class Engine(Protocol):
         ...
 
     async def hibernate(
-        self, options: HibernateOptions, observer: Observer, cancel: CancelToken
+        self,
+        options: HibernateOptions,
+        observer: Observer,
+        cancel: CancelToken,
+        *,
+        support: SupportReport | None = None,
     ) -> None:
-        """Full cycle from A; returns after A has resumed (or jumped back)."""
+        """Full cycle from A; returns after A has resumed (or jumped back).
+        ``support``: the report the caller's check has just read (a kernel
+        is asked once per Hibernate); None: the engine reads it."""
         ...
 
     async def resume(

@@ -140,13 +140,18 @@ class KexecEngine:
     # ------------------------------------------------------------ A: hibernate
 
     async def hibernate(
-        self, options: HibernateOptions, observer: Observer, cancel: CancelToken
+        self,
+        options: HibernateOptions,
+        observer: Observer,
+        cancel: CancelToken,
+        *,
+        support: SupportReport | None = None,
     ) -> None:
         if self.role is not Role.ORIGIN:
             raise NotSupported(
                 f"Hibernate is for the running system; this is kernel {self.role.value}"
             )
-        facts = await asyncio.to_thread(KernelFacts.read, self.kernel)
+        facts = await asyncio.to_thread(KernelFacts.read, self.kernel, support)
         refusal = hibernate_refusal(facts.support, options.mode)
         if refusal:
             raise NotSupported(f"this kernel cannot hibernate with kexechibd: {refusal}")

@@ -22,11 +22,13 @@ class KernelFacts:
     support: SupportReport
 
     @classmethod
-    def read(cls, kernel: Kernel) -> KernelFacts:
+    def read(cls, kernel: Kernel, support: SupportReport | None = None) -> KernelFacts:
+        """``support``: a report the caller read just before (the daemon's
+        check that the operation may start), taken as it is."""
         return cls(
             memory_map=tuple(kernel.memory_map()),
             vmcoreinfo=kernel.vmcoreinfo(),
             acpi_rsdp=kernel.acpi_rsdp(),
             identity=kernel.identity(),
-            support=kernel.probe(),
+            support=kernel.probe() if support is None else support,
         )

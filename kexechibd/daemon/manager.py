@@ -277,11 +277,16 @@ class Manager:
         reason = await self.hibernate_unavailable(checkpoint=options.mode is Mode.CHECKPOINT)
         if reason:
             raise NotSupported(f"cannot hibernate: {reason}")
+        # The check above just read what the kernel supports: the engine
+        # plans from that report rather than asking the kernel again.
+        support = self._support
         await self._run(
             "hibernate",
             owner,
             State.PREPARING,
-            lambda observer, token: self._engine.hibernate(options, observer, token),
+            lambda observer, token: self._engine.hibernate(
+                options, observer, token, support=support
+            ),
         )
 
     async def resume(self, image: Path, options: ResumeOptions, *, owner: str = "") -> None:

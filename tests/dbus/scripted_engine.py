@@ -137,7 +137,12 @@ class ScriptedEngine:
         return self.location_trouble
 
     async def hibernate(
-        self, options: HibernateOptions, observer: Observer, cancel: CancelToken
+        self,
+        options: HibernateOptions,
+        observer: Observer,
+        cancel: CancelToken,
+        *,
+        support: SupportReport | None = None,
     ) -> None:
         self.calls.append(("hibernate", options))
         await self._work(observer, cancel, (State.PREPARING, State.LOADING))
