@@ -130,7 +130,7 @@ async def test_reports_after_an_operation_ended_are_dropped(origin, engine):
     manager, recorder = origin
     kept: list[Observer] = []
 
-    async def hibernate(options, observer, cancel):
+    async def hibernate(options, observer, cancel, *, support=None):
         kept.append(observer)
 
     engine.hibernate = hibernate
@@ -281,7 +281,7 @@ async def test_the_cancel_token_is_fresh_for_every_operation(origin, engine):
     tokens: list[CancelToken] = []
     original = engine.hibernate
 
-    async def hibernate(options, observer, cancel):
+    async def hibernate(options, observer, cancel, *, support=None):
         tokens.append(cancel)
         await original(options, observer, cancel)
 
