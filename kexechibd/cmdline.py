@@ -82,10 +82,6 @@ def jump_back_entry(cmdline: str) -> int | None:
         raise CmdlineError(f"{JUMP_BACK_ENTRY}={text!r} is not a hex address") from None
 
 
-def is_save_role(cmdline: str) -> bool:
-    return value(cmdline, ROLE_PARAMETER) == ROLE_SAVE and jump_back_entry(cmdline) is not None
-
-
 @dataclass(frozen=True)
 class ElfCoreHeaderParam:
     addr: int

@@ -18,9 +18,9 @@ from typing import TypeVar
 
 from kexechibd import cmdline
 from kexechibd import compression as policy
-from kexechibd.engine import Mode
 from kexechibd.errors import ConfigError
 from kexechibd.kernel.abi import PAGE_SIZE
+from kexechibd.operation import Mode
 
 DEFAULT_PATH = Path("/etc/kexechibd.conf")
 

@@ -32,8 +32,7 @@ def test_reserved_memmap_punches_a_hole() -> None:
 def test_jump_back_entry_and_role_are_read() -> None:
     text = "console=ttyS0 kexechib.role=save kexec_jump_back_entry=0x1a2b000"
     assert cmdline.jump_back_entry(text) == 0x1A2B000
-    assert cmdline.is_save_role(text)
-    assert not cmdline.is_save_role("kexechib.role=save")
+    assert cmdline.value(text, cmdline.ROLE_PARAMETER) == cmdline.ROLE_SAVE
 
 
 def test_elfcorehdr_forms() -> None:

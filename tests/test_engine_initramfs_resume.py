@@ -15,10 +15,10 @@ import pytest
 
 from kexechibd import cpio
 from kexechibd.cycle.engine import EngineSettings, KexecEngine
-from kexechibd.engine import CancelToken, ResumeOptions
 from kexechibd.errors import NotSupported
 from kexechibd.initramfs import record
 from kexechibd.kernel.api import KernelIdentity
+from kexechibd.operation import CancelToken, ResumeOptions
 from tests.test_image_extent_store import Mounted, ext4, prepared  # noqa: F401 (fixtures)
 
 RELEASE = "6.1.0-test"
@@ -37,8 +37,6 @@ class LinuxStandIn:
 def engine(location: Path, next_initramfs: str | None = None) -> KexecEngine:
     settings = EngineSettings(
         image_location=location,
-        compression="zstd",
-        level=3,
         chunk_size=1 << 20,
         saver_kernel=Path("/nonexistent"),
         saver_initrd=None,
@@ -79,7 +77,7 @@ def test_hibernate_refuses_when_the_next_initramfs_has_no_record(
 ) -> None:
     pattern = initramfs(tmp_path, {"init": b"#!/bin/sh\n"})
     with pytest.raises(NotSupported, match=r"has no kexechib resume record.*update-initramfs -u"):
-        engine(prepared, pattern)._check_next_boot(prepared)
+        engine(prepared, pattern)._check_next_boot(prepared, RELEASE)
 
 
 def test_hibernate_refuses_a_file_recreated_since_the_initramfs_recorded_it(
@@ -90,7 +88,7 @@ def test_hibernate_refuses_a_file_recreated_since_the_initramfs_recorded_it(
     stale = record.Record(**{**old.__dict__, "inode": old.inode + 1})
     pattern = initramfs(tmp_path, {record.PATH: stale.to_json()})
     with pytest.raises(NotSupported, match="was recreated since"):
-        engine(prepared, pattern)._check_next_boot(prepared)
+        engine(prepared, pattern)._check_next_boot(prepared, RELEASE)
 
 
 def test_hibernate_accepts_the_image_the_next_initramfs_records(
@@ -98,7 +96,7 @@ def test_hibernate_accepts_the_image_the_next_initramfs_records(
     prepared: Path,  # noqa: F811
 ) -> None:
     pattern = initramfs(tmp_path, {record.PATH: record.make(prepared).to_json()})
-    engine(prepared, pattern)._check_next_boot(prepared)
+    engine(prepared, pattern)._check_next_boot(prepared, RELEASE)
 
 
 def test_without_an_initramfs_file_the_next_boot_is_not_checked(
@@ -106,4 +104,4 @@ def test_without_an_initramfs_file_the_next_boot_is_not_checked(
     prepared: Path,  # noqa: F811
 ) -> None:
     # The lab boots its kernels with QEMU's -kernel/-initrd: nothing in /boot.
-    engine(prepared, str(tmp_path / "absent-{release}"))._check_next_boot(prepared)
+    engine(prepared, str(tmp_path / "absent-{release}"))._check_next_boot(prepared, RELEASE)

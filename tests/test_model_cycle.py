@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from kexechibd.cycle.engine import EngineSettings, KexecEngine
-from kexechibd.engine import CancelToken, HibernateOptions, Mode, ResumeOptions, Role, State
 from kexechibd.errors import NotSupported
 from kexechibd.image import open_store
 from kexechibd.kernel.api import KernelGone
@@ -20,6 +19,7 @@ from kexechibd.model.bzimage import make_bzimage
 from kexechibd.model.kernel import ModelKernel
 from kexechibd.model.machine import Machine
 from kexechibd.model.workload import count_runs, populate
+from kexechibd.operation import CancelToken, HibernateOptions, Mode, ResumeOptions, Role, State
 from tests.model_cycle import owned_by_image, ram_digest
 
 MIB = 1 << 20
@@ -62,8 +62,6 @@ def settings(tmp_path: Path) -> EngineSettings:
     kernel.write_bytes(make_bzimage(kernel_size=128 << 10, init_size=1 * MIB))
     return EngineSettings(
         image_location=tmp_path / "image",
-        compression="zstd",
-        level=1,
         chunk_size=1 * MIB,
         saver_kernel=kernel,
         saver_initrd=None,
@@ -113,7 +111,8 @@ async def boot_c_and_resume(machine: Machine, config: EngineSettings, image: Pat
     machine.power_on()
     c = ModelKernel(machine)
     engine = KexecEngine(config, c)
-    assert engine.role is Role.ORIGIN
+    # As the daemon would decide: the image of an earlier boot awaits.
+    assert engine.role is Role.RESTORER
     await engine.resume(image, ResumeOptions(), Recorder(), CancelToken())
 
 

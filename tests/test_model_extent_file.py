@@ -17,13 +17,13 @@ import pytest
 
 from kexechibd.cycle.engine import EngineSettings, KexecEngine
 from kexechibd.cycle.params import SaveParams
-from kexechibd.engine import CancelToken, HibernateOptions, ResumeOptions, Role
 from kexechibd.errors import NotSupported
 from kexechibd.image import open_store, prepare_image_file
 from kexechibd.image.extents import map_file
 from kexechibd.kernel.api import KernelGone
 from kexechibd.model.machine import Machine
 from kexechibd.model.workload import populate
+from kexechibd.operation import CancelToken, HibernateOptions, ResumeOptions, Role
 from tests.model_cycle import ram_digest
 from tests.test_image_extent_store import Mounted, filesystem, run
 from tests.test_model_cycle import Recorder, settings

@@ -19,13 +19,13 @@ import pytest
 
 from kexechibd.cycle.engine import EngineSettings, KexecEngine
 from kexechibd.cycle.params import PARAMS_FILE
-from kexechibd.engine import CancelToken, HibernateOptions, ResumeOptions, Role, State
 from kexechibd.errors import Cancelled, Failed, NotSupported
 from kexechibd.image import open_store
 from kexechibd.kernel import abi
 from kexechibd.model.kernel import ModelKernel
 from kexechibd.model.machine import Machine
 from kexechibd.model.workload import populate
+from kexechibd.operation import CancelToken, HibernateOptions, ResumeOptions, Role, State
 from tests.model_cycle import ram_digest
 from tests.test_model_cycle import Recorder, boot_b_and_save, settings
 

@@ -14,6 +14,8 @@ from kexechibd.kernel import abi
 from kexechibd.model.kernel import ModelKernel
 from kexechibd.model.machine import Machine
 from kexechibd.model.workload import populate
+from kexechibd.operation import Role
+from kexechibd.role import ImageFinding, ImageVerdict, detect_role
 from tests.model_cycle import (
     WINDOW_SIZE,
     WINDOW_START,
@@ -23,6 +25,8 @@ from tests.model_cycle import (
     ram_digest,
     wait_for_kernel,
 )
+
+NO_IMAGE = ImageFinding(ImageVerdict.ABSENT)
 
 
 def test_round_trips_keep_both_kernels_memory(machine: Machine, kernel: ModelKernel) -> None:
@@ -36,7 +40,8 @@ def test_round_trips_keep_both_kernels_memory(machine: Machine, kernel: ModelKer
     b = wait_for_kernel(machine, a.id)
     jbe = cmdline.jump_back_entry(b.cmdline())
     assert jbe is not None
-    assert cmdline.is_save_role(b.cmdline())
+    role = detect_role(b.cmdline(), NO_IMAGE, "")
+    assert (role.role, role.jump_back_entry) == (Role.SAVER, jbe)
     assert read_params(b.rootfs())[0] == params
     assert all(
         (r.start >= WINDOW_START and r.end <= WINDOW_START + WINDOW_SIZE) or r.end <= 0xA0000

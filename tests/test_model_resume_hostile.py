@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 from kexechibd.cycle.engine import KexecEngine
-from kexechibd.engine import CancelToken, HibernateOptions, Mode, ResumeOptions
 from kexechibd.errors import BadImage
 from kexechibd.image import ImageMeta, Run, open_store
 from kexechibd.image import format as fmt
@@ -25,6 +24,7 @@ from kexechibd.model import bzimage
 from kexechibd.model.kernel import ModelKernel
 from kexechibd.model.machine import Machine
 from kexechibd.model.workload import populate
+from kexechibd.operation import CancelToken, HibernateOptions, Mode, ResumeOptions
 from tests.image_support import IMAGE_DESC_AT, IMAGE_FIELD, Layout, layout
 from tests.test_model_cycle import Recorder, boot_b_and_save, settings
 

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from kexechibd import cmdline
-from kexechibd.daemon.roles import ImageState, ImageVerdict, detect_role
 from kexechibd.mounts import (
     Mount,
     early_boot_problem,
@@ -109,14 +108,6 @@ def test_the_next_boot_finds_only_a_partition_or_a_file_on_the_root(
 )
 def test_noresume_on_the_command_line(line: str, noresume: bool) -> None:
     assert cmdline.noresume(line) is noresume
-
-
-def test_a_damaged_image_is_reported_but_an_invalidated_one_is_not() -> None:
-    damaged = ImageState.from_inspect({"valid": False, "error": "bad magic at offset 0"})
-    assert detect_role("ro", damaged, "b").damaged_image == "bad magic at offset 0"
-    spent = ImageState.from_inspect({"valid": False, "state": "invalid"})
-    assert spent.verdict is ImageVerdict.INVALID
-    assert detect_role("ro", spent, "b").damaged_image == ""
 
 
 def test_a_mount_carries_its_device_number_and_both_option_lists() -> None:

@@ -19,8 +19,8 @@ import pytest
 
 import kexechibd
 from kexechibd.config import Config, DaemonSettings
+from kexechibd.daemon import backend
 from kexechibd.errors import ConfigError
-from kexechibd.kernel import backends
 from kexechibd.lab.debian import package_depends
 
 REPO = Path(__file__).resolve().parents[1]
@@ -92,7 +92,7 @@ def test_backend_model_without_the_model_says_it_is_for_development_checkouts(
     monkeypatch.setitem(sys.modules, "kexechibd.model.kernel", None)
     config = Config(daemon=DaemonSettings(backend="model"))
     with pytest.raises(ConfigError, match=r"machine model is not installed.*development"):
-        backends.open_kernel(config)
+        backend.open_kernel(config)
 
 
 # ---------------------------------------------------------------- make install

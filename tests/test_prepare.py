@@ -11,7 +11,9 @@ from kexechibd.cycle.prepare import SaverFiles, SaverLoad, plan_saver_load
 from kexechibd.cycle.window import Window, choose_window
 from kexechibd.kernel.api import MemoryKind, MemoryRange
 from kexechibd.model.bzimage import make_bzimage
+from kexechibd.operation import Role
 from kexechibd.purgatory import default_purgatory_path
+from kexechibd.role import ImageFinding, ImageVerdict, detect_role
 
 MIB = 1 << 20
 # QEMU's e820: the first RAM range ends mid-page, below the EBDA.
@@ -63,7 +65,10 @@ def test_the_elf_core_header_lists_whole_pages_of_a_s_ram_outside_the_window() -
 def test_a_systemd_b_boots_the_save_target_and_not_a_s_mounts() -> None:
     _, plan = _plan()
     assert "systemd.unit=kexechib-save.target" in plan.cmdline.split()
-    assert cmdline.is_save_role(plan.cmdline + " kexec_jump_back_entry=0x1000")
+    b = detect_role(
+        plan.cmdline + " kexec_jump_back_entry=0x1000", ImageFinding(ImageVerdict.ABSENT), ""
+    )
+    assert (b.role, b.problem) == (Role.SAVER, "")
 
 
 def test_b_is_told_where_a_s_firmware_put_the_acpi_rsdp() -> None:

@@ -21,8 +21,8 @@ import pytest
 
 from kexechibd import mounts
 from kexechibd.cycle.engine import EngineSettings, KexecEngine
-from kexechibd.engine import CancelToken, ResumeOptions, Role, State
 from kexechibd.errors import BadImage, NotSupported
+from kexechibd.operation import CancelToken, ResumeOptions, Role, RoleDecision, State
 from tests.mounts_support import EARLY, LATER
 
 
@@ -43,8 +43,6 @@ class Quiet:
 def engine(location: Path) -> KexecEngine:
     settings = EngineSettings(
         image_location=location,
-        compression="zstd",
-        level=1,
         chunk_size=1 << 20,
         saver_kernel=Path("/nonexistent/vmlinuz"),
         saver_initrd=None,
@@ -53,7 +51,8 @@ def engine(location: Path) -> KexecEngine:
         window_size=128 << 20,
         low_memory=True,
     )
-    return KexecEngine(settings, RealMachine(), role=Role.RESTORER)  # type: ignore[arg-type]
+    restorer = RoleDecision(Role.RESTORER, "a valid image of an earlier boot awaits resume")
+    return KexecEngine(settings, RealMachine(), role=restorer)  # type: ignore[arg-type]
 
 
 def resume(e: KexecEngine, image: Path) -> None:

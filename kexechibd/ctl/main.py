@@ -24,7 +24,7 @@ from kexechibd import compression as policy
 from kexechibd.ctl import exits, humane, logind, offline, saver
 from kexechibd.ctl.client import DaemonError, ManagerClient
 from kexechibd.ctl.progress import Measure, display_for
-from kexechibd.engine import Mode
+from kexechibd.operation import Mode
 
 STATUS_ORDER = ("State", "Progress", "LastError", "Role", "Backend", "Support", "ImageLocation")
 

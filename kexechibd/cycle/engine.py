@@ -16,38 +16,36 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from kexechibd import cmdline, mounts
+from kexechibd import mounts
 from kexechibd.cycle import kexec_ops
 from kexechibd.cycle.blocking import in_daemon_thread
+from kexechibd.cycle.decisions import after_return, location_refusal, worst_case
+from kexechibd.cycle.facts import KernelFacts
 from kexechibd.cycle.loader import check_destinations, check_identity, describe, stream_load
-from kexechibd.cycle.params import SaveParams
+from kexechibd.cycle.params import SaveParams, read_params
 from kexechibd.cycle.prepare import SaverFiles, SaverLoad, load_saver, plan_saver_load
-from kexechibd.cycle.saver import save_image, saver_params
+from kexechibd.cycle.saver import save_image
 from kexechibd.cycle.window import Window, choose_window
-from kexechibd.engine import (
+from kexechibd.errors import BadImage, Failed, KernelRefused, KexechibError, NoPeer, NotSupported
+from kexechibd.image import FileExtents, ImageError, ImageState, ImageStore, open_store
+from kexechibd.initramfs import record
+from kexechibd.kernel import abi
+from kexechibd.kernel.api import Kernel, SupportReport
+from kexechibd.operation import (
     CancelToken,
     HibernateOptions,
+    ImageDetails,
+    ImageReport,
     Mode,
     Observer,
     ResumeOptions,
     Role,
+    RoleDecision,
     State,
+    hibernate_refusal,
 )
-from kexechibd.errors import BadImage, Failed, KernelRefused, KexechibError, NoPeer, NotSupported
-from kexechibd.image import (
-    DeviceImageStore,
-    ExtentImageStore,
-    FileExtents,
-    ImageError,
-    ImageState,
-    ImageStore,
-    open_store,
-)
-from kexechibd.image.slots import size_for
-from kexechibd.initramfs import record
-from kexechibd.kernel import abi
-from kexechibd.kernel.api import Kernel, MemoryKind, SupportReport
 from kexechibd.purgatory import default_purgatory_path
+from kexechibd.role import detect_role, image_at
 
 log = logging.getLogger("kexechibd.engine")
 
@@ -57,8 +55,6 @@ class EngineSettings:
     """What the engine needs from the configuration."""
 
     image_location: Path
-    compression: str
-    level: int
     chunk_size: int
     saver_kernel: Path
     saver_initrd: Path | None
@@ -76,28 +72,42 @@ class EngineSettings:
     next_initramfs: str | None = None
 
 
-def detect_role(kernel_cmdline: str) -> Role:
-    """B is recognized from its command line; A and C are both normal boots
-    (a daemon that finds a committed image at start acts as C)."""
-    return Role.SAVER if cmdline.is_save_role(kernel_cmdline) else Role.ORIGIN
-
-
 def _refused(exc: abi.KernelError) -> KernelRefused:
     return KernelRefused(str(exc))
 
 
 class KexecEngine:
-    def __init__(self, settings: EngineSettings, kernel: Kernel, *, role: Role | None = None):
+    def __init__(
+        self, settings: EngineSettings, kernel: Kernel, *, role: RoleDecision | None = None
+    ):
         self.settings = settings
         self.kernel = kernel
-        self._role = role or detect_role(kernel.cmdline())
+        self._decision = role
         self._peer_alive = False  # a checkpoint left B waiting to be re-entered
 
     # ------------------------------------------------------------ properties
 
+    def assume_role(self, decision: RoleDecision) -> None:
+        self._decision = decision
+
+    @property
+    def decision(self) -> RoleDecision:
+        """The daemon's decision; without a daemon, the same function's, on
+        first use (``kexechibd.role.detect_role``)."""
+        if self._decision is None:
+            image = image_at(
+                self.settings.image_location,
+                self.inspect,
+                by_block_address=self.settings.image_store is not None,
+            )
+            self._decision = detect_role(
+                self.kernel.cmdline(), image, self.kernel.identity().boot_id
+            )
+        return self._decision
+
     @property
     def role(self) -> Role:
-        return self._role
+        return self.decision.role
 
     @property
     def backend(self) -> str:
@@ -130,25 +140,30 @@ class KexecEngine:
     # ------------------------------------------------------------ A: hibernate
 
     async def hibernate(
-        self, options: HibernateOptions, observer: Observer, cancel: CancelToken
+        self,
+        options: HibernateOptions,
+        observer: Observer,
+        cancel: CancelToken,
+        *,
+        support: SupportReport | None = None,
     ) -> None:
-        if self._role is not Role.ORIGIN:
+        if self.role is not Role.ORIGIN:
             raise NotSupported(
-                f"Hibernate is for the running system; this is kernel {self._role.value}"
+                f"Hibernate is for the running system; this is kernel {self.role.value}"
             )
-        report = await asyncio.to_thread(self.support)
-        # A checkpoint needs kexec jump only; hibernating to power off also
-        # needs staged loads (C streams the image in with them).
-        checkpoint_only = options.mode is Mode.CHECKPOINT and report.kexec_jump is True
-        if not (report.can_jump if checkpoint_only else report.can_hibernate):
-            raise NotSupported(f"this kernel cannot hibernate with kexechibd: {report.summary}")
+        facts = await asyncio.to_thread(KernelFacts.read, self.kernel, support)
+        refusal = hibernate_refusal(facts.support, options.mode)
+        if refusal:
+            raise NotSupported(f"this kernel cannot hibernate with kexechibd: {refusal}")
         observer.set_state(State.PREPARING)
-        window, params = await asyncio.to_thread(self._choose_window_and_params, options)
-        mapped = await asyncio.to_thread(self._check_location, Path(params.image_location), window)
+        window = self._choose_window(facts)
+        params = self._save_params(options, window, facts)
+        location = Path(params.image_location)
+        mapped = await asyncio.to_thread(self._check_location, location, window, facts)
         if options.mode is Mode.POWEROFF:
-            await asyncio.to_thread(self._check_next_boot, Path(params.image_location))
+            await asyncio.to_thread(self._check_next_boot, location, facts.identity.release)
         params = dataclasses.replace(params, image_file=mapped)
-        plan = await asyncio.to_thread(self._plan_saver, window)
+        plan = await asyncio.to_thread(self._plan_saver, window, facts)
         cancel.check()
         observer.set_state(State.LOADING)
         try:
@@ -157,7 +172,7 @@ class KexecEngine:
                 self.kernel,
                 plan,
                 params,
-                staged=report.staged_load,
+                staged=facts.support.staged_load,
                 checkpoint=cancel.check,
             )
         except abi.KernelError as exc:
@@ -182,57 +197,40 @@ class KexecEngine:
         finally:
             await observer.after_return()
 
-    def _check_location(self, location: Path, window: Window) -> FileExtents | None:
+    def _check_location(
+        self, location: Path, window: Window, facts: KernelFacts
+    ) -> FileExtents | None:
         """Kernel B must be able to write the image, and a slot must hold
         the worst case (every page incompressible): after the jump, B could
         only jump back with "cannot" or "no room".  For a prepared image
         file, returns the map of its blocks that B writes by: made now, as
         late as it can be, since A is frozen from the jump on and nothing
         can move them before B writes."""
-        ram = [r for r in self.kernel.memory_map() if r.kind is MemoryKind.RAM]
-        worst = sum(r.size for r in window.outside(ram))
-        need = worst + (worst >> 6)  # incompressible chunks, plus headers and index
-        create = f"kexechibctl image create {location} --size {size_for(need) >> 20}M"
-        store = open_store(location)
-        if not isinstance(store, DeviceImageStore):  # a plain file
-            if not self.kernel.successors_share_files:
-                raise NotSupported(
-                    f"{location} is not a block device: kernel B has only its initramfs and "
-                    "must not mount A's filesystems, so it can only write a file there by "
-                    f"block address, once the file is prepared: `{create}` (a new file, on "
-                    "ext4 or xfs on a plain partition), or set [image] location to a raw "
-                    "partition (DESIGN §1.3)"
-                )
-            return None
-        mapped = None
         try:
-            if isinstance(store, ExtentImageStore):
-                mapped = store.mapping()
-                store = ExtentImageStore(location, extents=mapped)
-                store.check_writable()
-            capacity = store.capacity
+            slot = open_store(location).pin_for_saver()
         except ImageError as exc:
             raise NotSupported(f"the image location cannot be used: {exc}") from None
-        if capacity < need:
-            fix = (
-                f"recreate it larger: rm {location}; {create}"
-                if mapped
-                else f"use a device at least {size_for(need) >> 20} MiB large (two slots)"
-            )
-            raise NotSupported(
-                f"an image slot of {location} holds {capacity >> 20} MiB, but A's memory "
-                f"outside B's window is {worst >> 20} MiB; {fix}"
-            )
+        capacity, mapped = slot if slot is not None else (None, None)
+        refusal = location_refusal(
+            location,
+            worst_case(facts.memory_map, window),
+            capacity=capacity,
+            prepared_file=mapped is not None,
+            successors_share_files=self.kernel.successors_share_files,
+        )
+        if refusal:
+            raise NotSupported(refusal)
         return mapped
 
-    def _choose_window_and_params(self, options: HibernateOptions) -> tuple[Window, SaveParams]:
+    def _choose_window(self, facts: KernelFacts) -> Window:
         s = self.settings
-        window = choose_window(
-            s.window_start, s.window_size, self.kernel.memory_map(), low_memory=s.low_memory
+        return choose_window(
+            s.window_start, s.window_size, facts.memory_map, low_memory=s.low_memory
         )
-        return window, self._save_params(options, window)
 
-    def _save_params(self, options: HibernateOptions, window: Window) -> SaveParams:
+    def _save_params(
+        self, options: HibernateOptions, window: Window, facts: KernelFacts
+    ) -> SaveParams:
         s = self.settings
         location = Path(options.image) if options.image else s.image_location
         return SaveParams(
@@ -242,13 +240,13 @@ class KexecEngine:
             compression=options.compression,
             level=options.level,
             chunk_size=s.chunk_size,
-            origin=self.kernel.identity(),
+            origin=facts.identity,
             created=time.time(),
             window=window.spans,
-            vmcoreinfo=self.kernel.vmcoreinfo(),
+            vmcoreinfo=facts.vmcoreinfo,
         )
 
-    def _plan_saver(self, window: Window) -> SaverLoad:
+    def _plan_saver(self, window: Window, facts: KernelFacts) -> SaverLoad:
         s = self.settings
         try:
             files = SaverFiles(
@@ -268,15 +266,16 @@ class KexecEngine:
         return plan_saver_load(
             files,
             window,
-            self.kernel.memory_map(),
-            vmcoreinfo=self.kernel.vmcoreinfo(),
+            facts.memory_map,
+            vmcoreinfo=facts.vmcoreinfo,
             purgatory=purgatory,
-            acpi_rsdp=self.kernel.acpi_rsdp(),
+            acpi_rsdp=facts.acpi_rsdp,
         )
 
     def _after_return(self, params: SaveParams) -> str:
         """Back in A after ``reboot_kexec`` returned 0: resumed from an image,
-        or jumped back to by B after a checkpoint (or a failed save)."""
+        or jumped back to by B after a checkpoint (or a failed save); what
+        that means is ``decisions.after_return``'s."""
         store = open_store(params.image_location)
         try:
             with store.open() as reader:
@@ -284,32 +283,15 @@ class KexecEngine:
                 state: ImageState | None = reader.summary.state
         except (ImageError, OSError):
             mine, state = False, None  # missing or unreadable
-        if mine and state == "consumed":
-            # Resumed from the image: it must never be resumed again, and A's
-            # kexec image (B, long gone) is stale.
+        outcome = after_return(mine, state, Mode(params.mode))
+        if outcome.withdraw_image:
             store.invalidate()
+        if outcome.unload:
             self._unload_quietly()
-            self._peer_alive = False
-            return "resumed from the image"
-        if mine and state == "committed" and params.mode == Mode.POWEROFF.value:
-            # B saved but could not power off.  A carries on, so the image
-            # must never be resumed: that would roll A's disks back.
-            store.invalidate()
-            self._unload_quietly()
-            self._peer_alive = False
-            raise Failed(
-                "kernel B saved the image but could not power off and jumped back; the "
-                "image was withdrawn and A carries on (B's log says why)"
-            )
-        if mine and state == "committed":
-            self._peer_alive = True
-            return "kernel B saved a checkpoint and jumped back"
-        self._unload_quietly()
-        self._peer_alive = False
-        raise Failed(
-            "kernel B jumped back without saving an image; A carries on unchanged "
-            "(the saver's log in B's journal or console says why)"
-        )
+        self._peer_alive = outcome.peer_alive
+        if outcome.failure:
+            raise Failed(outcome.failure)
+        return outcome.summary
 
     def _unload_quietly(self) -> None:
         kexec_ops.discard_staged(self.kernel)
@@ -321,14 +303,17 @@ class KexecEngine:
     # ------------------------------------------------------------ B: save
 
     async def save(self, observer: Observer, cancel: CancelToken) -> None:
-        if self._role is not Role.SAVER:
+        decision = self.decision
+        if decision.role is not Role.SAVER:
             raise NotSupported("only kernel B saves images")
+        entry = decision.jump_back_entry
+        if entry is None:
+            raise NotSupported(f"cannot save: {decision.problem}")
         observer.set_state(State.SAVING)
-        # Once A's entry is known, every failure must end in a jump back:
+        # A's entry is known: every failure must end in a jump back, since
         # A is frozen and nothing else would ever wake it.
-        a_entry = cmdline.jump_back_entry(self.kernel.cmdline())
         try:
-            params, page_map, entry = await asyncio.to_thread(saver_params, self.kernel)
+            params, page_map = await asyncio.to_thread(read_params, self.kernel.rootfs())
             summary = await asyncio.to_thread(
                 save_image,
                 self.kernel,
@@ -339,10 +324,8 @@ class KexecEngine:
                 checkpoint=cancel.check,
             )
         except Exception as exc:
-            if a_entry is None:
-                raise
             log.error("saving failed: %s; jumping back to A", exc)
-            await self._jump_to(a_entry)
+            await self._jump_to(entry)
             raise
         log.info("image committed: %s", describe(summary))
         if params.mode == Mode.POWEROFF.value:
@@ -355,7 +338,7 @@ class KexecEngine:
                 log.error("powering off failed: %s; jumping back to A", exc)
         await self._jump_to(entry)
 
-    def _check_next_boot(self, location: Path) -> None:
+    def _check_next_boot(self, location: Path, release: str) -> None:
         """The next boot must look for the image where B will write it:
         the resume record in its initramfs must describe this file (inode,
         size, extents) or partition (DESIGN §6.4).  A machine whose next
@@ -363,7 +346,7 @@ class KexecEngine:
         outside) is not checked."""
         if not self._boots_this_machine or self.settings.next_initramfs is None:
             return
-        path = Path(self.settings.next_initramfs.format(release=self.kernel.identity().release))
+        path = Path(self.settings.next_initramfs.format(release=release))
         try:
             problems = record.next_boot_problems(location, path)
         except ImageError as exc:
@@ -386,12 +369,12 @@ class KexecEngine:
     async def resume(
         self, image: Path, options: ResumeOptions, observer: Observer, cancel: CancelToken
     ) -> None:
-        if self._role is Role.SAVER:
+        if self.role is Role.SAVER:
             raise NotSupported("kernel B cannot resume images; it saves them")
         store = self._store(image)
         if self._boots_this_machine:
             # A real A: its disks must be as it left them (DESIGN §6.4).
-            if isinstance(store, ExtentImageStore) and store.extents is None:
+            if store.through_filesystem:
                 raise NotSupported(
                     f"cannot resume {image}: this boot reached the image file through its "
                     "filesystem, which it has therefore mounted, and mounting replays the "
@@ -470,9 +453,11 @@ class KexecEngine:
     # ------------------------------------------------------------ jump back
 
     async def jump_back(self, observer: Observer) -> None:
-        if self._role is Role.SAVER:
-            entry = cmdline.jump_back_entry(self.kernel.cmdline())
-            assert entry is not None
+        decision = self.decision
+        if decision.role is Role.SAVER:
+            entry = decision.jump_back_entry
+            if entry is None:
+                raise NoPeer(f"there is no kernel to jump back to: {decision.problem}")
             observer.set_state(State.JUMPING)
             await self._jump_to(entry)
             return
@@ -489,31 +474,32 @@ class KexecEngine:
 
     # ------------------------------------------------------------ inspect
 
-    def inspect(self, image: Path) -> dict[str, object]:
+    def inspect(self, image: Path) -> ImageReport:
         store = self._store(image)
         try:
             if not store.exists():  # a prepared file or partition with no image yet
-                return {"valid": False, "absent": True, "path": str(image)}
+                return ImageReport(str(image), absent=True)
             with store.open() as reader:
                 meta, summary = reader.meta, reader.summary
         except (ImageError, OSError) as exc:
-            return {"valid": False, "error": str(exc), "path": str(image)}
-        return {
-            "valid": summary.state == "committed",
-            "path": str(image),
-            "state": summary.state,
-            "format-version": summary.format_version,
-            "kernel-release": meta.kernel_release,
-            "build-id": meta.build_id,
-            "machine-id": meta.machine_id,
-            "boot-id": meta.boot_id,
-            "created": meta.created,
-            "mode": meta.mode,
-            "compression": summary.compression,
-            "data-pages": summary.data_pages,
-            "zero-pages": summary.zero_pages,
-            "runs": summary.runs,
-            "chunks": summary.chunks,
-            "stored-bytes": summary.stored_bytes,
-            "digest": summary.digest,
-        }
+            return ImageReport(str(image), error=str(exc))
+        return ImageReport(
+            str(image),
+            details=ImageDetails(
+                state=summary.state,
+                format_version=summary.format_version,
+                kernel_release=meta.kernel_release,
+                build_id=meta.build_id,
+                machine_id=meta.machine_id,
+                boot_id=meta.boot_id,
+                created=meta.created,
+                mode=meta.mode,
+                compression=summary.compression,
+                data_pages=summary.data_pages,
+                zero_pages=summary.zero_pages,
+                runs=summary.runs,
+                chunks=summary.chunks,
+                stored_bytes=summary.stored_bytes,
+                digest=summary.digest,
+            ),
+        )

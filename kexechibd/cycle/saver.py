@@ -16,8 +16,7 @@ from typing import BinaryIO
 from elftools.elf.elffile import ELFFile
 from elftools.elf.segments import NoteSegment
 
-from kexechibd import cmdline
-from kexechibd.cycle.params import SaveParams, read_params
+from kexechibd.cycle.params import SaveParams
 from kexechibd.errors import Failed
 from kexechibd.image import (
     ExtentImageStore,
@@ -101,15 +100,6 @@ def image_meta(
         page_map=page_map,
         vmcoreinfo=vmcoreinfo,
     )
-
-
-def saver_params(kernel: Kernel) -> tuple[SaveParams, bytes, int]:
-    """B's parameters, page map and A's jump-back entry."""
-    params, page_map = read_params(kernel.rootfs())
-    entry = cmdline.jump_back_entry(kernel.cmdline())
-    if entry is None:
-        raise Failed("no kexec_jump_back_entry= on the command line: not started by a kexec jump")
-    return params, page_map, entry
 
 
 def image_store(params: SaveParams) -> ImageStore:

@@ -32,11 +32,11 @@ from kexechibd.daemon import logs
 from kexechibd.daemon.auth import PolkitAuthorizer
 from kexechibd.daemon.manager import Manager
 from kexechibd.daemon.notify import Notifier, StatusListener, status_text
-from kexechibd.daemon.roles import ImageState, ImageVerdict, detect_role
 from kexechibd.daemon.service import ManagerService, hibernate_defaults
-from kexechibd.engine import Engine, ResumeOptions, Role
 from kexechibd.errors import ConfigError, KexechibError
 from kexechibd.kernel.abi import KernelError
+from kexechibd.operation import Engine, ResumeOptions, Role
+from kexechibd.role import detect_role, image_at
 
 if TYPE_CHECKING:
     from kexechibd.cycle.engine import EngineSettings
@@ -90,8 +90,6 @@ def engine_settings(config: Config, image_store: ImageStore | None = None) -> En
     kernel, initrd = config.saver.files(os.uname().release)
     return EngineSettings(
         image_location=config.image.location,
-        compression=config.image.compression,
-        level=config.image.level,
         chunk_size=config.image.chunk_size,
         saver_kernel=kernel,
         saver_initrd=initrd,
@@ -110,7 +108,7 @@ def open_runtime(
     # Imported here: the engine and the backends are heavy, and the D-Bus
     # shell is tested (and kexechibctl works) without them.
     from kexechibd.cycle.engine import KexecEngine
-    from kexechibd.kernel import open_kernel
+    from kexechibd.daemon.backend import open_kernel
 
     kernel = open_kernel(config)
     problems = None
@@ -454,14 +452,16 @@ class Daemon:
 
     async def start_manager(self) -> Manager:
         engine = self._runtime.engine
-        location = Path(engine.image_location)
         # In the initramfs the location's filesystem is not mounted: the
         # engine reaches the image by block address.
-        if self._runtime.in_initramfs or await asyncio.to_thread(os.path.lexists, location):
-            image = ImageState.from_inspect(await asyncio.to_thread(engine.inspect, location))
-        else:
-            image = ImageState(ImageVerdict.ABSENT)
+        image = await asyncio.to_thread(
+            image_at,
+            Path(engine.image_location),
+            engine.inspect,
+            by_block_address=self._runtime.in_initramfs,
+        )
         decision = detect_role(self._runtime.cmdline, image, self._runtime.boot_id)
+        engine.assume_role(decision)
         log.info(
             "role %s: %s",
             decision.role.value,

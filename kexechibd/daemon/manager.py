@@ -25,16 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn, Protocol
 
-from kexechibd.daemon.roles import RoleDecision
-from kexechibd.engine import (
-    CancelToken,
-    Engine,
-    HibernateOptions,
-    Mode,
-    ResumeOptions,
-    Role,
-    State,
-)
 from kexechibd.errors import (
     BadImage,
     Busy,
@@ -50,6 +40,18 @@ from kexechibd.errors import (
 from kexechibd.image.meta import ImageError
 from kexechibd.kernel.abi import KernelError
 from kexechibd.kernel.api import KernelGone, SupportReport
+from kexechibd.operation import (
+    CancelToken,
+    Engine,
+    HibernateOptions,
+    ImageReport,
+    Mode,
+    ResumeOptions,
+    Role,
+    RoleDecision,
+    State,
+    hibernate_refusal,
+)
 
 log = logging.getLogger("kexechibd.manager")
 
@@ -242,7 +244,7 @@ class Manager:
                 hook(reason)
             except Exception:
                 log.exception("telling whether hibernation is available failed")
-        if checkpoint and report is not None and report.can_jump and report.kexec_jump:
+        if checkpoint and report is not None and not hibernate_refusal(report, Mode.CHECKPOINT):
             return ""
         return reason
 
@@ -264,8 +266,9 @@ class Manager:
             if problems:
                 return "; ".join(problems), None
         report = await self.refresh_support()
-        if not report.can_hibernate:
-            return f"{report.summary}; see `kexechibctl status`", report
+        refusal = hibernate_refusal(report, Mode.POWEROFF)
+        if refusal:
+            return f"{refusal}; see `kexechibctl status`", report
         problem = await asyncio.to_thread(self._engine.location_problem)
         return problem, report
 
@@ -286,11 +289,16 @@ class Manager:
         reason = await self.hibernate_unavailable(checkpoint=options.mode is Mode.CHECKPOINT)
         if reason:
             raise NotSupported(f"cannot hibernate: {reason}")
+        # The check above just read what the kernel supports: the engine
+        # plans from that report rather than asking the kernel again.
+        support = self._support
         await self._run(
             "hibernate",
             owner,
             State.PREPARING,
-            lambda observer, token: self._engine.hibernate(options, observer, token),
+            lambda observer, token: self._engine.hibernate(
+                options, observer, token, support=support
+            ),
         )
 
     async def resume(self, image: Path, options: ResumeOptions, *, owner: str = "") -> None:
@@ -322,7 +330,7 @@ class Manager:
             lambda observer, token: self._engine.jump_back(observer),
         )
 
-    async def inspect(self, image: Path) -> dict[str, object]:
+    async def inspect(self, image: Path) -> ImageReport:
         """Metadata and verdict of ``image``; not an operation, so it also
         answers while one runs."""
         return await asyncio.to_thread(self._engine.inspect, image)

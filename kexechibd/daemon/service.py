@@ -38,9 +38,10 @@ from kexechibd import compression
 from kexechibd.busapi import INTERFACE, OBJECT_PATH
 from kexechibd.config import Config
 from kexechibd.daemon.auth import Action, Authorizer, Caller, Verdict, denial
+from kexechibd.daemon.inspect import report_fields
 from kexechibd.daemon.manager import PROPERTY_SIGNATURES, Manager, as_daemon_error, unexpected
-from kexechibd.engine import HibernateOptions, ResumeOptions
 from kexechibd.errors import InvalidOption
+from kexechibd.operation import HibernateOptions, ResumeOptions
 
 log = logging.getLogger("kexechibd.service")
 
@@ -375,5 +376,5 @@ class ManagerService:
         if not self._is_configured_image(args[0]):
             await self._authorize(caller, Action.INSPECT, {"image": args[0]})
         image = self._image_path(args[0])
-        info = await self._manager.inspect(image)
-        return [to_vardict(info)]
+        report = await self._manager.inspect(image)
+        return [to_vardict(report_fields(report))]

@@ -13,6 +13,7 @@ from kexechibd.image.blockstore import DeviceImageStore
 from kexechibd.image.export import ExportError, export_elf_core, export_image
 from kexechibd.image.extents import FileExtents
 from kexechibd.image.extentstore import ExtentImageStore, prepare_image_file
+from kexechibd.image.fileio import check_private
 from kexechibd.image.filestore import FileImageStore
 from kexechibd.image.format import FORMAT_VERSION
 from kexechibd.image.location import open_store
@@ -29,7 +30,6 @@ from kexechibd.image.reader import ImageReader
 from kexechibd.image.slots import SlotRecord
 from kexechibd.image.store import (
     ImageStore,
-    check_private,
     create_image_file,
     invalidate_image,
     mark_image_consumed,

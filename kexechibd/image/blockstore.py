@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from kexechibd.image.directio import DirectDevice, SlotFile, header_digest
+from kexechibd.image.extents import FileExtents
 from kexechibd.image.meta import ImageError, ImageMeta
 from kexechibd.image.reader import ImageReader
 from kexechibd.image.slots import SlotRecord, newest
@@ -66,6 +67,10 @@ class DeviceImageStore(ImageStore):
         """The largest image a slot holds, in bytes."""
         with self.open_device(write=False) as dev:
             return dev.layout.capacity
+
+    def pin_for_saver(self) -> tuple[int, FileExtents | None] | None:
+        """One slot's capacity; no block map (B opens a partition by name)."""
+        return self.capacity, None
 
     def exists(self) -> bool:
         """Whether a slot holds a published image (in any state); a device that

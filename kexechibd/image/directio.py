@@ -31,7 +31,7 @@ from typing import BinaryIO, cast
 from kexechibd.image import format
 from kexechibd.image.blockdev import check_device_node, device_in_use, logical_block_size
 from kexechibd.image.extents import FileExtents
-from kexechibd.image.fileio import ClosedOnExit
+from kexechibd.image.fileio import ClosedOnExit, check_private
 from kexechibd.image.meta import ImageError
 from kexechibd.image.slots import (
     IO_ALIGN,
@@ -41,7 +41,6 @@ from kexechibd.image.slots import (
     SlotRecord,
     decode_record,
 )
-from kexechibd.image.store import check_private
 
 BOUNCE_SIZE = 1 << 20  # reads up to this size go through one buffer per device
 WRITE_BUFFER = 4 << 20  # the writer's output is gathered into aligned writes this large

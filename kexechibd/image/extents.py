@@ -35,9 +35,9 @@ from pathlib import Path
 from typing import Any
 
 from kexechibd.image.blockdev import current_mounts, device_name, device_size, sysfs_node
+from kexechibd.image.fileio import check_private
 from kexechibd.image.meta import ImageError
 from kexechibd.image.slots import IO_ALIGN
-from kexechibd.image.store import check_private
 from kexechibd.kernel.abi import (
     EXTENT_FLAGS,
     EXTENT_LAST,

@@ -111,6 +111,21 @@ class ExtentImageStore(DeviceImageStore):
         with self.open_device(write=True):
             pass
 
+    def pin_for_saver(self) -> tuple[int, FileExtents | None] | None:
+        """The map of the file's blocks B writes by, made now (as late as it
+        can be: A is frozen from the jump on, so nothing moves them before B
+        writes), checked writable, with one slot's capacity."""
+        mapped = self.mapping()
+        pinned = ExtentImageStore(self.path, extents=mapped)
+        pinned.check_writable()
+        return pinned.capacity, mapped
+
+    @property
+    def through_filesystem(self) -> bool:
+        """Whether this store found the file through its mounted filesystem
+        (rather than by the block map a resume record or A handed over)."""
+        return self.extents is None
+
     def exists(self) -> bool:
         if self.extents is None and not self.path.exists():
             return False

@@ -9,13 +9,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from kexechibd.image.fileio import fsync_dir
+from kexechibd.image.fileio import check_private, fsync_dir
 from kexechibd.image.meta import ImageError, ImageMeta
 from kexechibd.image.reader import ImageReader
 from kexechibd.image.store import (
     OPEN_FLAGS,
     ImageStore,
-    check_private,
     create_image_file,
     invalidate_image,
     mark_image_consumed,

@@ -15,15 +15,17 @@ from __future__ import annotations
 import abc
 import contextlib
 import os
-import stat
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from kexechibd.image import format
 from kexechibd.image.fileio import fsync
 from kexechibd.image.meta import ImageError, ImageMeta, ImageState
 from kexechibd.image.reader import ImageReader
 from kexechibd.image.writer import ImageWriter
+
+if TYPE_CHECKING:
+    from kexechibd.image.extents import FileExtents
 
 OPEN_FLAGS = os.O_NOFOLLOW | os.O_CLOEXEC  # an image is never reached through a symlink
 
@@ -45,27 +47,6 @@ def create_image_file(path: Path) -> BinaryIO:
         os.unlink(path)
         raise
     return f
-
-
-def check_private(st: os.stat_result, path: Path | str) -> None:
-    """Refuse an image file that someone other than root could have written."""
-    if not stat.S_ISREG(st.st_mode):
-        raise ImageError(f"{path} is not a regular file; refusing it as an image")
-    if st.st_uid != 0:
-        raise ImageError(
-            f"{path} is owned by uid {st.st_uid}, not root: anyone with that uid "
-            "could have changed it; refusing to use it as an image"
-        )
-    mode = stat.S_IMODE(st.st_mode)
-    if mode & (stat.S_IWGRP | stat.S_IWOTH):
-        who = " and ".join(
-            w for w, bit in (("group", stat.S_IWGRP), ("world", stat.S_IWOTH)) if mode & bit
-        )
-        raise ImageError(
-            f"{path} has mode {mode:04o}: it is {who}-writable, so others could "
-            f"have changed it; refusing it as an image (chmod 600 {path} if it is "
-            "trusted)"
-        )
 
 
 def _set_state(f: BinaryIO, state: ImageState) -> None:
@@ -127,6 +108,23 @@ class ImageStore(abc.ABC):
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
+
+    # What kernel A asks before it hands the location to B, and C before it
+    # resumes (kexechibd.cycle.engine):
+
+    @property
+    def through_filesystem(self) -> bool:
+        """Whether this store found a prepared file through its mounted
+        filesystem: a real C must not resume from there (DESIGN §6.4)."""
+        return False
+
+    def pin_for_saver(self) -> tuple[int, FileExtents | None] | None:
+        """For a location B writes by block address (a partition, a prepared
+        file): one slot's capacity, and for a prepared file the map of its
+        blocks B writes by, made now and checked writable (raises
+        ``ImageError``).  None: a plain file, which B could write only
+        through a filesystem."""
+        return None
 
     @abc.abstractmethod
     def exists(self) -> bool: ...

@@ -21,16 +21,18 @@ import asyncio
 import threading
 from pathlib import Path
 
-from kexechibd.engine import (
-    CancelToken,
-    HibernateOptions,
-    Observer,
-    ResumeOptions,
-    Role,
-    State,
-)
 from kexechibd.errors import BadImage, NoPeer
 from kexechibd.kernel.api import SupportReport
+from kexechibd.operation import (
+    CancelToken,
+    HibernateOptions,
+    ImageDetails,
+    ImageReport,
+    Observer,
+    ResumeOptions,
+    RoleDecision,
+    State,
+)
 
 SUPPORTED = SupportReport(
     backend="model",
@@ -60,6 +62,27 @@ def make_image(path: Path, boot_id: str = "boot-of-a", *, consumed: bool = False
     magic = CONSUMED_MAGIC if consumed else IMAGE_MAGIC
     path.write_text(f"{magic} boot_id={boot_id}\n")
     return path
+
+
+def scripted_details(state: str, boot_id: str) -> ImageDetails:
+    """What a scripted image says about itself: its state and its boot."""
+    return ImageDetails(
+        state=state,
+        format_version=1,
+        kernel_release="",
+        build_id="",
+        machine_id="",
+        boot_id=boot_id,
+        created=0.0,
+        mode="poweroff",
+        compression="zstd",
+        data_pages=4096,
+        zero_pages=0,
+        runs=1,
+        chunks=1,
+        stored_bytes=0,
+        digest="",
+    )
 
 
 class ScriptedEngine:
@@ -96,9 +119,8 @@ class ScriptedEngine:
 
     # --------------------------------------------------------- Engine protocol
 
-    @property
-    def role(self) -> Role:
-        return Role.ORIGIN
+    def assume_role(self, decision: RoleDecision) -> None:
+        self.decision = decision
 
     @property
     def backend(self) -> str:
@@ -115,7 +137,12 @@ class ScriptedEngine:
         return self.location_trouble
 
     async def hibernate(
-        self, options: HibernateOptions, observer: Observer, cancel: CancelToken
+        self,
+        options: HibernateOptions,
+        observer: Observer,
+        cancel: CancelToken,
+        *,
+        support: SupportReport | None = None,
     ) -> None:
         self.calls.append(("hibernate", options))
         await self._work(observer, cancel, (State.PREPARING, State.LOADING))
@@ -135,9 +162,9 @@ class ScriptedEngine:
         self, image: Path, options: ResumeOptions, observer: Observer, cancel: CancelToken
     ) -> None:
         self.calls.append(("resume", image, options))
-        info = await asyncio.to_thread(self.inspect, image)
-        if not info["valid"]:
-            why = info.get("error") or f"the image is {info.get('state')}"
+        report = await asyncio.to_thread(self.inspect, image)
+        if not report.valid:
+            why = report.error or f"the image is {report.details and report.details.state}"
             raise BadImage(f"{why}; nothing was loaded")
         await self._work(observer, cancel, (State.LOADING,))
         if options.load_only:
@@ -160,40 +187,22 @@ class ScriptedEngine:
         observer.set_state(State.JUMPING)
         await observer.after_return()
 
-    def inspect(self, image: Path) -> dict[str, object]:
-        """In the real engine's format (KexecEngine.inspect)."""
+    def inspect(self, image: Path) -> ImageReport:
+        """In the real engine's terms (KexecEngine.inspect)."""
         self.calls.append(("inspect", image))
         try:
             words = image.read_text(errors="replace").split()
         except FileNotFoundError:
-            return {"valid": False, "error": f"no image at {image}", "path": str(image)}
+            return ImageReport(str(image), error=f"no image at {image}")
         except OSError as e:
-            return {
-                "valid": False,
-                "error": f"cannot open the image at {image}: {e.strerror}",
-                "path": str(image),
-            }
+            return ImageReport(str(image), error=f"cannot open the image at {image}: {e.strerror}")
         fields = dict(w.partition("=")[::2] for w in words[1:])
-        if words[:1] == [IMAGE_MAGIC]:
-            return {
-                "valid": True,
-                "path": str(image),
-                "state": "committed",
-                "boot-id": fields.get("boot_id", ""),
-                "data-pages": 4096,
-            }
-        if words[:1] == [CONSUMED_MAGIC]:
-            return {
-                "valid": False,
-                "path": str(image),
-                "state": "consumed",
-                "boot-id": fields.get("boot_id", ""),
-            }
-        return {
-            "valid": False,
-            "path": str(image),
-            "error": "not a kexechib image (bad magic at offset 0)",
-        }
+        states = {IMAGE_MAGIC: "committed", CONSUMED_MAGIC: "consumed"}
+        if words[:1] and words[0] in states:
+            return ImageReport(
+                str(image), details=scripted_details(states[words[0]], fields.get("boot_id", ""))
+            )
+        return ImageReport(str(image), error="not a kexechib image (bad magic at offset 0)")
 
     # --------------------------------------------------------- script
 

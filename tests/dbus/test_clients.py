@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
-from kexechibd.engine import Mode
+from kexechibd.operation import Mode
 from tests.dbus.conftest import busctl, eventually, gdbus, get_property, run, wait_thread_event
 
 DEST = ("org.kexechib1", "/org/kexechib1")

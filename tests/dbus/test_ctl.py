@@ -21,8 +21,8 @@ import pytest
 from kexechibd.ctl import exits
 from kexechibd.ctl.offline import _size as offline_size
 from kexechibd.ctl.progress import Bar, Lines, Measure, display_for
-from kexechibd.engine import HibernateOptions, Mode
 from kexechibd.errors import BadImage
+from kexechibd.operation import HibernateOptions, Mode
 from tests.dbus.conftest import (
     SYSTEM_PYTHON,
     CallError,

@@ -13,16 +13,6 @@ from pathlib import Path
 import pytest
 
 from kexechibd.daemon.manager import Manager
-from kexechibd.daemon.roles import RoleDecision
-from kexechibd.engine import (
-    CancelToken,
-    HibernateOptions,
-    Mode,
-    Observer,
-    ResumeOptions,
-    Role,
-    State,
-)
 from kexechibd.errors import (
     Busy,
     Cancelled,
@@ -34,6 +24,16 @@ from kexechibd.errors import (
     TooLate,
 )
 from kexechibd.kernel.abi import reboot_error
+from kexechibd.operation import (
+    CancelToken,
+    HibernateOptions,
+    Mode,
+    Observer,
+    ResumeOptions,
+    Role,
+    RoleDecision,
+    State,
+)
 from tests.dbus.conftest import wait_thread_event
 from tests.dbus.scripted_engine import SUPPORTED, make_image
 
@@ -130,7 +130,7 @@ async def test_reports_after_an_operation_ended_are_dropped(origin, engine):
     manager, recorder = origin
     kept: list[Observer] = []
 
-    async def hibernate(options, observer, cancel):
+    async def hibernate(options, observer, cancel, *, support=None):
         kept.append(observer)
 
     engine.hibernate = hibernate
@@ -281,7 +281,7 @@ async def test_the_cancel_token_is_fresh_for_every_operation(origin, engine):
     tokens: list[CancelToken] = []
     original = engine.hibernate
 
-    async def hibernate(options, observer, cancel):
+    async def hibernate(options, observer, cancel, *, support=None):
         tokens.append(cancel)
         await original(options, observer, cancel)
 

@@ -15,10 +15,10 @@ from dbus_next.signature import Variant
 
 from kexechibd.busapi import BUS_NAME, OBJECT_PATH
 from kexechibd.config import parse
-from kexechibd.engine import HibernateOptions, Mode
 from kexechibd.errors import BadImage, Failed, NotSupported
 from kexechibd.image import ImageError
 from kexechibd.kernel.abi import kexec_load_error, load_flags
+from kexechibd.operation import HibernateOptions, Mode
 from tests.dbus.conftest import (
     CallError,
     call,

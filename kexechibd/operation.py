@@ -1,10 +1,12 @@
-"""The daemon's core, as the D-Bus shell sees it.
+"""The contract between the daemon and the engine: what an operation is
+(its options, states, cancel token, observer), the role it runs in, what
+``Inspect`` reports, the one support rule, and the ``Engine`` protocol.
 
 The shell (``kexechibd.daemon``) owns the bus, authorization, the one-operation-
-at-a-time rule and the properties; an ``Engine`` does the work (prepare, jump,
-save, resume) through a ``Kernel``.  Long work runs in worker threads; the
-engine reports through an ``Observer`` whose methods may be called from any
-thread.
+at-a-time rule and the properties; an ``Engine`` (``kexechibd.cycle.engine``)
+does the work (prepare, jump, save, resume) through a ``Kernel``.  Long work
+runs in worker threads; the engine reports through an ``Observer`` whose
+methods may be called from any thread.
 """
 
 from __future__ import annotations
@@ -29,6 +31,20 @@ class Role(enum.Enum):
     RESTORER = "restorer"  # C: a fresh boot that may resume an image
 
 
+@dataclass(frozen=True)
+class RoleDecision:
+    """Which kernel this is and why (``kexechibd.role.detect_role``)."""
+
+    role: Role
+    reason: str
+    # B only: A's re-entry point from the command line (None when missing).
+    jump_back_entry: int | None = None
+    # Set when the role is certain but the daemon cannot do its job in it.
+    problem: str = ""
+    # Origin only: why the image at the location, damaged, is not resumed.
+    damaged_image: str = ""
+
+
 class State(enum.Enum):
     IDLE = "idle"
     PREPARING = "preparing"
@@ -42,6 +58,19 @@ class State(enum.Enum):
 class Mode(enum.Enum):
     POWEROFF = "poweroff"
     CHECKPOINT = "checkpoint"
+
+
+def hibernate_refusal(report: SupportReport, mode: Mode) -> str:
+    """Why this kernel cannot hibernate in ``mode`` ('' when it can): the one
+    support rule, for ``CanHibernate``, the daemon's check before it starts
+    and the engine's.  A checkpoint needs kexec jump only; hibernating to
+    power off also needs staged loads (C streams the image in with them)."""
+    if mode is Mode.CHECKPOINT and report.can_jump and report.kexec_jump is True:
+        return ""
+    if report.can_hibernate:
+        return ""
+    # Never '' when refused: kexec jump may be unknown with nothing missing.
+    return report.summary or "whether this kernel has kexec jump (CONFIG_KEXEC_JUMP) is unknown"
 
 
 class CancelToken:
@@ -140,6 +169,44 @@ class ResumeOptions:
         return cls(bool(load_only), bool(force))
 
 
+@dataclass(frozen=True)
+class ImageDetails:
+    """What a readable image says about itself (its header and index)."""
+
+    state: str  # "committed" | "consumed" | "invalid"
+    format_version: int
+    kernel_release: str
+    build_id: str
+    machine_id: str
+    boot_id: str
+    created: float  # unix time of the jump
+    mode: str
+    compression: str
+    data_pages: int
+    zero_pages: int
+    runs: int
+    chunks: int
+    stored_bytes: int
+    digest: str
+
+
+@dataclass(frozen=True)
+class ImageReport:
+    """``Engine.inspect``: the verdict on an image, never raised.  Exactly
+    one of three: ``absent`` (a prepared file or partition that holds no
+    image yet), ``error`` (it cannot be read or checked), ``details``."""
+
+    path: str
+    absent: bool = False
+    error: str = ""
+    details: ImageDetails | None = None
+
+    @property
+    def valid(self) -> bool:
+        """Committed and intact: it can be resumed."""
+        return self.details is not None and self.details.state == "committed"
+
+
 class Observer(Protocol):
     """How the engine reports.  ``set_state``/``set_progress`` may be called
     from worker threads; the ``async`` hooks run on the event loop."""
@@ -159,8 +226,10 @@ class Observer(Protocol):
 
 
 class Engine(Protocol):
-    @property
-    def role(self) -> Role: ...
+    def assume_role(self, decision: RoleDecision) -> None:
+        """The role the daemon decided at its start (``kexechibd.role``),
+        before any operation: the engine acts in it and decides no other."""
+        ...
 
     @property
     def backend(self) -> str: ...
@@ -176,9 +245,16 @@ class Engine(Protocol):
         ...
 
     async def hibernate(
-        self, options: HibernateOptions, observer: Observer, cancel: CancelToken
+        self,
+        options: HibernateOptions,
+        observer: Observer,
+        cancel: CancelToken,
+        *,
+        support: SupportReport | None = None,
     ) -> None:
-        """Full cycle from A; returns after A has resumed (or jumped back)."""
+        """Full cycle from A; returns after A has resumed (or jumped back).
+        ``support``: the report the caller's check has just read (a kernel
+        is asked once per Hibernate); None: the engine reads it."""
         ...
 
     async def resume(
@@ -195,6 +271,6 @@ class Engine(Protocol):
         """Jump to the peer kernel; returns when this kernel is jumped back into."""
         ...
 
-    def inspect(self, image: Path) -> dict[str, object]:
+    def inspect(self, image: Path) -> ImageReport:
         """Metadata and verdict of an image (never raises for a bad image)."""
         ...

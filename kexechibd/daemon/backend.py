@@ -1,4 +1,8 @@
-"""Opening the kernel backend the configuration names (DESIGN §2.3)."""
+"""Opening the kernel backend the configuration names (DESIGN §2.3).
+
+The daemon chooses at its start; the kernel package below it knows neither
+the configuration nor the machine model (tests/test_packaging.py keeps the
+model optional)."""
 
 from __future__ import annotations
 

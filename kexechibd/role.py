@@ -1,6 +1,8 @@
-"""Which kernel the daemon runs in (DESIGN §1): a pure function of the kernel
-command line, the state of the image at the configured location and this
-boot's id.
+"""Which kernel the daemon runs in (DESIGN §1): ``detect_role``, the one
+function that decides it, from the kernel command line, the image at the
+configured location and this boot's id.  The daemon decides at its start and
+hands the decision to the engine (``Engine.assume_role``); an engine used
+without a daemon decides with the same function.
 
 The rule, in order:
 
@@ -23,11 +25,13 @@ The rule, in order:
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from kexechibd import cmdline
-from kexechibd.engine import Role
+from kexechibd.operation import ImageReport, Role, RoleDecision
 
 
 class ImageVerdict(enum.Enum):
@@ -38,7 +42,7 @@ class ImageVerdict(enum.Enum):
 
 
 @dataclass(frozen=True)
-class ImageState:
+class ImageFinding:
     """The image at the configured location, as far as role detection cares."""
 
     verdict: ImageVerdict
@@ -48,37 +52,32 @@ class ImageState:
     damaged: bool = False
 
     @classmethod
-    def from_inspect(cls, info: Mapping[str, object]) -> ImageState:
-        """From ``Engine.inspect``: ``valid`` (bool), ``state`` (committed,
-        consumed, invalid), ``boot-id``, ``error`` when it cannot be read,
-        ``absent`` when the location holds no image at all."""
-        if info.get("absent") is True:
+    def from_report(cls, report: ImageReport) -> ImageFinding:
+        if report.absent:
             return cls(ImageVerdict.ABSENT)
-        boot_id = info.get("boot-id", "")
-        boot_id = boot_id if isinstance(boot_id, str) else ""
-        if info.get("valid") is True:
-            return cls(ImageVerdict.VALID, boot_id)
-        if info.get("state") == "consumed":
-            return cls(ImageVerdict.CONSUMED, boot_id, "it was resumed already")
-        error = info.get("error")
-        state = info.get("state")
-        reason = str(error) if error else f"its state is {state!r}" if state else "unreadable"
-        return cls(ImageVerdict.INVALID, boot_id, reason, damaged=bool(error) or not state)
+        details = report.details
+        if details is None:
+            return cls(ImageVerdict.INVALID, "", report.error or "unreadable", damaged=True)
+        if report.valid:
+            return cls(ImageVerdict.VALID, details.boot_id)
+        if details.state == "consumed":
+            return cls(ImageVerdict.CONSUMED, details.boot_id, "it was resumed already")
+        return cls(ImageVerdict.INVALID, details.boot_id, f"its state is {details.state!r}")
 
 
-@dataclass(frozen=True)
-class RoleDecision:
-    role: Role
-    reason: str
-    # B only: A's re-entry point from the command line (None when missing).
-    jump_back_entry: int | None = None
-    # Set when the role is certain but the daemon cannot do its job in it.
-    problem: str = ""
-    # Origin only: why the image at the location, damaged, is not resumed.
-    damaged_image: str = ""
+def image_at(
+    location: Path, inspect: Callable[[Path], ImageReport], *, by_block_address: bool
+) -> ImageFinding:
+    """What is at ``location``: nothing when no such file exists, else what
+    ``inspect`` says.  ``by_block_address``: the image is reached through a
+    resume record (Debian's initramfs), not through a mounted filesystem, so
+    the path need not exist here."""
+    if by_block_address or os.path.lexists(location):
+        return ImageFinding.from_report(inspect(location))
+    return ImageFinding(ImageVerdict.ABSENT)
 
 
-def detect_role(kernel_cmdline: str, image: ImageState, boot_id: str) -> RoleDecision:
+def detect_role(kernel_cmdline: str, image: ImageFinding, boot_id: str) -> RoleDecision:
     role = cmdline.value(kernel_cmdline, cmdline.ROLE_PARAMETER)
     entry_text = cmdline.value(kernel_cmdline, cmdline.JUMP_BACK_ENTRY)
     try:

@@ -1,0 +1,31 @@
+"""What the engine asks of the store at the image location, and nothing
+more (``ImageStore.pin_for_saver``, ``through_filesystem``): the store says
+how B will write it, so the engine needs no store classes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from kexechibd.image import ExtentImageStore, open_store
+from kexechibd.image.extents import map_file
+from tests.test_image_extent_store import FILE_SIZE, Mounted, ext4, prepared  # noqa: F401
+
+
+def test_a_plain_file_has_no_slot_for_b(tmp_path: Path) -> None:
+    store = open_store(tmp_path / "image")
+    assert store.pin_for_saver() is None
+    assert not store.through_filesystem
+
+
+def test_a_prepared_file_gives_b_its_block_map_and_a_slot(prepared: Path) -> None:  # noqa: F811
+    slot = open_store(prepared).pin_for_saver()
+    assert slot is not None
+    capacity, mapped = slot
+    assert mapped == map_file(prepared)
+    assert 0 < capacity < FILE_SIZE // 2
+
+
+def test_a_prepared_file_found_through_its_filesystem_says_so(prepared: Path) -> None:  # noqa: F811
+    assert open_store(prepared).through_filesystem
+    pinned = ExtentImageStore(prepared, extents=map_file(prepared))
+    assert not pinned.through_filesystem
