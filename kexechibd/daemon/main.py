@@ -32,7 +32,7 @@ from kexechibd.daemon.auth import PolkitAuthorizer
 from kexechibd.daemon.manager import Manager
 from kexechibd.daemon.notify import Notifier, StatusListener, status_text
 from kexechibd.daemon.roles import ImageState, ImageVerdict, detect_role
-from kexechibd.daemon.service import BUS_NAME, ManagerService, hibernate_defaults
+from kexechibd.daemon.service import BUS_NAME, ManagerService, admit, hibernate_defaults
 from kexechibd.engine import Engine, ResumeOptions, Role
 from kexechibd.errors import ConfigError, KexechibError
 from kexechibd.kernel.abi import KernelError
@@ -519,7 +519,7 @@ class Daemon:
     async def _connect(self, manager: Manager) -> tuple[MessageBus, ManagerService] | None:
         """Connect, export the object and own the name (None: could not)."""
         try:
-            bus = await busutil.connect(self._bus_address)
+            bus = await busutil.connect(self._bus_address, admit=admit)
         except (OSError, DBusError, ValueError) as e:
             log.error("cannot connect to the bus: %s", e)
             return None

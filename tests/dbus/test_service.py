@@ -248,6 +248,7 @@ async def test_resume_of_a_missing_image_is_bad_image(daemon, client, tmp_path):
 async def test_resume_of_a_corrupt_image_is_bad_image(daemon, client, tmp_path):
     corrupt = tmp_path / "corrupt"
     corrupt.write_bytes(b"\x7fELF" + b"\xff" * 60)
+    corrupt.chmod(0o600)
     with pytest.raises(CallError) as refused:
         await call(client, "Resume", "sa{sv}", [str(corrupt), {}])
     assert refused.value.name == "org.kexechib1.Error.BadImage"
