@@ -245,6 +245,19 @@ async def test_resume_of_a_missing_image_is_bad_image(daemon, client, tmp_path):
     assert not daemon.engine.committed.is_set()
 
 
+async def test_resume_of_a_bad_image_is_refused_before_it_starts(daemon, client, tmp_path):
+    corrupt = tmp_path / "corrupt"
+    corrupt.write_bytes(b"\x7fELF" + b"\xff" * 60)
+    corrupt.chmod(0o600)
+    before = await get_property(client, "LastError")
+    with pytest.raises(CallError) as refused:
+        await call(client, "Resume", "sa{sv}", [str(corrupt), {}])
+    assert refused.value.name == "org.kexechib1.Error.BadImage"
+    assert await get_property(client, "State") == "idle"
+    assert await get_property(client, "LastError") == before
+    assert [c[0] for c in daemon.engine.operations] == []
+
+
 async def test_resume_of_a_corrupt_image_is_bad_image(daemon, client, tmp_path):
     corrupt = tmp_path / "corrupt"
     corrupt.write_bytes(b"\x7fELF" + b"\xff" * 60)
@@ -269,11 +282,13 @@ async def test_resume_with_load_only_returns_after_loading(daemon, client, tmp_p
     assert not daemon.engine.committed.is_set()
 
 
-async def test_jump_back_with_no_peer_is_no_peer(daemon, client):
+async def test_jump_back_with_no_peer_is_no_peer_and_changes_nothing(daemon, client):
+    before = await get_property(client, "LastError")
     with pytest.raises(CallError) as refused:
         await call(client, "JumpBack")
     assert refused.value.name == "org.kexechib1.Error.NoPeer"
-    assert await get_property(client, "State") == "failed"
+    assert await get_property(client, "State") == "idle"
+    assert await get_property(client, "LastError") == before
     daemon.engine.peer = True
     assert await call(client, "JumpBack") == []
     assert await get_property(client, "State") == "idle"
