@@ -3,7 +3,7 @@ Debian's python3 (it imports nothing of kexechibd, so it runs from a copy
 anyone may read).
 
     fuzz_client.py ADDRESS fuzz COUNT SEED   random calls, answers counted
-    fuzz_client.py ADDRESS flood SECONDS     large messages, as fast as the bus takes them
+    fuzz_client.py ADDRESS flood SECONDS N   large messages (N empty strings), one at a time
 
 Prints one JSON object: what it sent and what came back.
 """
@@ -17,7 +17,6 @@ import random
 import socket
 import struct
 import sys
-import threading
 import time
 from collections import Counter
 
@@ -255,9 +254,10 @@ def raw_connection(address: str) -> socket.socket:
     return sock
 
 
-def big_calls() -> list[bytes]:
-    """A Hibernate with 4 million empty strings (signature 'as', 32 MB: the
-    issue's attack) and an Inspect of an 8 MB path (the right signature)."""
+def big_calls(count: int) -> list[bytes]:
+    """A Hibernate with ``count`` empty strings (signature 'as'; 4 million,
+    32 MB, was the issue's attack) and an Inspect of a path as long (the
+    right signature, too long)."""
     head = Message(
         destination=DEST,
         path=PATH,
@@ -267,7 +267,6 @@ def big_calls() -> list[bytes]:
         body=[[]],
         serial=2,
     )._marshall()[:-4]
-    count = 4_000_000
     body = struct.pack("<I", 8 * count - 3) + b"\0" * (8 * count - 3)
     strings = head[:4] + struct.pack("<I", len(body)) + head[8:] + body
     inspect = Message(
@@ -276,30 +275,19 @@ def big_calls() -> list[bytes]:
         interface=MANAGER,
         member="Inspect",
         signature="s",
-        body=["/" + "x" * (8 << 20)],
+        body=["/" + "x" * (8 * count)],
         serial=3,
     )._marshall()
     return [bytes(strings), bytes(inspect)]
 
 
-def flood(address: str, seconds: float) -> dict[str, object]:
+def flood(address: str, seconds: float, count: int) -> dict[str, object]:
+    """Send the large calls one after another, each once the previous one
+    was answered: one large message in flight at a time."""
     sock = raw_connection(address)
-    received = 0
-
-    def drain() -> None:
-        nonlocal received
-        while True:
-            try:
-                data = sock.recv(1 << 16)
-            except OSError:
-                return
-            if not data:
-                return
-            received += len(data)
-
-    threading.Thread(target=drain, daemon=True).start()
-    messages = big_calls()
-    sent = 0
+    sock.settimeout(30)
+    messages = big_calls(count)
+    sent = answered = 0
     serial = 10
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -308,12 +296,13 @@ def flood(address: str, seconds: float) -> dict[str, object]:
         serial += 1
         sock.sendall(msg)
         sent += 1
-    time.sleep(1)
+        if sock.recv(1 << 16):  # the error reply (and whatever came with it)
+            answered += 1
     sock.close()
     return {
         "sent": sent,
+        "answered": answered,
         "bytes": sum(len(messages[i % 2]) for i in range(sent)),
-        "received": received,
     }
 
 
@@ -322,7 +311,7 @@ def main() -> None:
     if mode == "fuzz":
         result = asyncio.run(fuzz(address, int(sys.argv[3]), int(sys.argv[4])))
     else:
-        result = flood(address, float(sys.argv[3]))
+        result = flood(address, float(sys.argv[3]), int(sys.argv[4]))
     print(json.dumps(result))
 
 

