@@ -254,21 +254,28 @@ def raw_connection(address: str) -> socket.socket:
     return sock
 
 
-def big_calls(count: int) -> list[bytes]:
+def empty_strings(count: int, serial: int = 2) -> bytes:
     """A Hibernate with ``count`` empty strings (signature 'as'; 4 million,
-    32 MB, was the issue's attack) and an Inspect of a path as long (the
-    right signature, too long)."""
-    head = Message(
-        destination=DEST,
-        path=PATH,
-        interface=MANAGER,
-        member="Hibernate",
-        signature="as",
-        body=[[]],
-        serial=2,
-    )._marshall()[:-4]
+    32 MB, was the issue's attack), marshalled by hand: the cheapest body to
+    send and, decoded, one Python object per 8 bytes."""
+    head = bytes(
+        Message(
+            destination=DEST,
+            path=PATH,
+            interface=MANAGER,
+            member="Hibernate",
+            signature="as",
+            body=[[]],  # an empty array: the body's last 4 bytes
+            serial=serial,
+        )._marshall()
+    )[:-4]
     body = struct.pack("<I", 8 * count - 3) + b"\0" * (8 * count - 3)
-    strings = head[:4] + struct.pack("<I", len(body)) + head[8:] + body
+    return head[:4] + struct.pack("<I", len(body)) + head[8:] + body
+
+
+def big_calls(count: int) -> list[bytes]:
+    """``empty_strings(count)`` and an Inspect of a path as long (the right
+    signature, too long)."""
     inspect = Message(
         destination=DEST,
         path=PATH,
@@ -278,7 +285,7 @@ def big_calls(count: int) -> list[bytes]:
         body=["/" + "x" * (8 * count)],
         serial=3,
     )._marshall()
-    return [bytes(strings), bytes(inspect)]
+    return [empty_strings(count), bytes(inspect)]
 
 
 def flood(address: str, seconds: float, count: int) -> dict[str, object]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import io
 import logging
-import struct
 import time
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from dbus_next.signature import Variant
 from kexechibd.daemon import busutil
 from kexechibd.daemon.service import BUS_NAME, INTERFACE, MAX_BODY, OBJECT_PATH, admit
 from tests.dbus.conftest import CallError, call
+from tests.dbus.fuzz_client import empty_strings
 
 PROPERTIES = "org.freedesktop.DBus.Properties"
 
@@ -42,14 +42,6 @@ def call_message(member: str, signature: str, body: list[object], **kw: object) 
     }
     fields.update(kw)
     return Message(member=member, signature=signature, body=body, **fields)  # type: ignore[arg-type]
-
-
-def empty_strings(count: int, member: str = "Hibernate") -> bytes:
-    """A call whose body is ``count`` empty strings (signature ``as``): the
-    cheapest body to send and, decoded, one Python object per 8 bytes."""
-    head = wire(call_message(member, "as", [[]]))[:-4]  # the body was one empty array
-    body = struct.pack("<I", 8 * count - 3) + b"\0" * (8 * count - 3)
-    return head[:4] + struct.pack("<I", len(body)) + head[8:] + body
 
 
 def messages(data: bytes) -> list[Message]:
