@@ -220,6 +220,10 @@ async def test_an_unknown_method_is_unknown_method(daemon, client):
         ({"compression": Variant("s", "gzip")}, "compression must be one of"),
         ({"level": Variant("i", 99)}, "level must be between"),
         ({"image": Variant("s", "relative/image")}, "must be an absolute path"),
+        # Only the declared D-Bus type (DESIGN §5).
+        ({"level": Variant("x", 3)}, "'level' must be of type int (D-Bus 'i'), not 'x'"),
+        ({"level": Variant("u", 3)}, "'level' must be of type int"),
+        ({"image": Variant("o", "/tmp")}, "'image' must be of type str"),
     ],
 )
 async def test_bad_options_are_invalid_option(daemon, client, options, words):
@@ -228,6 +232,44 @@ async def test_bad_options_are_invalid_option(daemon, client, options, words):
     assert refused.value.name == "org.kexechib1.Error.InvalidOption"
     assert words in refused.value.text
     assert await get_property(client, "State") == "idle"
+
+
+@pytest.mark.parametrize(
+    "image, words",
+    [
+        ("/dev/zero", "neither a regular file nor a block device"),
+        ("/proc/self/mem", "not its real path"),
+        ("/proc/1/mem", "kernel interface"),
+        ("/", "root directory"),
+        ("/etc/shadow\n", "control character"),
+        ("/tmp/image", "not root's alone"),
+    ],
+)
+async def test_every_method_refuses_a_bad_image_path_before_starting(daemon, client, image, words):
+    before = await get_property(client, "LastError")
+    calls = [
+        (
+            "Hibernate",
+            "a{sv}",
+            [{"mode": Variant("s", "checkpoint"), "image": Variant("s", image)}],
+        ),
+        ("Resume", "sa{sv}", [image, {}]),
+        ("Inspect", "s", [image]),
+    ]
+    for member, signature, body in calls:
+        with pytest.raises(CallError) as refused:
+            await call(client, member, signature, body)
+        assert refused.value.name == "org.kexechib1.Error.InvalidOption", member
+        assert words in refused.value.text, member
+    assert await get_property(client, "State") == "idle"
+    assert await get_property(client, "LastError") == before
+    assert daemon.engine.operations == []
+
+
+async def test_a_private_image_elsewhere_passes_the_path_check(daemon, client, tmp_path):
+    image = make_image(tmp_path / "elsewhere")
+    (info,) = await call(client, "Inspect", "s", [str(image)])
+    assert info["valid"] == Variant("b", True)
 
 
 async def test_resume_options_are_checked_too(daemon, client, tmp_path):
