@@ -220,6 +220,9 @@ async def test_a_flood_of_large_messages_holds_up_no_other_caller(
     # and the worst wait is the bus daemon's delivery of the one large
     # message queued before the Ping (it cannot be shortened from here:
     # docs/DEVELOPING.md), where it was 3.6-5.7 s.
-    assert max(loaded) < PING_BOUND + strings * 8 / 1e6 * MAX_DELIVERY_PER_MB, summary(loaded)
+    # (A machine busy with other work slows even a quiet Ping: what it
+    # showed before the flood is allowed on top.)
+    delivery = strings * 8 / 1e6 * MAX_DELIVERY_PER_MB
+    assert max(loaded) < max(quiet) + PING_BOUND + delivery, summary(loaded)
     assert rss_after - rss_before < RSS_BOUND_MB
     assert grown < LOG_BOUND
