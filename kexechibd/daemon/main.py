@@ -32,7 +32,7 @@ from kexechibd.daemon import logs
 from kexechibd.daemon.auth import PolkitAuthorizer
 from kexechibd.daemon.manager import Manager
 from kexechibd.daemon.notify import Notifier, StatusListener, status_text
-from kexechibd.daemon.service import ManagerService, hibernate_defaults
+from kexechibd.daemon.service import ManagerService, admit, hibernate_defaults
 from kexechibd.errors import ConfigError, KexechibError
 from kexechibd.kernel.abi import KernelError
 from kexechibd.operation import Engine, ResumeOptions, Role
@@ -520,7 +520,7 @@ class Daemon:
     async def _connect(self, manager: Manager) -> tuple[MessageBus, ManagerService] | None:
         """Connect, export the object and own the name (None: could not)."""
         try:
-            bus = await busutil.connect(self._bus_address)
+            bus = await busutil.connect(self._bus_address, admit=admit)
         except (OSError, DBusError, ValueError) as e:
             log.error("cannot connect to the bus: %s", e)
             return None

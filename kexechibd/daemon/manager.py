@@ -118,12 +118,35 @@ def describe(error: KexechibError) -> str:
     return f"{error.dbus_name}: {error}"
 
 
+def resume_refusal(report: ImageReport, *, force: bool) -> str:
+    """Why ``Resume`` refuses the image ``Engine.inspect`` described, before
+    anything is loaded ('' when it may go on): the reader's own rule
+    (``ImageReader.require_resumable``), told before the operation starts."""
+    if report.absent:
+        return f"no image at {report.path}"
+    if report.error or report.details is None:
+        return report.error or f"the image at {report.path} cannot be read"
+    state = report.details.state
+    if state == "committed" or (state == "consumed" and force):
+        return ""
+    if state == "consumed":
+        return (
+            f"the image at {report.path} was already resumed once (consumed); "
+            "resuming it again needs force"
+        )
+    return f"the image at {report.path} is {state} and is never resumed"
+
+
 @dataclass(eq=False)
 class Operation:
     kind: str
     owner: str
+    # The State it starts in; shown once it has started (``Manager._begin``).
+    initial: State = State.IDLE
     token: CancelToken = field(default_factory=CancelToken)
     done: asyncio.Event = field(default_factory=asyncio.Event)
+    # State, Progress and LastError say this operation runs.
+    started: bool = False
     # PrepareForHibernate(true) went out and no matching false yet.
     announced: bool = False
 
@@ -303,15 +326,18 @@ class Manager:
 
     async def resume(self, image: Path, options: ResumeOptions, *, owner: str = "") -> None:
         """Verify and load ``image``, then jump; returns only on failure or
-        with ``load-only``."""
+        with ``load-only``.  An image that cannot be resumed is refused
+        before the operation starts (State and LastError stay)."""
         if self.role is Role.SAVER:
             raise NotSupported("cannot resume in kernel B (the saver); boot normally to resume")
-        await self._run(
-            "resume",
-            owner,
-            State.LOADING,
-            lambda observer, token: self._engine.resume(image, options, observer, token),
-        )
+
+        async def work(observer: _OperationObserver, token: CancelToken) -> None:
+            refusal = resume_refusal(await self.inspect(image), force=options.force)
+            if refusal:
+                raise BadImage(f"{refusal}; nothing was loaded")
+            await self._engine.resume(image, options, observer, token)
+
+        await self._run("resume", owner, State.LOADING, work, eager=False)
 
     async def save(self, *, owner: str = "") -> None:
         """Role B: save A, then power off or jump back."""
@@ -322,12 +348,14 @@ class Manager:
         await self._run("save", owner, State.SAVING, self._engine.save)
 
     async def jump_back(self, *, owner: str = "") -> None:
-        """Jump to the peer kernel; returns when this kernel is jumped back into."""
+        """Jump to the peer kernel; returns when this kernel is jumped back
+        into.  With no peer, ``NoPeer`` before the operation starts."""
         await self._run(
             "jump-back",
             owner,
             State.JUMPING,
             lambda observer, token: self._engine.jump_back(observer),
+            eager=False,
         )
 
     async def inspect(self, image: Path) -> ImageReport:
@@ -391,22 +419,33 @@ class Manager:
         owner: str,
         initial: State,
         work: Callable[[_OperationObserver, CancelToken], Awaitable[None]],
+        *,
+        eager: bool = True,
     ) -> None:
+        """Run ``work`` as the one operation.  ``eager``: it has started at
+        once; otherwise only at the engine's first report, so that what the
+        engine (or ``work``) refuses before reporting is a refusal that
+        leaves State and LastError as they were."""
         self.check_free()
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
-        op = Operation(kind, owner)
+        op = Operation(kind, owner, initial)
         self._op = op
         self._phase = ""
         extra = {"KEXECHIB_OPERATION": kind, "KEXECHIB_CALLER": owner or "daemon"}
-        log.info("%s started%s", kind, f" by {owner}" if owner else "", extra=extra)
-        self._publish({"State": initial.value, "Progress": 0.0, "LastError": ""})
+        if eager:
+            self._begin(op)
         try:
             await work(_OperationObserver(self, op), op.token)
         except KernelGone as gone:
             end_with_the_kernel(gone)
         except BaseException as exc:
             error = as_daemon_error(exc)
+            if not op.started and not unexpected(exc):
+                log.info("%s refused: %s", kind, error, extra=extra)
+                self._op = None
+                op.done.set()
+                raise
             if unexpected(exc):
                 log.error("%s failed unexpectedly", kind, exc_info=exc, extra=extra)
             else:
@@ -420,6 +459,16 @@ class Manager:
         else:
             log.info("%s finished", kind, extra=extra)
             await self._end(op, None)
+
+    def _begin(self, op: Operation) -> None:
+        """``op`` has started: say so (once)."""
+        if op.started or self._op is not op:
+            return
+        op.started = True
+        owner = op.owner
+        extra = {"KEXECHIB_OPERATION": op.kind, "KEXECHIB_CALLER": owner or "daemon"}
+        log.info("%s started%s", op.kind, f" by {owner}" if owner else "", extra=extra)
+        self._publish({"State": op.initial.value, "Progress": 0.0, "LastError": ""})
 
     async def _end(self, op: Operation, error: KexechibError | None) -> None:
         if op.announced:
@@ -445,6 +494,7 @@ class Manager:
 
         def guarded() -> None:
             if self._op is op:
+                self._begin(op)
                 apply()
 
         if threading.get_ident() == self._loop_thread:
@@ -477,6 +527,7 @@ class Manager:
     async def _announce(self, op: Operation, start: bool) -> None:
         if self._op is not op or op.announced == start:
             return
+        self._begin(op)
         op.announced = start
         for listener in list(self._listeners):
             await listener.prepare_for_hibernate(start)

@@ -1,13 +1,21 @@
 """The D-Bus shell: ``org.kexechib1.Manager`` on ``/org/kexechib1`` (DESIGN §5).
 
-Properties and ``PropertiesChanged`` use dbus-next's ``ServiceInterface``
-machinery (with the standard Introspectable, Properties and Peer interfaces
-it provides).  Method calls are dispatched here, from one table
-(``METHODS``) that also feeds introspection, because the shell needs what
-dbus-next's method decorator hides: the caller's unique name and the
-``ALLOW_INTERACTIVE_AUTHORIZATION`` flag (for polkit), an ``InvalidArgs``
-reply for a wrong signature, and replies that may arrive minutes later
-(``Hibernate`` answers after A has resumed) while other calls are served.
+Every method call that reaches the daemon is answered here, the standard
+interfaces included (Peer, Introspectable, Properties; ObjectManager is not
+offered: there is one object and it never comes or goes).  dbus-next's own
+handlers for those answer some calls wrongly or not at all and log a
+traceback that echoes the caller's strings for every mistake
+(docs/DEVELOPING.md); its ``ServiceInterface`` is kept only to describe the
+Manager's properties and to send ``PropertiesChanged``.  Method calls are
+routed from one table (``METHODS`` and ``STANDARD``), whose signatures also
+decide, before dbus-next decodes a body, whether the body is worth decoding
+(``busutil.connect(admit=…)``): a call with a wrong signature, to an unknown
+method, or with a body over ``MAX_BODY`` is answered without being decoded.
+The Manager's methods need what dbus-next's method decorator hides: the
+caller's unique name and the ``ALLOW_INTERACTIVE_AUTHORIZATION`` flag (for
+polkit), and replies that may arrive minutes later (``Hibernate`` answers
+after A has resumed) while other calls are served.  A caller's mistake costs
+the log at most one short line (``mistakes.MistakeLog``).
 
 Order of checks for every call: signature → authorization → arguments →
 the operation.  Authorization comes before anything that depends on the
@@ -21,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -34,13 +43,15 @@ from dbus_next.message import Message
 from dbus_next.service import ServiceInterface, dbus_property
 from dbus_next.signature import Variant
 
-from kexechibd import compression
+from kexechibd import busutil, compression
 from kexechibd.busapi import INTERFACE, OBJECT_PATH
 from kexechibd.config import Config
 from kexechibd.daemon.auth import Action, Authorizer, Caller, Verdict, denial
 from kexechibd.daemon.inspect import report_fields
 from kexechibd.daemon.manager import PROPERTY_SIGNATURES, Manager, as_daemon_error, unexpected
+from kexechibd.daemon.mistakes import MistakeLog, shown
 from kexechibd.errors import InvalidOption
+from kexechibd.image.pathcheck import ImagePathRefused, check_image_path
 from kexechibd.operation import HibernateOptions, ResumeOptions
 
 log = logging.getLogger("kexechibd.service")
@@ -128,6 +139,148 @@ class ManagerInterface(ServiceInterface):
         return interface
 
 
+# ------------------------------------------------------------------ routing
+
+PEER = "org.freedesktop.DBus.Peer"
+INTROSPECTABLE = "org.freedesktop.DBus.Introspectable"
+PROPERTIES = "org.freedesktop.DBus.Properties"
+OBJECT_MANAGER = "org.freedesktop.DBus.ObjectManager"
+FAILED = "org.freedesktop.DBus.Error.Failed"
+UNKNOWN_METHOD = "org.freedesktop.DBus.Error.UnknownMethod"
+UNKNOWN_INTERFACE = "org.freedesktop.DBus.Error.UnknownInterface"
+UNKNOWN_OBJECT = "org.freedesktop.DBus.Error.UnknownObject"
+UNKNOWN_PROPERTY = "org.freedesktop.DBus.Error.UnknownProperty"
+PROPERTY_READ_ONLY = "org.freedesktop.DBus.Error.PropertyReadOnly"
+LIMITS_EXCEEDED = "org.freedesktop.DBus.Error.LimitsExceeded"
+
+# The standard interfaces the object offers: member -> input signature.
+STANDARD: dict[str, dict[str, str]] = {
+    PEER: {"Ping": "", "GetMachineId": ""},
+    INTROSPECTABLE: {"Introspect": ""},
+    PROPERTIES: {"Get": "ss", "GetAll": "s", "Set": "ssv"},
+}
+# Every interface the daemon answers, the Manager's first (a call without
+# an interface header goes to the first that has its member).
+INTERFACES: dict[str, dict[str, str]] = {
+    INTERFACE: {name: member.in_signature for name, member in METHODS.items()},
+    **STANDARD,
+}
+# No call of ours needs more: an image path is at most PATH_MAX (4096)
+# bytes, the options a handful of short strings.  A larger body is refused
+# before it is decoded, so no caller can keep the daemon busy decoding.
+MAX_BODY = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Route:
+    """A method call the daemon answers."""
+
+    interface: str
+    member: str
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A method call answered with an error, from its header alone."""
+
+    error: str
+    text: str
+
+
+class CallRefused(Exception):
+    def __init__(self, error: str, text: str) -> None:
+        super().__init__(text)
+        self.refusal = Refusal(error, text)
+
+
+def _is_ancestor(path: str) -> bool:
+    return path == "/" or OBJECT_PATH.startswith(path + "/")
+
+
+def route(
+    path: str, interface: str | None, member: str, signature: str, body_length: int = 0
+) -> Route | Refusal:
+    """Who answers a method call, or the error it gets: decided from the
+    header alone, so before its body is decoded."""
+    if interface is None:
+        interface = next((i for i, members in INTERFACES.items() if member in members), None)
+        if interface is None:
+            return Refusal(UNKNOWN_METHOD, f"no method {shown(member)} here")
+    members = INTERFACES.get(interface)
+    if members is None:
+        return Refusal(UNKNOWN_INTERFACE, f"no interface {shown(interface)} here")
+    # Peer belongs to the connection, not to an object.
+    here = path == OBJECT_PATH or interface == PEER
+    if not here and not (interface == INTROSPECTABLE and _is_ancestor(path)):
+        return Refusal(UNKNOWN_OBJECT, f"no object at {shown(path)}; there is {OBJECT_PATH}")
+    expected = members.get(member)
+    if expected is None:
+        return Refusal(
+            UNKNOWN_METHOD,
+            f"{interface} has no method {shown(member)}; it has {', '.join(members)}",
+        )
+    if signature != expected:
+        return Refusal(
+            INVALID_ARGS,
+            f"{interface}.{member} takes arguments ({expected}), not ({shown(signature)[1:-1]})",
+        )
+    if body_length > MAX_BODY:
+        return Refusal(
+            LIMITS_EXCEEDED,
+            f"{interface}.{member}: {body_length} bytes of arguments is more than "
+            f"{MAX_BODY}; no call needs that much",
+        )
+    return Route(interface, member)
+
+
+# An error's text is cut to this many characters: it may quote what the
+# caller sent (an unknown option's name, a path).
+MAX_ERROR_TEXT = 2048
+
+
+def _bounded(text: str) -> str:
+    return text if len(text) <= MAX_ERROR_TEXT else text[:MAX_ERROR_TEXT] + "…"
+
+
+def admit(header: busutil.CallHeader) -> bool:
+    """Whether a method call is worth decoding (``busutil.connect``): only
+    a call that ``route`` sends somewhere."""
+    route_ = route(
+        header.path, header.interface, header.member, header.signature, header.body_length
+    )
+    return isinstance(route_, Route)
+
+
+def introspect(path: str, manager: ServiceInterface) -> str:
+    """The introspection XML of ``path``: the object, or one of its ancestors."""
+    if path == OBJECT_PATH:
+        node = intr.Node.default(path)
+        node.interfaces = [i for i in node.interfaces if i.name != OBJECT_MANAGER]
+        node.interfaces.append(manager.introspect())
+    else:
+        node = intr.Node(path)
+        node.nodes = [intr.Node(OBJECT_PATH[len(path) :].lstrip("/").split("/")[0])]
+    xml: str = node.tostring()
+    return xml
+
+
+MACHINE_ID_FILES = (Path("/etc/machine-id"), Path("/var/lib/dbus/machine-id"))
+
+
+@functools.cache
+def machine_id() -> str:
+    """What Peer.GetMachineId answers: the machine id the bus daemon also
+    uses ('' when there is none)."""
+    for path in MACHINE_ID_FILES:
+        try:
+            ident = path.read_text().strip()
+        except OSError:
+            continue
+        if ident:
+            return ident
+    return ""
+
+
 # ------------------------------------------------------------------ variants
 
 
@@ -143,6 +296,27 @@ def hibernate_defaults(config: Config) -> dict[str, object]:
 
 def unwrap_options(options: Mapping[str, Variant]) -> dict[str, object]:
     return {key: value.value for key, value in options.items()}
+
+
+# The D-Bus type of every option (DESIGN §5): an option is taken only as its
+# declared type (a level as 'i', not as any integer; an image as a string,
+# not an object path), as kexechibctl sends them.
+HIBERNATE_OPTION_TYPES = {"mode": "s", "compression": "s", "level": "i", "image": "s"}
+RESUME_OPTION_TYPES = {"load-only": "b", "force": "b"}
+_PYTHON_TYPES = {"s": "str", "i": "int", "b": "bool"}
+
+
+def check_option_types(options: Mapping[str, Variant], types: Mapping[str, str]) -> None:
+    """Raise ``InvalidOption`` for an option of another D-Bus type than its
+    declared one (unknown options are left to the options' own check, which
+    names them all)."""
+    for key, value in options.items():
+        expected = types.get(key)
+        if expected is not None and value.signature != expected:
+            raise InvalidOption(
+                f"option {key!r} must be of type {_PYTHON_TYPES[expected]} "
+                f"(D-Bus '{expected}'), not {shown(value.signature)}"
+            )
 
 
 def to_variant(value: object) -> Variant:
@@ -196,6 +370,7 @@ class ManagerService:
         self._hibernate_defaults = dict(hibernate_defaults or {})
         self.interface = ManagerInterface(manager)
         self._calls: set[asyncio.Task[None]] = set()
+        self._mistakes = MistakeLog(log)
         self._handlers: dict[str, Handler] = {
             "Hibernate": self._hibernate,
             "Resume": self._resume,
@@ -248,31 +423,70 @@ class ManagerService:
     # ---------------------------------------------------- dispatch
 
     def _on_message(self, msg: Message) -> Message | bool | None:
-        if msg.message_type != MessageType.METHOD_CALL or msg.path != OBJECT_PATH:
-            return None
+        if msg.message_type != MessageType.METHOD_CALL:
+            return None  # replies and signals: dbus-next's business
         # The interface header is optional in a method call (dbus-next's
         # annotations say str, but it is None when absent).
         interface = cast("str | None", msg.interface)
-        if interface != INTERFACE and not (interface is None and msg.member in METHODS):
-            return None  # standard interfaces: dbus-next answers those
-        member = METHODS.get(msg.member)
-        if member is None:
-            return Message.new_error(
-                msg,
-                "org.freedesktop.DBus.Error.UnknownMethod",
-                f"{INTERFACE} has no method {msg.member!r}; it has {', '.join(METHODS)}",
-            )
-        if msg.signature != member.in_signature:
-            return Message.new_error(
-                msg,
-                INVALID_ARGS,
-                f"{INTERFACE}.{member.name} takes arguments ({member.in_signature}), "
-                f"not ({msg.signature})",
-            )
+        where = route(
+            msg.path, interface, msg.member, msg.signature, busutil.undecoded_body_length(msg) or 0
+        )
+        if isinstance(where, Refusal):
+            return self._refuse(msg, where)
+        try:
+            if where.interface == INTERFACE:
+                self._start(msg, METHODS[where.member])
+                return True
+            if where.interface == PEER:
+                return self._peer(msg, where.member)
+            if where.interface == INTROSPECTABLE:
+                return Message.new_method_return(msg, "s", [introspect(msg.path, self.interface)])
+            return self._properties(msg, where.member)
+        except CallRefused as refused:
+            return self._refuse(msg, refused.refusal)
+
+    def _refuse(self, msg: Message, refusal: Refusal) -> Message:
+        self._mistakes.note(msg.sender or "", f"{refusal.error.rsplit('.', 1)[-1]}: {refusal.text}")
+        return Message.new_error(msg, refusal.error, refusal.text)
+
+    def _start(self, msg: Message, member: Member) -> None:
         task = asyncio.get_running_loop().create_task(self._answer(msg, member))
         self._calls.add(task)
         task.add_done_callback(self._calls.discard)
-        return True
+
+    def _peer(self, msg: Message, member: str) -> Message:
+        if member == "Ping":
+            return Message.new_method_return(msg)
+        ident = machine_id()
+        if not ident:
+            return Message.new_error(msg, FAILED, "this machine has no machine id")
+        return Message.new_method_return(msg, "s", [ident])
+
+    def _properties(self, msg: Message, member: str) -> Message:
+        interface = str(msg.body[0])
+        if member == "GetAll":
+            if interface in ("", INTERFACE):
+                values = {
+                    name: Variant(sig, self._manager.get(name))
+                    for name, sig in PROPERTY_SIGNATURES.items()
+                }
+                return Message.new_method_return(msg, "a{sv}", [values])
+            if interface in STANDARD:
+                return Message.new_method_return(msg, "a{sv}", [{}])
+            raise CallRefused(UNKNOWN_INTERFACE, f"no interface {shown(interface)} here")
+        name = str(msg.body[1])
+        if interface not in ("", INTERFACE) and interface not in STANDARD:
+            raise CallRefused(UNKNOWN_INTERFACE, f"no interface {shown(interface)} here")
+        if interface in STANDARD or name not in PROPERTY_SIGNATURES:
+            raise CallRefused(
+                UNKNOWN_PROPERTY,
+                f"no property {shown(name)}; {INTERFACE} has {', '.join(PROPERTY_SIGNATURES)}",
+            )
+        if member == "Set":
+            raise CallRefused(PROPERTY_READ_ONLY, f"{name} is read-only")
+        return Message.new_method_return(
+            msg, "v", [Variant(PROPERTY_SIGNATURES[name], self._manager.get(name))]
+        )
 
     async def _answer(self, msg: Message, member: Member) -> None:
         caller = Caller(
@@ -285,7 +499,7 @@ class ManagerService:
             error = as_daemon_error(exc)
             if unexpected(exc):
                 log.error("%s from %s failed", member.name, caller.sender, exc_info=exc)
-            reply = Message.new_error(msg, error.dbus_name, str(error))
+            reply = Message.new_error(msg, error.dbus_name, _bounded(str(error)))
         else:
             reply = Message.new_method_return(msg, "".join(sig for _, sig in member.out_args), body)
         if not msg.flags & MessageFlag.NO_REPLY_EXPECTED:
@@ -296,12 +510,10 @@ class ManagerService:
     ) -> None:
         result = await self._authorizer.check(caller, action, details)
         if result.verdict is not Verdict.YES:
-            log.info(
-                "refused %s for %s: %s",
-                action.value,
+            self._mistakes.note(
                 caller.sender,
-                result.verdict.value,
-                extra={"KEXECHIB_ACTION": action.value, "KEXECHIB_CALLER": caller.sender},
+                f"{action.value}: {result.verdict.value}",
+                {"KEXECHIB_ACTION": action.value},
             )
             raise denial(action, result, caller)
 
@@ -313,11 +525,16 @@ class ManagerService:
         configured = PurePath(str(self._manager.get("ImageLocation")))
         return image == "" or (isinstance(image, str) and PurePath(image) == configured)
 
-    def _image_path(self, image: str) -> Path:
-        path = Path(image or str(self._manager.get("ImageLocation")))
-        if not path.is_absolute():
-            raise InvalidOption(f"the image must be an absolute path, not {image!r}")
-        return path
+    async def _checked_image(self, image: str) -> Path:
+        """The image a call names ('' is the configured one), checked by the
+        one rule for every method (``pathcheck``): ``InvalidOption`` if no
+        image may be there."""
+        path = image or str(self._manager.get("ImageLocation"))
+        try:
+            await asyncio.to_thread(check_image_path, path)
+        except ImagePathRefused as e:
+            raise InvalidOption(str(e)) from None
+        return Path(path)
 
     # ---------------------------------------------------- methods
 
@@ -335,7 +552,9 @@ class ManagerService:
             # the active session's.
             details["image"] = str(image)
             await self._authorize(caller, Action.HIBERNATE_OTHER_IMAGE, details)
+        check_option_types(args[0], HIBERNATE_OPTION_TYPES)
         options = HibernateOptions.from_mapping(requested)
+        await self._checked_image(options.image)
         await self._manager.hibernate(options, owner=caller.sender)
         return []
 
@@ -343,8 +562,9 @@ class ManagerService:
         await self._authorize(
             caller, Action.RESUME, {"image": args[0] or str(self._manager.get("ImageLocation"))}
         )
-        image = self._image_path(args[0])
+        check_option_types(args[1], RESUME_OPTION_TYPES)
         options = ResumeOptions.from_mapping(unwrap_options(args[1]))
+        image = await self._checked_image(args[0])
         await self._manager.resume(image, options, owner=caller.sender)
         return []
 
@@ -375,6 +595,6 @@ class ManagerService:
         # probing other paths as root is not.
         if not self._is_configured_image(args[0]):
             await self._authorize(caller, Action.INSPECT, {"image": args[0]})
-        image = self._image_path(args[0])
+        image = await self._checked_image(args[0])
         report = await self._manager.inspect(image)
         return [to_vardict(report_fields(report))]

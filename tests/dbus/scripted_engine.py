@@ -58,9 +58,11 @@ CONSUMED_MAGIC = "SCRIPTED-ENGINE-CONSUMED"
 
 
 def make_image(path: Path, boot_id: str = "boot-of-a", *, consumed: bool = False) -> Path:
-    """Write a file this double accepts as an image made by ``boot_id``."""
+    """Write a file this double accepts as an image made by ``boot_id``
+    (private, as every image must be: kexechibd.image.pathcheck)."""
     magic = CONSUMED_MAGIC if consumed else IMAGE_MAGIC
     path.write_text(f"{magic} boot_id={boot_id}\n")
+    path.chmod(0o600)
     return path
 
 

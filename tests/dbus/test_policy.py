@@ -112,6 +112,21 @@ async def test_an_unauthorized_call_while_busy_is_denied_not_told_busy(
     assert [c[0] for c in daemon.engine.operations] == ["hibernate"]
 
 
+async def test_an_unauthorized_call_with_bad_arguments_is_denied_not_told_why_they_are_bad(
+    daemon, system_bus, real_polkit
+):
+    for member, args in (
+        ("Hibernate", ["{'level': <int64 3>, 'image': <objectpath '/dev'>}"]),
+        ("Resume", ["'/dev/zero'", "{}"]),
+        ("Inspect", ["'/proc/self/mem'"]),
+    ):
+        result = await run(
+            gdbus(f"org.kexechib1.Manager.{member}", *args), user="bin", env=system_bus.env()
+        )
+        assert "org.freedesktop.DBus.Error.AccessDenied" in result.stderr, member
+        assert "InvalidOption" not in result.stderr
+
+
 async def test_a_caller_polkit_authorizes_may_hibernate(daemon, system_bus, real_polkit):
     result = await run(
         gdbus("org.kexechib1.Manager.Hibernate", "{'mode': <'checkpoint'>}"),

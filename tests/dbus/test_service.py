@@ -234,6 +234,10 @@ async def test_an_unknown_method_is_unknown_method(daemon, client):
             "none has no levels: its level is 0 only, not 3",
         ),
         ({"image": Variant("s", "relative/image")}, "must be an absolute path"),
+        # Only the declared D-Bus type (DESIGN §5).
+        ({"level": Variant("x", 3)}, "'level' must be of type int (D-Bus 'i'), not 'x'"),
+        ({"level": Variant("u", 3)}, "'level' must be of type int"),
+        ({"image": Variant("o", "/tmp")}, "'image' must be of type str"),
     ],
 )
 async def test_bad_options_are_invalid_option(daemon, client, options, words):
@@ -242,6 +246,44 @@ async def test_bad_options_are_invalid_option(daemon, client, options, words):
     assert refused.value.name == "org.kexechib1.Error.InvalidOption"
     assert words in refused.value.text
     assert await get_property(client, "State") == "idle"
+
+
+@pytest.mark.parametrize(
+    "image, words",
+    [
+        ("/dev/zero", "neither a regular file nor a block device"),
+        ("/proc/self/mem", "not its real path"),
+        ("/proc/1/mem", "kernel interface"),
+        ("/", "root directory"),
+        ("/etc/shadow\n", "control character"),
+        ("/tmp/image", "not root's alone"),
+    ],
+)
+async def test_every_method_refuses_a_bad_image_path_before_starting(daemon, client, image, words):
+    before = await get_property(client, "LastError")
+    calls = [
+        (
+            "Hibernate",
+            "a{sv}",
+            [{"mode": Variant("s", "checkpoint"), "image": Variant("s", image)}],
+        ),
+        ("Resume", "sa{sv}", [image, {}]),
+        ("Inspect", "s", [image]),
+    ]
+    for member, signature, body in calls:
+        with pytest.raises(CallError) as refused:
+            await call(client, member, signature, body)
+        assert refused.value.name == "org.kexechib1.Error.InvalidOption", member
+        assert words in refused.value.text, member
+    assert await get_property(client, "State") == "idle"
+    assert await get_property(client, "LastError") == before
+    assert daemon.engine.operations == []
+
+
+async def test_a_private_image_elsewhere_passes_the_path_check(daemon, client, tmp_path):
+    image = make_image(tmp_path / "elsewhere")
+    (info,) = await call(client, "Inspect", "s", [str(image)])
+    assert info["valid"] == Variant("b", True)
 
 
 async def test_resume_options_are_checked_too(daemon, client, tmp_path):
@@ -259,9 +301,23 @@ async def test_resume_of_a_missing_image_is_bad_image(daemon, client, tmp_path):
     assert not daemon.engine.committed.is_set()
 
 
+async def test_resume_of_a_bad_image_is_refused_before_it_starts(daemon, client, tmp_path):
+    corrupt = tmp_path / "corrupt"
+    corrupt.write_bytes(b"\x7fELF" + b"\xff" * 60)
+    corrupt.chmod(0o600)
+    before = await get_property(client, "LastError")
+    with pytest.raises(CallError) as refused:
+        await call(client, "Resume", "sa{sv}", [str(corrupt), {}])
+    assert refused.value.name == "org.kexechib1.Error.BadImage"
+    assert await get_property(client, "State") == "idle"
+    assert await get_property(client, "LastError") == before
+    assert [c[0] for c in daemon.engine.operations] == []
+
+
 async def test_resume_of_a_corrupt_image_is_bad_image(daemon, client, tmp_path):
     corrupt = tmp_path / "corrupt"
     corrupt.write_bytes(b"\x7fELF" + b"\xff" * 60)
+    corrupt.chmod(0o600)
     with pytest.raises(CallError) as refused:
         await call(client, "Resume", "sa{sv}", [str(corrupt), {}])
     assert refused.value.name == "org.kexechib1.Error.BadImage"
@@ -282,11 +338,13 @@ async def test_resume_with_load_only_returns_after_loading(daemon, client, tmp_p
     assert not daemon.engine.committed.is_set()
 
 
-async def test_jump_back_with_no_peer_is_no_peer(daemon, client):
+async def test_jump_back_with_no_peer_is_no_peer_and_changes_nothing(daemon, client):
+    before = await get_property(client, "LastError")
     with pytest.raises(CallError) as refused:
         await call(client, "JumpBack")
     assert refused.value.name == "org.kexechib1.Error.NoPeer"
-    assert await get_property(client, "State") == "failed"
+    assert await get_property(client, "State") == "idle"
+    assert await get_property(client, "LastError") == before
     daemon.engine.peer = True
     assert await call(client, "JumpBack") == []
     assert await get_property(client, "State") == "idle"
