@@ -1,4 +1,5 @@
-"""Shared fixtures: model machines, an installed tree."""
+"""Shared fixtures: model machines, a loop device, an ext4 filesystem with a
+prepared image file, an installed tree."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from kexechibd.image import prepare_image_file
 from kexechibd.model.kernel import ModelKernel
 from kexechibd.model.machine import Machine
+from tests.blockdev_support import FILE_SIZE, Disk, Mounted, filesystem, make_disk
 from tests.model_support import FIXTURE_RAM
 
 SHM = Path("/dev/shm")
@@ -47,6 +50,28 @@ def kernel(machine: Machine) -> Iterator[ModelKernel]:
     k = ModelKernel(machine)
     yield k
     k.close()
+
+
+@pytest.fixture
+def loop_disk(tmp_path: Path) -> Iterator[Disk]:
+    """A 32 MiB loop device (tests/blockdev_support.py); needs root."""
+    with make_disk(tmp_path, "loop") as d:
+        yield d
+
+
+@pytest.fixture
+def ext4(tmp_path: Path) -> Iterator[Mounted]:
+    """A 64 MiB ext4 filesystem on a loop device, mounted; needs root."""
+    with filesystem(tmp_path, "ext4", "mkfs.ext4", "-q", "-b", "4096") as fs:
+        yield fs
+
+
+@pytest.fixture
+def prepared(ext4: Mounted) -> Path:
+    """An image file prepared on ``ext4`` (``kexechibctl image create``'s work)."""
+    path = ext4.where / "image"
+    prepare_image_file(path, FILE_SIZE)
+    return path
 
 
 @pytest.fixture(scope="session")

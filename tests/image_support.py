@@ -11,7 +11,7 @@ import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
-from kexechibd.image import ImageMeta, ImageReader, ImageSummary, ImageWriter
+from kexechibd.image import ImageMeta, ImageReader, ImageStore, ImageSummary, ImageWriter
 from kexechibd.image import format as fmt
 
 PS = 4096
@@ -166,3 +166,16 @@ def resign(image: bytearray, *, payloads: bool = False) -> bytearray:
     end = lay.notes_end
     image[end - 32 : end] = fmt.header_digest(image[: end - 32])
     return image
+
+
+def save(store: ImageStore, tag: int, **kwargs: object) -> None:
+    with store.writer(make_meta(hibernate_id=f"image-{tag}"), chunk_size=2 * PS, **kwargs) as w:
+        w.add(0, b"".join(page(tag * 16 + i) for i in range(5)) + bytes(3 * PS))
+        w.commit()
+
+
+def newest(store: ImageStore) -> tuple[str, str]:
+    """(which image, its state) as ``open`` finds it."""
+    with store.open() as reader:
+        assert read_pages(reader)[0][0] == page(int(reader.meta.hibernate_id[6:]) * 16)
+        return reader.meta.hibernate_id, reader.summary.state

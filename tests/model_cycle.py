@@ -1,13 +1,20 @@
-"""Helpers for tests that jump between kernels on a model machine."""
+"""Helpers for tests that jump between kernels on a model machine: loading
+B by hand, or driving the engine (its settings, an observer that records what
+it reports, B's saver once A jumped).
+
+Not a test module: pytest does not collect it."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from kexechibd.cycle.engine import EngineSettings, KexecEngine
 from kexechibd.cycle.params import SaveParams
 from kexechibd.cycle.prepare import SaverFiles, load_saver, plan_saver_load
 from kexechibd.cycle.window import Window, choose_window
@@ -17,9 +24,10 @@ from kexechibd.model.bzimage import make_bzimage
 from kexechibd.model.kernel import ModelKernel
 from kexechibd.model.machine import Machine
 from kexechibd.model.workload import digest_ram
+from kexechibd.operation import CancelToken, Role, State
 from kexechibd.purgatory import default_purgatory_path
+from tests.sizes import MIB
 
-MIB = 1 << 20
 WINDOW_START = 256 * MIB
 WINDOW_SIZE = 64 * MIB
 
@@ -114,4 +122,86 @@ def wait_for_kernel(
     raise AssertionError("no other kernel started")
 
 
-__all__ = ["Jump", "KernelGone", "load_b", "owned_by_image", "ram_digest", "wait_for_kernel"]
+class Recorder:
+    """An observer that remembers what the engine reported and fingerprints
+    A's memory at the last moment before the jump."""
+
+    def __init__(self, kernel: ModelKernel | None = None) -> None:
+        self.kernel = kernel
+        self.states: list[State] = []
+        self.progress: list[tuple[float, str]] = []
+        self.digest = ""
+        self.excluded: set[int] = set()
+        self.returned = 0
+
+    def set_state(self, state: State) -> None:
+        self.states.append(state)
+
+    def set_progress(self, fraction: float, phase: str) -> None:
+        self.progress.append((fraction, phase))
+
+    async def before_jump(self) -> None:
+        if self.kernel is not None:
+            self.excluded = owned_by_image(self.kernel)
+            self.digest = ram_digest(self.kernel, self.excluded)
+
+    async def after_return(self) -> None:
+        self.returned += 1
+
+
+def settings(tmp_path: Path) -> EngineSettings:
+    kernel = tmp_path / "vmlinuz-b"
+    kernel.write_bytes(make_bzimage(kernel_size=128 << 10, init_size=1 * MIB))
+    return EngineSettings(
+        image_location=tmp_path / "image",
+        chunk_size=1 * MIB,
+        saver_kernel=kernel,
+        saver_initrd=None,
+        saver_cmdline="console=ttyS0",
+        window_start=256 * MIB,
+        window_size=64 * MIB,
+        low_memory=True,
+    )
+
+
+class RealFilesystems(ModelKernel):
+    """A model kernel standing for a real one, whose B sees only its
+    initramfs and the block devices, not A's files."""
+
+    successors_share_files = False
+
+
+async def b_boots(machine: Machine, a_id: int, a: asyncio.Task[None] | None = None) -> ModelKernel:
+    """Kernel B, once A jumped to it.  ``a`` is A's hibernate task: if it
+    ends before B runs, its error is the test's (not a wait for ever)."""
+    while machine.running in (None, a_id):
+        if a is not None and a.done():
+            a.result()
+            raise AssertionError("A's hibernate returned without jumping")
+        await asyncio.sleep(0.02)
+    return ModelKernel(machine)
+
+
+async def boot_b_and_save(
+    machine: Machine, a_id: int, config: EngineSettings, a: asyncio.Task[None] | None = None
+) -> None:
+    """What B's init does: start the daemon, which saves A."""
+    b = await b_boots(machine, a_id, a)
+    engine = KexecEngine(config, b)
+    assert engine.role is Role.SAVER
+    await engine.save(Recorder(), CancelToken())
+
+
+__all__ = [
+    "Jump",
+    "KernelGone",
+    "RealFilesystems",
+    "Recorder",
+    "b_boots",
+    "boot_b_and_save",
+    "load_b",
+    "owned_by_image",
+    "ram_digest",
+    "settings",
+    "wait_for_kernel",
+]

@@ -19,7 +19,6 @@ from kexechibd.errors import NotSupported
 from kexechibd.initramfs import record
 from kexechibd.kernel.api import KernelIdentity
 from kexechibd.operation import CancelToken, ResumeOptions
-from tests.test_image_extent_store import Mounted, ext4, prepared  # noqa: F401 (fixtures)
 
 RELEASE = "6.1.0-test"
 
@@ -55,7 +54,7 @@ class Quiet:
 
 
 def test_a_prepared_file_reached_through_its_filesystem_is_not_resumed(
-    prepared: Path,  # noqa: F811
+    prepared: Path,
 ) -> None:
     with pytest.raises(NotSupported) as refused:
         asyncio.run(
@@ -73,7 +72,7 @@ def initramfs(tmp_path: Path, files: dict[str, bytes]) -> str:
 
 def test_hibernate_refuses_when_the_next_initramfs_has_no_record(
     tmp_path: Path,
-    prepared: Path,  # noqa: F811
+    prepared: Path,
 ) -> None:
     pattern = initramfs(tmp_path, {"init": b"#!/bin/sh\n"})
     with pytest.raises(NotSupported, match=r"has no kexechib resume record.*update-initramfs -u"):
@@ -82,7 +81,7 @@ def test_hibernate_refuses_when_the_next_initramfs_has_no_record(
 
 def test_hibernate_refuses_a_file_recreated_since_the_initramfs_recorded_it(
     tmp_path: Path,
-    prepared: Path,  # noqa: F811
+    prepared: Path,
 ) -> None:
     old = record.make(prepared)
     stale = record.Record(**{**old.__dict__, "inode": old.inode + 1})
@@ -93,7 +92,7 @@ def test_hibernate_refuses_a_file_recreated_since_the_initramfs_recorded_it(
 
 def test_hibernate_accepts_the_image_the_next_initramfs_records(
     tmp_path: Path,
-    prepared: Path,  # noqa: F811
+    prepared: Path,
 ) -> None:
     pattern = initramfs(tmp_path, {record.PATH: record.make(prepared).to_json()})
     engine(prepared, pattern)._check_next_boot(prepared, RELEASE)
@@ -101,7 +100,7 @@ def test_hibernate_accepts_the_image_the_next_initramfs_records(
 
 def test_without_an_initramfs_file_the_next_boot_is_not_checked(
     tmp_path: Path,
-    prepared: Path,  # noqa: F811
+    prepared: Path,
 ) -> None:
     # The lab boots its kernels with QEMU's -kernel/-initrd: nothing in /boot.
     engine(prepared, str(tmp_path / "absent-{release}"))._check_next_boot(prepared, RELEASE)

@@ -16,7 +16,7 @@ from kexechibd.model.kernel import ModelKernel
 from kexechibd.model.machine import Machine
 from kexechibd.model.workload import populate
 from kexechibd.operation import CancelToken, HibernateOptions, Mode, Role, RoleDecision
-from tests.test_model_cycle import Recorder, boot_b_and_save, settings
+from tests.model_cycle import Recorder, boot_b_and_save, settings
 
 HibernateCall = Callable[[KexecEngine, HibernateOptions], Awaitable[None]]
 FACTS = ("memory_map", "vmcoreinfo", "acpi_rsdp", "identity", "probe")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from kexechibd.image import ExtentImageStore, open_store
 from kexechibd.image.extents import map_file
-from tests.test_image_extent_store import FILE_SIZE, Mounted, ext4, prepared  # noqa: F401
+from tests.blockdev_support import FILE_SIZE
 
 
 def test_a_plain_file_has_no_slot_for_b(tmp_path: Path) -> None:
@@ -17,7 +17,7 @@ def test_a_plain_file_has_no_slot_for_b(tmp_path: Path) -> None:
     assert not store.through_filesystem
 
 
-def test_a_prepared_file_gives_b_its_block_map_and_a_slot(prepared: Path) -> None:  # noqa: F811
+def test_a_prepared_file_gives_b_its_block_map_and_a_slot(prepared: Path) -> None:
     slot = open_store(prepared).pin_for_saver()
     assert slot is not None
     capacity, mapped = slot
@@ -25,7 +25,7 @@ def test_a_prepared_file_gives_b_its_block_map_and_a_slot(prepared: Path) -> Non
     assert 0 < capacity < FILE_SIZE // 2
 
 
-def test_a_prepared_file_found_through_its_filesystem_says_so(prepared: Path) -> None:  # noqa: F811
+def test_a_prepared_file_found_through_its_filesystem_says_so(prepared: Path) -> None:
     assert open_store(prepared).through_filesystem
     pinned = ExtentImageStore(prepared, extents=map_file(prepared))
     assert not pinned.through_filesystem

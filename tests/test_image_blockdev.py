@@ -9,24 +9,17 @@ import os
 import shutil
 import stat
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from kexechibd.image import DeviceImageStore, ImageError, blockdev
-from tests.image_support import make_meta
-from tests.test_image_blockstore import Disk, make_disk, newest, save
+from tests.blockdev_support import Disk
+from tests.image_support import make_meta, newest, save
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="block devices and ownership need root")
 
 OTHER = 4242  # a uid and gid that are neither root nor disk
-
-
-@pytest.fixture
-def loop_disk(tmp_path: Path) -> Iterator[Disk]:
-    with make_disk(tmp_path, "loop") as d:
-        yield d
 
 
 @pytest.fixture

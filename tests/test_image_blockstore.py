@@ -11,15 +11,11 @@ variant is skipped with the reason and the file variant still runs."""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import io
 import os
-import stat
-import subprocess
 import tracemalloc
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -29,112 +25,25 @@ from kexechibd.image import (
     FileImageStore,
     ImageError,
     ImageReader,
-    ImageStore,
     ImageWriter,
     directio,
     open_store,
     slots,
 )
 from kexechibd.image import format as fmt
-from tests.image_support import PS, layout, make_meta, page, read_pages
+from tests.blockdev_support import DISK_SIZE, Disk, make_disk
+from tests.image_support import PS, layout, make_meta, newest, page, save
+from tests.sizes import MIB
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="block devices and ownership need root")
 
-MIB = 1 << 20
-SIZE = 32 * MIB  # two 16 MiB slots
-SLOT = SIZE // 2
-
-
-@dataclass(frozen=True)
-class Disk:
-    path: Path  # what the store is given: our node of the loop device, or the file
-    backing: Path  # the bytes behind it
-    loop: str | None  # /dev/loopN; None for the regular-file variant
-    private_node: bool  # ``path`` is a node of our own, whose owner and mode tests may change
-
-    def store(self) -> DeviceImageStore:
-        return DeviceImageStore(self.path, allow_regular_file=self.loop is None)
-
-    def read(self, offset: int = 0, n: int = -1) -> bytes:
-        """What the device holds, from the file behind it."""
-        with self.backing.open("rb") as f:
-            f.seek(offset)
-            return f.read(n)
-
-    def write(self, offset: int, data: bytes) -> None:
-        """Change the device behind the store's back (as another kernel would)."""
-        with self.backing.open("r+b") as f:
-            f.seek(offset)
-            f.write(data)
-
-
-def attach_loop(backing: Path) -> tuple[str | None, str]:
-    """(/dev/loopN, "") or (None, why not)."""
-    try:
-        done = subprocess.run(
-            ["losetup", "--find", "--show", str(backing)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-    except (OSError, subprocess.SubprocessError) as e:
-        return None, str(e)
-    if done.returncode:
-        return None, done.stderr.strip()
-    return done.stdout.strip(), ""
-
-
-@contextlib.contextmanager
-def make_disk(tmp_path: Path, kind: str, size: int = SIZE) -> Iterator[Disk]:
-    backing = tmp_path / "disk.img"
-    os.close(os.open(backing, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
-    os.truncate(backing, size)
-    if kind == "file":
-        yield Disk(backing, backing, None, False)
-        return
-    loop, why = attach_loop(backing)
-    if loop is None:
-        unavailable = (
-            f"loop devices cannot be set up here ({why}); the 'file' variant runs the "
-            "same store code on a regular file, but mounts, device nodes and the page "
-            "cache of a block device are not exercised"
-        )
-        pytest.skip(reason=unavailable)
-    try:
-        node, private = tmp_path / "disk", True
-        try:
-            os.mknod(node, stat.S_IFBLK | 0o600, os.stat(loop).st_rdev)
-            os.close(os.open(node, os.O_RDONLY))
-        except OSError:  # a nodev temp directory: use the system's node, unchanged
-            node, private = Path(loop), False
-        yield Disk(node, backing, loop, private)
-    finally:
-        subprocess.run(["losetup", "--detach", loop], check=False, timeout=60)
+SLOT = DISK_SIZE // 2
 
 
 @pytest.fixture(params=["loop", "file"])
 def disk(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Disk]:
     with make_disk(tmp_path, request.param) as d:
         yield d
-
-
-@pytest.fixture
-def loop_disk(tmp_path: Path) -> Iterator[Disk]:
-    with make_disk(tmp_path, "loop") as d:
-        yield d
-
-
-def save(store: ImageStore, tag: int, **kwargs: object) -> None:
-    with store.writer(make_meta(hibernate_id=f"image-{tag}"), chunk_size=2 * PS, **kwargs) as w:
-        w.add(0, b"".join(page(tag * 16 + i) for i in range(5)) + bytes(3 * PS))
-        w.commit()
-
-
-def newest(store: ImageStore) -> tuple[str, str]:
-    """(which image, its state) as ``open`` finds it."""
-    with store.open() as reader:
-        assert read_pages(reader)[0][0] == page(int(reader.meta.hibernate_id[6:]) * 16)
-        return reader.meta.hibernate_id, reader.summary.state
 
 
 def records(store: DeviceImageStore) -> list[tuple[int, int] | None]:
@@ -412,7 +321,7 @@ def test_reads_and_state_changes_see_what_another_kernel_wrote(
     save(store, 1)
     cached = os.open(loop_disk.path, os.O_RDONLY)  # a buffered reader in A
     try:
-        assert os.pread(cached, SIZE, 0)  # the whole device is now in the cache
+        assert os.pread(cached, DISK_SIZE, 0)  # the whole device is now in the cache
         save(DeviceImageStore(loop_disk.backing, allow_regular_file=True), 2)  # B
         assert os.pread(cached, PS, SLOT) == bytes(PS)  # A's cache: no image in slot B
         assert newest(store) == ("image-2", "committed")
@@ -431,7 +340,7 @@ def test_opening_the_device_drops_stale_cached_blocks_for_other_readers(
 ) -> None:
     cached = os.open(loop_disk.path, os.O_RDONLY)
     try:
-        os.pread(cached, SIZE, 0)
+        os.pread(cached, DISK_SIZE, 0)
         save(DeviceImageStore(loop_disk.backing, allow_regular_file=True), 1)
         assert os.pread(cached, 4, 0) == bytes(4)  # stale: readelf would see no image
         loop_disk.store().exists()

@@ -7,12 +7,7 @@ address are refused, each with its reason."""
 
 from __future__ import annotations
 
-import contextlib
 import os
-import shutil
-import subprocess
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -29,59 +24,11 @@ from kexechibd.image import extents as ex
 from kexechibd.image import format as fmt
 from kexechibd.image.extentstore import is_prepared
 from kexechibd.image.slots import SlotLayout
-from tests.test_image_blockstore import Disk, make_disk, newest, save
+from tests.blockdev_support import FILE_SIZE, Mounted, filesystem, run
+from tests.image_support import newest, save
+from tests.sizes import MIB
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="loop devices and mounts need root")
-
-MIB = 1 << 20
-FILE_SIZE = 8 * MIB
-
-
-@dataclass(frozen=True)
-class Mounted:
-    disk: Disk
-    fstype: str
-    mkfs: tuple[str, ...]
-    where: Path
-
-    def remount(self) -> None:
-        """Forget what the filesystem cached of the file: what is read next
-        through it comes from the device."""
-        run("umount", str(self.where))
-        run("mount", "-t", self.fstype, str(self.disk.loop), str(self.where))
-
-
-def run(*argv: str) -> None:
-    subprocess.run(argv, check=True, capture_output=True, timeout=120)
-
-
-@contextlib.contextmanager
-def filesystem(tmp_path: Path, fstype: str, *mkfs: str, size: int = 64 * MIB) -> Iterator[Mounted]:
-    if not shutil.which(mkfs[0]):
-        pytest.skip(reason=f"{mkfs[0]} is not installed: no {fstype} filesystem to test on")
-    with make_disk(tmp_path, "loop", size=size) as disk:
-        assert disk.loop is not None
-        run(*mkfs, disk.loop)
-        where = tmp_path / "mnt"
-        where.mkdir()
-        run("mount", "-t", fstype, disk.loop, str(where))
-        try:
-            yield Mounted(disk, fstype, mkfs, where)
-        finally:
-            subprocess.run(["umount", str(where)], check=False, timeout=120)
-
-
-@pytest.fixture
-def ext4(tmp_path: Path) -> Iterator[Mounted]:
-    with filesystem(tmp_path, "ext4", "mkfs.ext4", "-q", "-b", "4096") as fs:
-        yield fs
-
-
-@pytest.fixture
-def prepared(ext4: Mounted) -> Path:
-    path = ext4.where / "image"
-    prepare_image_file(path, FILE_SIZE)
-    return path
 
 
 def file_bytes(path: Path, offset: int = 0, n: int = -1) -> bytes:

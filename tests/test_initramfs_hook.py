@@ -21,7 +21,6 @@ import zstandard
 from kexechibd import cpio
 from kexechibd.initramfs import hook, record
 from tests.initramfs_support import mkinitramfs
-from tests.test_image_extent_store import Mounted, ext4, prepared  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("mkinitramfs") is None or shutil.which("unshare") is None,
@@ -37,7 +36,7 @@ def entries(path: Path) -> dict[str, bytes]:
 
 
 @pytest.fixture
-def built(tmp_path: Path, prepared: Path) -> tuple[Path, dict[str, bytes], Path]:  # noqa: F811
+def built(tmp_path: Path, prepared: Path) -> tuple[Path, dict[str, bytes], Path]:
     config = tmp_path / "kexechibd.conf"
     config.write_text(f"[image]\nlocation = {prepared}\n")
     out = mkinitramfs(tmp_path, config)

@@ -15,61 +15,17 @@ from kexechibd.cycle.engine import EngineSettings, KexecEngine
 from kexechibd.errors import NotSupported
 from kexechibd.image import open_store
 from kexechibd.kernel.api import KernelGone
-from kexechibd.model.bzimage import make_bzimage
 from kexechibd.model.kernel import ModelKernel
 from kexechibd.model.machine import Machine
 from kexechibd.model.workload import count_runs, populate
 from kexechibd.operation import CancelToken, HibernateOptions, Mode, ResumeOptions, Role, State
-from tests.model_cycle import owned_by_image, ram_digest
-
-MIB = 1 << 20
-
-
-class Recorder:
-    """An observer that remembers what the engine reported and fingerprints
-    A's memory at the last moment before the jump."""
-
-    def __init__(self, kernel: ModelKernel | None = None) -> None:
-        self.kernel = kernel
-        self.states: list[State] = []
-        self.progress: list[tuple[float, str]] = []
-        self.digest = ""
-        self.excluded: set[int] = set()
-        self.returned = 0
-
-    def set_state(self, state: State) -> None:
-        self.states.append(state)
-
-    def set_progress(self, fraction: float, phase: str) -> None:
-        self.progress.append((fraction, phase))
-
-    async def before_jump(self) -> None:
-        if self.kernel is not None:
-            self.excluded = owned_by_image(self.kernel)
-            self.digest = ram_digest(self.kernel, self.excluded)
-
-    async def after_return(self) -> None:
-        self.returned += 1
+from tests.blockdev_support import make_disk
+from tests.model_cycle import Recorder, b_boots, boot_b_and_save, ram_digest, settings
 
 
 def image_state(location: Path) -> str:
     with open_store(location).open() as reader:
         return reader.summary.state
-
-
-def settings(tmp_path: Path) -> EngineSettings:
-    kernel = tmp_path / "vmlinuz-b"
-    kernel.write_bytes(make_bzimage(kernel_size=128 << 10, init_size=1 * MIB))
-    return EngineSettings(
-        image_location=tmp_path / "image",
-        chunk_size=1 * MIB,
-        saver_kernel=kernel,
-        saver_initrd=None,
-        saver_cmdline="console=ttyS0",
-        window_start=256 * MIB,
-        window_size=64 * MIB,
-        low_memory=True,
-    )
 
 
 def reboot_results(kernel: ModelKernel) -> list[int]:
@@ -84,27 +40,6 @@ def reboot_results(kernel: ModelKernel) -> list[int]:
 
     kernel.reboot_kexec = recorded  # type: ignore[method-assign]
     return results
-
-
-async def b_boots(machine: Machine, a_id: int, a: asyncio.Task[None] | None = None) -> ModelKernel:
-    """Kernel B, once A jumped to it.  ``a`` is A's hibernate task: if it
-    ends before B runs, its error is the test's (not a wait for ever)."""
-    while machine.running in (None, a_id):
-        if a is not None and a.done():
-            a.result()
-            raise AssertionError("A's hibernate returned without jumping")
-        await asyncio.sleep(0.02)
-    return ModelKernel(machine)
-
-
-async def boot_b_and_save(
-    machine: Machine, a_id: int, config: EngineSettings, a: asyncio.Task[None] | None = None
-) -> None:
-    """What B's init does: start the daemon, which saves A."""
-    b = await b_boots(machine, a_id, a)
-    engine = KexecEngine(config, b)
-    assert engine.role is Role.SAVER
-    await engine.save(Recorder(), CancelToken())
 
 
 async def boot_c_and_resume(machine: Machine, config: EngineSettings, image: Path) -> None:
@@ -250,8 +185,6 @@ async def test_hibernating_to_power_off_needs_staged_loads(
 async def test_an_image_device_too_small_for_the_worst_case_is_refused_before_the_jump(
     machine: Machine, kernel: ModelKernel, tmp_path: Path
 ) -> None:
-    from tests.test_image_blockstore import make_disk
-
     with make_disk(tmp_path, "loop") as disk:
         config = dataclasses.replace(settings(tmp_path), image_location=disk.path)
         engine = KexecEngine(config, kernel)

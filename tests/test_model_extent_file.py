@@ -24,12 +24,10 @@ from kexechibd.kernel.api import KernelGone
 from kexechibd.model.machine import Machine
 from kexechibd.model.workload import populate
 from kexechibd.operation import CancelToken, HibernateOptions, ResumeOptions, Role
-from tests.model_cycle import ram_digest
-from tests.test_image_extent_store import Mounted, filesystem, run
-from tests.test_model_cycle import Recorder, settings
-from tests.test_model_failures import RealFilesystems
+from tests.blockdev_support import Mounted, filesystem, run
+from tests.model_cycle import RealFilesystems, Recorder, ram_digest, settings
+from tests.sizes import MIB
 
-MIB = 1 << 20
 RAM = 128 * MIB  # small: the file must hold two slots of all of it
 
 

@@ -26,8 +26,14 @@ from kexechibd.model.kernel import ModelKernel
 from kexechibd.model.machine import Machine
 from kexechibd.model.workload import populate
 from kexechibd.operation import CancelToken, HibernateOptions, ResumeOptions, Role, State
-from tests.model_cycle import ram_digest
-from tests.test_model_cycle import Recorder, boot_b_and_save, settings
+from tests.model_cycle import (
+    RealFilesystems,
+    Recorder,
+    b_boots,
+    boot_b_and_save,
+    ram_digest,
+    settings,
+)
 
 
 class CancelAt(Recorder):
@@ -53,15 +59,6 @@ class PowerOffFails(ModelKernel):
         raise abi.reboot_error(errno.EIO, "POWER_OFF")
 
 
-async def running_b(machine: Machine, a_id: int, a: asyncio.Task[None]) -> ModelKernel:
-    while machine.running in (None, a_id):
-        if a.done():
-            a.result()
-            raise AssertionError("A's hibernate returned without jumping")
-        await asyncio.sleep(0.02)
-    return ModelKernel(machine)
-
-
 async def hibernate_with_b(
     machine: Machine,
     kernel: ModelKernel,
@@ -77,7 +74,7 @@ async def hibernate_with_b(
     a = asyncio.create_task(
         KexecEngine(config, kernel).hibernate(HibernateOptions(), observer, CancelToken())
     )
-    b = run_b(machine, (await running_b(machine, kernel.id, a)).id)
+    b = run_b(machine, (await b_boots(machine, kernel.id, a)).id)
     if callable(before_b):
         before_b(b)
     engine = KexecEngine(config, b)
@@ -241,13 +238,6 @@ async def test_an_image_that_cannot_be_marked_consumed_is_not_jumped_to(
 
 
 # ------------------------------------------------------------ refused before the jump
-
-
-class RealFilesystems(ModelKernel):
-    """A model kernel standing for a real one, whose B sees only its
-    initramfs and the block devices, not A's files."""
-
-    successors_share_files = False
 
 
 async def test_a_file_image_is_refused_when_b_cannot_reach_files(

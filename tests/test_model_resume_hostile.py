@@ -26,7 +26,7 @@ from kexechibd.model.machine import Machine
 from kexechibd.model.workload import populate
 from kexechibd.operation import CancelToken, HibernateOptions, Mode, ResumeOptions
 from tests.image_support import IMAGE_DESC_AT, IMAGE_FIELD, Layout, layout
-from tests.test_model_cycle import Recorder, boot_b_and_save, settings
+from tests.model_cycle import Recorder, boot_b_and_save, settings
 
 MIB = 1 << 20
 START, MID = abi.Stage.START, abi.Stage.MID

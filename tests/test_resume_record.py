@@ -15,7 +15,7 @@ from kexechibd import cpio
 from kexechibd.image import ExtentImageStore, ImageError
 from kexechibd.image import extents as ex
 from kexechibd.initramfs import record
-from tests.test_image_extent_store import Mounted, ext4, prepared  # noqa: F401 (fixtures)
+from tests.blockdev_support import Mounted
 
 FILE = record.Record(
     location="/var/lib/kexechib/image",
@@ -121,7 +121,7 @@ def test_an_initramfs_compressed_another_way_names_the_setting(tmp_path: Path) -
 
 
 def test_a_prepared_file_is_read_through_its_record_by_block_address(
-    prepared: Path,  # noqa: F811
+    prepared: Path,
 ) -> None:
     made = record.make(prepared)
     assert (made.kind, made.inode, made.size) == ("file", os.stat(prepared).st_ino, 8 << 20)
@@ -131,7 +131,7 @@ def test_a_prepared_file_is_read_through_its_record_by_block_address(
     assert store.records() == ExtentImageStore(prepared).records()
 
 
-def test_a_plain_file_gets_no_record(ext4: Mounted) -> None:  # noqa: F811
+def test_a_plain_file_gets_no_record(ext4: Mounted) -> None:
     plain = ext4.where / "plain"
     plain.write_bytes(bytes(4096))
     with pytest.raises(ImageError, match="neither a block device nor a prepared image file"):
@@ -139,7 +139,7 @@ def test_a_plain_file_gets_no_record(ext4: Mounted) -> None:  # noqa: F811
 
 
 def test_a_file_is_recorded_by_its_filesystem_uuid_even_before_udev_made_the_link(
-    prepared: Path,  # noqa: F811
+    prepared: Path,
 ) -> None:
     # This machine has no /dev/disk links at all; Debian's initramfs will.
     made = record.make(prepared, links_root=Path("/nonexistent"))
@@ -154,6 +154,6 @@ def test_a_file_is_recorded_by_its_filesystem_uuid_even_before_udev_made_the_lin
 
 def test_the_next_boot_is_not_checked_without_an_initramfs_file(
     tmp_path: Path,
-    prepared: Path,  # noqa: F811
+    prepared: Path,
 ) -> None:
     assert record.next_boot_problems(prepared, tmp_path / "initrd.img-x") is None

@@ -28,9 +28,9 @@ from kexechibd.initramfs import record
 from kexechibd.initramfs.archive import Tree, add_programs
 from kexechibd.lab import lab_kernel
 from kexechibd.lab.qemu import GuestSpec, run_guest
+from tests.blockdev_support import Mounted
+from tests.image_support import save
 from tests.initramfs_support import mkinitramfs
-from tests.test_image_blockstore import save
-from tests.test_image_extent_store import Mounted, ext4  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.lab
 
@@ -122,7 +122,7 @@ def boot(tmp_path: Path, fs: Mounted, append: str, image_kind: str | None) -> st
 )
 def test_the_debian_initramfs_with_our_script_reaches_the_root(
     tmp_path: Path,
-    ext4: Mounted,  # noqa: F811
+    ext4: Mounted,
     append: str,
     image_kind: str | None,
     said: str,
