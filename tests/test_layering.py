@@ -204,18 +204,6 @@ def test_dev_only_is_read_from_the_makefile(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- the tests' own imports
 
 TESTS = REPO / "tests"
-# Test modules whose helpers or fixtures other test modules import today; they
-# belong in a non-collected module (tests/*_support.py, tests/model_cycle.py)
-# or conftest.py.  Left for the branches that own these files (image/ and
-# cycle/engine.py are being reworked there); the lead empties this at merge.
-SHARED_TEST_MODULES: frozenset[str] = frozenset(
-    {
-        "tests.test_image_blockstore",  # Disk, make_disk, newest, save
-        "tests.test_image_extent_store",  # Mounted, ext4, prepared, filesystem, run
-        "tests.test_model_cycle",  # Recorder, settings, boot_b_and_save
-        "tests.test_model_failures",  # RealFilesystems
-    }
-)
 
 
 def _is_test_module(name: str) -> bool:
@@ -224,14 +212,11 @@ def _is_test_module(name: str) -> bool:
 
 def test_test_modules_share_helpers_only_through_non_collected_modules() -> None:
     """A helper in a collected module runs that module's tests again wherever
-    it is imported (its fixtures too), and hides what is shared."""
+    it is imported (its fixtures too), and hides what is shared.  Helpers live
+    in tests/*_support.py, tests/model_cycle.py or tests/sizes.py; fixtures
+    that several files use, in a conftest.py."""
     graph = import_graph(TESTS)
     imported = {
-        (importer, dep)
-        for importer, deps in graph.items()
-        for dep in deps
-        if _is_test_module(dep) and dep not in SHARED_TEST_MODULES
+        (importer, dep) for importer, deps in graph.items() for dep in deps if _is_test_module(dep)
     }
     assert not imported, sorted(imported)
-    still = {dep for deps in graph.values() for dep in deps if _is_test_module(dep)}
-    assert still >= SHARED_TEST_MODULES, f"no longer imported: {SHARED_TEST_MODULES - still}"
