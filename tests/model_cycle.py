@@ -26,14 +26,14 @@ from kexechibd.model.machine import Machine
 from kexechibd.model.workload import digest_ram
 from kexechibd.operation import CancelToken, Role, State
 from kexechibd.purgatory import default_purgatory_path
-from tests.sizes import MIB
+from tests.sizes import KIB, MIB
 
 WINDOW_START = 256 * MIB
 WINDOW_SIZE = 64 * MIB
 
 
 def saver_files(extra: str = "") -> SaverFiles:
-    return SaverFiles(make_bzimage(kernel_size=128 << 10, init_size=1 * MIB), b"", extra)
+    return SaverFiles(make_bzimage(kernel_size=128 * KIB, init_size=1 * MIB), b"", extra)
 
 
 def window_of(kernel: ModelKernel) -> Window:
@@ -151,7 +151,7 @@ class Recorder:
 
 def settings(tmp_path: Path) -> EngineSettings:
     kernel = tmp_path / "vmlinuz-b"
-    kernel.write_bytes(make_bzimage(kernel_size=128 << 10, init_size=1 * MIB))
+    kernel.write_bytes(make_bzimage(kernel_size=128 * KIB, init_size=1 * MIB))
     return EngineSettings(
         image_location=tmp_path / "image",
         chunk_size=1 * MIB,

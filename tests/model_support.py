@@ -16,13 +16,13 @@ from kexechibd.model import kimage
 from kexechibd.model.kernel import ModelKernel
 from kexechibd.model.machine import Capabilities, Machine
 from kexechibd.model.memory import PhysicalMemory
+from tests.sizes import KIB, MIB
 
 P = PAGE_SIZE
-MIB = 1 << 20
 # The `machine` fixture's RAM (tests/conftest.py); the model's firmware map
 # ends it below 128 KiB of ACPI tables.
 FIXTURE_RAM = 512 * MIB
-RAM_TOP_PFN = (FIXTURE_RAM - (128 << 10)) >> PAGE_SHIFT
+RAM_TOP_PFN = (FIXTURE_RAM - (128 * KIB)) >> PAGE_SHIFT
 # Free RAM in the middle of the fixture machine, far from the allocator's top.
 BASE = 0x8000000
 

@@ -14,12 +14,11 @@ from pathlib import Path
 from kexechibd.kernel.abi import Segment, page_align_up
 from kexechibd.model.cpu import CpuExit, run_x86_64
 from kexechibd.purgatory import CMDLINE_ROOM, EntryRegs, Purgatory, build_purgatory
+from tests.sizes import MIB
 
 ROOT = Path(__file__).resolve().parent.parent
 PURGATORY_OBJECT = ROOT / "purgatory" / "purgatory.ro"
 HOST_HELPERS = ROOT / "purgatory" / "host" / "libpurgatory_helpers.so"
-
-MiB = 1 << 20
 
 
 def _run(*argv: str | Path) -> None:
@@ -65,7 +64,7 @@ def purgatory_object() -> bytes:
 
 # ---------------------------------------------------------------- a machine
 
-MEMORY_SIZE = 32 * MiB
+MEMORY_SIZE = 32 * MIB
 PURGATORY_BASE = 0x100000
 STACK_TOP = 0x80000  # the caller's (relocate_kernel's) stack
 JUMP_BACK = 0x7FE5A123  # the return address the caller leaves at [rsp]

@@ -22,11 +22,10 @@ from kexechibd.image import ImageMeta, ImageReader, open_store
 from kexechibd.kernel.abi import PAGE_SIZE
 from kexechibd.model.kernel import ModelKernel
 from kexechibd.model.machine import Machine
+from tests.sizes import GIB, KIB, MIB
 
-MIB = 1 << 20
-GIB = 1 << 30
 WINDOW = 64 * MIB  # B's window at the top of RAM below 3 GiB: not in the image
-STRIDE = 256 << 10  # one data page per 256 KiB
+STRIDE = 256 * KIB  # one data page per 256 KiB
 
 
 @pytest.fixture(scope="module")

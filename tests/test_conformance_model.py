@@ -11,7 +11,8 @@ import pytest
 from kexechibd.model.kernel import ModelKernel
 from kexechibd.model.machine import Capabilities
 from tests.conformance.vectors import VECTORS, applicable, choose_base, features_of, run_vector
-from tests.model_support import MIB, model_kernel
+from tests.model_support import model_kernel
+from tests.sizes import MIB
 
 
 @pytest.fixture(scope="module")

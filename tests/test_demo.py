@@ -10,8 +10,7 @@ import pytest
 
 from kexechibd.demo import Console, main, model_window
 from kexechibd.lab.qemu import LogLine
-
-MIB = 1 << 20
+from tests.sizes import MIB
 
 
 def test_the_model_cycle_runs_on_a_512_mib_machine(capsys: pytest.CaptureFixture[str]) -> None:

@@ -25,8 +25,7 @@ from kexechibd.image.meta import ImageState
 from kexechibd.kernel.api import MemoryKind, MemoryRange
 from kexechibd.operation import Mode, hibernate_refusal
 from tests.dbus.scripted_engine import NO_KEXEC, SUPPORTED
-
-MIB = 1 << 20
+from tests.sizes import MIB
 
 # ---------------------------------------------------------------- after return
 

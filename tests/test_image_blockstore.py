@@ -33,7 +33,7 @@ from kexechibd.image import (
 from kexechibd.image import format as fmt
 from tests.blockdev_support import DISK_SIZE, Disk, make_disk
 from tests.image_support import PS, layout, make_meta, newest, page, save
-from tests.sizes import MIB
+from tests.sizes import KIB, MIB
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="block devices and ownership need root")
 
@@ -364,7 +364,7 @@ def test_the_writer_reaches_the_device_before_commit_returns(loop_disk: Disk) ->
 # -- memory ----------------------------------------------------------------------------------
 
 BUFFER = 4 * MIB
-SLACK = 256 << 10
+SLACK = 256 * KIB
 SERIAL_BOUND = 2 * BUFFER + MIB  # as in test_image_memory: one chunk and its copy
 
 

@@ -10,9 +10,9 @@ from kexechibd.image import ImageError
 from kexechibd.image import extents as ex
 from kexechibd.image.extents import Extent, FileExtents, RawExtent
 from kexechibd.kernel import abi
+from tests.sizes import MIB
 
 K = 4096
-MIB = 1 << 20
 
 
 def fiemap_reply(extents: list[tuple[int, int, int, int]], room: int | None = None) -> bytes:

@@ -10,8 +10,7 @@ from pathlib import Path
 
 from kexechibd.image import ExtentImageStore, FileImageStore, open_store
 from kexechibd.image.slots import SlotLayout, prepared_marker
-
-MIB = 1 << 20
+from tests.sizes import MIB
 
 
 def looks_prepared(path: Path, size: int = 2 * MIB) -> None:

@@ -17,11 +17,11 @@ import pytest
 
 from kexechibd.image import ImageReader, ImageWriter
 from tests.image_support import PS, make_meta, page
+from tests.sizes import KIB, MIB
 
-MIB = 1 << 20
 BUFFER = 4 * MIB  # what a saver reads from /proc/vmcore at a time
 CHUNK = 4 * MIB
-SLACK = 256 << 10  # an index entry is 80 bytes per chunk; Python's own noise
+SLACK = 256 * KIB  # an index entry is 80 bytes per chunk; Python's own noise
 # Without threads: one chunk's data and its compressed (or decompressed) copy,
 # and a run table with its Run objects.
 SERIAL_BOUND = 2 * CHUNK + MIB

@@ -17,9 +17,9 @@ from kexechibd.image.slots import (
     prepared_marker,
     size_for,
 )
+from tests.sizes import MIB
 
 K = 4096
-MIB = 1 << 20
 
 
 @pytest.mark.parametrize(

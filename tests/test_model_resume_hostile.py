@@ -27,8 +27,8 @@ from kexechibd.model.workload import populate
 from kexechibd.operation import CancelToken, HibernateOptions, Mode, ResumeOptions
 from tests.image_support import IMAGE_DESC_AT, IMAGE_FIELD, Layout, layout
 from tests.model_cycle import Recorder, boot_b_and_save, settings
+from tests.sizes import MIB
 
-MIB = 1 << 20
 START, MID = abi.Stage.START, abi.Stage.MID
 
 

@@ -14,8 +14,8 @@ from kexechibd.model.bzimage import make_bzimage
 from kexechibd.operation import Role
 from kexechibd.purgatory import default_purgatory_path
 from kexechibd.role import ImageFinding, ImageVerdict, detect_role
+from tests.sizes import KIB, MIB
 
-MIB = 1 << 20
 # QEMU's e820: the first RAM range ends mid-page, below the EBDA.
 FIRMWARE = [
     MemoryRange(0, 0x9FC00),
@@ -28,7 +28,7 @@ FIRMWARE = [
 
 def _plan(acpi_rsdp: int | None = None) -> tuple[Window, SaverLoad]:
     window = choose_window(256 * MIB, 64 * MIB, FIRMWARE, low_memory=True)
-    files = SaverFiles(make_bzimage(kernel_size=128 << 10, init_size=MIB), b"initrd", "")
+    files = SaverFiles(make_bzimage(kernel_size=128 * KIB, init_size=MIB), b"initrd", "")
     plan = plan_saver_load(
         files,
         window,

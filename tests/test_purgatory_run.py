@@ -14,10 +14,10 @@ from tests.purgatory_support import (
     GUARD,
     JUMP_BACK,
     Machine,
-    MiB,
     random_segment,
     setup_segment,
 )
+from tests.sizes import MIB
 
 # Enough for the default machine's ~50 KiB of hashing (~3M instructions) with
 # a wide margin, small enough that a hang is detected quickly.
@@ -192,7 +192,7 @@ def test_empty_and_zero_fill_segments_verify():
 
 
 def test_megabytes_of_segments_verify():
-    kernel = random_segment(0x1000000, 3 * MiB + 123, 0x1000)
+    kernel = random_segment(0x1000000, 3 * MIB + 123, 0x1000)
     machine = Machine.build(hashed=[kernel, setup_segment()])
     exit = machine.call(budget=instruction_budget(machine.hashed))
     assert (exit.reason, exit.rip) == ("left", machine.regs.rip), exit.detail
@@ -200,13 +200,13 @@ def test_megabytes_of_segments_verify():
 
 
 def test_a_flip_deep_inside_megabytes_hangs():
-    kernel = random_segment(0x1000000, 1 * MiB, 0)
+    kernel = random_segment(0x1000000, 1 * MIB, 0)
     machine = Machine.build(hashed=[kernel, setup_segment()])
     _flip(machine, kernel.mem + int.from_bytes(os.urandom(3), "little") % kernel.bufsz)
     assert machine.call(budget=instruction_budget(machine.hashed)).reason == "hang"
 
 
 def test_the_suggested_budget_covers_a_correct_run_with_room_to_spare():
-    kernel = random_segment(0x1000000, 2 * MiB, 0)
+    kernel = random_segment(0x1000000, 2 * MIB, 0)
     machine = Machine.build(hashed=[kernel, setup_segment()])
     assert machine.call(budget=instruction_budget(machine.hashed) * 2 // 3).reason == "left"

@@ -10,8 +10,8 @@ from kexechibd.config import MemoryWindow, parse
 from kexechibd.cycle.window import choose_window
 from kexechibd.errors import ConfigError
 from kexechibd.kernel.api import MemoryKind, MemoryRange
+from tests.sizes import MIB
 
-MIB = 1 << 20
 # A PC's e820 with 1 GiB: low RAM, the BIOS hole, RAM with ACPI tables on top.
 FIRMWARE = [
     MemoryRange(0, 0x9F000),

@@ -18,14 +18,14 @@ from kexechibd.model.machine import Machine
 from kexechibd.model.workload import in_use_digest, populate
 from tests.dbus.buses import TestBus
 from tests.dbus.conftest import Signals, eventually
+from tests.sizes import KIB, MIB
 
-MIB = 1 << 20
 DAEMON = [sys.executable, "-m", "kexechibd.daemon"]
 REPO = Path(__file__).resolve().parents[2]
 
 
 def write_config(tmp: Path, machine: Machine) -> Path:
-    (tmp / "vmlinuz-b").write_bytes(make_bzimage(kernel_size=128 << 10, init_size=1 * MIB))
+    (tmp / "vmlinuz-b").write_bytes(make_bzimage(kernel_size=128 * KIB, init_size=1 * MIB))
     (tmp / "initrd-b").write_bytes(b"")
     conf = tmp / "kexechibd.conf"
     conf.write_text(

@@ -26,8 +26,7 @@ from tests.dbus.conftest import (
     wait_thread_event,
 )
 from tests.image_support import make_meta, page
-
-MIB = 1 << 20
+from tests.sizes import KIB, MIB
 
 
 @pytest.fixture
@@ -190,7 +189,7 @@ class Gate:
 async def hibernate_held_in_loading(held, settings, client) -> asyncio.Task[list[object]]:
     """Start a Hibernate the engine can carry up to the load of kernel B,
     where ``held`` stops it."""
-    settings.saver.kernel.write_bytes(make_bzimage(kernel_size=128 << 10, init_size=1 * MIB))
+    settings.saver.kernel.write_bytes(make_bzimage(kernel_size=128 * KIB, init_size=1 * MIB))
     settings.saver.initrd.write_bytes(b"")
     pending = asyncio.create_task(call(client, "Hibernate", "a{sv}", [{}]))
     await wait_thread_event(held.reached, 30)

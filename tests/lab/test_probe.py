@@ -32,10 +32,10 @@ from kexechibd.lab.userspace import GUEST_LIB, lab_userspace
 from kexechibd.model.kernel import ModelKernel
 from kexechibd.model.machine import Capabilities, Machine
 from tests.conformance.vectors import VECTORS, applicable, choose_base, features_of, run_vector
+from tests.sizes import MIB
 
 pytestmark = pytest.mark.lab
 
-MIB = 1 << 20
 REPORT = f"kexechib.lab.root=none kexechib.lab.run=/{GUEST_LIB}/report.sh kexechib.enable_kexec=1"
 
 NO_JUMP = "no CONFIG_KEXEC_JUMP (preserve-context loads are refused)"

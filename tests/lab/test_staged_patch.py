@@ -42,6 +42,7 @@ from kexechibd.kernel import abi
 from kexechibd.kernel.abi import PAGE_SHIFT, PAGE_SIZE, Segment, Stage
 from kexechibd.kernel.api import Kernel, MemoryKind
 from kexechibd.lab import GuestResult, GuestSpec, run_guest
+from tests.sizes import MIB
 
 pytestmark = pytest.mark.lab
 
@@ -49,7 +50,6 @@ TOP = Path(__file__).resolve().parents[2]
 MEMORY_MIB = 512
 CPU = "max,la57=off"
 APPEND = "kexechib.enable_kexec=1"
-MIB = 1 << 20
 
 # Page patterns: a data page of the new image holds `address ^ K_DATA` in every
 # qword, a page of the running kernel's (A's) memory `address ^ K_OLD`.
