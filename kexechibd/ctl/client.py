@@ -67,17 +67,8 @@ class ManagerClient:
         flags = MessageFlag.NONE
         if self.interactive:
             flags = MessageFlag.ALLOW_INTERACTIVE_AUTHORIZATION
-        reply = await self.bus.call(
-            Message(
-                destination=destination,
-                path=path,
-                interface=interface,
-                member=member,
-                signature=signature,
-                body=list(body),
-                flags=flags,
-            )
-        )
+        to = busutil.Remote(destination, path, interface)
+        reply = await self.bus.call(busutil.method_call(to, member, signature, body, flags=flags))
         if reply is None:
             raise DaemonError("org.freedesktop.DBus.Error.NoReply", "no reply")
         if reply.message_type == MessageType.ERROR:
@@ -98,14 +89,7 @@ class ManagerClient:
     async def add_match(self, rule: str) -> bool:
         """Ask the bus for the signals ``rule`` matches; False if it refused."""
         reply = await self.bus.call(
-            Message(
-                destination="org.freedesktop.DBus",
-                path="/org/freedesktop/DBus",
-                interface="org.freedesktop.DBus",
-                member="AddMatch",
-                signature="s",
-                body=[rule],
-            )
+            busutil.method_call(busutil.BUS_DAEMON, "AddMatch", "s", [rule])
         )
         return reply is not None and reply.message_type != MessageType.ERROR
 
