@@ -20,6 +20,7 @@ import io
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any, ClassVar
 
 from elftools.common.exceptions import ELFError
@@ -71,29 +72,25 @@ STATE_BY_WORD = {word: state for state, word in STATE_WORDS.items()}
 PREFIX_SIZE = FORMAT_DESC_OFFSET + FORMAT_DESC.size  # 168: enough to identify any version
 
 
-@dataclass(frozen=True)
-class ImageDesc:
-    """The image note's fields, in their stored order: the one statement of
-    it, for both ``encode_notes`` and ``decode_header`` (``IMAGE_DESC`` packs
-    them)."""
-
-    page_size: int
-    codec: int
-    level: int
-    flags: int
-    chunk_size: int
-    data_offset: int
-    index_offset: int
-    chunks: int
-    image_length: int
-    data_pages: int
-    zero_pages: int
-    runs: int
-    jump_back_entry: int
-    created: float
-    digest: bytes
-
-
+# The image note's fields, in their stored order (IMAGE_DESC packs them): the
+# one statement of it, for both ``encode_notes`` and ``decode_header``.
+IMAGE_DESC_FIELDS = (
+    "page_size",
+    "codec",
+    "level",
+    "flags",
+    "chunk_size",
+    "data_offset",
+    "index_offset",
+    "chunks",
+    "image_length",
+    "data_pages",
+    "zero_pages",
+    "runs",
+    "jump_back_entry",
+    "created",
+    "digest",
+)
 IMAGE_DESC = struct.Struct("<IIiIQQQQQQQQQd32s")
 DIGEST_NOTE_SIZE = NHDR.size + 12 + 32
 IDENTITY_KEYS = ("kernel_release", "build_id", "boot_id", "machine_id", "hibernate_id", "mode")
@@ -191,9 +188,7 @@ class Header:
 
 # The image note's fields a Header holds itself (the rest are its meta's, or flags).
 _HEADER_DESC_FIELDS = tuple(
-    f.name
-    for f in dataclasses.fields(Header)
-    if f.name in {g.name for g in dataclasses.fields(ImageDesc)}
+    f.name for f in dataclasses.fields(Header) if f.name in IMAGE_DESC_FIELDS
 )
 
 
@@ -229,21 +224,18 @@ def validate_meta(meta: ImageMeta) -> None:
 def encode_notes(h: Header) -> bytes:
     """The note region, DIGEST included; the state word is filled in too."""
     m = h.meta
+    fields = {
+        "page_size": m.page_size,
+        "flags": 0,
+        "jump_back_entry": m.jump_back_entry,
+        "created": m.created,
+        **{name: getattr(h, name) for name in _HEADER_DESC_FIELDS},
+    }
     parts = [
         encode_note(
             NOTE_OWNER,
             NT_IMAGE,
-            IMAGE_DESC.pack(
-                *dataclasses.astuple(
-                    ImageDesc(
-                        page_size=m.page_size,
-                        flags=0,
-                        jump_back_entry=m.jump_back_entry,
-                        created=m.created,
-                        **{name: getattr(h, name) for name in _HEADER_DESC_FIELDS},
-                    )
-                )
-            ),
+            IMAGE_DESC.pack(*(fields[name] for name in IMAGE_DESC_FIELDS)),
         ),
         encode_note(NOTE_OWNER, NT_IDENTITY, encode_identity(m)),
     ]
@@ -420,7 +412,7 @@ def decode_header(region: bytes, image_end: int | None = None) -> Header:
             f"image note is {len(image.desc)} bytes, expected {IMAGE_DESC.size}",
             offset=image.offset,
         )
-    d = ImageDesc(*IMAGE_DESC.unpack(image.desc))
+    d = SimpleNamespace(**dict(zip(IMAGE_DESC_FIELDS, IMAGE_DESC.unpack(image.desc), strict=True)))
     ident = _identity(notes[2].desc, notes[2].desc_offset)
     by_kind = {(n.owner, n.type): n.desc for n in notes}
     at = image.desc_offset
