@@ -13,7 +13,7 @@ import time
 from dbus_next._private.unmarshaller import Unmarshaller
 
 from kexechibd import busutil
-from kexechibd.daemon.service import admit
+from kexechibd.daemon.routing import admit
 from tests.dbus.fuzz_client import empty_strings
 
 

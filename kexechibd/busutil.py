@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from struct import unpack_from
 from typing import Any, cast
@@ -51,6 +51,39 @@ class CallHeader:
     signature: str
     body_length: int
     sender: str
+
+
+@dataclass(frozen=True)
+class Remote:
+    """An object on the bus to call: its owner, path and interface."""
+
+    destination: str
+    path: str
+    interface: str
+
+
+# The bus daemon itself (the specification's "Message Bus Messages").
+BUS_DAEMON = Remote("org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus")
+
+
+def method_call(
+    to: Remote,
+    member: str,
+    signature: str = "",
+    body: Sequence[Any] = (),
+    *,
+    flags: MessageFlag = MessageFlag.NONE,
+) -> Message:
+    """The method call ``member`` on ``to``, ready for ``bus.call``."""
+    return Message(
+        destination=to.destination,
+        path=to.path,
+        interface=to.interface,
+        member=member,
+        signature=signature,
+        body=list(body),
+        flags=flags,
+    )
 
 
 # Whether to decode the body of the method call with this header.

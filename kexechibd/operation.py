@@ -115,6 +115,12 @@ def _option(options: Mapping[str, object], key: str, kind: type, default: object
     return value
 
 
+def _refuse_unknown(options: Mapping[str, object], known: tuple[str, ...]) -> None:
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise InvalidOption(f"unknown option(s) {', '.join(unknown)}; known: {', '.join(known)}")
+
+
 @dataclass(frozen=True)
 class HibernateOptions:
     mode: Mode = Mode.POWEROFF
@@ -127,11 +133,7 @@ class HibernateOptions:
     @classmethod
     def from_mapping(cls, options: Mapping[str, object]) -> HibernateOptions:
         """Validate caller-supplied options (already unwrapped from variants)."""
-        unknown = sorted(set(options) - set(cls.KEYS))
-        if unknown:
-            raise InvalidOption(
-                f"unknown option(s) {', '.join(unknown)}; known: {', '.join(cls.KEYS)}"
-            )
+        _refuse_unknown(options, cls.KEYS)
         mode = str(_option(options, "mode", str, Mode.POWEROFF.value))
         try:
             parsed_mode = Mode(mode)
@@ -159,11 +161,7 @@ class ResumeOptions:
 
     @classmethod
     def from_mapping(cls, options: Mapping[str, object]) -> ResumeOptions:
-        unknown = sorted(set(options) - set(cls.KEYS))
-        if unknown:
-            raise InvalidOption(
-                f"unknown option(s) {', '.join(unknown)}; known: {', '.join(cls.KEYS)}"
-            )
+        _refuse_unknown(options, cls.KEYS)
         load_only = _option(options, "load-only", bool, False)
         force = _option(options, "force", bool, False)
         return cls(bool(load_only), bool(force))

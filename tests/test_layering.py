@@ -83,6 +83,20 @@ RULES = (
         forbidden=(*ENGINE, *DAEMON, *CTL, "kexechibd.config"),
     ),
     Rule(
+        "the daemon's routing decides from a call's header alone: it knows no Manager,"
+        " authorization, engine, image or configuration",
+        importers=("kexechibd.daemon.routing",),
+        forbidden=(
+            "kexechibd.daemon.manager",
+            "kexechibd.daemon.auth",
+            "kexechibd.daemon.service",
+            *ENGINE,
+            "kexechibd.cycle",
+            "kexechibd.image",
+            "kexechibd.config",
+        ),
+    ),
+    Rule(
         "the model is a model of the kernel, not of kexechibd: it imports only the"
         " kernel interface and the pure formats",
         importers=("kexechibd.model",),

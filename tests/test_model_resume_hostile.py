@@ -304,8 +304,8 @@ def test_a_world_writable_image_is_refused(saved, tmp_path) -> None:
     bad = copy(image, tmp_path)
     os.chmod(bad, 0o606)
     assert refused(machine, bad, tmp_path) == (
-        f"{bad} has mode 0606: it is world-writable, so others could have changed it; "
-        f"refusing it as an image (chmod 600 {bad} if it is trusted)"
+        f"{bad} cannot be used as an image: it has mode 0606: others may read or "
+        f"change it (it must be 0600: chmod 600 {bad} if it is trusted)"
     )
 
 

@@ -67,17 +67,8 @@ class ManagerClient:
         flags = MessageFlag.NONE
         if self.interactive:
             flags = MessageFlag.ALLOW_INTERACTIVE_AUTHORIZATION
-        reply = await self.bus.call(
-            Message(
-                destination=destination,
-                path=path,
-                interface=interface,
-                member=member,
-                signature=signature,
-                body=list(body),
-                flags=flags,
-            )
-        )
+        to = busutil.Remote(destination, path, interface)
+        reply = await self.bus.call(busutil.method_call(to, member, signature, body, flags=flags))
         if reply is None:
             raise DaemonError("org.freedesktop.DBus.Error.NoReply", "no reply")
         if reply.message_type == MessageType.ERROR:
@@ -98,35 +89,48 @@ class ManagerClient:
     async def add_match(self, rule: str) -> bool:
         """Ask the bus for the signals ``rule`` matches; False if it refused."""
         reply = await self.bus.call(
-            Message(
-                destination="org.freedesktop.DBus",
-                path="/org/freedesktop/DBus",
-                interface="org.freedesktop.DBus",
-                member="AddMatch",
-                signature="s",
-                body=[rule],
-            )
+            busutil.method_call(busutil.BUS_DAEMON, "AddMatch", "s", [rule])
         )
         return reply is not None and reply.message_type != MessageType.ERROR
 
-    async def watch(self, on_change: Callable[[Mapping[str, object]], None]) -> None:
-        """Call ``on_change`` with every PropertiesChanged of the Manager."""
+    async def on_signal(
+        self,
+        source: busutil.Remote,
+        member: str,
+        handler: Callable[[list[Any]], None],
+        *,
+        arg0: str | None = None,
+    ) -> bool:
+        """Have ``handler`` see the body of every signal ``member`` that
+        ``source`` sends (with that first argument, when ``arg0`` is given):
+        the bus's match rule and our own filter say the same thing.  False
+        if the bus refused the match."""
         rule = (
-            f"type='signal',sender='{BUS_NAME}',path='{OBJECT_PATH}',"
-            f"interface='{PROPERTIES}',member='PropertiesChanged',arg0='{INTERFACE}'"
-        )
+            f"type='signal',sender='{source.destination}',path='{source.path}',"
+            f"interface='{source.interface}',member='{member}'"
+        ) + (f",arg0='{arg0}'" if arg0 is not None else "")
         if not await self.add_match(rule):
-            return  # no progress display, the call itself still works
+            return False
 
-        def handler(msg: Message) -> None:
+        def filtered(msg: Message) -> None:
             if (
                 msg.message_type == MessageType.SIGNAL
-                and msg.member == "PropertiesChanged"
-                and msg.path == OBJECT_PATH
+                and (msg.path, msg.interface, msg.member) == (source.path, source.interface, member)
                 and msg.body
-                and msg.body[0] == INTERFACE
+                and (arg0 is None or msg.body[0] == arg0)
             ):
-                changed: dict[str, Variant] = msg.body[1]
-                on_change({name: variant.value for name, variant in changed.items()})
+                handler(list(msg.body))
 
-        self.add_handler(handler)
+        self.add_handler(filtered)
+        return True
+
+    async def watch(self, on_change: Callable[[Mapping[str, object]], None]) -> None:
+        """Call ``on_change`` with every PropertiesChanged of the Manager."""
+
+        def changed(body: list[Any]) -> None:
+            values: dict[str, Variant] = body[1]
+            on_change({name: variant.value for name, variant in values.items()})
+
+        manager = busutil.Remote(BUS_NAME, OBJECT_PATH, PROPERTIES)
+        # Refused: no progress display; the call itself still works.
+        await self.on_signal(manager, "PropertiesChanged", changed, arg0=INTERFACE)

@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
+from typing import Any
 
-from dbus_next.constants import MessageType
-from dbus_next.message import Message
-
+from kexechibd import busutil
 from kexechibd.ctl.client import DaemonError, ManagerClient
 
 LOGIND = "org.freedesktop.login1"
@@ -67,24 +66,13 @@ class SleepWatch:
 
 
 async def watch_prepare_for_sleep(client: ManagerClient, watch: SleepWatch) -> None:
-    rule = (
-        f"type='signal',sender='{LOGIND}',path='{LOGIND_PATH}',"
-        f"interface='{LOGIND_MANAGER}',member='PrepareForSleep'"
-    )
-    if not await client.add_match(rule):
+    def prepare_for_sleep(body: list[Any]) -> None:
+        if isinstance(body[0], bool):
+            watch.on_prepare_for_sleep(body[0])
+
+    logind = busutil.Remote(LOGIND, LOGIND_PATH, LOGIND_MANAGER)
+    if not await client.on_signal(logind, "PrepareForSleep", prepare_for_sleep):
         raise DaemonError("org.freedesktop.DBus.Error.Failed", "cannot watch PrepareForSleep")
-
-    def handler(msg: Message) -> None:
-        if (
-            msg.message_type == MessageType.SIGNAL
-            and msg.member == "PrepareForSleep"
-            and msg.interface == LOGIND_MANAGER
-            and msg.body
-            and isinstance(msg.body[0], bool)
-        ):
-            watch.on_prepare_for_sleep(msg.body[0])
-
-    client.add_handler(handler)
 
 
 async def ask_logind_to_hibernate(client: ManagerClient) -> None:

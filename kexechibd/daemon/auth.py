@@ -20,9 +20,9 @@ from typing import Protocol
 
 from dbus_next.aio.message_bus import MessageBus
 from dbus_next.constants import MessageType
-from dbus_next.message import Message
 from dbus_next.signature import Variant
 
+from kexechibd import busutil
 from kexechibd.errors import KexechibError
 
 log = logging.getLogger("kexechibd.auth")
@@ -30,6 +30,7 @@ log = logging.getLogger("kexechibd.auth")
 POLKIT_NAME = "org.freedesktop.PolicyKit1"
 POLKIT_PATH = "/org/freedesktop/PolicyKit1/Authority"
 POLKIT_INTERFACE = "org.freedesktop.PolicyKit1.Authority"
+_POLKIT = busutil.Remote(POLKIT_NAME, POLKIT_PATH, POLKIT_INTERFACE)
 # CheckAuthorizationFlags (polkit's org.freedesktop.PolicyKit1.Authority docs).
 ALLOW_USER_INTERACTION = 0x1
 
@@ -120,14 +121,7 @@ class PolkitAuthorizer:
 
     async def caller_uid(self, sender: str) -> int:
         reply = await self._bus.call(
-            Message(
-                destination="org.freedesktop.DBus",
-                path="/org/freedesktop/DBus",
-                interface="org.freedesktop.DBus",
-                member="GetConnectionUnixUser",
-                signature="s",
-                body=[sender],
-            )
+            busutil.method_call(busutil.BUS_DAEMON, "GetConnectionUnixUser", "s", [sender])
         )
         if reply is None or reply.message_type != MessageType.METHOD_RETURN:
             raise LookupError(f"the bus does not know the caller {sender}")
@@ -151,13 +145,11 @@ class PolkitAuthorizer:
     ) -> AuthResult:
         cancellation_id = f"kexechibd-{next(self._ids)}"
         flags = ALLOW_USER_INTERACTION if caller.interactive else 0
-        request = Message(
-            destination=POLKIT_NAME,
-            path=POLKIT_PATH,
-            interface=POLKIT_INTERFACE,
-            member="CheckAuthorization",
-            signature="(sa{sv})sa{ss}us",
-            body=[
+        request = busutil.method_call(
+            _POLKIT,
+            "CheckAuthorization",
+            "(sa{sv})sa{ss}us",
+            [
                 ["system-bus-name", {"name": Variant("s", caller.sender)}],
                 action.value,
                 dict(details),
@@ -185,13 +177,6 @@ class PolkitAuthorizer:
         return AuthResult(Verdict.CHALLENGE if is_challenge else Verdict.NO)
 
     async def _cancel(self, cancellation_id: str) -> None:
-        request = Message(
-            destination=POLKIT_NAME,
-            path=POLKIT_PATH,
-            interface=POLKIT_INTERFACE,
-            member="CancelCheckAuthorization",
-            signature="s",
-            body=[cancellation_id],
-        )
+        request = busutil.method_call(_POLKIT, "CancelCheckAuthorization", "s", [cancellation_id])
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._bus.call(request), 5)

@@ -32,7 +32,8 @@ from kexechibd.daemon import logs
 from kexechibd.daemon.auth import PolkitAuthorizer
 from kexechibd.daemon.manager import Manager
 from kexechibd.daemon.notify import Notifier, StatusListener, status_text
-from kexechibd.daemon.service import ManagerService, admit, hibernate_defaults
+from kexechibd.daemon.routing import admit
+from kexechibd.daemon.service import ManagerService, hibernate_defaults
 from kexechibd.errors import ConfigError, KexechibError
 from kexechibd.kernel.abi import KernelError
 from kexechibd.operation import Engine, ResumeOptions, Role

@@ -7,7 +7,8 @@ handlers for those answer some calls wrongly or not at all and log a
 traceback that echoes the caller's strings for every mistake
 (docs/DEVELOPING.md); its ``ServiceInterface`` is kept only to describe the
 Manager's properties and to send ``PropertiesChanged``.  Method calls are
-routed from one table (``METHODS`` and ``STANDARD``), whose signatures also
+routed from one table (``routing.METHODS`` and ``routing.STANDARD``; the
+decision is ``routing.route``, pure, in its own module), whose signatures also
 decide, before dbus-next decodes a body, whether the body is worth decoding
 (``busutil.connect(admit=…)``): a call with a wrong signature, to an unknown
 method, or with a body over ``MAX_BODY`` is answered without being decoded.
@@ -29,16 +30,14 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import functools
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path, PurePath
 from typing import Any, cast
 
 from dbus_next import introspection as intr
 from dbus_next.aio.message_bus import MessageBus
-from dbus_next.constants import ArgDirection, MessageFlag, MessageType, PropertyAccess
+from dbus_next.constants import MessageFlag, MessageType, PropertyAccess
 from dbus_next.message import Message
 from dbus_next.service import ServiceInterface, dbus_property
 from dbus_next.signature import Variant
@@ -50,58 +49,29 @@ from kexechibd.daemon.auth import Action, Authorizer, Caller, Verdict, denial
 from kexechibd.daemon.inspect import report_fields
 from kexechibd.daemon.manager import PROPERTY_SIGNATURES, Manager, as_daemon_error, unexpected
 from kexechibd.daemon.mistakes import MistakeLog, shown
+from kexechibd.daemon.routing import (
+    FAILED,
+    INTROSPECTABLE,
+    METHODS,
+    PEER,
+    PREPARE_FOR_HIBERNATE,
+    PROPERTY_READ_ONLY,
+    SIGNALS,
+    STANDARD,
+    UNKNOWN_INTERFACE,
+    UNKNOWN_PROPERTY,
+    CallRefused,
+    Member,
+    Refusal,
+    introspect,
+    machine_id,
+    route,
+)
 from kexechibd.errors import InvalidOption
 from kexechibd.image.pathcheck import ImagePathRefused, check_image_path
 from kexechibd.operation import HibernateOptions, ResumeOptions
 
 log = logging.getLogger("kexechibd.service")
-
-INVALID_ARGS = "org.freedesktop.DBus.Error.InvalidArgs"
-
-
-@dataclass(frozen=True)
-class Member:
-    """A method or signal of the interface: name and named arguments."""
-
-    name: str
-    in_args: tuple[tuple[str, str], ...] = ()
-    out_args: tuple[tuple[str, str], ...] = ()
-
-    @property
-    def in_signature(self) -> str:
-        return "".join(sig for _, sig in self.in_args)
-
-    def method_introspection(self) -> intr.Method:
-        return intr.Method(
-            self.name,
-            [_arg(sig, ArgDirection.IN, name) for name, sig in self.in_args],
-            [_arg(sig, ArgDirection.OUT, name) for name, sig in self.out_args],
-        )
-
-    def signal_introspection(self) -> intr.Signal:
-        return intr.Signal(
-            self.name, [_arg(sig, ArgDirection.OUT, name) for name, sig in self.out_args]
-        )
-
-
-def _arg(signature: str, direction: ArgDirection, name: str) -> intr.Arg:
-    # dbus-next annotates ``direction`` as a list; it takes one ArgDirection.
-    return intr.Arg(signature, direction, name)  # type: ignore[arg-type]
-
-
-METHODS: dict[str, Member] = {
-    m.name: m
-    for m in (
-        Member("Hibernate", in_args=(("options", "a{sv}"),)),
-        Member("Resume", in_args=(("image", "s"), ("options", "a{sv}"))),
-        Member("JumpBack"),
-        Member("Cancel"),
-        Member("CanHibernate", out_args=(("result", "s"),)),
-        Member("Inspect", in_args=(("image", "s"),), out_args=(("info", "a{sv}"),)),
-    )
-}
-PREPARE_FOR_HIBERNATE = Member("PrepareForHibernate", out_args=(("start", "b"),))
-SIGNALS = (PREPARE_FOR_HIBERNATE,)
 
 
 def _read_only_property(name: str) -> Any:
@@ -139,100 +109,6 @@ class ManagerInterface(ServiceInterface):
         return interface
 
 
-# ------------------------------------------------------------------ routing
-
-PEER = "org.freedesktop.DBus.Peer"
-INTROSPECTABLE = "org.freedesktop.DBus.Introspectable"
-PROPERTIES = "org.freedesktop.DBus.Properties"
-OBJECT_MANAGER = "org.freedesktop.DBus.ObjectManager"
-FAILED = "org.freedesktop.DBus.Error.Failed"
-UNKNOWN_METHOD = "org.freedesktop.DBus.Error.UnknownMethod"
-UNKNOWN_INTERFACE = "org.freedesktop.DBus.Error.UnknownInterface"
-UNKNOWN_OBJECT = "org.freedesktop.DBus.Error.UnknownObject"
-UNKNOWN_PROPERTY = "org.freedesktop.DBus.Error.UnknownProperty"
-PROPERTY_READ_ONLY = "org.freedesktop.DBus.Error.PropertyReadOnly"
-LIMITS_EXCEEDED = "org.freedesktop.DBus.Error.LimitsExceeded"
-
-# The standard interfaces the object offers: member -> input signature.
-STANDARD: dict[str, dict[str, str]] = {
-    PEER: {"Ping": "", "GetMachineId": ""},
-    INTROSPECTABLE: {"Introspect": ""},
-    PROPERTIES: {"Get": "ss", "GetAll": "s", "Set": "ssv"},
-}
-# Every interface the daemon answers, the Manager's first (a call without
-# an interface header goes to the first that has its member).
-INTERFACES: dict[str, dict[str, str]] = {
-    INTERFACE: {name: member.in_signature for name, member in METHODS.items()},
-    **STANDARD,
-}
-# No call of ours needs more: an image path is at most PATH_MAX (4096)
-# bytes, the options a handful of short strings.  A larger body is refused
-# before it is decoded, so no caller can keep the daemon busy decoding.
-MAX_BODY = 64 * 1024
-
-
-@dataclass(frozen=True)
-class Route:
-    """A method call the daemon answers."""
-
-    interface: str
-    member: str
-
-
-@dataclass(frozen=True)
-class Refusal:
-    """A method call answered with an error, from its header alone."""
-
-    error: str
-    text: str
-
-
-class CallRefused(Exception):
-    def __init__(self, error: str, text: str) -> None:
-        super().__init__(text)
-        self.refusal = Refusal(error, text)
-
-
-def _is_ancestor(path: str) -> bool:
-    return path == "/" or OBJECT_PATH.startswith(path + "/")
-
-
-def route(
-    path: str, interface: str | None, member: str, signature: str, body_length: int = 0
-) -> Route | Refusal:
-    """Who answers a method call, or the error it gets: decided from the
-    header alone, so before its body is decoded."""
-    if interface is None:
-        interface = next((i for i, members in INTERFACES.items() if member in members), None)
-        if interface is None:
-            return Refusal(UNKNOWN_METHOD, f"no method {shown(member)} here")
-    members = INTERFACES.get(interface)
-    if members is None:
-        return Refusal(UNKNOWN_INTERFACE, f"no interface {shown(interface)} here")
-    # Peer belongs to the connection, not to an object.
-    here = path == OBJECT_PATH or interface == PEER
-    if not here and not (interface == INTROSPECTABLE and _is_ancestor(path)):
-        return Refusal(UNKNOWN_OBJECT, f"no object at {shown(path)}; there is {OBJECT_PATH}")
-    expected = members.get(member)
-    if expected is None:
-        return Refusal(
-            UNKNOWN_METHOD,
-            f"{interface} has no method {shown(member)}; it has {', '.join(members)}",
-        )
-    if signature != expected:
-        return Refusal(
-            INVALID_ARGS,
-            f"{interface}.{member} takes arguments ({expected}), not ({shown(signature)[1:-1]})",
-        )
-    if body_length > MAX_BODY:
-        return Refusal(
-            LIMITS_EXCEEDED,
-            f"{interface}.{member}: {body_length} bytes of arguments is more than "
-            f"{MAX_BODY}; no call needs that much",
-        )
-    return Route(interface, member)
-
-
 # An error's text is cut to this many characters: it may quote what the
 # caller sent (an unknown option's name, a path).
 MAX_ERROR_TEXT = 2048
@@ -240,45 +116,6 @@ MAX_ERROR_TEXT = 2048
 
 def _bounded(text: str) -> str:
     return text if len(text) <= MAX_ERROR_TEXT else text[:MAX_ERROR_TEXT] + "…"
-
-
-def admit(header: busutil.CallHeader) -> bool:
-    """Whether a method call is worth decoding (``busutil.connect``): only
-    a call that ``route`` sends somewhere."""
-    route_ = route(
-        header.path, header.interface, header.member, header.signature, header.body_length
-    )
-    return isinstance(route_, Route)
-
-
-def introspect(path: str, manager: ServiceInterface) -> str:
-    """The introspection XML of ``path``: the object, or one of its ancestors."""
-    if path == OBJECT_PATH:
-        node = intr.Node.default(path)
-        node.interfaces = [i for i in node.interfaces if i.name != OBJECT_MANAGER]
-        node.interfaces.append(manager.introspect())
-    else:
-        node = intr.Node(path)
-        node.nodes = [intr.Node(OBJECT_PATH[len(path) :].lstrip("/").split("/")[0])]
-    xml: str = node.tostring()
-    return xml
-
-
-MACHINE_ID_FILES = (Path("/etc/machine-id"), Path("/var/lib/dbus/machine-id"))
-
-
-@functools.cache
-def machine_id() -> str:
-    """What Peer.GetMachineId answers: the machine id the bus daemon also
-    uses ('' when there is none)."""
-    for path in MACHINE_ID_FILES:
-        try:
-            ident = path.read_text().strip()
-        except OSError:
-            continue
-        if ident:
-            return ident
-    return ""
 
 
 # ------------------------------------------------------------------ variants
@@ -411,14 +248,7 @@ class ManagerService:
         """Return once everything sent so far has reached the bus daemon: it
         handles a connection's messages in order, so the reply to a call sent
         after them proves they were routed (before the kernel freezes us)."""
-        await self._bus.call(
-            Message(
-                destination="org.freedesktop.DBus",
-                path="/org/freedesktop/DBus",
-                interface="org.freedesktop.DBus",
-                member="GetId",
-            )
-        )
+        await self._bus.call(busutil.method_call(busutil.BUS_DAEMON, "GetId"))
 
     # ---------------------------------------------------- dispatch
 

@@ -15,25 +15,17 @@ partitions or the disk it is part of.  (Writers also open the device
 from __future__ import annotations
 
 import contextlib
-import grp
 import os
 import stat
 from pathlib import Path
 
 from kexechibd import mounts
 from kexechibd.image.meta import ImageError
+from kexechibd.image.pathcheck import trusted_groups
 
 SYS_DEV_BLOCK = Path("/sys/dev/block")
 MOUNTINFO = mounts.MOUNTINFO
 SWAPS = Path("/proc/swaps")
-
-
-def _trusted_groups() -> set[int]:
-    """Root, and ``disk``: its members may read and write every disk already."""
-    groups = {0}
-    with contextlib.suppress(KeyError):
-        groups.add(grp.getgrnam("disk").gr_gid)
-    return groups
 
 
 def check_device_node(st: os.stat_result, path: Path | str, *, write: bool) -> None:
@@ -47,7 +39,7 @@ def check_device_node(st: os.stat_result, path: Path | str, *, write: bool) -> N
             "read and change images on it; refusing to use it"
         )
     mode = stat.S_IMODE(st.st_mode)
-    trusted_group = st.st_gid in _trusted_groups()
+    trusted_group = st.st_gid in trusted_groups()
     problems = []
     if mode & stat.S_IWOTH or (mode & stat.S_IWGRP and not trusted_group):
         problems.append("writable by others, so others could have changed the image")

@@ -24,7 +24,7 @@ import errno
 import mmap
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO, cast
 
@@ -44,6 +44,8 @@ from kexechibd.image.slots import (
 
 BOUNCE_SIZE = 1 << 20  # reads up to this size go through one buffer per device
 WRITE_BUFFER = 4 << 20  # the writer's output is gathered into aligned writes this large
+# os.preadv or os.pwritev: (fd, buffers, offset) -> bytes moved.
+_Vectored = Callable[[int, list[memoryview], int], int]
 
 
 class DirectDevice(ClosedOnExit):
@@ -166,35 +168,31 @@ class DirectDevice(ClosedOnExit):
             yield dev_pos, done, n
             done += n
 
-    def read_into(self, buf: mmap.mmap, span: int, pos: int) -> int:
-        """Fill ``buf[:span]`` from ``pos`` (both aligned); fewer bytes only at
-        the end of the device (or file)."""
+    def _transfer(self, call: _Vectored, buf: mmap.mmap, span: int, pos: int) -> int:
+        """Move ``span`` bytes between ``buf`` and ``pos`` with ``call``
+        (``os.preadv`` or ``os.pwritev``, which may move part of what they
+        are asked), extent by extent; the bytes moved, fewer when a call
+        moves nothing (the end of the device or file)."""
         total = 0
         with memoryview(buf) as mv:
             for dev_pos, at, length in self._spans(pos, span):
                 done = 0
                 while done < length:
-                    n = os.preadv(self.fd, [mv[at + done : at + length]], dev_pos + done)
+                    n = call(self.fd, [mv[at + done : at + length]], dev_pos + done)
                     if n == 0:
                         return total + done
                     done += n
                 total += done
         return total
 
+    def read_into(self, buf: mmap.mmap, span: int, pos: int) -> int:
+        """Fill ``buf[:span]`` from ``pos`` (both aligned); fewer bytes only at
+        the end of the device (or file)."""
+        return self._transfer(os.preadv, buf, span, pos)
+
     def write_from(self, buf: mmap.mmap, span: int, pos: int) -> None:
-        written = 0
-        with memoryview(buf) as mv:
-            for dev_pos, at, length in self._spans(pos, span):
-                done = 0
-                while done < length:
-                    n = os.pwritev(self.fd, [mv[at + done : at + length]], dev_pos + done)
-                    if n == 0:
-                        raise OSError(
-                            errno.EIO, f"{self.path}: nothing written at {dev_pos + done:#x}"
-                        )
-                    done += n
-                written += done
-        if written != span:  # with extents: past the file's end, a bug of ours
+        written = self._transfer(os.pwritev, buf, span, pos)
+        if written != span:  # past the device's (or file's) end: a bug of ours
             raise OSError(errno.EIO, f"{self.name}: wrote {written} of {span} bytes at {pos:#x}")
 
     def pread(self, offset: int, n: int) -> bytes:

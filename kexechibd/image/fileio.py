@@ -14,6 +14,7 @@ from types import TracebackType
 from typing import BinaryIO, Self
 
 from kexechibd.image.meta import ImageError
+from kexechibd.image.pathcheck import owner_mode_refusal
 
 
 class ClosedOnExit(abc.ABC):
@@ -65,21 +66,10 @@ def fsync_dir(directory: Path) -> None:
 
 
 def check_private(st: os.stat_result, path: Path | str) -> None:
-    """Refuse an image file that someone other than root could have written."""
+    """Refuse an image file that someone other than root could have written
+    or read: ``pathcheck.owner_mode_refusal``'s rule, on what was opened."""
     if not stat.S_ISREG(st.st_mode):
         raise ImageError(f"{path} is not a regular file; refusing it as an image")
-    if st.st_uid != 0:
-        raise ImageError(
-            f"{path} is owned by uid {st.st_uid}, not root: anyone with that uid "
-            "could have changed it; refusing to use it as an image"
-        )
-    mode = stat.S_IMODE(st.st_mode)
-    if mode & (stat.S_IWGRP | stat.S_IWOTH):
-        who = " and ".join(
-            w for w, bit in (("group", stat.S_IWGRP), ("world", stat.S_IWOTH)) if mode & bit
-        )
-        raise ImageError(
-            f"{path} has mode {mode:04o}: it is {who}-writable, so others could "
-            f"have changed it; refusing it as an image (chmod 600 {path} if it is "
-            "trusted)"
-        )
+    problem = owner_mode_refusal(st, path=str(path))
+    if problem:
+        raise ImageError(f"{path} cannot be used as an image: {problem}")

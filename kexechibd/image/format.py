@@ -20,6 +20,7 @@ import io
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any, ClassVar
 
 from elftools.common.exceptions import ELFError
@@ -70,8 +71,26 @@ STATE_WORDS = {
 STATE_BY_WORD = {word: state for state, word in STATE_WORDS.items()}
 PREFIX_SIZE = FORMAT_DESC_OFFSET + FORMAT_DESC.size  # 168: enough to identify any version
 
-# page_size, codec, level, flags; chunk_size, data_offset, index_offset, chunks,
-# image_length, data_pages, zero_pages, runs, jump_back_entry; created; digest
+
+# The image note's fields, in their stored order (IMAGE_DESC packs them): the
+# one statement of it, for both ``encode_notes`` and ``decode_header``.
+IMAGE_DESC_FIELDS = (
+    "page_size",
+    "codec",
+    "level",
+    "flags",
+    "chunk_size",
+    "data_offset",
+    "index_offset",
+    "chunks",
+    "image_length",
+    "data_pages",
+    "zero_pages",
+    "runs",
+    "jump_back_entry",
+    "created",
+    "digest",
+)
 IMAGE_DESC = struct.Struct("<IIiIQQQQQQQQQd32s")
 DIGEST_NOTE_SIZE = NHDR.size + 12 + 32
 IDENTITY_KEYS = ("kernel_release", "build_id", "boot_id", "machine_id", "hibernate_id", "mode")
@@ -167,6 +186,12 @@ class Header:
         return INDEX_HEAD.size + INDEX_ENTRY.size * self.chunks
 
 
+# The image note's fields a Header holds itself (the rest are its meta's, or flags).
+_HEADER_DESC_FIELDS = tuple(
+    f.name for f in dataclasses.fields(Header) if f.name in IMAGE_DESC_FIELDS
+)
+
+
 def _pad4(b: bytes) -> bytes:
     return b + bytes(-len(b) % 4)
 
@@ -199,27 +224,18 @@ def validate_meta(meta: ImageMeta) -> None:
 def encode_notes(h: Header) -> bytes:
     """The note region, DIGEST included; the state word is filled in too."""
     m = h.meta
+    fields = {
+        "page_size": m.page_size,
+        "flags": 0,
+        "jump_back_entry": m.jump_back_entry,
+        "created": m.created,
+        **{name: getattr(h, name) for name in _HEADER_DESC_FIELDS},
+    }
     parts = [
         encode_note(
             NOTE_OWNER,
             NT_IMAGE,
-            IMAGE_DESC.pack(
-                m.page_size,
-                h.codec,
-                h.level,
-                0,
-                h.chunk_size,
-                h.data_offset,
-                h.index_offset,
-                h.chunks,
-                h.image_length,
-                h.data_pages,
-                h.zero_pages,
-                h.runs,
-                m.jump_back_entry,
-                m.created,
-                h.digest,
-            ),
+            IMAGE_DESC.pack(*(fields[name] for name in IMAGE_DESC_FIELDS)),
         ),
         encode_note(NOTE_OWNER, NT_IDENTITY, encode_identity(m)),
     ]
@@ -396,60 +412,50 @@ def decode_header(region: bytes, image_end: int | None = None) -> Header:
             f"image note is {len(image.desc)} bytes, expected {IMAGE_DESC.size}",
             offset=image.offset,
         )
-    (
-        page_size,
-        codec,
-        level,
-        flags,
-        chunk_size,
-        data_offset,
-        index_offset,
-        chunks,
-        image_length,
-        data_pages,
-        zero_pages,
-        runs,
-        jump_back,
-        created,
-        digest,
-    ) = IMAGE_DESC.unpack(image.desc)
+    d = SimpleNamespace(**dict(zip(IMAGE_DESC_FIELDS, IMAGE_DESC.unpack(image.desc), strict=True)))
     ident = _identity(notes[2].desc, notes[2].desc_offset)
     by_kind = {(n.owner, n.type): n.desc for n in notes}
     at = image.desc_offset
     checks: list[tuple[bool, int, str]] = [
-        (page_size in PAGE_SIZES, 0, f"page size {page_size} is not supported"),
-        (codec in Codec.NAMES, 4, f"compression {codec} is unknown"),
-        (flags == 0, 12, f"image flags {flags:#x} are unknown"),
+        (d.page_size in PAGE_SIZES, 0, f"page size {d.page_size} is not supported"),
+        (d.codec in Codec.NAMES, 4, f"compression {d.codec} is unknown"),
+        (d.flags == 0, 12, f"image flags {d.flags:#x} are unknown"),
         (
-            chunks * INDEX_ENTRY.size < image_length,
+            d.chunks * INDEX_ENTRY.size < d.image_length,
             40,
-            f"{chunks} chunks cannot fit in an image of {image_length} bytes",
+            f"{d.chunks} chunks cannot fit in an image of {d.image_length} bytes",
         ),
         (
-            chunk_size % page_size == 0 and page_size <= chunk_size <= CHUNK_SIZE_MAX,
+            d.chunk_size % d.page_size == 0 and d.page_size <= d.chunk_size <= CHUNK_SIZE_MAX,
             16,
-            f"chunk size {chunk_size} is absurd",
+            f"chunk size {d.chunk_size} is absurd",
         ),
         (
-            data_offset == align_up(end, page_size),
+            d.data_offset == align_up(end, d.page_size),
             24,
-            f"data offset {data_offset:#x} is not the page after the header",
+            f"data offset {d.data_offset:#x} is not the page after the header",
         ),
-        (data_offset <= index_offset, 32, f"index offset {index_offset:#x} is before the data"),
         (
-            image_length == index_offset + INDEX_HEAD.size + INDEX_ENTRY.size * chunks,
+            d.data_offset <= d.index_offset,
+            32,
+            f"index offset {d.index_offset:#x} is before the data",
+        ),
+        (
+            d.image_length == d.index_offset + INDEX_HEAD.size + INDEX_ENTRY.size * d.chunks,
             48,
-            f"image length {image_length} does not fit {chunks} chunks after {index_offset:#x}",
+            f"image length {d.image_length} does not fit {d.chunks} chunks after "
+            f"{d.index_offset:#x}",
         ),
         (
-            data_pages + zero_pages <= MAX_PHYS_ADDR // page_size,
+            d.data_pages + d.zero_pages <= MAX_PHYS_ADDR // d.page_size,
             56,
-            f"{data_pages} data and {zero_pages} zero pages are more than a machine holds",
+            f"{d.data_pages} data and {d.zero_pages} zero pages are more than a machine holds",
         ),
         (
-            runs <= data_pages + zero_pages and (runs > 0) == (data_pages + zero_pages > 0),
+            d.runs <= d.data_pages + d.zero_pages
+            and (d.runs > 0) == (d.data_pages + d.zero_pages > 0),
             72,
-            f"{runs} runs for {data_pages + zero_pages} pages is absurd",
+            f"{d.runs} runs for {d.data_pages + d.zero_pages} pages is absurd",
         ),
     ]
     for ok, rel, message in checks:
@@ -460,30 +466,16 @@ def decode_header(region: bytes, image_end: int | None = None) -> Header:
         build_id=ident["build_id"],
         boot_id=ident["boot_id"],
         machine_id=ident["machine_id"],
-        created=created,
-        jump_back_entry=jump_back,
+        created=d.created,
+        jump_back_entry=d.jump_back_entry,
         hibernate_id=ident["hibernate_id"],
         mode=ImageMode(ident["mode"]),
         window=(),
         page_map=by_kind.get((NOTE_OWNER, NT_PAGE_MAP), b""),
         vmcoreinfo=by_kind.get((VMCOREINFO_OWNER, NT_VMCOREINFO), b""),
-        page_size=page_size,
+        page_size=d.page_size,
     )
-    return Header(
-        meta,
-        state,
-        codec,
-        level,
-        chunk_size,
-        data_offset,
-        index_offset,
-        chunks,
-        image_length,
-        data_pages,
-        zero_pages,
-        runs,
-        digest,
-    )
+    return Header(meta, state, **{name: getattr(d, name) for name in _HEADER_DESC_FIELDS})
 
 
 # The notes of a version 1 header, in order; False marks an optional one.

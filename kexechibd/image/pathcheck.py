@@ -70,10 +70,18 @@ def _under(path: str, top: str) -> bool:
     return path == top or path.startswith(top + "/")
 
 
-def _mode_refusal(st: os.stat_result, *, trusted_groups: frozenset[int]) -> str:
+def owner_mode_refusal(
+    st: os.stat_result, *, trusted_groups: frozenset[int] = frozenset({0}), path: str = ""
+) -> str:
+    """Why the file or device ``st`` may not hold an image by its owner and
+    mode ('' when it may): root-owned, a file 0600, a device at most
+    root:disk 0660.  The one rule, checked before an operation (``refusal``)
+    and again on every open (``fileio.check_private``).  ``path`` names the
+    fix in the message."""
     mode = stat.S_IMODE(st.st_mode)
+    name = path or "it"
     if st.st_uid != 0:
-        return f"it is owned by uid {st.st_uid}, not root"
+        return f"it is owned by uid {st.st_uid}, not root (chown root {name} if it is trusted)"
     if stat.S_ISBLK(st.st_mode):
         # Debian's device nodes are root:disk 0660: the disk group may read
         # and write every disk anyway.
@@ -84,7 +92,10 @@ def _mode_refusal(st: os.stat_result, *, trusted_groups: frozenset[int]) -> str:
             )
         return ""
     if mode & 0o077:
-        return f"it has mode {mode:04o}: others may read or change it (it must be 0600)"
+        return (
+            f"it has mode {mode:04o}: others may read or change it "
+            f"(it must be 0600: chmod 600 {name} if it is trusted)"
+        )
     return ""
 
 
@@ -105,7 +116,7 @@ def refusal(facts: Facts) -> str:
     if target is not None:
         if not (stat.S_ISREG(target.st_mode) or block):
             return "it is neither a regular file nor a block device"
-        problem = _mode_refusal(target, trusted_groups=facts.trusted_groups)
+        problem = owner_mode_refusal(target, trusted_groups=facts.trusted_groups, path=real)
         if problem:
             return problem
         if block:
@@ -122,7 +133,8 @@ def refusal(facts: Facts) -> str:
     return ""
 
 
-def _trusted_groups() -> frozenset[int]:
+def trusted_groups() -> frozenset[int]:
+    """Root, and ``disk``: its members may read and write every disk already."""
     try:
         return frozenset({0, grp.getgrnam("disk").gr_gid})
     except KeyError:
@@ -144,7 +156,7 @@ def facts(path: str) -> Facts:
         real=real,
         target=_stat(real),
         parent=_stat(os.path.dirname(real)),
-        trusted_groups=_trusted_groups(),
+        trusted_groups=trusted_groups(),
     )
 
 

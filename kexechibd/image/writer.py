@@ -18,12 +18,11 @@ import io
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from types import TracebackType
 from typing import BinaryIO
 
 from kexechibd import compression as policy
 from kexechibd.image import codec, format
-from kexechibd.image.fileio import fsync, write_all
+from kexechibd.image.fileio import ClosedOnExit, fsync, write_all
 from kexechibd.image.format import (
     INDEX_HEAD,
     INDEX_MAGIC,
@@ -100,7 +99,7 @@ def _payload(c: codec.Compression, raw: Buffer) -> _Compressed:
     return raw, hashlib.sha256(raw).digest(), Codec.NONE
 
 
-class ImageWriter:
+class ImageWriter(ClosedOnExit):
     """Writes one image to ``out`` (seekable; the image starts at offset 0).
 
     ``add`` pages in strictly increasing address order, then ``commit``.  Until
@@ -277,17 +276,9 @@ class ImageWriter:
             return
         self._fail()
 
-    def __enter__(self) -> ImageWriter:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._phase is not _Phase.COMMITTED:
-            self.abort()
+    def close(self) -> None:
+        """What leaving a ``with`` block does: ``abort`` unless committed."""
+        self.abort()
 
     # -- cutting runs into chunks -----------------------------------------
 

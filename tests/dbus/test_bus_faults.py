@@ -21,7 +21,7 @@ from dbus_next.signature import Variant
 
 from kexechibd import busutil
 from kexechibd.busapi import BUS_NAME, INTERFACE, OBJECT_PATH
-from kexechibd.daemon.service import MAX_BODY, admit
+from kexechibd.daemon.routing import MAX_BODY, admit
 from tests.dbus.conftest import CallError, call
 from tests.dbus.fuzz_client import empty_strings
 

@@ -14,7 +14,7 @@ from dbus_next import introspection as intr
 
 from kexechibd.busapi import BUS_NAME, INTERFACE, OBJECT_PATH
 from kexechibd.daemon.auth import Action
-from kexechibd.daemon.service import METHODS
+from kexechibd.daemon.routing import METHODS
 from tests.dbus.buses import POLICY_CONF, POLKIT_POLICY, REPO, TestBus
 from tests.dbus.conftest import run
 

@@ -463,11 +463,12 @@ def test_a_size_that_is_not_one_is_a_usage_error(ctl_env, tmp_path, size):
     assert not (tmp_path / "image").exists()
 
 
-def test_image_tools_refuse_an_image_others_could_have_written(real_image, ctl_env):
-    real_image.chmod(0o666)
+@pytest.mark.parametrize("mode", [0o666, 0o644])
+def test_image_tools_refuse_an_image_others_could_read_or_write(real_image, ctl_env, mode):
+    real_image.chmod(mode)
     result = offline(ctl_env, "inspect", str(real_image))
     assert result.returncode == 1
-    assert b"writable" in result.stderr
+    assert f"must be 0600: chmod 600 {real_image}".encode() in result.stderr
 
 
 def test_image_tools_on_a_missing_image(ctl_env, tmp_path):

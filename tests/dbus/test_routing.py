@@ -1,5 +1,5 @@
 """Who answers a method call, decided from its header alone
-(``service.route``), and what a caller's mistakes may cost the log
+(``routing.route``), and what a caller's mistakes may cost the log
 (``mistakes.MistakeLog``).  Pure: no bus."""
 
 from __future__ import annotations
@@ -8,15 +8,9 @@ import logging
 
 import pytest
 
+from kexechibd.busapi import INTERFACE, OBJECT_PATH
 from kexechibd.daemon.mistakes import MistakeLog, shown
-from kexechibd.daemon.service import (
-    INTERFACE,
-    MAX_BODY,
-    OBJECT_PATH,
-    Refusal,
-    Route,
-    route,
-)
+from kexechibd.daemon.routing import MAX_BODY, Refusal, Route, route
 
 ERR = "org.freedesktop.DBus.Error."
 
