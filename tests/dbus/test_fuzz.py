@@ -44,8 +44,11 @@ FLOOD_SECONDS = 6.0
 PING_BOUND = 0.100
 # What dbus-daemon takes to pass a large message on to kexechibd, which a
 # call sent after it waits for: measured 20-30 ms per MB on the 2-core
-# development VM under load (docs/DEVELOPING.md), allowed twice that.
-MAX_DELIVERY_PER_MB = 0.060
+# development VM under load (docs/DEVELOPING.md), allowed three to five
+# times that: one such wait of 2.16 s against a 2.02 s allowance was seen
+# while other tests ran beside it.  Decoding before checking, the fault
+# this guards against, is caught by the CPU and median bounds regardless.
+MAX_DELIVERY_PER_MB = 0.100
 # What the daemon may write to its log for all of that.
 LOG_BOUND = 16 * 1024
 RSS_BOUND_MB = 20
