@@ -76,7 +76,7 @@ purgatory-object:
 
 # ---------------------------------------------------------------- kernel lab
 # Builds (or finds in /var/cache/kexechib-kernel) the lab kernel: Debian's
-# linux-source-6.1 + kernel/patches, tinyconfig + kernel/lab.config.
+# linux-source-6.12 + kernel/patches, tinyconfig + kernel/lab.config.
 lab-kernel:
 	kernel/build.sh
 

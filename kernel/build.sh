@@ -1,5 +1,5 @@
 #!/bin/bash
-# Build the kernel lab's bzImage: Debian's linux-source-6.1 + patches/series,
+# Build the kernel lab's bzImage: Debian's linux-source-6.12 + patches/series,
 # configured as tinyconfig + lab.config. The result is cached outside the
 # checkout, keyed by everything that determines it, so a second run is instant.
 #
@@ -18,10 +18,10 @@
 # version and RECIPE below (bump it when this script changes how it builds).
 set -euo pipefail
 
-RECIPE=1
-SRC_PKG=linux-source-6.1
-SRC_TARBALL=/usr/src/linux-source-6.1.tar.xz
-APT_DEPS=(linux-source-6.1 bc bison flex libelf-dev libssl-dev make gcc xz-utils perl)
+RECIPE=2
+SRC_PKG=linux-source-6.12
+SRC_TARBALL=/usr/src/$SRC_PKG.tar.xz
+APT_DEPS=($SRC_PKG bc bison flex libelf-dev libssl-dev make gcc xz-utils perl)
 
 HERE=$(cd "$(dirname "$0")" && pwd)
 FRAGMENT=$HERE/lab.config
@@ -85,7 +85,7 @@ check_config() {
 build() {
 	local key=$1 out=$CACHE/$key
 	local work=$CACHE/build-$key
-	local src=$work/linux-source-6.1
+	local src=$work/$SRC_PKG
 	local started=$SECONDS p
 	rm -rf "$work"
 	mkdir -p "$work"

@@ -6,7 +6,7 @@
 # a full build per patch is too slow on the shared cores.
 #
 #   kernel/check-series.sh [WORKDIR]     (default: a new directory under /tmp)
-#   SRC_PKG=linux-source-6.12 PATCHES=kernel/6.12/patches kernel/check-series.sh
+#   SRC_PKG=linux-source-6.1 PATCHES=/path/to/series kernel/check-series.sh
 #
 # Environment: JOBS (make -j, default 2); EXTRA_CONFIG, symbols to set on top
 # of the fragment for a variant, e.g. EXTRA_CONFIG="KEXEC_STAGED=n COMPAT=y";

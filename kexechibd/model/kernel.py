@@ -180,7 +180,7 @@ class ModelKernel:
             if nseg == 0:
                 self._unload()
                 return
-            err = self._sanity_check(segments, full=True)
+            err = self._entry_check(entry) or self._sanity_check(segments, full=True)
             if err:
                 fail(err)
             builder = kimage.ImageBuilder(
@@ -200,7 +200,9 @@ class ModelKernel:
         elif self._staged is None or self._staged_preserve != preserve:
             self._discard_staged()
             fail(errno.EINVAL)
-        err = self._sanity_check(segments, full=False)
+        err = (self._entry_check(entry) if stage is abi.Stage.FINAL else 0) or self._sanity_check(
+            segments, full=False
+        )
         if err:
             self._discard_staged()
             fail(err)
@@ -232,6 +234,16 @@ class ModelKernel:
             if old is not None:
                 self._free_image(old)
             self._save(image)
+
+    def _entry_check(self, entry: int) -> int:
+        """The patched kernel's entry check (``kimage_alloc_init()`` for a
+        one-shot load, ``KEXEC_STAGE_FINAL`` before its segments): an entry
+        point at or above the destination limit (the kernel half, say) is no
+        page of the machine, EADDRNOTAVAIL.  Mainline checks only a crash
+        image's entry."""
+        if self._caps().staged_load and entry >= abi.KEXEC_DESTINATION_MEMORY_LIMIT:
+            return errno.EADDRNOTAVAIL
+        return 0
 
     def _sanity_check(self, segments: Sequence[abi.Segment], *, full: bool) -> int:
         """``sanity_check_segment_list()``: 0 or the errno."""

@@ -149,6 +149,10 @@ MID_KEEP = abi.load_flags(Stage.MID, preserve_context=True)
 FINAL_KEEP = abi.load_flags(Stage.FINAL, preserve_context=True)
 FOREIGN_ARCH = 3 << 16  # KEXEC_ARCH_386
 UNKNOWN_FLAG = 0x80
+# Entry points beyond every destination: the kernel's text mapping, and the
+# direct map (both are what a confused caller might pass for a physical address).
+KERNEL_HALF = 0xFFFFFFFF81000000
+ABOVE_LIMIT = 0xFFFF888008000000
 S = frozenset({"staged"})
 J = frozenset({"jump"})
 SJ = frozenset({"staged", "jump"})
@@ -863,6 +867,25 @@ VECTORS: tuple[Vector, ...] = (
         loaded=True,
         map_pages=pages(0, 4),
         map_unchanged_by_last=True,
+        requires=S,
+    ),
+    Vector(
+        "full_entry_in_kernel_half",
+        "§2.1 an entry point no destination could have (the kernel half) is refused",
+        (Call(seg(0, 1), FULL, errno.EADDRNOTAVAIL, entry=KERNEL_HALF),),
+        loaded=False,
+        requires=S,
+    ),
+    Vector(
+        "final_entry_above_limit",
+        "§2.2 KS_final with an entry above the destination limit discards the staged image",
+        (
+            Call(seg(0, 1), START),
+            Call(seg(2, 1), FINAL, errno.EADDRNOTAVAIL, entry=ABOVE_LIMIT),
+            Call(none(), FINAL, errno.EINVAL),
+        ),
+        loaded=False,
+        map_pages=no_pages(),
         requires=S,
     ),
     Vector(
