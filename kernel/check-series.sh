@@ -20,7 +20,7 @@ TARBALL=/usr/src/$SRC_PKG.tar.xz
 PATCHES=$(cd "${PATCHES:-$HERE/patches}" && pwd)
 WORK=${1:-$(mktemp -d /tmp/check-series.XXXXXX)}
 JOBS=${JOBS:-2}
-OBJECTS=(mm/page_alloc.o kernel/kexec_core.o kernel/kexec.o
+OBJECTS=(mm/page_alloc.o kernel/kexec_core.o kernel/kexec.o kernel/exit.o
 	 arch/x86/kernel/machine_kexec_64.o arch/x86/kernel/relocate_kernel_64.o)
 
 log() { echo "check-series: $*" >&2; }
