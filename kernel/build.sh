@@ -1,5 +1,5 @@
 #!/bin/bash
-# Build the kernel lab's bzImage: Debian's linux-source-6.1 + patches/series,
+# Build the kernel lab's bzImage: Debian's linux-source-6.12 + patches/series,
 # configured as tinyconfig + lab.config. The result is cached outside the
 # checkout, keyed by everything that determines it, so a second run is instant.
 #
@@ -11,17 +11,24 @@
 #   KEXECHIB_KERNEL_CACHE  cache root (default /var/cache/kexechib-kernel)
 #   JOBS                   make -j (default 2: the machine is shared)
 #   KEEP_BUILD=1           keep the build tree (for debugging), else it is removed
+#   KEXECHIB_CCACHE=0      compile without ccache (default: with it, if installed)
 #
 # Layout: $KEXECHIB_KERNEL_CACHE/<key>/{bzImage,config,System.map,inputs}
 # The key is the SHA-256 of: the source package's name and version, the config
 # fragment, the series file and every patch in it (in order), the compiler's
 # version and RECIPE below (bump it when this script changes how it builds).
+#
+# Compiling goes through ccache (cache in $KEXECHIB_KERNEL_CACHE/ccache): a
+# change to one patch then recompiles only the objects whose preprocessed
+# source changed, not the whole tree. ccache is not part of the key: it
+# returns an object only for the same compiler, flags and preprocessed source,
+# so the bzImage is the one a build without it would make.
 set -euo pipefail
 
-RECIPE=1
-SRC_PKG=linux-source-6.1
-SRC_TARBALL=/usr/src/linux-source-6.1.tar.xz
-APT_DEPS=(linux-source-6.1 bc bison flex libelf-dev libssl-dev make gcc xz-utils perl)
+RECIPE=2
+SRC_PKG=linux-source-6.12
+SRC_TARBALL=/usr/src/$SRC_PKG.tar.xz
+APT_DEPS=($SRC_PKG bc bison flex libelf-dev libssl-dev make gcc xz-utils perl)
 
 HERE=$(cd "$(dirname "$0")" && pwd)
 FRAGMENT=$HERE/lab.config
@@ -29,6 +36,8 @@ PATCHES=$HERE/patches
 SERIES=$PATCHES/series
 CACHE=${KEXECHIB_KERNEL_CACHE:-/var/cache/kexechib-kernel}
 JOBS=${JOBS:-2}
+
+CCACHE_ROOT=$CACHE/ccache
 
 log() { echo "lab-kernel: $*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -85,7 +94,7 @@ check_config() {
 build() {
 	local key=$1 out=$CACHE/$key
 	local work=$CACHE/build-$key
-	local src=$work/linux-source-6.1
+	local src=$work/$SRC_PKG
 	local started=$SECONDS p
 	rm -rf "$work"
 	mkdir -p "$work"
@@ -106,11 +115,27 @@ build() {
 	fi
 	grep -v 'changes choice state' "$work/olddefconfig.log" >&2 || true
 	check_config "$src/.config" || die "config fragment not satisfied"
-	log "building bzImage with -j$JOBS"
+	local cc=()
+	if [[ ${KEXECHIB_CCACHE:-1} != 0 ]] && command -v ccache >/dev/null; then
+		# Each key builds in its own directory: BASEDIR makes the paths
+		# ccache hashes relative to it, so another key's objects match.
+		# The tree is private to this build, so the guard against headers
+		# changing during the build (mtime/ctime) is not needed; without
+		# this sloppiness every freshly unpacked or generated header
+		# would force the slower preprocessor mode.
+		export CCACHE_DIR=$CCACHE_ROOT CCACHE_BASEDIR=$work CCACHE_MAXSIZE=${CCACHE_MAXSIZE:-3G}
+		export CCACHE_SLOPPINESS=include_file_mtime,include_file_ctime
+		cc=(CC="ccache gcc" HOSTCC="ccache gcc")
+		ccache --zero-stats >/dev/null
+	fi
+	log "building bzImage with -j$JOBS${cc:+ through ccache}"
 	# The banner (uname -v, /proc/version) names the cache key, so a guest
 	# log tells which build it ran.
 	KBUILD_BUILD_USER=kexechib KBUILD_BUILD_HOST=lab KBUILD_BUILD_VERSION="$key" \
-		make -C "$src" -s -j"$JOBS" bzImage
+		make -C "$src" -s -j"$JOBS" "${cc[@]}" bzImage
+	if ((${#cc[@]})); then
+		log "ccache: $(ccache --print-stats 2>/dev/null | awk -F'\t' '/^(direct_cache_hit|preprocessed_cache_hit|cache_miss)\t/ {printf "%s %s ", $1, $2}')"
+	fi
 	mkdir -p "$work/out"
 	cp "$src/arch/x86/boot/bzImage" "$src/.config" "$src/System.map" "$work/out/"
 	mv "$work/out/.config" "$work/out/config"

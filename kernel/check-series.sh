@@ -6,7 +6,7 @@
 # a full build per patch is too slow on the shared cores.
 #
 #   kernel/check-series.sh [WORKDIR]     (default: a new directory under /tmp)
-#   SRC_PKG=linux-source-6.12 PATCHES=kernel/6.12/patches kernel/check-series.sh
+#   SRC_PKG=linux-source-6.1 PATCHES=/path/to/series kernel/check-series.sh
 #
 # Environment: JOBS (make -j, default 2); EXTRA_CONFIG, symbols to set on top
 # of the fragment for a variant, e.g. EXTRA_CONFIG="KEXEC_STAGED=n COMPAT=y";
@@ -20,7 +20,7 @@ TARBALL=/usr/src/$SRC_PKG.tar.xz
 PATCHES=$(cd "${PATCHES:-$HERE/patches}" && pwd)
 WORK=${1:-$(mktemp -d /tmp/check-series.XXXXXX)}
 JOBS=${JOBS:-2}
-OBJECTS=(mm/page_alloc.o kernel/kexec_core.o kernel/kexec.o
+OBJECTS=(mm/page_alloc.o kernel/kexec_core.o kernel/kexec.o kernel/exit.o
 	 arch/x86/kernel/machine_kexec_64.o arch/x86/kernel/relocate_kernel_64.o)
 
 log() { echo "check-series: $*" >&2; }

@@ -1,6 +1,6 @@
 """``make demo``: hibernate → power off → resume between real kernels in QEMU.
 
-QEMU 1 boots kernel A: the lab kernel (Linux 6.1 with this project's
+QEMU 1 boots kernel A: the lab kernel (Linux 6.12 with this project's
 staged-load patches, kernel/) and the guest userspace (kexechibd/lab/): a
 system bus, kexechibd, a workload that counts in its memory and writes tmpfs,
 a tmpfs file. ``kexechibctl hibernate`` asks A's kexechibd to hibernate: it
@@ -187,7 +187,7 @@ def run_lab(args: argparse.Namespace) -> int:
     if reason:
         print(f"demo: {reason}; `python -m kexechibd.demo --model` needs no QEMU", file=sys.stderr)
         return 1
-    step("The lab kernel (Linux 6.1 + kernel/patches) and the guests' userspace")
+    step("The lab kernel (Linux 6.12 + kernel/patches) and the guests' userspace")
     print("  (kernel/build.sh builds the kernel once, about 6 minutes; then it is cached)")
     kernel = lab_kernel()
     initrd = origin_initrd(kernel)

@@ -2,9 +2,12 @@
 machine — the kexec interface of DESIGN §2.1–§2.2, errno for errno.
 
 One process drives a model kernel at a time (a lock file says which), as one
-kernel serves its userspace.  Unfinished staged images live in that process;
-finished images, the page allocator and the kernel's record are written to
-the machine directory whenever a load completes or control leaves the kernel.
+kernel serves its userspace.  Unfinished staged images live in that process,
+so they belong to it and end with it, as the patched kernel's staging belongs
+to the process that started it (another process's staged calls are EBUSY
+there; here it cannot open the kernel at all); finished images, the page
+allocator and the kernel's record are written to the machine directory
+whenever a load completes or control leaves the kernel.
 """
 
 from __future__ import annotations
@@ -117,19 +120,15 @@ class ModelKernel:
         nseg = len(segments)
         self._check_alive()
         # kexec_load_check() and the arch check run before the kexec lock is
-        # taken: their errors win over EBUSY.  ENOSYS, EPERM and EBUSY leave
-        # a staged image alone (the caller may not own it); an EINVAL here
-        # is an error in a staged call like any other: all or nothing
-        # (DESIGN §2.2), so it discards the staged image under the lock.
+        # taken: their errors win over EBUSY and change nothing, staged or
+        # not (DESIGN §2.2: a refusal before the lock, the flag probe's
+        # included, leaves a staged image as it was).
         err = self._load_check(flags, nseg)
-        if err and (err != errno.EINVAL or abi.Stage.of(flags) is abi.Stage.FULL):
+        if err:
             raise abi.kexec_load_error(err, flags, nseg)
         if not self._kexec_lock.acquire(blocking=False):
-            raise abi.kexec_load_error(err or errno.EBUSY, flags, nseg)
+            raise abi.kexec_load_error(errno.EBUSY, flags, nseg)
         try:
-            if err:
-                self._discard_staged()
-                raise abi.kexec_load_error(err, flags, nseg)
             self._kexec_load(entry, segments, flags)
         finally:
             self._kexec_lock.release()
@@ -178,9 +177,11 @@ class ModelKernel:
                     fail(errno.EADDRNOTAVAIL)
                 fail(self._sanity_check(segments, full=True) or errno.EADDRNOTAVAIL)
             if nseg == 0:
+                # An unload discards a staged image too, whoever staged it.
+                self._discard_staged()
                 self._unload()
                 return
-            err = self._sanity_check(segments, full=True)
+            err = self._entry_check(entry) or self._sanity_check(segments, full=True)
             if err:
                 fail(err)
             builder = kimage.ImageBuilder(
@@ -200,7 +201,9 @@ class ModelKernel:
         elif self._staged is None or self._staged_preserve != preserve:
             self._discard_staged()
             fail(errno.EINVAL)
-        err = self._sanity_check(segments, full=False)
+        err = (self._entry_check(entry) if stage is abi.Stage.FINAL else 0) or self._sanity_check(
+            segments, full=False
+        )
         if err:
             self._discard_staged()
             fail(err)
@@ -232,6 +235,16 @@ class ModelKernel:
             if old is not None:
                 self._free_image(old)
             self._save(image)
+
+    def _entry_check(self, entry: int) -> int:
+        """The patched kernel's entry check (``kimage_alloc_init()`` for a
+        one-shot load, ``KEXEC_STAGE_FINAL`` before its segments): an entry
+        point at or above the destination limit (the kernel half, say) is no
+        page of the machine, EADDRNOTAVAIL.  Mainline checks only a crash
+        image's entry."""
+        if self._caps().staged_load and entry >= abi.KEXEC_DESTINATION_MEMORY_LIMIT:
+            return errno.EADDRNOTAVAIL
+        return 0
 
     def _sanity_check(self, segments: Sequence[abi.Segment], *, full: bool) -> int:
         """``sanity_check_segment_list()``: 0 or the errno."""

@@ -8,8 +8,9 @@ command line, and jumps back. A checks that its tmpfs data survived, then jumps
 again: the loaded image's entry is now B's re-entry point, so B continues
 after its own `kexec -e`, and jumps back once more. A -> B -> A -> B -> A.
 
-This is what the patch series fixes on 6.1: without the GDT restore the first
-return to A triple-faults; without mapping the entry page B's jump back does.
+Both kexec-jump fixes are needed: without the GDT restore (upstream, in 6.12.y;
+the 6.1 lab carried it as a patch) the first return to A triple-faults; without
+mapping the entry page (kernel/patches 0001) B's jump back does.
 """
 
 from __future__ import annotations

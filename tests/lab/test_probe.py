@@ -9,7 +9,7 @@ and the conformance vectors of tests/conformance (DESIGN §2) with the real
 `kexec_load`. The vectors' errnos must be those the machine model gives with
 the same capabilities.
 
-- The lab kernel (6.1 + the kexec-jump fixes + the staged-load patch series)
+- The lab kernel (6.12 + the kexec-jump fix + the staged-load patch series)
   has everything: the probe and the daemon find nothing missing. (Its answers
   to the conformance vectors, maps included, are checked against the model in
   test_staged_patch.py.)

@@ -17,7 +17,7 @@
 
 Guests use `-cpu max,la57=off`: the vectors (and kexechibd.kernel.abi) take the
 x86_64 destination limit of 4-level paging (2^46); with LA57 a kernel's limit is
-2^52 and `beyond_limit` loads on stock 6.1 and on the patched kernel alike.
+2^52 and `beyond_limit` loads on stock 6.1 and on the patched 6.12 alike.
 
 The guest side of 2 and 3 is this module run as a program:
 `python -m tests.lab.test_staged_patch zero-fill|jump CHECKER`.
