@@ -34,11 +34,11 @@ import pytest
 from kexechibd.kernel import abi
 from kexechibd.kernel.abi import Segment, Stage
 from kexechibd.lab import GuestResult, GuestSpec, new_workdir, run_guest
+from tests.sizes import MIB
 
 pytestmark = pytest.mark.lab
 
 TOP = Path(__file__).resolve().parents[2]
-MIB = 1 << 20
 BASE = 64 * MIB  # destinations: RAM of the 512 MiB guest; nothing is jumped to
 KEEP = True  # preserve-context: every destination page gets a (zeroed) source page
 
