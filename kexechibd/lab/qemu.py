@@ -259,9 +259,34 @@ def default_initramfs() -> Path:
     return final
 
 
+# A failed test keeps its work directory for the logs, and a killed run
+# leaves its own: a Debian guest's is 2.2 GB, and 56 of them once filled the
+# disk (69 GB).  Older than this, nothing still uses one (a Debian cycle takes
+# minutes), so each new one prunes them.
+KEPT_FOR = 12 * 3600
+
+
+def prune_workdirs(root: Path = WORK_ROOT, *, older_than: float = KEPT_FOR) -> list[Path]:
+    """Remove the work directories under ``root`` untouched for ``older_than``
+    seconds (an overlay still mounted there is left alone); returns them."""
+    removed: list[Path] = []
+    cutoff = time.time() - older_than
+    mounted = {line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()}
+    for entry in root.iterdir() if root.is_dir() else ():
+        try:
+            stale = entry.is_dir() and entry.stat().st_mtime < cutoff
+        except FileNotFoundError:
+            continue
+        if stale and not any(m.startswith(f"{entry}/") for m in mounted):
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+    return removed
+
+
 def new_workdir(name: str = "guest") -> Path:
     """A fresh directory the guest can read at the same path (see WORK_ROOT)."""
     WORK_ROOT.mkdir(parents=True, exist_ok=True)
+    prune_workdirs()
     return Path(tempfile.mkdtemp(prefix=f"{name}-", dir=WORK_ROOT))
 
 
