@@ -37,7 +37,7 @@ from kexechibd.errors import (
     NotSupported,
     TooLate,
 )
-from kexechibd.image.meta import ImageError
+from kexechibd.image.meta import ImageError, ImageState, state_refusal
 from kexechibd.kernel.abi import KernelError
 from kexechibd.kernel.api import KernelGone, SupportReport
 from kexechibd.operation import (
@@ -121,20 +121,13 @@ def describe(error: KexechibError) -> str:
 def resume_refusal(report: ImageReport, *, force: bool) -> str:
     """Why ``Resume`` refuses the image ``Engine.inspect`` described, before
     anything is loaded ('' when it may go on): the reader's own rule
-    (``ImageReader.require_resumable``), told before the operation starts."""
+    (``state_refusal``), told before the operation starts."""
     if report.absent:
         return f"no image at {report.path}"
     if report.error or report.details is None:
         return report.error or f"the image at {report.path} cannot be read"
-    state = report.details.state
-    if state == "committed" or (state == "consumed" and force):
-        return ""
-    if state == "consumed":
-        return (
-            f"the image at {report.path} was already resumed once (consumed); "
-            "resuming it again needs force"
-        )
-    return f"the image at {report.path} is {state} and is never resumed"
+    refusal = state_refusal(ImageState(report.details.state), force=force)
+    return f"{report.path}: {refusal}" if refusal else ""
 
 
 @dataclass(eq=False)

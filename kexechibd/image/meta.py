@@ -19,6 +19,17 @@ class ImageState(enum.StrEnum):
     INVALID = "invalid"  # never resumed again
 
 
+def state_refusal(state: ImageState, *, force: bool = False) -> str:
+    """Why an image in ``state`` is not resumed ('' when it may be): an
+    invalidated one never, a consumed one only with ``force``.  The one rule,
+    for the reader and for the daemon's check before Resume starts."""
+    if state is ImageState.INVALID:
+        return "image was invalidated and is never resumed again"
+    if state is ImageState.CONSUMED and not force:
+        return "image was already resumed once (consumed); resuming it again needs force"
+    return ""
+
+
 class ImageMode(enum.StrEnum):
     """What B does after the save; the values are the D-Bus ``mode`` option's."""
 

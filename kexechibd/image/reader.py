@@ -27,7 +27,14 @@ from kexechibd.image.format import (
     Header,
     IndexEntry,
 )
-from kexechibd.image.meta import Chunk, ImageError, ImageMeta, ImageState, ImageSummary, Run
+from kexechibd.image.meta import (
+    Chunk,
+    ImageError,
+    ImageMeta,
+    ImageSummary,
+    Run,
+    state_refusal,
+)
 
 
 class ImageReader(ClosedOnExit):
@@ -151,16 +158,9 @@ class ImageReader(ClosedOnExit):
 
     def require_resumable(self, *, force: bool = False) -> None:
         """Refuse an invalidated image always, a consumed one unless ``force``."""
-        state = self.summary.state
-        if state is ImageState.INVALID:
-            raise ImageError(
-                "image was invalidated and is never resumed again", offset=format.STATE_OFFSET
-            )
-        if state is ImageState.CONSUMED and not force:
-            raise ImageError(
-                "image was already resumed once (consumed); resuming it again needs force",
-                offset=format.STATE_OFFSET,
-            )
+        refusal = state_refusal(self.summary.state, force=force)
+        if refusal:
+            raise ImageError(refusal, offset=format.STATE_OFFSET)
 
     # -- chunks ---------------------------------------------------------------
 
