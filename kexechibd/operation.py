@@ -20,6 +20,7 @@ from typing import Protocol
 
 from kexechibd import compression as policy
 from kexechibd.errors import Cancelled, InvalidOption
+from kexechibd.image.meta import ImageMode
 from kexechibd.kernel.api import SupportReport
 
 
@@ -55,9 +56,8 @@ class State(enum.Enum):
     FAILED = "failed"
 
 
-class Mode(enum.Enum):
-    POWEROFF = "poweroff"
-    CHECKPOINT = "checkpoint"
+# What B does after the save: the image's own mode vocabulary, one home.
+Mode = ImageMode
 
 
 def hibernate_refusal(report: SupportReport, mode: Mode) -> str:
