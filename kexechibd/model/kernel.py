@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO, NoReturn
 
+from kexechibd import ranges
 from kexechibd.kernel import abi
 from kexechibd.kernel.api import KernelGone, KernelIdentity, MemoryRange, SupportReport
 from kexechibd.model import kimage, machine
@@ -201,8 +202,10 @@ class ModelKernel:
         elif self._staged is None or self._staged_preserve != preserve:
             self._discard_staged()
             fail(errno.EINVAL)
-        err = (self._entry_check(entry) if stage is abi.Stage.FINAL else 0) or self._sanity_check(
-            segments, full=False
+        err = (
+            (self._entry_check(entry) if stage is abi.Stage.FINAL else 0)
+            or self._sanity_check(segments, full=False)
+            or self._staged_bounds(self._staged, segments)
         )
         if err:
             self._discard_staged()
@@ -278,6 +281,27 @@ class ModelKernel:
                 total += pages
                 if pages > half or total > half:
                     return errno.EINVAL
+        return 0
+
+    def _staged_bounds(
+        self, builder: kimage.ImageBuilder | None, segments: Sequence[abi.Segment]
+    ) -> int:
+        """``kimage_check_staged()`` (patch 0014), after the common checks:
+        every page a segment covers holds System RAM (EADDRNOTAVAIL), and the
+        image's data pages plus those of the call's data segments (overlaps
+        not subtracted) fit in the RAM the allocator manages (ENOMEM)."""
+        assert builder is not None
+        ram = self.record.usable
+        data_pages = builder.data_pages
+        for seg in segments:
+            if seg.memsz == 0:
+                continue
+            if not _every_page_holds_ram(seg.mem, seg.end, ram):
+                return errno.EADDRNOTAVAIL
+            if not builder.zero_fill(seg):
+                data_pages += seg.memsz >> abi.PAGE_SHIFT
+        if data_pages > self._total_ram_pages():
+            return errno.ENOMEM
         return 0
 
     def _total_ram_pages(self) -> int:
@@ -423,3 +447,12 @@ class ModelKernel:
             staged_load=caps.staged_load and caps.kexec,
             notes=(f"machine model in {os.fspath(self.machine.dir)}",),
         )
+
+
+
+def _every_page_holds_ram(start: int, end: int, ram: Sequence[MemoryRange]) -> bool:
+    """Whether each page of ``[start, end)`` holds at least one byte of RAM,
+    as ``kimage_is_ram()`` walks System RAM: a page RAM only partly covers
+    counts (firmware maps may end RAM inside a page)."""
+    pages_with_ram = [(abi.page_align_down(r.start), abi.page_align_up(r.end)) for r in ram]
+    return not ranges.subtract([MemoryRange(start, end)], pages_with_ram)

@@ -303,6 +303,7 @@ class ImageBuilder:
         self._parked: set[int] = set()
         self._pending = _Intervals(())
         self._segments = array.array("Q")  # mem, end pairs, in load order
+        self.data_pages = 0  # destinations with a source page (the kernel's nr_data_pages)
 
     # ---------------------------------------------------------------- loading
 
@@ -310,12 +311,12 @@ class ImageBuilder:
         """Load one call's segments.  Raises ``OutOfPages``; the caller then
         discards the whole builder (all or nothing)."""
         self._pending = _Intervals(
-            [(s.mem >> PAGE_SHIFT, s.end >> PAGE_SHIFT) for s in segments if not self._zero_fill(s)]
+            [(s.mem >> PAGE_SHIFT, s.end >> PAGE_SHIFT) for s in segments if not self.zero_fill(s)]
         )
         try:
             for seg in segments:
                 self._segments.extend((seg.mem, seg.end))
-                if self._zero_fill(seg):
+                if self.zero_fill(seg):
                     self._add_zero_fill(seg)
                 else:
                     self._add_data(seg)
@@ -325,7 +326,8 @@ class ImageBuilder:
             self._parked.clear()
             self._pending = _Intervals(())
 
-    def _zero_fill(self, seg: abi.Segment) -> bool:
+    def zero_fill(self, seg: abi.Segment) -> bool:
+        """Whether ``seg`` is a zero-fill segment here: no source pages."""
         return self.staged and not self.preserve_context and seg.bufsz == 0
 
     def _add_zero_fill(self, seg: abi.Segment) -> None:
@@ -351,6 +353,7 @@ class ImageBuilder:
             dest = first + i
             src = table.get(dest)
             if src < 0:
+                self.data_pages += 1
                 if dest in self._serves:
                     self._evict(dest)
                     src = dest
@@ -385,6 +388,7 @@ class ImageBuilder:
         if count:
             self.allocator.reserve(dest, dest + count)
             table.set_own(dest, count)
+            self.data_pages += count
         return count
 
     def _write(self, src: int, buf: memoryview, index: int, npages: int) -> None:

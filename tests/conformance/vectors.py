@@ -38,10 +38,12 @@ OK = 0
 @dataclass(frozen=True)
 class Target:
     """Where a vector runs: ``base`` of a free RAM window, ``ram`` the bytes
-    of RAM in the kernel's memory map (for the ½-RAM rule)."""
+    of RAM in the kernel's memory map (for the ½-RAM rule), ``largest`` its
+    largest RAM range ``(start, end)`` (for the staged bounds)."""
 
     base: int
     ram: int
+    largest: tuple[int, int] = (0, 0)
 
     def pages_of(self, fraction: float) -> int:
         """Whole pages making up ``fraction`` of RAM."""
@@ -114,6 +116,18 @@ def ram_share(first: float, fraction: float) -> Build:
     """A bufsz 0 segment from ``first`` of RAM covering ``fraction`` of RAM
     (physical addresses from 0; the kernel never checks that they are RAM)."""
     return lambda t: [Segment(b"", t.pages_of(first) * P, t.pages_of(fraction) * P)]
+
+
+def ram_span(fraction: float, bufsz: int = 0) -> Build:
+    """A segment from the start of the largest RAM range covering ``fraction``
+    of RAM (every page System RAM), with ``bufsz`` bytes of data."""
+    return lambda t: [Segment(b"\x5a" * bufsz, t.largest[0], t.pages_of(fraction) * P)]
+
+
+def whole_largest_range(bufsz: int) -> Build:
+    """A segment over all of the largest RAM range: more pages than the RAM
+    the allocator manages (that excludes the kernel and its page tables)."""
+    return lambda t: [Segment(b"\x5a" * bufsz, t.largest[0], t.largest[1] - t.largest[0])]
 
 
 def many(*builds: Build) -> Build:
@@ -801,9 +815,56 @@ VECTORS: tuple[Vector, ...] = (
     Vector(
         "staged_zero_fill_over_half_ram",
         "§2.2 the ½-RAM rule does not apply to staged images (zero-fill: nothing allocated)",
-        (Call(ram_share(0, 0.6), START), Call(seg(0, 1), MID)),
+        (Call(ram_span(0.6), START), Call(seg(0, 1), MID)),
         loaded=False,
         map_pages=pages(0, 1),
+        requires=S,
+    ),
+    Vector(
+        "staged_zero_fill_outside_ram",
+        "§2.2 a staged segment over pages that hold no RAM (the VGA hole) is refused",
+        (Call(at(0xA0000, 2 * P), START, errno.EADDRNOTAVAIL), Call(none(), FINAL, errno.EINVAL)),
+        loaded=False,
+        map_pages=no_pages(),
+        requires=S,
+    ),
+    Vector(
+        "staged_zero_fill_above_ram",
+        "§2.2 a zero-fill segment far above RAM is refused before it costs anything",
+        (Call(at(1 << 40, 16 << 30), START, errno.EADDRNOTAVAIL),),
+        loaded=False,
+        map_pages=no_pages(),
+        requires=S,
+    ),
+    Vector(
+        "staged_data_outside_ram_discards",
+        "§2.2 a data segment over non-RAM pages is refused and discards the staged image",
+        (
+            Call(seg(0, 1), START),
+            Call(at(0xA0000, P, P), MID, errno.EADDRNOTAVAIL),
+            Call(none(), FINAL, errno.EINVAL),
+        ),
+        loaded=False,
+        map_pages=no_pages(),
+        requires=S,
+    ),
+    Vector(
+        "staged_data_beyond_ram",
+        "§2.2 staged data pages beyond the RAM the allocator manages are ENOMEM at once",
+        (Call(whole_largest_range(P), START, errno.ENOMEM), Call(none(), FINAL, errno.EINVAL)),
+        loaded=False,
+        map_pages=no_pages(),
+        requires=S,
+    ),
+    Vector(
+        "staged_data_bound_counts_the_image",
+        "§2.2 the bound counts the data pages already staged, not only the call's",
+        (
+            Call(ram_span(0.3, P), START_KEEP),
+            Call(ram_span(0.8, P), MID_KEEP, errno.ENOMEM),
+        ),
+        loaded=False,
+        map_pages=no_pages(),
         requires=S,
     ),
     Vector(
@@ -976,12 +1037,19 @@ def _format_problems(runs: list[abi.PageMapRun]) -> list[str]:
     ][:3]
 
 
+def largest_ram_range(kernel: Kernel) -> tuple[int, int]:
+    r = max(
+        (r for r in kernel.memory_map() if r.kind is MemoryKind.RAM), key=lambda r: r.end - r.start
+    )
+    return (r.start, r.end)
+
+
 def ram_of(kernel: Kernel) -> int:
     return sum(r.end - r.start for r in kernel.memory_map() if r.kind is MemoryKind.RAM)
 
 
 def run_vector(kernel: Kernel, vector: Vector, base: int, *, staged: bool) -> Outcome:
-    target = Target(base, ram_of(kernel))
+    target = Target(base, ram_of(kernel), largest_ram_range(kernel))
     _reset(kernel, staged)
     errnos = []
     problems = []
