@@ -135,7 +135,7 @@ build() {
 	local key=$1 out=$CACHE/$key
 	local work=$CACHE/build-$key
 	local src=$work/$SRC_PKG
-	local started=$SECONDS p
+	local started=$SECONDS
 	unpack "$work"
 	log "configuring (tinyconfig + $(basename "$FRAGMENT"))"
 	make -C "$src" -s tinyconfig >/dev/null
