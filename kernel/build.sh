@@ -6,6 +6,11 @@
 #   kernel/build.sh            build if needed; print the bzImage path
 #   kernel/build.sh --path     print the bzImage path if it is cached, else exit 1
 #   kernel/build.sh --key      print the cache key
+#   kernel/build.sh --headers  build if needed; print a directory with the
+#                              patched tree's installed uapi headers
+#                              (include/) and the kselftest headers
+#                              (selftests/), for userspace built against
+#                              this kernel (tests/lab/test_kselftest.py)
 #
 # Environment:
 #   KEXECHIB_KERNEL_CACHE  cache root (default /var/cache/kexechib-kernel)
@@ -14,6 +19,7 @@
 #   KEXECHIB_CCACHE=0      compile without ccache (default: with it, if installed)
 #
 # Layout: $KEXECHIB_KERNEL_CACHE/<key>/{bzImage,config,System.map,inputs}
+#         $KEXECHIB_KERNEL_CACHE/headers-<key>/{include,selftests}
 # The key is the SHA-256 of: the source package's name and version, the config
 # fragment, the series file and every patch in it (in order), the compiler's
 # version and RECIPE below (bump it when this script changes how it builds).
@@ -91,19 +97,46 @@ check_config() {
 	return $bad
 }
 
-build() {
-	local key=$1 out=$CACHE/$key
-	local work=$CACHE/build-$key
-	local src=$work/$SRC_PKG
-	local started=$SECONDS p
+# A fresh $1/$SRC_PKG with the series applied.
+unpack() {
+	local work=$1 p
 	rm -rf "$work"
 	mkdir -p "$work"
 	log "unpacking $SRC_TARBALL"
 	tar -C "$work" -xf "$SRC_TARBALL"
 	for p in $(series); do
 		log "applying $p"
-		patch -d "$src" -p1 --batch --forward --quiet < "$PATCHES/$p"
+		patch -d "$work/$SRC_PKG" -p1 --batch --forward --quiet < "$PATCHES/$p"
 	done
+}
+
+# The uapi headers of the patched tree and the kselftest headers, without
+# building a kernel: what a test program built for the lab kernel needs.
+headers() {
+	local key=$1 out=$CACHE/headers-$key
+	local work=$CACHE/headers-build-$key
+	local src=$work/$SRC_PKG
+	local started=$SECONDS
+	unpack "$work"
+	# headers_install is `make headers` and an rsync of the .h files;
+	# rsync is not installed here, so copy them.
+	make -C "$src" -s headers >&2
+	mkdir -p "$work/out/include" "$work/out/selftests"
+	(cd "$src/usr/include" && find . -name '*.h' -exec cp --parents -t "$work/out/include" {} +)
+	cp "$src/tools/testing/selftests/kselftest.h" \
+		"$src/tools/testing/selftests/kselftest_harness.h" "$work/out/selftests/"
+	rm -rf "$out"
+	mv "$work/out" "$out"
+	rm -rf "$work"
+	log "installed headers in $out in $((SECONDS - started)) s"
+}
+
+build() {
+	local key=$1 out=$CACHE/$key
+	local work=$CACHE/build-$key
+	local src=$work/$SRC_PKG
+	local started=$SECONDS
+	unpack "$work"
 	log "configuring (tinyconfig + $(basename "$FRAGMENT"))"
 	make -C "$src" -s tinyconfig >/dev/null
 	(cd "$src" && scripts/kconfig/merge_config.sh -m .config "$FRAGMENT" >/dev/null)
@@ -164,8 +197,18 @@ main() {
 		local key; key=$(compute_key)
 		[[ -f $CACHE/$key/bzImage ]] || exit 1
 		echo "$CACHE/$key/bzImage"; return ;;
+	--headers)
+		ensure_packages
+		local key; key=$(compute_key)
+		if [[ ! -d $CACHE/headers-$key ]]; then
+			mkdir -p "$CACHE"
+			exec 9>"$CACHE/.lock-headers-$key"
+			flock 9
+			[[ -d $CACHE/headers-$key ]] || headers "$key"
+		fi
+		echo "$CACHE/headers-$key"; return ;;
 	"") ;;
-	*) die "usage: $0 [--path|--key]" ;;
+	*) die "usage: $0 [--path|--key|--headers]" ;;
 	esac
 	ensure_packages
 	local key; key=$(compute_key)
