@@ -26,7 +26,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from kexechibd.kernel import abi
-from kexechibd.kernel.abi import Segment, Stage
+from kexechibd.kernel.abi import Segment, Stage, page_align_down, page_align_up
+from kexechibd.kernel.api import MemoryKind
 from kexechibd.lab import GuestResult
 from tests.sizes import MIB
 
@@ -91,6 +92,15 @@ def pgmap() -> bytes:
     from kexechibd.kernel.linux import LinuxKernel
 
     return LinuxKernel().kexec_pgmap()
+
+
+def largest_ram_range() -> tuple[int, int]:
+    """The whole pages of the largest System RAM range, ``[start, end)``."""
+    from kexechibd.kernel.linux import LinuxKernel
+
+    ram = [r for r in LinuxKernel().memory_map() if r.kind is MemoryKind.RAM]
+    largest = max(ram, key=lambda r: r.end - r.start)
+    return page_align_up(largest.start), page_align_down(largest.end)
 
 
 def kernel_log() -> list[str]:

@@ -35,12 +35,12 @@ import pytest
 
 from kexechibd.kernel import abi
 from kexechibd.kernel.abi import PAGE_SIZE, Segment, Stage
-from kexechibd.kernel.api import MemoryKind
 from kexechibd.lab import GuestResult, GuestSpec, new_workdir, run_guest
 from tests.lab.staged_support import (
     Loader,
     call,
     errno_name,
+    largest_ram_range,
     markers,
     mem_free_kib,
     memory_back,
@@ -127,16 +127,8 @@ def _above_ram() -> None:
     )
 
 
-def _largest_ram_range() -> tuple[int, int]:
-    from kexechibd.kernel.linux import LinuxKernel
-
-    ram = [r for r in LinuxKernel().memory_map() if r.kind is MemoryKind.RAM]
-    largest = max(ram, key=lambda r: r.end - r.start)
-    return largest.start, largest.end
-
-
 def _beyond_ram() -> None:
-    start, end = _largest_ram_range()
+    start, end = largest_ram_range()
     kills = oom_kills()
     before = mem_free_kib()
     data = [Segment(b"\x5a" * PAGE_SIZE, start, end - start)]
