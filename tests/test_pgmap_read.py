@@ -1,4 +1,4 @@
-"""Reading /proc/kexec_pgmap (kernel patch 0009, docs/kernel.md): who may open
+"""Reading /proc/kexec_pgmap (kernel patch 0014, docs/kernel.md): who may open
 it, and what a reader does with the errors of a file produced as it is read
 (Documentation/ABI/testing/procfs-kexec_pgmap in the patch)."""
 

@@ -375,7 +375,7 @@ def reboot_error(err: int, command: str) -> KernelError:
 
 
 # /proc/kexec_pgmap is produced as it is read, one read() buffer per hold of
-# the kexec lock (kernel patch 0009): a read that would continue into another
+# the kexec lock (kernel patch 0014): a read that would continue into another
 # state of the image than the one it began with at offset 0 fails with ESTALE,
 # and the reader starts again.  Only another kexec caller changes the image
 # meanwhile, so a few attempts are plenty.
