@@ -374,6 +374,44 @@ def reboot_error(err: int, command: str) -> KernelError:
     return RebootFailed(op, err, "failed", "")
 
 
+# /proc/kexec_pgmap is produced as it is read, one read() buffer per hold of
+# the kexec lock (kernel patch 0014): a read that would continue into another
+# state of the image than the one it began with at offset 0 fails with ESTALE,
+# and the reader starts again.  Only another kexec caller changes the image
+# meanwhile, so a few attempts are plenty.
+PGMAP_READ_ATTEMPTS = 3
+
+
+class PageMapUnavailable(KernelError):
+    """``/proc/kexec_pgmap`` could not be read (ENOENT, EPERM, EBUSY, ESTALE)."""
+
+
+def pgmap_error(err: int) -> KernelError:
+    """The exception for reading ``/proc/kexec_pgmap`` failing with ``err``."""
+    op = f"read {PGMAP_PATH}"
+    if err == errno.ENOENT:
+        return PageMapUnavailable(
+            op,
+            err,
+            "this kernel has no staged-load support",
+            "boot a kernel with the kexechib patch series (kernel/)",
+        )
+    if err == errno.EPERM:
+        return PageMapUnavailable(
+            op, err, "not permitted", "needs CAP_SYS_BOOT and no kernel lockdown (as kexec_load)"
+        )
+    if err == errno.EBUSY:
+        return PageMapUnavailable(op, err, "another kexec operation is in progress", "retry later")
+    if err == errno.ESTALE:
+        return PageMapUnavailable(
+            op,
+            err,
+            f"the image changed during each of {PGMAP_READ_ATTEMPTS} reads",
+            "another process is loading kexec images; stop it and retry",
+        )
+    return PageMapUnavailable(op, err, "failed", "")
+
+
 def total_memsz(segments: Sequence[Segment]) -> int:
     return sum(s.memsz for s in segments)
 

@@ -235,15 +235,15 @@ class LinuxKernel:
         return _read_text(self._sys / "kernel/kexec_loaded", "0").strip() == "1"
 
     def kexec_pgmap(self) -> bytes:
-        try:
-            return (self._proc / "kexec_pgmap").read_bytes()
-        except FileNotFoundError:
-            raise abi.KernelError(
-                "read /proc/kexec_pgmap",
-                errno.ENOENT,
-                "this kernel has no staged-load support",
-                "boot a kernel with the kexechib patch series (kernel/)",
-            ) from None
+        # ESTALE: the image changed between two read()s of one pass; a pass
+        # from offset 0 again reads one consistent state.
+        for _ in range(abi.PGMAP_READ_ATTEMPTS):
+            try:
+                return (self._proc / "kexec_pgmap").read_bytes()
+            except OSError as e:
+                if e.errno != errno.ESTALE:
+                    raise abi.pgmap_error(e.errno or 0) from None
+        raise abi.pgmap_error(errno.ESTALE)
 
     def vmcore(self) -> BinaryIO:
         return open(self._proc / "vmcore", "rb")

@@ -329,13 +329,23 @@ class ModelKernel:
         return self.record.loaded is not None
 
     def kexec_pgmap(self) -> bytes:
-        if not self._caps().staged_load:
-            raise abi.KernelError(
-                "read /proc/kexec_pgmap",
-                errno.ENOENT,
-                "this kernel has no staged-load support",
-                "boot a kernel with the kexechib patch series (kernel/)",
-            )
+        caps = self._caps()
+        if not caps.staged_load:
+            raise abi.pgmap_error(errno.ENOENT)
+        # open() needs CAP_SYS_BOOT and is refused under lockdown, as kexec_load.
+        # One call reads the whole file at once, so the model never sees the
+        # ESTALE of a read that another caller's load interrupted.
+        if not caps.cap_sys_boot or caps.lockdown != "none":
+            raise abi.pgmap_error(errno.EPERM)
+        # Each read() holds the kexec lock (a try-lock) while it produces records.
+        if not self._kexec_lock.acquire(blocking=False):
+            raise abi.pgmap_error(errno.EBUSY)
+        try:
+            return self._page_map()
+        finally:
+            self._kexec_lock.release()
+
+    def _page_map(self) -> bytes:
         if self._staged is not None:
             return self._staged.page_map()
         loaded = self.record.loaded
