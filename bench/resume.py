@@ -6,9 +6,10 @@ holds garbage, as after a power cycle: every chunk read, verified and
 decompressed, every run turned into segments, every ``kexec_load`` call
 made, and every data page copied into model memory — the copy a kernel
 makes.  The loader alone: the same loader on the zstd image into a kernel
-stand-in whose ``kexec_load`` is one copy of each segment into preallocated
-pages (``bench/standin.py``), what a real kernel's copy costs, without the
-model kernel's Python bookkeeping.  References: ``zstd -d`` and ``lz4 -d`` of
+stand-in whose ``kexec_load`` is one copy of each segment into resident
+pages (``bench/standin.py``: a ``pwrite`` into a tmpfs file written
+beforehand), what a real kernel's copy costs, without the model kernel's
+Python bookkeeping.  References: ``zstd -d`` and ``lz4 -d`` of
 the same memory to /dev/null (single-threaded: the CLIs decompress on one
 core).  All of them interleaved in one run, so every ratio is of the same run.
 
@@ -25,7 +26,7 @@ import json
 import time
 from pathlib import Path
 
-from bench import inputs
+from bench import inputs, standin
 from bench.common import median, run_measured, short, show, worker
 from bench.report import Row, Section, mbps, mib, ratio
 from kexechibd.image import ImageMeta, open_store
@@ -115,10 +116,15 @@ def run(scratch: Path, vm: inputs.Vmcore, repeats: int = 3) -> Section:
     run_measured(["zstd", "-1", "-T0", "-q", "-f", str(raw), "-o", str(zst)])
     run_measured(["lz4", "-1", "-q", "-f", str(raw), str(lz)])
     raw.unlink()
+    pages = scratch / "standin.pages"
+    # Made once, untimed: no run pays for writing the stand-in's pages.
+    standin.prepare(pages, max(r.end for r in firmware_map(ram) if r.kind is MemoryKind.RAM))
     cases = {
         "ours zstd": worker("resume", str(images["zstd"]), str(machine)),
         "zstd -d": ["zstd", "-d", "-q", "-c", str(zst)],
-        "ours zstd alone": worker("resume", str(images["zstd"]), str(machine), "--copy-kernel"),
+        "ours zstd alone": worker(
+            "resume", str(images["zstd"]), str(machine), "--copy-kernel", str(pages)
+        ),
         "ours lz4": worker("resume", str(images["lz4"]), str(machine)),
         "lz4 -d": ["lz4", "-d", "-q", "-c", str(lz)],
     }
@@ -174,7 +180,7 @@ def run(scratch: Path, vm: inputs.Vmcore, repeats: int = 3) -> Section:
     zstd_d = median(seconds["zstd -d"])
     rows.append(
         Row("zstd, loader alone (kernel stand-in: one copy per segment): throughput, whole "
-            "process (faulting in the stand-in's pages included)", mbps(memory, alone), "zstd -d", mbps(memory, zstd_d), ratio(zstd_d, alone),
+            "process", mbps(memory, alone), "zstd -d", mbps(memory, zstd_d), ratio(zstd_d, alone),
             cmd("ours zstd alone"), cmd("zstd -d"))
     )  # fmt: skip
     rows.append(
@@ -183,8 +189,7 @@ def run(scratch: Path, vm: inputs.Vmcore, repeats: int = 3) -> Section:
             ratio(zstd_d, alone_inner), "", "")
     )  # fmt: skip
     rows.append(
-        Row("zstd, loader alone: CPU time (user + system; the stand-in's pages are "
-            "faulted in before the clock, in this figure)",
+        Row("zstd, loader alone: CPU time (user + system)",
             f"{median(cpu['ours zstd alone']):.2f} s", "zstd -d", f"{median(cpu['zstd -d']):.2f} s",
             ratio(median(cpu["ours zstd alone"]), median(cpu["zstd -d"])), "", "")
     )  # fmt: skip
@@ -219,6 +224,6 @@ def run(scratch: Path, vm: inputs.Vmcore, repeats: int = 3) -> Section:
         f"{'met' if b / alone_inner >= 0.9 else 'missed'} — {b / alone_inner:.0%} (the load "
         f"itself), {b / alone:.0%} (as a whole process)."
     )
-    for p in (*images.values(), zst, lz):
+    for p in (*images.values(), zst, lz, pages):
         p.unlink(missing_ok=True)
     return section

@@ -5,14 +5,15 @@
       B's saver (kexechibd.cycle.saver.save_image) on an ELF core file, as
       it reads /proc/vmcore in B, or (--model-header) on a model machine's
       /proc/vmcore; the image goes where params say.
-  python -m bench.worker resume IMAGE MACHINE [--kernel-process | --copy-kernel]
+  python -m bench.worker resume IMAGE MACHINE [--kernel-process | --copy-kernel PAGES]
       C's loader (kexechibd.cycle.loader: check_destinations, stream_load)
       into the running kernel of a model machine: every kexec_load call, the
       data copied into model memory, KS_final.  The machine is left with the
       image loaded (never jumped to), then unloads it untimed.  With
       --copy-kernel the loader alone: the same loader into a kernel stand-in
-      whose kexec_load is one copy of each segment (bench/standin.py); the
-      machine only gives its memory map.
+      whose kexec_load is one copy of each segment into the resident pages
+      of the file PAGES (bench/standin.py; made first if missing, untimed);
+      the machine only gives its memory map.
 
 Each prints one JSON line: the work's own wall time (interpreter start and
 imports excluded: the daemon is running when it saves or resumes), and
@@ -112,7 +113,7 @@ def resume(args: argparse.Namespace) -> dict[str, object]:
     kernel: ModelKernel | KernelProxy | CopyKernel
     if args.copy_kernel:
         with ModelKernel(Path(args.machine)) as model:
-            kernel = CopyKernel(model.memory_map())
+            kernel = CopyKernel(model.memory_map(), Path(args.copy_kernel))
     elif args.kernel_process:
         kernel = KernelProxy(Path(args.machine))
     else:
@@ -170,8 +171,9 @@ def main(argv: list[str]) -> int:
     )
     which.add_argument(
         "--copy-kernel",
-        action="store_true",
-        help="load into a stand-in whose kexec_load is one copy per segment (the loader alone)",
+        metavar="PAGES",
+        help="load into a stand-in whose kexec_load is one copy per segment into the file "
+        "PAGES (the loader alone)",
     )
     args = parser.parse_args(argv)
     result = save(args) if args.what == "save" else resume(args)
