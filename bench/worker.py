@@ -6,10 +6,14 @@
       it reads /proc/vmcore in B, or (--model-header) on a model machine's
       /proc/vmcore; the image goes where params say.
   python -m bench.worker resume IMAGE MACHINE [--kernel-process | --copy-kernel PAGES]
+                                            [--leave-loaded]
       C's loader (kexechibd.cycle.loader: check_destinations, stream_load)
       into the running kernel of a model machine: every kexec_load call, the
       data copied into model memory, KS_final.  The machine is left with the
-      image loaded (never jumped to), then unloads it untimed.  With
+      image loaded (never jumped to), then unloads it untimed — unless
+      --leave-loaded: the caller power-cycles the machine before the next
+      run (unloading walks the model's entry list in Python, which a
+      resume never does: it jumps).  With
       --copy-kernel the loader alone: the same loader into a kernel stand-in
       whose kexec_load is one copy of each segment into the resident pages
       of the file PAGES (bench/standin.py; made first if missing, untimed);
@@ -129,7 +133,7 @@ def resume(args: argparse.Namespace) -> dict[str, object]:
     reader.close()
     hwm = rss_kib("VmHWM")
     # Leave the kernel as it was (untimed): a later run loads into it again.
-    if not args.copy_kernel:
+    if not (args.copy_kernel or args.leave_loaded):
         kernel.kexec_load(0, [], abi.load_flags(abi.Stage.FULL))
     kernel.close()
     return {
@@ -174,6 +178,11 @@ def main(argv: list[str]) -> int:
         metavar="PAGES",
         help="load into a stand-in whose kexec_load is one copy per segment into the file "
         "PAGES (the loader alone)",
+    )
+    r.add_argument(
+        "--leave-loaded",
+        action="store_true",
+        help="leave the image loaded (the caller power-cycles the machine before the next run)",
     )
     args = parser.parse_args(argv)
     result = save(args) if args.what == "save" else resume(args)
