@@ -21,6 +21,13 @@ from bench.report import Section, write_doc
 ALL = ("save", "resume", "scaling", "dbus")
 
 
+def run_command(only: list[str]) -> str:
+    """How the run was made: ``make bench`` runs them all."""
+    if tuple(only) == ALL:
+        return "`make bench`"
+    return f"`.venv/bin/python -m bench --only {','.join(only)}`"
+
+
 def header(started: float, load_before: tuple[float, ...], only: list[str]) -> str:
     m = common.machine()
     load_after = common.load_average()
@@ -34,7 +41,7 @@ def header(started: float, load_before: tuple[float, ...], only: list[str]) -> s
         [
             "## Benchmarks against the field's tools (issue 8)",
             "",
-            f"Run: `make bench` ({', '.join(only)}) on "
+            f"Run: {run_command(only)} ({', '.join(only)}) on "
             f"{datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}, "
             f"{time.time() - started:.0f} s in all. Machine: {m['cpus']} vCPUs ({m['cpu']}), "
             f"{m['memory']}, {m['os']}, Python {m['python']}; model memory and every scratch "
