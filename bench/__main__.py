@@ -4,6 +4,7 @@ same input in the same run, and docs/performance.md rewritten with the
 tables (the placement section, ``python -m bench.placement``, is kept).
 
   python -m bench [--only save,resume,scaling,dbus] [--repeats N] [--no-doc]
+                  [--markdown FILE]
 """
 
 from __future__ import annotations
@@ -12,11 +13,19 @@ import argparse
 import datetime
 import sys
 import time
+from pathlib import Path
 
 from bench import common, inputs
 from bench.report import Section, write_doc
 
 ALL = ("save", "resume", "scaling", "dbus")
+
+
+def run_command(only: list[str]) -> str:
+    """How the run was made: ``make bench`` runs them all."""
+    if tuple(only) == ALL:
+        return "`make bench`"
+    return f"`.venv/bin/python -m bench --only {','.join(only)}`"
 
 
 def header(started: float, load_before: tuple[float, ...], only: list[str]) -> str:
@@ -32,7 +41,7 @@ def header(started: float, load_before: tuple[float, ...], only: list[str]) -> s
         [
             "## Benchmarks against the field's tools (issue 8)",
             "",
-            f"Run: `make bench` ({', '.join(only)}) on "
+            f"Run: {run_command(only)} ({', '.join(only)}) on "
             f"{datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}, "
             f"{time.time() - started:.0f} s in all. Machine: {m['cpus']} vCPUs ({m['cpu']}), "
             f"{m['memory']}, {m['os']}, Python {m['python']}; model memory and every scratch "
@@ -55,6 +64,12 @@ def main(argv: list[str]) -> int:
         help="runs per figure (default: 5 for save and resume, 3 for scaling)",
     )
     parser.add_argument("--no-doc", action="store_true", help="print only")
+    parser.add_argument(
+        "--markdown",
+        metavar="FILE",
+        help="also write the run's header and tables, as markdown, to FILE "
+        "(a run of some benchmarks, kept apart from docs/performance.md)",
+    )
     args = parser.parse_args(argv)
     only = [w for w in args.only.split(",") if w]
     for w in only:
@@ -88,6 +103,9 @@ def main(argv: list[str]) -> int:
                 sections.append(dbuslat.run(scratch))
             sections[-1].extra.append(f"({name}: {time.time() - t:.0f} s)")
             print(sections[-1].text(), flush=True)
+    if args.markdown:
+        text = header(started, load_before, only)
+        Path(args.markdown).write_text("\n\n".join([text, *(s.markdown() for s in sections)]))
     if not args.no_doc:
         write_doc(header(started, load_before, only), sections)
         print("wrote docs/performance.md")

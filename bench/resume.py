@@ -5,8 +5,13 @@ runs) loads the image into the running kernel of a model machine whose RAM
 holds garbage, as after a power cycle: every chunk read, verified and
 decompressed, every run turned into segments, every ``kexec_load`` call
 made, and every data page copied into model memory — the copy a kernel
-makes.  References: ``zstd -d`` and ``lz4 -d`` of the same memory to
-/dev/null (single-threaded: the CLIs decompress on one core).
+makes.  The loader alone: the same loader on the zstd image into a kernel
+stand-in whose ``kexec_load`` is one copy of each segment into resident
+pages (``bench/standin.py``: a ``pwrite`` into a tmpfs file written
+beforehand), what a real kernel's copy costs, without the model kernel's
+Python bookkeeping.  References: ``zstd -d`` and ``lz4 -d`` of
+the same memory to /dev/null (single-threaded: the CLIs decompress on one
+core).  All of them interleaved in one run, so every ratio is of the same run.
 
 The memory is the same as the save benchmark's, less what is not RAM on a
 PC-like model (the VGA/BIOS hole and the BIOS ROM at the top of 4 GiB: the
@@ -21,7 +26,7 @@ import json
 import time
 from pathlib import Path
 
-from bench import inputs
+from bench import inputs, standin
 from bench.common import median, run_measured, short, show, worker
 from bench.report import Row, Section, mbps, mib, ratio
 from kexechibd.image import ImageMeta, open_store
@@ -111,10 +116,16 @@ def run(scratch: Path, vm: inputs.Vmcore, repeats: int = 3) -> Section:
     run_measured(["zstd", "-1", "-T0", "-q", "-f", str(raw), "-o", str(zst)])
     run_measured(["lz4", "-1", "-q", "-f", str(raw), str(lz)])
     raw.unlink()
+    pages = scratch / "standin.pages"
+    # Made once, untimed: no run pays for writing the stand-in's pages.
+    standin.prepare(pages, max(r.end for r in firmware_map(ram) if r.kind is MemoryKind.RAM))
     cases = {
-        "ours zstd": worker("resume", str(images["zstd"]), str(machine)),
+        "ours zstd": worker("resume", str(images["zstd"]), str(machine), "--leave-loaded"),
         "zstd -d": ["zstd", "-d", "-q", "-c", str(zst)],
-        "ours lz4": worker("resume", str(images["lz4"]), str(machine)),
+        "ours zstd alone": worker(
+            "resume", str(images["zstd"]), str(machine), "--copy-kernel", str(pages)
+        ),
+        "ours lz4": worker("resume", str(images["lz4"]), str(machine), "--leave-loaded"),
         "lz4 -d": ["lz4", "-d", "-q", "-c", str(lz)],
     }
     seconds: dict[str, list[float]] = {k: [] for k in cases}
@@ -125,7 +136,7 @@ def run(scratch: Path, vm: inputs.Vmcore, repeats: int = 3) -> Section:
     for _ in range(repeats):
         for name, argv in cases.items():
             ours = name.startswith("ours")
-            if ours:
+            if ours and not name.endswith("alone"):
                 fresh_machine(machine, ram)
             r = run_measured(argv, stdout_path=None if ours else Path("/dev/null"))
             seconds[name].append(r.seconds)
@@ -165,6 +176,23 @@ def run(scratch: Path, vm: inputs.Vmcore, repeats: int = 3) -> Section:
                 mib(median(rss[mine])), theirs, mib(median(rss[theirs])),
                 ratio(median(rss[mine]), median(rss[theirs])), "", "")
         )  # fmt: skip
+    alone, alone_inner = median(seconds["ours zstd alone"]), median(inproc["ours zstd alone"])
+    zstd_d = median(seconds["zstd -d"])
+    rows.append(
+        Row("zstd, loader alone (kernel stand-in: one copy per segment): throughput, whole "
+            "process", mbps(memory, alone), "zstd -d", mbps(memory, zstd_d), ratio(zstd_d, alone),
+            cmd("ours zstd alone"), cmd("zstd -d"))
+    )  # fmt: skip
+    rows.append(
+        Row("zstd, loader alone: throughput of the load itself (no interpreter start)",
+            mbps(memory, alone_inner), "zstd -d", mbps(memory, zstd_d),
+            ratio(zstd_d, alone_inner), "", "")
+    )  # fmt: skip
+    rows.append(
+        Row("zstd, loader alone: CPU time (user + system)",
+            f"{median(cpu['ours zstd alone']):.2f} s", "zstd -d", f"{median(cpu['zstd -d']):.2f} s",
+            ratio(median(cpu["ours zstd alone"]), median(cpu["zstd -d"])), "", "")
+    )  # fmt: skip
     rows.append(
         Row("zstd: peak RSS of the loader alone (model kernel in its own process)",
             mib(int(str(own["rss_hwm_kib"]))), "zstd -d", mib(median(rss["zstd -d"])),
@@ -186,11 +214,16 @@ def run(scratch: Path, vm: inputs.Vmcore, repeats: int = 3) -> Section:
     a, b = median(seconds["ours zstd"]), median(seconds["zstd -d"])
     inner = median(inproc["ours zstd"])
     section.verdicts.append(
-        f"Target (≥ 80% of `zstd -d`'s throughput on the same data): "
-        f"{'met' if b / a >= 0.8 else 'missed'} — {b / a:.0%} (whole process), "
+        f"Target (≥ 80% of `zstd -d`'s throughput on the same data as a whole process on "
+        f"the model): {'met' if b / a >= 0.8 else 'missed'} — {b / a:.0%} (whole process), "
         f"{b / inner:.0%} (the load itself); CPU time "
         f"{median(cpu['ours zstd']):.2f} s against {median(cpu['zstd -d']):.2f} s."
     )
-    for p in (*images.values(), zst, lz):
+    section.verdicts.append(
+        f"Target (≥ 90% of `zstd -d`'s throughput for the loader alone): "
+        f"{'met' if b / alone_inner >= 0.9 else 'missed'} — {b / alone_inner:.0%} (the load "
+        f"itself), {b / alone:.0%} (as a whole process)."
+    )
+    for p in (*images.values(), zst, lz, pages):
         p.unlink(missing_ok=True)
     return section

@@ -5,11 +5,19 @@
       B's saver (kexechibd.cycle.saver.save_image) on an ELF core file, as
       it reads /proc/vmcore in B, or (--model-header) on a model machine's
       /proc/vmcore; the image goes where params say.
-  python -m bench.worker resume IMAGE MACHINE [--kernel-process]
+  python -m bench.worker resume IMAGE MACHINE [--kernel-process | --copy-kernel PAGES]
+                                            [--leave-loaded]
       C's loader (kexechibd.cycle.loader: check_destinations, stream_load)
       into the running kernel of a model machine: every kexec_load call, the
       data copied into model memory, KS_final.  The machine is left with the
-      image loaded (never jumped to), then unloads it untimed.
+      image loaded (never jumped to), then unloads it untimed — unless
+      --leave-loaded: the caller power-cycles the machine before the next
+      run (unloading walks the model's entry list in Python, which a
+      resume never does: it jumps).  With
+      --copy-kernel the loader alone: the same loader into a kernel stand-in
+      whose kexec_load is one copy of each segment into the resident pages
+      of the file PAGES (bench/standin.py; made first if missing, untimed);
+      the machine only gives its memory map.
 
 Each prints one JSON line: the work's own wall time (interpreter start and
 imports excluded: the daemon is running when it saves or resumes), and
@@ -28,6 +36,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from bench.memory import KernelProxy, reset_peak, rss_kib
+from bench.standin import CopyKernel
 from kexechibd.cycle.params import SaveParams
 from kexechibd.kernel import abi
 from kexechibd.kernel.api import KernelIdentity
@@ -105,9 +114,14 @@ def resume(args: argparse.Namespace) -> dict[str, object]:
     from kexechibd.image import open_store
     from kexechibd.model.kernel import ModelKernel
 
-    kernel: ModelKernel | KernelProxy = (
-        KernelProxy(Path(args.machine)) if args.kernel_process else ModelKernel(Path(args.machine))
-    )
+    kernel: ModelKernel | KernelProxy | CopyKernel
+    if args.copy_kernel:
+        with ModelKernel(Path(args.machine)) as model:
+            kernel = CopyKernel(model.memory_map(), Path(args.copy_kernel))
+    elif args.kernel_process:
+        kernel = KernelProxy(Path(args.machine))
+    else:
+        kernel = ModelKernel(Path(args.machine))
     kernel.memory_map()  # the proxy's child is up before the clock starts
     baseline = rss_kib("VmRSS")
     reset_peak()
@@ -119,7 +133,8 @@ def resume(args: argparse.Namespace) -> dict[str, object]:
     reader.close()
     hwm = rss_kib("VmHWM")
     # Leave the kernel as it was (untimed): a later run loads into it again.
-    kernel.kexec_load(0, [], abi.load_flags(abi.Stage.FULL))
+    if not (args.copy_kernel or args.leave_loaded):
+        kernel.kexec_load(0, [], abi.load_flags(abi.Stage.FULL))
     kernel.close()
     return {
         "seconds": seconds,
@@ -129,6 +144,7 @@ def resume(args: argparse.Namespace) -> dict[str, object]:
         "runs": reader.summary.runs,
         "chunks": reader.summary.chunks,
         "kernel_process": bool(args.kernel_process),
+        "kernel": kernel.backend,
         "rss_baseline_kib": baseline,
         "rss_hwm_kib": hwm,
     }
@@ -151,10 +167,22 @@ def main(argv: list[str]) -> int:
     r = sub.add_parser("resume")
     r.add_argument("image")
     r.add_argument("machine")
-    r.add_argument(
+    which = r.add_mutually_exclusive_group()
+    which.add_argument(
         "--kernel-process",
         action="store_true",
         help="run the model kernel in a child process (the loader's own memory)",
+    )
+    which.add_argument(
+        "--copy-kernel",
+        metavar="PAGES",
+        help="load into a stand-in whose kexec_load is one copy per segment into the file "
+        "PAGES (the loader alone)",
+    )
+    r.add_argument(
+        "--leave-loaded",
+        action="store_true",
+        help="leave the image loaded (the caller power-cycles the machine before the next run)",
     )
     args = parser.parse_args(argv)
     result = save(args) if args.what == "save" else resume(args)

@@ -96,6 +96,10 @@ def test_the_resume_benchmark_loads_the_image_and_reports_it(scratch: Path) -> N
     assert [r.reference for r in section.rows[:2]] == ["zstd -d", "zstd -d"]
     assert "kexec_load calls" in section.intro
     assert "Target" in section.verdicts[0]
+    alone = [r for r in section.rows if r.figure.startswith("zstd, loader alone")]
+    assert [r.reference for r in alone] == ["zstd -d"] * 3  # whole process, load, CPU
+    assert "--copy-kernel" in alone[0].command and alone[0].ratio.endswith("×")
+    assert "loader alone" in section.verdicts[1]
 
 
 def test_the_scaling_benchmark_saves_and_resumes_fragmented_memory(scratch: Path) -> None:

@@ -84,8 +84,7 @@ class ModelKernel:
         return self.machine.capabilities
 
     def _check_alive(self) -> None:
-        state = self.machine.state
-        if state["running"] != self.id:
+        if self.machine.running != self.id:
             raise KernelGone(f"model kernel {self.id} is no longer running")
 
     def _save(self, loaded: kimage.LoadedImage | None) -> None:

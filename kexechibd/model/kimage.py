@@ -226,8 +226,8 @@ class _DestTable:
         """How many pages from ``first`` on (at most ``count``) have no source yet."""
         for pfn, off, n in self._pieces(first, count):
             chunk = self._chunks.get(pfn >> _CHUNK_SHIFT)
-            if chunk is None:
-                continue
+            if chunk is None or not n or max(chunk[off : off + n]) < 0:
+                continue  # no source among them (found in C, not page by page)
             for i in range(off, off + n):
                 if chunk[i] >= 0:
                     return pfn + i - off - first
@@ -251,6 +251,48 @@ class _DestTable:
                 else:
                     chunk[i] = ZERO
         return sources
+
+    def entry_words(self) -> array.array[int]:
+        """The entry list's words in destination order, as kimage_add_entry()
+        writes them: a destination word where the pages stop being
+        consecutive, then a source or zero word per page.  Most pages of a
+        restored image are their own sources, in long stretches broken by
+        the few pages the kernel held: those stretches are found by comparing
+        slices (in C) and become their words as one range each; only
+        what differs is gone through page by page."""
+        words: array.array[int] = array.array("Q")
+        expected = -1
+
+        def span(
+            chunk: array.array[int], own: array.array[int], base: int, lo: int, hi: int
+        ) -> None:
+            nonlocal expected
+            if chunk[lo:hi] == own[lo:hi]:
+                if base + lo != expected:
+                    words.append(((base + lo) << PAGE_SHIFT) | abi.IND_DESTINATION)
+                first = ((base + lo) << PAGE_SHIFT) | abi.IND_SOURCE
+                words.extend(range(first, first + ((hi - lo) << PAGE_SHIFT), PAGE_SIZE))
+                expected = base + hi
+            elif hi - lo > 16:
+                mid = (lo + hi) // 2
+                span(chunk, own, base, lo, mid)
+                span(chunk, own, base, mid, hi)
+            else:
+                for off in range(lo, hi):
+                    value = chunk[off]
+                    if value == NONE:
+                        continue
+                    if base + off != expected:
+                        words.append(((base + off) << PAGE_SHIFT) | abi.IND_DESTINATION)
+                    words.append(
+                        (value << PAGE_SHIFT) | abi.IND_SOURCE if value >= 0 else abi.IND_ZERO
+                    )
+                    expected = base + off + 1
+
+        for index in sorted(self._chunks):
+            base = index << _CHUNK_SHIFT
+            span(self._chunks[index], array.array("q", range(base, base + _CHUNK)), base, 0, _CHUNK)
+        return words
 
     def items(self) -> Iterator[tuple[int, int]]:
         """``(dest, source | ZERO)`` in destination order."""
@@ -481,15 +523,7 @@ class ImageBuilder:
         """Terminate the entry list and write it into memory, laid out as
         kimage_add_entry() and kimage_terminate() do: up to 511 entries per
         indirection page, then the link to the next page or IND_DONE."""
-        words = array.array("Q")
-        expected = -1
-        for kind, dest, src in self.entries():
-            if dest != expected:
-                words.append((dest << PAGE_SHIFT) | abi.IND_DESTINATION)
-            words.append(
-                (src << PAGE_SHIFT) | abi.IND_SOURCE if kind == ENTRY_SOURCE else abi.IND_ZERO
-            )
-            expected = dest + 1
+        words = self._src.entry_words()
         per_page = abi.ENTRIES_PER_PAGE - 1
         npages = max(1, -(-len(words) // per_page))
         private = self._alloc_private(npages + (1 if crash else 2))

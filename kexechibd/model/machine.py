@@ -179,11 +179,19 @@ def _pfn_ranges(ranges: list[MemoryRange]) -> list[tuple[int, int]]:
     ]
 
 
+def _version(st: os.stat_result) -> tuple[int, int, int]:
+    """What names a version of the state file (``Machine._current``)."""
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
 class Machine:
     """A model machine in ``directory``."""
 
     def __init__(self, directory: Path) -> None:
         self.dir = Path(directory)
+        # (stat key, parsed state): one object, so threads never pair a key
+        # with another version's state.
+        self._snapshot: tuple[tuple[int, int, int], dict[str, Any]] | None = None
         state = self._read_state()
         self.memory = PhysicalMemory(self.dir / MEMORY_FILE, state["memory_size"])
 
@@ -253,7 +261,27 @@ class Machine:
     def _write_state(self, state: dict[str, Any]) -> None:
         tmp = self.dir / (STATE_FILE + ".tmp")
         tmp.write_text(json.dumps(state, indent=1))
+        # Each version is a new file with its own nanosecond mtime, so that
+        # its stat names it (``_current``).
+        now = time.time_ns()
+        os.utime(tmp, ns=(now, now))
         os.replace(tmp, self.dir / STATE_FILE)
+
+    def _current(self) -> dict[str, Any]:
+        """The state as last written, parsed once per version: for reading
+        only.  A kernel keeps what it checks on every kexec_load (its
+        capabilities, whether it runs) in memory; the model's kernels share
+        them through the state file, and reading and parsing it on every
+        call was most of the model's cost per call — not a kernel's.  A
+        write replaces the file (new inode, new mtime), so a changed stat
+        means a new version, and the stat and the read are of one open file."""
+        path = os.path.join(self.dir, STATE_FILE)
+        snapshot = self._snapshot
+        if snapshot is not None and snapshot[0] == _version(os.stat(path)):
+            return snapshot[1]
+        with open(path, "rb") as f:
+            snapshot = self._snapshot = (_version(os.fstat(f.fileno())), json.loads(f.read()))
+        return snapshot[1]
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[dict[str, Any]]:
@@ -274,7 +302,7 @@ class Machine:
 
     @property
     def firmware(self) -> list[MemoryRange]:
-        return [MemoryRange(a, b, MemoryKind(k)) for a, b, k in self.state["firmware_map"]]
+        return [MemoryRange(a, b, MemoryKind(k)) for a, b, k in self._current()["firmware_map"]]
 
     @property
     def ram_ranges(self) -> list[MemoryRange]:
@@ -282,7 +310,7 @@ class Machine:
 
     @property
     def capabilities(self) -> Capabilities:
-        return Capabilities(**self.state["capabilities"])
+        return Capabilities(**self._current()["capabilities"])
 
     def set_capabilities(self, **changes: object) -> None:
         with self.transaction() as state:
@@ -290,16 +318,16 @@ class Machine:
 
     @property
     def machine_id(self) -> str:
-        return str(self.state["machine_id"])
+        return str(self._current()["machine_id"])
 
     @property
     def running(self) -> int | None:
-        value = self.state["running"]
+        value = self._current()["running"]
         return None if value is None else int(value)
 
     @property
     def power(self) -> str:
-        return str(self.state["power"])
+        return str(self._current()["power"])
 
     def record(self, kernel_id: int, state: dict[str, Any] | None = None) -> KernelRecord:
         state = state or self.state

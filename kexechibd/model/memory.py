@@ -13,6 +13,7 @@ copies do not count in the RSS of the process that asked for them.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import mmap
 import os
@@ -20,13 +21,14 @@ import random
 from collections.abc import Iterable
 from pathlib import Path
 
-import cffi
-
 from kexechibd.kernel.abi import PAGE_SIZE
 
-_ffi = cffi.FFI()
-_ffi.cdef("int fallocate(int fd, int mode, long offset, long len);")
-_libc = _ffi.dlopen(None)
+# ctypes, not cffi: cffi parses its declaration with pycparser at import,
+# 60-150 ms of every process that opens a model machine (the resume bench's
+# included) — a cost no kernel has.
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long)
+_libc.fallocate.restype = ctypes.c_int
 FALLOC_FL_KEEP_SIZE = 0x01
 FALLOC_FL_PUNCH_HOLE = 0x02
 SEEK_DATA = 3
