@@ -285,7 +285,7 @@ class ModelKernel:
     def _staged_bounds(
         self, builder: kimage.ImageBuilder | None, segments: Sequence[abi.Segment]
     ) -> int:
-        """``kimage_check_staged()`` (patch 0014), after the common checks:
+        """``kimage_check_staged()`` (patch 0018), after the common checks:
         every page a segment covers holds System RAM (EADDRNOTAVAIL), and the
         image's data pages plus those of the call's data segments (overlaps
         not subtracted) fit in the RAM the allocator manages (ENOMEM)."""

@@ -1,5 +1,5 @@
 """A kexec jump into an image loaded in place returns with A intact, on the
-real patched kernel (kernel/patches 0016: swap_pages skips a page that is its
+real patched kernel (kernel/patches 0020: swap_pages skips a page that is its
 own source).
 
 `tests/lab/programs/jump_in_place.c` (static, built here with gcc) stages
@@ -16,7 +16,7 @@ freeze and restore assume the device was reset meanwhile), so the program is
 copied to tmpfs and 9p unmounted before the first jump.
 
 Nothing is timed in the asserts: each jump's duration by the host's clock is
-printed for docs/kernel.md, which compares kernels with and without 0016
+printed for docs/kernel.md, which compares kernels with and without 0020
 (`KEXECHIB_LAB_KERNEL=<bzImage> pytest -s tests/lab/test_relocation.py`).
 """
 

@@ -1,5 +1,5 @@
 """A staged image is bounded by memory (DESIGN §2.2, issue 13 finding 2), on
-the real patched kernel (kernel/patches 0014 and 0015).
+the real patched kernel (kernel/patches 0018 and 0019).
 
 One 512 MiB guest runs the scenarios below in order:
 
