@@ -458,7 +458,6 @@ class ModelKernel:
         )
 
 
-
 def _every_page_holds_ram(start: int, end: int, ram: Sequence[MemoryRange]) -> bool:
     """Whether each page of ``[start, end)`` holds at least one byte of RAM,
     as ``kimage_is_ram()`` walks System RAM: a page RAM only partly covers
