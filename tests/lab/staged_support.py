@@ -81,11 +81,16 @@ def mib_segments(first_mib: int, count: int) -> list[Segment]:
     return [Segment.zero(BASE + (first_mib + i) * MIB, MIB) for i in range(count)]
 
 
-def mem_free_kib() -> int:
+def meminfo_kib(field: str) -> int:
+    """A ``/proc/meminfo`` field in KiB (MemTotal is ``totalram_pages()``)."""
     for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith("MemFree:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1])
-    raise RuntimeError("no MemFree in /proc/meminfo")
+    raise RuntimeError(f"no {field} in /proc/meminfo")
+
+
+def mem_free_kib() -> int:
+    return meminfo_kib("MemFree")
 
 
 def pgmap() -> bytes:

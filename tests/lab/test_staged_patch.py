@@ -42,7 +42,7 @@ from kexechibd.kernel import abi
 from kexechibd.kernel.abi import PAGE_SHIFT, PAGE_SIZE, Segment, Stage
 from kexechibd.kernel.api import Kernel, MemoryKind
 from kexechibd.lab import GuestResult, GuestSpec, run_guest
-from tests.lab.staged_support import largest_ram_range
+from tests.lab.staged_support import largest_ram_range, mem_free_kib, meminfo_kib
 from tests.sizes import MIB
 
 pytestmark = pytest.mark.lab
@@ -539,13 +539,6 @@ def _guest_jump(checker: str) -> NoReturn:
     kernel.power_off()
 
 
-def _mem_free_kib() -> int:
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith("MemFree:"):
-            return int(line.split()[1])
-    raise RuntimeError("no MemFree in /proc/meminfo")
-
-
 def _guest_enomem() -> int:
     import errno
 
@@ -553,19 +546,21 @@ def _guest_enomem() -> int:
 
     kernel = LinuxKernel()
     keep = abi.load_flags(Stage.START, preserve_context=True)
-    # Segments of 1 MiB without a buffer over all of the largest RAM range
-    # above 64 MiB: with preserve-context each page needs a (zeroed) source
-    # page, more than is free, though fewer than the RAM the allocator
-    # manages (more would be ENOMEM at once: tests/lab/test_staged_bounds.py).
-    low, high = largest_ram_range()
-    segs = [Segment.zero(a, MIB) for a in range(max(low, 64 * MIB), high - MIB + 1, MIB)]
-    before = _mem_free_kib()
+    # Segments without a buffer, in the largest RAM range, for exactly as many
+    # pages as the allocator manages (MemTotal): with preserve-context each
+    # page needs a (zeroed) source page, which cannot all be had (the kernel
+    # and this process use some), though the bound of patch 0018 lets the
+    # call try (one page more is ENOMEM at once: tests/lab/test_staged_bounds.py).
+    low, _ = largest_ram_range()
+    total = meminfo_kib("MemTotal") * 1024
+    segs = [Segment.zero(low + a, min(MIB, total - a)) for a in range(0, total, MIB)]
+    before = mem_free_kib()
     try:
         kernel.kexec_load(0, segs, keep)
         err = 0
     except abi.KernelError as exc:
         err = exc.errno
-    after = _mem_free_kib()
+    after = mem_free_kib()
     pgmap = kernel.kexec_pgmap()
     loaded = kernel.kexec_loaded()
     kernel.kexec_load(0, [Segment(_data(16384), 16384 << PAGE_SHIFT, PAGE_SIZE)], keep)
