@@ -28,14 +28,33 @@ from pathlib import Path
 from kexechibd.kernel import abi
 from kexechibd.kernel.abi import Segment, Stage, page_align_down, page_align_up
 from kexechibd.kernel.api import MemoryKind
-from kexechibd.lab import GuestResult
+from kexechibd.lab import GuestResult, GuestSpec, new_workdir, run_guest
 from tests.sizes import MIB
 
+TOP = Path(__file__).resolve().parents[2]
 BASE = 64 * MIB  # destinations: RAM of a 512 MiB guest; nothing is jumped to
 KEEP = True  # preserve-context: every destination page gets a (zeroed) source page
 
 
 # ================================================================ host side
+
+
+def run_guest_program(
+    lab: Path, module: str, name: str, *, memory_mib: int = 512, timeout: float = 300
+) -> GuestResult:
+    """Boot ``lab`` with real kexec enabled and run ``python -m <module> guest``
+    from the checkout; the guest must exit 0."""
+    spec = GuestSpec(
+        command=f"cd {TOP}\nexec {sys.executable} -m {module} guest\n",
+        kernel=lab,
+        memory_mib=memory_mib,
+        append="kexechib.enable_kexec=1",
+        timeout=timeout,
+        name=name,
+    )
+    result = run_guest(spec, new_workdir(name))
+    assert result.exit_status == 0, result.describe()
+    return result
 
 
 def markers(result: GuestResult, kind: str) -> dict[str, str]:

@@ -31,67 +31,43 @@ import pytest
 
 from kexechibd.kernel import abi
 from kexechibd.kernel.abi import Segment, Stage
-from kexechibd.lab import GuestResult, GuestSpec, new_workdir, run_guest
+from kexechibd.lab import GuestResult
+from tests.lab.staged_support import markers, run_guest_program, say
 from tests.sizes import MIB
 
 pytestmark = pytest.mark.lab
 
-TOP = Path(__file__).resolve().parents[2]
 BASE = 64 * MIB  # destinations: RAM of the 512 MiB guest; nothing is jumped to
 PAGES = 1000  # isolated data pages, one record each
 RECORDS_BYTES = PAGES * abi.PGMAP_RECORD.size
 
 
-def _markers(result: GuestResult, kind: str) -> dict[str, str]:
-    for line in result.lines:
-        words = line.text.split()
-        if len(words) >= 2 and words[0] == "KEXECHIB-LAB" and words[1] == kind:
-            return dict(w.split("=", 1) for w in words[2:] if "=" in w)
-    raise AssertionError(f"no {kind} marker\n{result.describe()}")
-
-
 @pytest.fixture(scope="module")
 def guest(lab: Path) -> GuestResult:
-    workdir = new_workdir("pgmap")
-    spec = GuestSpec(
-        command=f"cd {TOP}\nexec {sys.executable} -m tests.lab.test_pgmap_stream guest\n",
-        kernel=lab,
-        memory_mib=512,
-        append="kexechib.enable_kexec=1",
-        timeout=300,
-        name="pgmap",
-    )
-    result = run_guest(spec, workdir)
-    assert result.exit_status == 0, result.describe()
-    return result
+    return run_guest_program(lab, "tests.lab.test_pgmap_stream", "pgmap")
 
 
 def test_the_map_read_whole_lists_every_page_in_order(guest: GuestResult) -> None:
-    got = _markers(guest, "whole")
+    got = markers(guest, "whole")
     assert got == {"records": str(PAGES), "sorted": "1", "bytes": str(16 + RECORDS_BYTES)}
 
 
 def test_small_reads_give_the_same_bytes_as_one_pass(guest: GuestResult) -> None:
-    assert _markers(guest, "chunked") == {"same_100": "1", "same_4096": "1"}
+    assert markers(guest, "chunked") == {"same_100": "1", "same_4096": "1"}
 
 
 def test_a_read_after_a_seek_gives_the_bytes_at_that_offset(guest: GuestResult) -> None:
-    assert _markers(guest, "seek") == {"same": "1"}
+    assert markers(guest, "seek") == {"same": "1"}
 
 
 def test_a_read_after_the_image_changed_is_estale_until_a_seek_to_0(
     guest: GuestResult,
 ) -> None:
-    got = _markers(guest, "stale")
+    got = markers(guest, "stale")
     assert got == {"read": "ESTALE", "again_records": str(PAGES + 1)}
 
 
 # ============================================================== guest side
-
-
-def _say(kind: str, **fields: object) -> None:
-    text = " ".join(f"{k}={v}" for k, v in fields.items())
-    print(f"KEXECHIB-LAB {kind} {text}".rstrip(), flush=True)
 
 
 def _read_in(size: int) -> bytes:
@@ -116,8 +92,8 @@ def _guest() -> int:
     whole = kernel.kexec_pgmap()
     runs = abi.decode_page_map(whole)  # validates: sorted, no overlap
     dests = [r.dest_pfn for r in runs]
-    _say("whole", records=len(runs), sorted=int(dests == sorted(dests)), bytes=len(whole))
-    _say(
+    say("whole", records=len(runs), sorted=int(dests == sorted(dests)), bytes=len(whole))
+    say(
         "chunked",
         same_100=int(_read_in(100) == whole),
         same_4096=int(_read_in(4096) == whole),
@@ -132,7 +108,7 @@ def _guest() -> int:
             got += part
     finally:
         os.close(fd)
-    _say("seek", same=int(got == whole[offset : offset + 5000]))
+    say("seek", same=int(got == whole[offset : offset + 5000]))
 
     fd = os.open(abi.PGMAP_PATH, os.O_RDONLY)
     try:
@@ -152,7 +128,7 @@ def _guest() -> int:
         again = abi.decode_page_map(b"".join(parts))
     finally:
         os.close(fd)
-    _say("stale", read=read, again_records=len(again))
+    say("stale", read=read, again_records=len(again))
     kernel.kexec_load(0, [], abi.load_flags(Stage.START))  # discard the staging
     return 0
 

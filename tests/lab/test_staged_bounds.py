@@ -35,7 +35,7 @@ import pytest
 
 from kexechibd.kernel import abi
 from kexechibd.kernel.abi import PAGE_SIZE, Segment, Stage
-from kexechibd.lab import GuestResult, GuestSpec, new_workdir, run_guest
+from kexechibd.lab import GuestResult
 from tests.lab.staged_support import (
     Loader,
     call,
@@ -46,30 +46,19 @@ from tests.lab.staged_support import (
     memory_back,
     oom_kills,
     pgmap,
+    run_guest_program,
     say,
 )
 from tests.sizes import GIB, MIB
 
 pytestmark = pytest.mark.lab
 
-TOP = Path(__file__).resolve().parents[2]
 START = abi.load_flags(Stage.START)
 
 
 @pytest.fixture(scope="module")
 def guest(lab: Path) -> GuestResult:
-    workdir = new_workdir("bounds")
-    spec = GuestSpec(
-        command=f"cd {TOP}\nexec {sys.executable} -m tests.lab.test_staged_bounds guest\n",
-        kernel=lab,
-        memory_mib=512,
-        append="kexechib.enable_kexec=1",
-        timeout=300,
-        name="bounds",
-    )
-    result = run_guest(spec, workdir)
-    assert result.exit_status == 0, result.describe()
-    return result
+    return run_guest_program(lab, "tests.lab.test_staged_bounds", "bounds")
 
 
 def test_zero_fill_far_above_ram_is_refused_and_costs_nothing(guest: GuestResult) -> None:

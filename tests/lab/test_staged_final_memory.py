@@ -28,7 +28,7 @@ import pytest
 from kexechibd.kernel import abi
 from kexechibd.kernel.abi import Segment, Stage, page_align_down, page_align_up
 from kexechibd.kernel.api import MemoryKind
-from kexechibd.lab import GuestResult, GuestSpec, new_workdir, run_guest
+from kexechibd.lab import GuestResult
 from tests.lab.staged_support import (
     call,
     errno_name,
@@ -37,30 +37,21 @@ from tests.lab.staged_support import (
     mem_free_kib,
     memory_back,
     oom_kills,
+    run_guest_program,
     say,
 )
 from tests.sizes import MIB
 
 pytestmark = pytest.mark.lab
 
-TOP = Path(__file__).resolve().parents[2]
 SPARE = 0.08  # of free memory, left out of the destinations
 
 
 @pytest.fixture(scope="module")
 def guest(lab: Path) -> GuestResult:
-    workdir = new_workdir("final")
-    spec = GuestSpec(
-        command=f"cd {TOP}\nexec {sys.executable} -m tests.lab.test_staged_final_memory guest\n",
-        kernel=lab,
-        memory_mib=1024,
-        append="kexechib.enable_kexec=1",
-        timeout=600,
-        name="final",
+    return run_guest_program(
+        lab, "tests.lab.test_staged_final_memory", "final", memory_mib=1024, timeout=600
     )
-    result = run_guest(spec, workdir)
-    assert result.exit_status == 0, result.describe()
-    return result
 
 
 def test_final_loads_when_nearly_all_free_pages_are_destinations(guest: GuestResult) -> None:

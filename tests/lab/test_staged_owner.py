@@ -31,7 +31,7 @@ import pytest
 
 from kexechibd.kernel import abi
 from kexechibd.kernel.abi import Stage
-from kexechibd.lab import GuestResult, GuestSpec, new_workdir, run_guest
+from kexechibd.lab import GuestResult
 from tests.lab.staged_support import (
     BASE,
     KEEP,
@@ -43,28 +43,16 @@ from tests.lab.staged_support import (
     memory_back,
     mib_segments,
     pgmap,
+    run_guest_program,
     say,
 )
 
 pytestmark = pytest.mark.lab
 
-TOP = Path(__file__).resolve().parents[2]
-
 
 @pytest.fixture(scope="module")
 def guest(lab: Path) -> GuestResult:
-    workdir = new_workdir("owner")
-    spec = GuestSpec(
-        command=f"cd {TOP}\nexec {sys.executable} -m tests.lab.test_staged_owner guest\n",
-        kernel=lab,
-        memory_mib=512,
-        append="kexechib.enable_kexec=1",
-        timeout=300,
-        name="owner",
-    )
-    result = run_guest(spec, workdir)
-    assert result.exit_status == 0, result.describe()
-    return result
+    return run_guest_program(lab, "tests.lab.test_staged_owner", "owner")
 
 
 def test_killing_the_loader_after_start_gives_the_stagedmemory_back(
