@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from kexechibd.lab import lab_kernel, new_workdir, qemu_available
+from kexechibd.lab import GuestResult, lab_kernel, new_workdir, qemu_available, run_guest
 from kexechibd.lab.qemu import QEMU
 
 
@@ -53,6 +53,21 @@ def lab() -> Path:
     if reason:
         pytest.skip(reason=f"kernel lab unavailable: {reason}")
     return lab_kernel()
+
+
+@pytest.fixture(scope="session")
+def debian_booted(lab: Path) -> GuestResult:
+    """One boot of the Debian guest for the tests that only look at it:
+    guest/debian/boot-check.sh (tests/lab/test_debian.py), then
+    logind-answers.sh (tests/lab/test_logind_guest.py). A boot costs minutes
+    under TCG; the answers script changes nothing the boot check reads."""
+    from kexechibd.lab import debian
+
+    workdir = new_workdir("debian-boot")
+    disk = debian.debian_disk(workdir, lab)
+    lib = f"/{debian.GUEST_LIB}"
+    command = f"sh {lib}/boot-check.sh\nsh {lib}/logind-answers.sh\n"
+    return run_guest(debian.debian_guest(disk, command, kernel=lab, timeout=900), workdir / "qemu")
 
 
 @pytest.fixture

@@ -2,7 +2,8 @@
 ext4 root on virtio-blk, booted through OVMF with two CPUs and 1 GiB, the
 product installed as a user would.
 
-Boot: the probe unit reports the system running (no failed unit) with
+Boot (conftest.py's `debian_booted`, which tests/lab/test_logind_guest.py
+shares): the probe unit reports the system running (no failed unit) with
 logind and dbus active, the root remounted read-write by systemd, both CPUs
 online, ACPI found, the user's workload service running.
 """
@@ -10,33 +11,24 @@ online, ACPI found, the user's workload service running.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from kexechibd.lab import GuestResult, run_guest
+from kexechibd.lab import GuestResult
 from kexechibd.lab.debian import (
     DebianCycle,
     debian_cycle,
-    debian_disk,
-    debian_guest,
     journal,
     read_file,
 )
 
 pytestmark = pytest.mark.lab
 
-BOOT_CHECK = "sh /usr/lib/kexechib-lab/boot-check.sh"
-
 
 @pytest.fixture(scope="module")
-def booted(lab: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GuestResult]:
-    from kexechibd.lab import new_workdir
-
-    workdir = new_workdir("debian-boot")
-    disk = debian_disk(workdir, lab)
-    yield run_guest(debian_guest(disk, BOOT_CHECK, kernel=lab), workdir / "qemu")
+def booted(debian_booted: GuestResult) -> GuestResult:
+    return debian_booted
 
 
 def _fields(result: GuestResult, kind: str) -> dict[str, str]:
