@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import errno
 import os
+import select
 import signal
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from kexechibd.kernel import abi
 from kexechibd.kernel.abi import PAGE_SIZE, Segment, Stage, page_align_down, page_align_up
@@ -55,6 +57,14 @@ def run_guest_program(
     result = run_guest(spec, new_workdir(name))
     assert result.exit_status == 0, result.describe()
     return result
+
+
+def guest_main(guest: Callable[[], int]) -> NoReturn:  # pragma: no cover - in lab guests
+    """The entry of a lab test module run as ``python -m <module> guest``
+    (what ``run_guest_program`` starts): exit with ``guest()``'s status."""
+    if sys.argv[1:] != ["guest"]:
+        raise SystemExit(f"usage: python -m <module> guest, not {sys.argv[1:]}")
+    sys.exit(guest())
 
 
 def markers(result: GuestResult, kind: str) -> dict[str, str]:
@@ -207,10 +217,20 @@ class Loader:
     def pid(self) -> int:
         return self.proc.pid
 
-    def do(self, command: str) -> int:
-        assert self.proc.stdin and self.proc.stdout
+    def send(self, command: str) -> None:
+        """Ask for ``command`` without waiting for its errno."""
+        assert self.proc.stdin
         self.proc.stdin.write(command + "\n")
         self.proc.stdin.flush()
+
+    def answered(self) -> bool:
+        """Whether the loader has written an errno that was not read yet."""
+        assert self.proc.stdout
+        return bool(select.select([self.proc.stdout], [], [], 0)[0])
+
+    def do(self, command: str) -> int:
+        assert self.proc.stdout
+        self.send(command)
         return int(self.proc.stdout.readline())
 
     def kill(self) -> None:

@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import errno
 import os
-import sys
-from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -32,7 +30,7 @@ import pytest
 from kexechibd.kernel import abi
 from kexechibd.kernel.abi import Segment, Stage
 from kexechibd.lab import GuestResult
-from tests.lab.staged_support import markers, run_guest_program, say
+from tests.lab.staged_support import guest_main, markers, run_guest_program, say
 from tests.sizes import MIB
 
 pytestmark = pytest.mark.lab
@@ -133,11 +131,5 @@ def _guest() -> int:
     return 0
 
 
-def main(argv: Sequence[str]) -> int:  # pragma: no cover - runs inside lab guests
-    if argv == ["guest"]:
-        return _guest()
-    raise SystemExit(f"unknown guest step {argv}")
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main(sys.argv[1:]))
+if __name__ == "__main__":  # pragma: no cover - runs inside lab guests
+    guest_main(_guest)

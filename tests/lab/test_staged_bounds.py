@@ -24,10 +24,9 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -40,6 +39,7 @@ from tests.lab.staged_support import (
     Loader,
     call,
     errno_name,
+    guest_main,
     largest_ram_range,
     markers,
     mem_free_kib,
@@ -212,11 +212,5 @@ def _guest() -> int:
     return 0
 
 
-def main(argv: Sequence[str]) -> int:  # pragma: no cover - runs inside lab guests
-    if argv == ["guest"]:
-        return _guest()
-    raise SystemExit(f"unknown guest step {argv}")
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main(sys.argv[1:]))
+if __name__ == "__main__":  # pragma: no cover - runs inside lab guests
+    guest_main(_guest)

@@ -7,6 +7,9 @@ guest program drives over a pipe, so it can be killed between its calls:
 - the loader killed after `KS_start` (64 MiB of preserve-context pages): the
   staged memory is back (MemFree within 1% of before), nothing is staged;
 - the loader killed after `KS_start` and 100 `KS_mid` calls: the same;
+- the loader killed *during* a `KS_start` call that stages 256 MiB (about two
+  seconds of copying here): the call stops at the fatal signal, the staged
+  memory is back and nothing is staged;
 - another process's `KS_mid`, `KS_final` and `KS_start` are EBUSY and change
   nothing; its unload (`KS_full`, no segments, as `kexec -u`) discards the
   staging, and the loader's next `KS_mid` is EINVAL;
@@ -23,8 +26,7 @@ The guest side is this module run as a program:
 from __future__ import annotations
 
 import os
-import sys
-from collections.abc import Sequence
+import time
 from pathlib import Path
 
 import pytest
@@ -38,6 +40,7 @@ from tests.lab.staged_support import (
     Loader,
     call,
     errno_name,
+    guest_main,
     markers,
     mem_free_kib,
     memory_back,
@@ -69,6 +72,15 @@ def test_killing_the_loader_after_100_mid_calls_gives_the_stagedmemory_back(
 ) -> None:
     got = markers(guest, "killed-after-mid")
     assert int(got["staged_kib"]) >= 90 * 1024, got
+    assert memory_back(got), got
+    assert got["map_bytes"] == "0", got
+
+
+def test_killing_the_loader_during_a_call_gives_the_staged_memory_back(
+    guest: GuestResult,
+) -> None:
+    got = markers(guest, "killed-during-call")
+    assert got["answered_before_kill"] == "0", got  # the kill came during the call
     assert memory_back(got), got
     assert got["map_bytes"] == "0", got
 
@@ -114,6 +126,25 @@ def _killed(kind: str, mids: int) -> None:
     say(
         kind,
         staged_kib=staged,
+        free_before_kib=before,
+        free_after_kib=mem_free_kib(),
+        map_bytes=len(pgmap()),
+    )
+
+
+def _killed_during_call() -> None:
+    loader = Loader()
+    assert loader.do("start 0") == 0  # imports done, nothing staged
+    before = mem_free_kib()
+    loader.send("start 256")
+    time.sleep(0.3)
+    answered = loader.answered()
+    killed = time.monotonic()
+    loader.kill()
+    say(
+        "killed-during-call",
+        answered_before_kill=int(answered),
+        exit_ms=round((time.monotonic() - killed) * 1000),
         free_before_kib=before,
         free_after_kib=mem_free_kib(),
         map_bytes=len(pgmap()),
@@ -195,6 +226,7 @@ def _guest() -> int:
     Loader().end()
     _killed("killed-after-start", 0)
     _killed("killed-after-mid", 100)
+    _killed_during_call()
     _other_process()
     _unload()
     _probe()
@@ -203,11 +235,5 @@ def _guest() -> int:
     return 0
 
 
-def main(argv: Sequence[str]) -> int:  # pragma: no cover - runs inside lab guests
-    if argv == ["guest"]:
-        return _guest()
-    raise SystemExit(f"unknown guest step {argv}")
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main(sys.argv[1:]))
+if __name__ == "__main__":  # pragma: no cover - runs inside lab guests
+    guest_main(_guest)
