@@ -92,6 +92,9 @@ class ImageSettings:
     compression: str = policy.DEFAULT
     level: int = policy.CODECS[policy.DEFAULT].default
     chunk_size: int = 4 << 20
+    # An image location that is not on dm-crypt, on a system whose storage
+    # is (kexechibd.encryption): refused unless this is set.
+    allow_plaintext: bool = False
 
 
 # In [saver] kernel and initrd, the running kernel's release (uname -r):
@@ -266,6 +269,15 @@ SETTINGS: tuple[Setting, ...] = (
         "Bytes of memory per independently compressed chunk.",
     ),
     Setting(
+        "image",
+        "allow_plaintext",
+        _boolean,
+        "yes | no",
+        "Allow an image location that is not encrypted when any of the system's "
+        "filesystems or swap is on dm-crypt. The image holds all of memory, the disk "
+        "encryption keys included; without this, hibernation is refused there.",
+    ),
+    Setting(
         "saver",
         "kernel",
         _absolute_path,
@@ -381,6 +393,7 @@ def from_mapping(
         compression=compression,
         level=level,
         chunk_size=_cast(int, get("image", "chunk_size", i.chunk_size)),
+        allow_plaintext=_cast(bool, get("image", "allow_plaintext", i.allow_plaintext)),
     )
     return Config(
         daemon=DaemonSettings(

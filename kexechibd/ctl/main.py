@@ -215,6 +215,7 @@ async def _status(client: ManagerClient, args: argparse.Namespace) -> int:
     if props.get("Backend") == "linux":  # the model boots no kernel B
         print(f"{'Saver:':15} {saver.summary()}")
         print(f"{'Resume at boot:':15} {saver.resume_summary()}")
+        print(f"{'Image at rest:':15} {saver.protection_summary()}")
     return exits.OK
 
 

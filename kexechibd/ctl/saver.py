@@ -96,6 +96,21 @@ def resume_summary(config_path: Path | None = None) -> str:
     return "; ".join(problems) or f"{initramfs} looks for the image at {location}"
 
 
+def protection_summary(config_path: Path | None = None) -> str:
+    """One line on what protects the image at rest, for `kexechibctl status`
+    (kexechibd.encryption; sysfs and mountinfo are readable by everyone)."""
+    from kexechibd import encryption
+    from kexechibd.errors import ConfigError
+
+    try:
+        config = config_module.load(config_path)
+    except ConfigError as e:
+        return f"unknown ({e})"
+    return encryption.protection_of(
+        config.image.location, allow_plaintext=config.image.allow_plaintext
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     from kexechibd.errors import ConfigError, KexechibError
 

@@ -16,7 +16,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from kexechibd import mounts
+from kexechibd import encryption, mounts
 from kexechibd.cycle import kexec_ops
 from kexechibd.cycle.blocking import in_daemon_thread
 from kexechibd.cycle.decisions import after_return, location_refusal, worst_case
@@ -70,6 +70,9 @@ class EngineSettings:
     # Where the next boot's initramfs is, whose resume record Hibernate
     # checks ({release}: this kernel's); None: not checked.
     next_initramfs: str | None = None
+    # [image] allow_plaintext: an image that is not encrypted on a system
+    # whose storage is (kexechibd.encryption).
+    allow_plaintext: bool = False
 
 
 def _refused(exc: abi.KernelError) -> KernelRefused:
@@ -130,7 +133,17 @@ class KexecEngine:
     def location_problem(self) -> str:
         if not self._boots_this_machine:
             return ""
-        return mounts.early_boot_problem_of(self.settings.image_location)
+        location = self.settings.image_location
+        return mounts.early_boot_problem_of(location) or self._plaintext_refusal(location)
+
+    def _plaintext_refusal(self, location: Path) -> str:
+        """Why the image of this system must not go to ``location`` in the
+        clear ('' when it may); the model's machine has no disks."""
+        if not self._boots_this_machine:
+            return ""
+        return encryption.plaintext_refusal_of(
+            location, allow_plaintext=self.settings.allow_plaintext
+        )
 
     def _store(self, image: Path) -> ImageStore:
         if self.settings.image_store is not None and image == self.settings.image_location:
@@ -206,6 +219,9 @@ class KexecEngine:
         file, returns the map of its blocks that B writes by: made now, as
         late as it can be, since A is frozen from the jump on and nothing
         can move them before B writes."""
+        refusal = self._plaintext_refusal(location)
+        if refusal:
+            raise NotSupported(refusal)
         try:
             slot = open_store(location).pin_for_saver()
         except ImageError as exc:

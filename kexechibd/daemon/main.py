@@ -92,6 +92,7 @@ def engine_settings(config: Config, image_store: ImageStore | None = None) -> En
     return EngineSettings(
         image_location=config.image.location,
         chunk_size=config.image.chunk_size,
+        allow_plaintext=config.image.allow_plaintext,
         saver_kernel=kernel,
         saver_initrd=initrd,
         saver_cmdline=config.saver.cmdline,
