@@ -309,6 +309,39 @@ def test_a_damaged_newest_image_can_still_be_invalidated(disk: Disk) -> None:
 # -- coherence between kernels -------------------------------------------------------------
 
 
+def test_wipe_zeroes_both_published_images_and_leaves_no_image(disk: Disk) -> None:
+    store = disk.store()
+    save(store, 1)
+    save(store, 2)  # slot B newest, slot A retired but still on the device
+    lengths = [r.image_length for r in store.records() if r]
+    wiped = store.wipe()
+    assert wiped >= sum(lengths)
+    assert not store.exists()
+    for slot, length in enumerate(lengths):
+        assert disk.read(slot * SLOT, length) == bytes(length)
+
+
+def test_a_wiped_device_takes_the_next_image(disk: Disk) -> None:
+    store = disk.store()
+    save(store, 1)
+    store.wipe()
+    save(store, 3)
+    assert records(store) == [(0, 1), None]
+    assert newest(store)[0] == "image-3"
+
+
+def test_a_damaged_image_can_be_wiped(disk: Disk) -> None:
+    store = disk.store()
+    save(store, 1)
+    disk.write(4096, b"\xff" * 64)  # inside the first chunk
+    store.wipe()
+    assert not store.exists()
+
+
+def test_wiping_an_empty_device_writes_nothing(disk: Disk) -> None:
+    assert disk.store().wipe() == 0
+
+
 def test_reads_and_state_changes_see_what_another_kernel_wrote(
     loop_disk: Disk, monkeypatch: pytest.MonkeyPatch
 ) -> None:

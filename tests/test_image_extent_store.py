@@ -97,6 +97,20 @@ def test_invalidate_lands_in_the_file_by_block_address(ext4: Mounted, prepared: 
     assert file_bytes(prepared, fmt.STATE_OFFSET, 8) == fmt.STATE_WORDS["invalid"]
 
 
+def test_wipe_zeroes_the_image_in_the_file_which_stays_prepared(
+    ext4: Mounted, prepared: Path
+) -> None:
+    store = open_store(prepared)
+    save(store, 1)
+    (rec,) = [r for r in store.records() if r]  # type: ignore[attr-defined]
+    extents_before = ex.map_file(prepared).extents
+    store.wipe()
+    ext4.remount()
+    assert file_bytes(prepared, 0, rec.image_length) == bytes(rec.image_length)
+    assert is_prepared(prepared) and not open_store(prepared).exists()
+    assert ex.map_file(prepared).extents == extents_before
+
+
 def private_file(path: Path) -> int:
     return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
 

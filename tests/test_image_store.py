@@ -273,6 +273,22 @@ def test_invalidate_leaves_a_file_that_is_not_an_image_untouched(tmp_path: Path)
     assert path.read_bytes() == b"\x7fELF" + bytes(300)
 
 
+def test_wipe_zeroes_an_image_file_and_removes_it(store: ImageStore, tmp_path: Path) -> None:
+    size = store.path.stat().st_size
+    with open(store.path, "rb") as reader:  # sees the file's blocks after the wipe
+        assert store.wipe() == size
+        assert reader.read() == bytes(size)
+    assert not store.exists() and not store.path.exists()
+
+
+def test_wipe_also_zeroes_a_temp_file_left_by_a_crashed_writer(store: ImageStore) -> None:
+    temp = store.path.with_name(store.path.name + ".new")
+    temp.write_bytes(b"memory")
+    temp.chmod(0o600)
+    store.wipe()
+    assert not temp.exists()
+
+
 def test_state_changes_work_on_an_open_file_too(store: ImageStore) -> None:
     # The restorer may hold a raw device rather than a path.
     with store.path.open("r+b") as f:

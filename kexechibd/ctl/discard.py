@@ -2,9 +2,10 @@
 
 For when a boot with ``noresume`` (or a failed resume) left an image that
 nobody will resume: the next boot must not resume it either, since this
-system has moved on.  It changes the image's resume state in place (the
-image library's ``invalidate``): a prepared file or a partition stays
-prepared for the next hibernation.  Root only, with the same checks of the
+system has moved on.  The image is wiped (the image library's ``wipe``):
+its bytes are overwritten with zeros, so none of the memory it held stays
+on the disk, and a prepared file or a partition stays prepared for the next
+hibernation.  Root only, with the same checks of the
 file as a resume (root's, not group/world-writable).
 """
 
@@ -22,8 +23,9 @@ from kexechibd.errors import ConfigError
 DESCRIPTION = """\
 Make an image never resumable again: for an image a boot with noresume (or a
 failed resume) left, which the next boot must not resume either, since this
-system has moved on.  The image's resume state changes in place: a prepared
-file or a partition stays ready for the next hibernation.  Root only, with
+system has moved on.  The image's bytes are overwritten with zeros, so none
+of the memory it held stays on the disk; a prepared file or a partition stays
+ready for the next hibernation.  Root only, with
 the checks of a resume (the file is root's and not group/world-writable).
 A running kexechibd notices when restarted (systemctl restart kexechibd).
 """
@@ -52,12 +54,13 @@ def run(args: argparse.Namespace) -> int:
             print(f"kexechibctl: {e}", file=sys.stderr)
             return exits.FAILURE
     try:
-        open_store(path).invalidate()
+        wiped = open_store(path).wipe()
     except (ImageError, OSError) as e:
         print(f"kexechibctl: cannot discard {path}: {e}", file=sys.stderr)
         return exits.FAILURE
     print(
-        f"{path}: discarded; no boot will resume it (a prepared file or partition stays "
-        "ready for the next hibernation).  A running kexechibd notices when restarted."
+        f"{path}: discarded; {wiped >> 20} MiB of image overwritten with zeros, no boot will "
+        "resume it (a prepared file or partition stays ready for the next hibernation).  "
+        "A running kexechibd notices when restarted."
     )
     return exits.OK

@@ -26,11 +26,12 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from kexechibd.image import format
 from kexechibd.image.directio import DirectDevice, SlotFile, header_digest
 from kexechibd.image.extents import FileExtents
 from kexechibd.image.meta import ImageError, ImageMeta
 from kexechibd.image.reader import ImageReader
-from kexechibd.image.slots import SlotRecord, newest
+from kexechibd.image.slots import IO_ALIGN, SlotRecord, newest
 from kexechibd.image.store import (
     ImageStore,
     invalidate_image,
@@ -178,6 +179,21 @@ class DeviceImageStore(ImageStore):
 
     def mark_committed(self) -> None:
         self._change_state(unmark_image_consumed)
+
+    def wipe(self) -> int:
+        """Each published image (the newest and a retired older one): its
+        bytes zeroed, then its slot unpublished.  Interrupted between the
+        two, the record describes a zeroed image, which no boot resumes."""
+        wiped = 0
+        with self.open_device(write=True) as dev:
+            for rec in dev.records():
+                if rec is None:
+                    continue
+                span = format.align_up(rec.image_length, IO_ALIGN)
+                dev.zero(rec.slot_offset, span)
+                dev.unpublish(rec.slot)
+                wiped += span
+        return wiped
 
     def invalidate(self) -> None:
         """Invalidate the newest image (damaged or not, as long as it is one of

@@ -40,10 +40,12 @@ from kexechibd.image.slots import (
     SlotLayout,
     SlotRecord,
     decode_record,
+    prepared_marker,
 )
 
 BOUNCE_SIZE = 1 << 20  # reads up to this size go through one buffer per device
 WRITE_BUFFER = 4 << 20  # the writer's output is gathered into aligned writes this large
+ZERO_SIZE = 4 << 20  # a wipe writes zeros in transfers this large
 # os.preadv or os.pwritev: (fd, buffers, offset) -> bytes moved.
 _Vectored = Callable[[int, list[memoryview], int], int]
 
@@ -218,9 +220,29 @@ class DirectDevice(ClosedOnExit):
         return a, b
 
     def write_record(self, rec: SlotRecord) -> None:
+        self._write_record_block(rec.slot, rec.encode())
+
+    def unpublish(self, k: int) -> None:
+        """Slot ``k`` publishes nothing from now on: its record becomes a
+        prepared file's marker (sequence 0), durably."""
+        self._write_record_block(k, prepared_marker(self.layout, k))
+
+    def _write_record_block(self, k: int, block: bytes) -> None:
         assert self._bounce is not None
-        self._bounce[:RECORD_SIZE] = rec.encode()
-        self.write_from(self._bounce, RECORD_SIZE, self.layout.record_offset(rec.slot))
+        self._bounce[:RECORD_SIZE] = block
+        self.write_from(self._bounce, RECORD_SIZE, self.layout.record_offset(k))
+        os.fsync(self.fd)
+
+    def zero(self, pos: int, span: int) -> None:
+        """Overwrite ``span`` bytes from ``pos`` (both aligned) with zeros,
+        durably: writes, not a discard, which devices may not honour and
+        which would take a prepared file's blocks away."""
+        with mmap.mmap(-1, min(span, ZERO_SIZE) or IO_ALIGN) as zeros:  # zero-filled
+            done = 0
+            while done < span:
+                n = min(len(zeros), span - done)
+                self.write_from(zeros, n, pos + done)
+                done += n
         os.fsync(self.fd)
 
     def slot(self, k: int, *, owns_device: bool = False) -> SlotFile:

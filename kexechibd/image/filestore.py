@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from kexechibd.image.directio import ZERO_SIZE
 from kexechibd.image.fileio import check_private, fsync_dir
 from kexechibd.image.meta import ImageError, ImageMeta
 from kexechibd.image.reader import ImageReader
@@ -101,3 +102,25 @@ class FileImageStore(ImageStore):
     def invalidate(self) -> None:
         with self._open(os.O_RDWR) as f:
             invalidate_image(f)
+
+    def wipe(self) -> int:
+        """The file (and a ``.new`` one a failed save left) zeroed in place,
+        durably, then removed: a plain file has no layout to keep."""
+        wiped = 0
+        for path in (self.path, self.temp_path):
+            try:
+                f = FileImageStore(path)._open(os.O_RDWR)
+            except ImageError:
+                if path.exists():
+                    raise
+                continue
+            with f:
+                size = os.fstat(f.fileno()).st_size
+                zeros = bytes(min(size, ZERO_SIZE))
+                for pos in range(0, size, len(zeros) or 1):
+                    os.pwrite(f.fileno(), zeros[: size - pos], pos)
+                os.fsync(f.fileno())
+            path.unlink()
+            wiped += size
+        fsync_dir(self.path.parent)
+        return wiped

@@ -101,7 +101,8 @@ class ImageStore(abc.ABC):
     publishes the image while a failure leaves the previous one whole;
     ``open()`` returns a verified ``ImageReader`` on the current image;
     ``mark_consumed``/``mark_committed``/``invalidate`` change its resume
-    state in place, durably; ``exists()`` says whether there is one.
+    state in place, durably; ``wipe`` destroys it; ``exists()`` says whether
+    there is one.
     """
 
     path: Path
@@ -148,6 +149,14 @@ class ImageStore(abc.ABC):
     @abc.abstractmethod
     def invalidate(self) -> None:
         """Any state → INVALID: the image is never resumed again."""
+
+    @abc.abstractmethod
+    def wipe(self) -> int:
+        """Destroy every image here: overwrite its bytes with zeros, durably,
+        so that none of the memory it held stays on the disk, and leave no
+        image behind (``exists()`` is False).  The location stays ready for
+        the next image: a partition or prepared file keeps its layout and
+        blocks.  Works on damaged images too.  Returns the bytes overwritten."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self.path)!r})"

@@ -19,7 +19,6 @@ RECORD_SIZE = 4096
 RECORD = struct.Struct("<8sIIQQQQ32s32s")  # magic .. header digest, then SHA-256 of 0..80
 RECORD_MAGIC = b"KXHSLOTR"
 IMAGE_MAGIC = b"KXHIBIMG"
-STATE_OFFSET = 160
 INDEX_MAGIC = b"KXHINDEX"
 CHUNK_MAGIC = b"KXHCHUNK"
 # The IMAGE note (type 0x4b480002) follows the 48-byte FORMAT note at 120;
@@ -80,15 +79,10 @@ def published_slots(disk: Path) -> list[Slot]:
 
 def slot_header_is_zero(disk: Path, slot: int) -> bool:
     """Whether the slot's first page is all zeros: what an image interrupted
-    before its commit leaves (the writer zeroes the header first)."""
+    before its commit leaves (the writer zeroes the header first), and a wiped
+    one."""
     offset = slot * slot_size(disk.stat().st_size)
     return _pread(disk, offset, 4096) == bytes(4096)
-
-
-def state_word(disk: Path, slot: Slot) -> bytes:
-    """The 8-byte state word of the slot's image (offset 160): COMMITTD,
-    CONSUMED or INVALID\\0."""
-    return _pread(disk, slot.offset + STATE_OFFSET, 8)
 
 
 def chunk_spans(disk: Path, slot: Slot) -> list[ChunkSpan]:

@@ -34,7 +34,7 @@ manager Hibernate 'a{sv}' 1 mode s checkpoint ||
 	{ say "a-error=hibernate"; exit 1; }
 say "a-back round=1"
 say "a-state round=1 $(state)"
-say "a-image $(busctl --json=short call $LAB_BUS $LAB_PATH $LAB_IFACE Inspect s /dev/vda)"
+say "a-image $(inspect_image /dev/vda)"
 for round in 2 3; do
 	say "a-jump round=$round"
 	manager JumpBack || { say "a-error=jump-back"; exit 1; }

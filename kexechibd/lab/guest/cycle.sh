@@ -74,9 +74,7 @@ hibernate() {
 bus_log() {
 	grep '^{' /tmp/bus.log | while read -r line; do say "a-bus $line"; done
 }
-image() {
-	busctl --json=short call $LAB_BUS $LAB_PATH $LAB_IFACE Inspect s "$IMAGE"
-}
+image() { inspect_image "$IMAGE"; }
 IMAGE=/dev/vda
 
 say "a-ready $(state)"

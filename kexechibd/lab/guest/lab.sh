@@ -55,6 +55,13 @@ bus_property() {
 		sed -e 's/^ *variant *//' -e 's/^[a-z0-9]* //' -e 's/"//g'
 }
 
+# The daemon's Inspect of the image at $1 as JSON (busctl --json=short): the
+# reply, or {"error": "..."} when there is none, e.g. after A wiped it.
+inspect_image() {
+	busctl --json=short call $LAB_BUS $LAB_PATH $LAB_IFACE Inspect s "$1" 2>/tmp/inspect.err ||
+		printf '{"error":"%s"}\n' "$(tr -d '"\\' </tmp/inspect.err | tr '\n' ' ')"
+}
+
 # kexechibd in the background, logging to the console; returns once it owns
 # its bus name.  Extra arguments go to kexechibd.
 start_daemon() {

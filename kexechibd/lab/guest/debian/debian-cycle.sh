@@ -74,5 +74,5 @@ say "a-back status=$status counter=$(cat $WORK/counter) signals=$(signals)" \
 	"hooks=$(paste -sd, $HOOK_LOG | tr ' ' ':') last_error=${last_error:-none}"
 sleep 1
 say "a-state $(state)"
-say "a-image $(busctl --json=short call $LAB_BUS $LAB_PATH $LAB_IFACE Inspect s "$IMAGE")"
+say "a-image $(inspect_image "$IMAGE")"
 exit $status
