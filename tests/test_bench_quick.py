@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import common, dbuslat, inputs, placement, report, resume, save, scaling
+from bench import common, dbuslat, inputs, placement, report, resume, save, scaling, wipe
 from bench.common import run_measured, worker
 from kexechibd.image import ImageMeta, ImageReader, open_store
 from kexechibd.kernel.abi import PAGE_SIZE
@@ -228,3 +228,12 @@ def test_mainline_placement_beyond_the_budget_is_extrapolated_and_says_so() -> N
     o = placement.Ours(20_000, 4 << 30, 1.0, 0.25)
     (row,) = placement.table([(o, guess)])[2:]
     assert "~200.00 (extrapolated)" in row and "~200× (extrapolated)" in row
+
+
+def test_the_wipe_benchmark_checks_each_wipe_and_tables_ours_next_to_dd(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert wipe.main(["--sizes", "4", "--repeats", "1", "--dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "| ours (wipe) | dd oflag=direct | dd / ours |" in out
+    assert "| 4 MiB | " in out
