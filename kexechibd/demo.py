@@ -123,6 +123,8 @@ class Console:
             return f"Inspect: {record['error'].strip()}"
         (info,) = record["data"]
         v = {key: value["data"] for key, value in info.items()}
+        if v.get("absent"):
+            return f"Inspect: no image at {v.get('path')} (wiped)"
         return (
             f"Inspect: image {v.get('state')}, {v.get('data-pages')} data pages, "
             f"{v.get('chunks')} chunks, {v.get('stored-bytes')} bytes ({v.get('compression')})"

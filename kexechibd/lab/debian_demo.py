@@ -86,12 +86,20 @@ def checks(run: DebianCycle) -> list[tuple[bool, str]]:
         ),
         (after.get("cpus") == "0-1", "both CPUs are back"),
         (
-            bool(image) and "no image" in str(image[0]) and "image wiped" in text,
+            bool(image) and _absent(image[-1]) and "image wiped" in text,
             "the image is wiped: overwritten with zeros, none left to resume",
         ),
         ("back in A: resumed from the image" in text, "the journal shows the cycle"),
         (run.fsck_status == 0, "e2fsck -fn of the root after the clean shutdown: clean"),
     ]
+
+
+def _absent(reply: object) -> bool:
+    """Whether an `Inspect` reply (busctl --json=short) says there is no image."""
+    if not isinstance(reply, dict) or not isinstance(reply.get("data"), list):
+        return False
+    (fields,) = reply["data"]
+    return isinstance(fields, dict) and "absent" in fields
 
 
 def main(keep: bool = False) -> int:
