@@ -1,14 +1,18 @@
 """What the engine asks of the store at the image location, and nothing
 more (``ImageStore.pin_for_saver``, ``through_filesystem``): the store says
-how B will write it, so the engine needs no store classes."""
+how B will write it, so the engine needs no store classes; and what it
+does when wiping a used image fails."""
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
-from kexechibd.image import ExtentImageStore, open_store
+from kexechibd.cycle.engine import KexecEngine
+from kexechibd.image import ExtentImageStore, FileImageStore, open_store
 from kexechibd.image.extents import map_file
 from tests.blockdev_support import FILE_SIZE
+from tests.image_support import save
 
 
 def test_a_plain_file_has_no_slot_for_b(tmp_path: Path) -> None:
@@ -29,3 +33,16 @@ def test_a_prepared_file_found_through_its_filesystem_says_so(prepared: Path) ->
     assert open_store(prepared).through_filesystem
     pinned = ExtentImageStore(prepared, extents=map_file(prepared))
     assert not pinned.through_filesystem
+
+
+def test_a_used_image_that_cannot_be_wiped_is_at_least_invalidated(tmp_path: Path) -> None:
+    store = open_store(tmp_path / "image")
+    save(store, 1)
+
+    class FailingDisk(FileImageStore):
+        def wipe(self) -> int:
+            raise OSError(errno.EIO, "Input/output error")
+
+    KexecEngine._wipe(FailingDisk(store.path))
+    with store.open() as reader:
+        assert reader.summary.state == "invalid"

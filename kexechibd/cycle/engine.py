@@ -313,9 +313,17 @@ class KexecEngine:
     def _wipe(store: ImageStore) -> None:
         """The image is never to be resumed: none of the memory it holds may
         stay on the disk either (issue 16).  Timed, for the journal: the
-        cost is a write of the image's size."""
+        cost is a write of the image's size.  When the wipe fails (a disk
+        error midway), the image is at least invalidated."""
         started = time.monotonic()
-        wiped = store.wipe()
+        try:
+            wiped = store.wipe()
+        except (ImageError, OSError) as exc:
+            # At least make sure no boot resumes it (that may fail too, and
+            # then the caller hears of it).
+            log.error("could not wipe the image at %s: %s; invalidating it", store.path, exc)
+            store.invalidate()
+            return
         log.info(
             "image wiped: %d MiB of %s overwritten with zeros in %.2f s",
             wiped >> 20,
