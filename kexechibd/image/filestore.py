@@ -64,17 +64,19 @@ class FileImageStore(ImageStore):
                 with contextlib.suppress(FileNotFoundError):
                     tmp.unlink()
 
-    def _open(self, flags: int) -> BinaryIO:
+    def _open(self, flags: int, path: Path | None = None) -> BinaryIO:
+        """The image file (or ``path``, the store's other file), checked."""
+        path = self.path if path is None else path
         try:
             # O_NONBLOCK: open(2) of a FIFO would wait for a writer, holding
             # the caller where Cancel cannot reach; check_private refuses it.
-            fd = os.open(self.path, flags | OPEN_FLAGS | os.O_NONBLOCK)
+            fd = os.open(path, flags | OPEN_FLAGS | os.O_NONBLOCK)
         except FileNotFoundError as e:
-            raise ImageError(f"no image at {self.path}") from e
+            raise ImageError(f"no image at {path}") from e
         except OSError as e:
-            raise ImageError(f"cannot open the image at {self.path}: {e.strerror}") from e
+            raise ImageError(f"cannot open the image at {path}: {e.strerror}") from e
         try:
-            check_private(os.fstat(fd), self.path)
+            check_private(os.fstat(fd), path)
             os.set_blocking(fd, True)
             return os.fdopen(fd, "r+b" if flags & os.O_RDWR else "rb")
         except BaseException:
@@ -109,7 +111,7 @@ class FileImageStore(ImageStore):
         wiped = 0
         for path in (self.path, self.temp_path):
             try:
-                f = FileImageStore(path)._open(os.O_RDWR)
+                f = self._open(os.O_RDWR, path)
             except ImageError:
                 if path.exists():
                     raise
