@@ -50,6 +50,10 @@ APT_PACKAGES += mmdebstrap ovmf
 # kernel/build.sh compiles through ccache when it is installed: a change to
 # one kernel patch then rebuilds in minutes instead of half an hour.
 APT_PACKAGES += ccache
+# Sealed image files on LUKS2 (docs/lab.md §12): the lab guests run the
+# host's cryptsetup and dmsetup over 9p (cryptsetup-bin only: the cryptsetup
+# package would add the host's own crypttab handling and initramfs hooks).
+APT_PACKAGES += cryptsetup-bin dmsetup
 
 .PHONY: all setup check test lint typecheck demo demo-lab demo-model bench purgatory purgatory-object \
 	install deb clean lab-kernel

@@ -42,11 +42,19 @@ KEEP = True  # preserve-context: every destination page gets a (zeroed) source p
 
 
 def run_guest_program(
-    lab: Path, module: str, name: str, *, memory_mib: int = 512, timeout: float = 300
+    lab: Path,
+    module: str,
+    name: str,
+    *,
+    memory_mib: int = 512,
+    timeout: float = 300,
+    disks: tuple[Path, ...] = (),
 ) -> GuestResult:
     """Boot ``lab`` with real kexec enabled and run ``python -m <module> guest``
-    from the checkout; the guest must exit 0."""
+    from the checkout (``disks``: raw files as /dev/vda, ...); the guest must
+    exit 0."""
     spec = GuestSpec(
+        disks=disks,
         command=f"cd {TOP}\nexec {sys.executable} -m {module} guest\n",
         kernel=lab,
         memory_mib=memory_mib,
