@@ -21,6 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from kexechibd.image.seal import is_sealed
 from kexechibd.mounts import Mount, holds_data, read_mounts, unescape
 
 SYSFS = Path("/sys")
@@ -149,8 +150,9 @@ def plaintext_refusal(
     return (
         f"{'; '.join(named[:2])}{more}, but the image at {location} would not be "
         "encrypted: it holds all of memory, the disk encryption keys included, and "
-        "would leave them on the disk in the clear; use an image location on dm-crypt, "
-        f"or accept this with {OVERRIDE} in /etc/kexechibd.conf"
+        "would leave them on the disk in the clear; use an image file on a dm-crypt "
+        "filesystem (`kexechibctl image create` seals it), or accept this with "
+        f"{OVERRIDE} in /etc/kexechibd.conf"
     )
 
 
@@ -160,10 +162,16 @@ def protection(
     encrypted: Iterable[tuple[Storage, str]],
     *,
     allow_plaintext: bool,
+    sealed: bool = False,
 ) -> str:
     """What protects the image at ``location`` at rest, in one line (for
-    ``kexechibctl status``)."""
+    ``kexechibctl status``); ``sealed``: a sealed image file (DESIGN §1.6)."""
     mappings = sorted({mapping for _, mapping in encrypted})
+    if location_mapping and sealed:
+        return (
+            f"encrypted: {location} is sealed (its images are encrypted with a key of its "
+            f"own, which is kept in the file, on the dm-crypt mapping {location_mapping})"
+        )
     if location_mapping:
         return f"encrypted: {location} is on the dm-crypt mapping {location_mapping}"
     if not mappings:
@@ -186,7 +194,12 @@ def _facts(location: Path, sysfs: Path) -> tuple[str, list[tuple[Storage, str]]]
 
 def protection_of(location: Path, *, allow_plaintext: bool, sysfs: Path = SYSFS) -> str:
     """``protection`` for the running system and ``location``."""
-    return protection(location, *_facts(location, sysfs), allow_plaintext=allow_plaintext)
+    return protection(
+        location,
+        *_facts(location, sysfs),
+        allow_plaintext=allow_plaintext,
+        sealed=is_sealed(location),
+    )
 
 
 def plaintext_refusal_of(location: Path, *, allow_plaintext: bool, sysfs: Path = SYSFS) -> str:

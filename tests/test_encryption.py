@@ -133,6 +133,13 @@ def test_status_says_an_image_on_dm_crypt_is_encrypted() -> None:
     assert line == "encrypted: /img is on the dm-crypt mapping root"
 
 
+def test_status_says_a_sealed_file_is_encrypted_with_its_own_key() -> None:
+    line = protection(
+        Path("/img"), "root", [(ROOT_ON_LUKS, "root")], allow_plaintext=False, sealed=True
+    )
+    assert line.startswith("encrypted: /img is sealed") and "mapping root" in line
+
+
 def test_status_says_a_plain_image_on_an_encrypted_system_is_refused() -> None:
     line = protection(Path("/dev/vdb1"), "", [(ROOT_ON_LUKS, "root")], allow_plaintext=False)
     assert line.startswith("hibernation refused: ")

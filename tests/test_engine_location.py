@@ -22,11 +22,11 @@ def test_a_plain_file_has_no_slot_for_b(tmp_path: Path) -> None:
 
 
 def test_a_prepared_file_gives_b_its_block_map_and_a_slot(prepared: Path) -> None:
-    slot = open_store(prepared).pin_for_saver()
-    assert slot is not None
-    capacity, mapped = slot
-    assert mapped == map_file(prepared)
-    assert 0 < capacity < FILE_SIZE // 2
+    pinned = open_store(prepared).pin_for_saver()
+    assert pinned is not None
+    assert pinned.file == map_file(prepared)
+    assert pinned.seal is None  # not on dm-crypt
+    assert 0 < pinned.capacity < FILE_SIZE // 2
 
 
 def test_a_prepared_file_found_through_its_filesystem_says_so(prepared: Path) -> None:

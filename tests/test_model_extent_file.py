@@ -17,10 +17,12 @@ import pytest
 
 from kexechibd.cycle.engine import EngineSettings, KexecEngine
 from kexechibd.cycle.params import SaveParams
+from kexechibd.cycle.saver import image_store
 from kexechibd.errors import NotSupported
-from kexechibd.image import open_store, prepare_image_file
+from kexechibd.image import SealedImageStore, open_store, prepare_image_file
 from kexechibd.image.extents import map_file
 from kexechibd.image.extentstore import is_prepared
+from kexechibd.image.seal import SEAL_CIPHER, CryptTarget, Seal, SealKey
 from kexechibd.kernel.api import KernelGone
 from kexechibd.model.machine import Machine
 from kexechibd.model.workload import populate
@@ -127,3 +129,15 @@ def test_the_map_travels_to_b_in_its_parameters(small_machine: Machine, ext4: Mo
     sent = dataclasses.replace(params, image_file=mapped)
     assert SaveParams.from_json(sent.to_json()).image_file == map_file(image)
     assert SaveParams.from_json(params.to_json()).image_file is None
+
+
+def test_a_seal_travels_to_b_in_its_parameters(small_machine: Machine, ext4: Mounted) -> None:
+    image = ext4.where / "image"
+    mapped = prepare_image_file(image, 8 * MIB)
+    origin = RealFilesystems(small_machine).identity()
+    seal = Seal(CryptTarget(SEAL_CIPHER, (254, 2), 32768, 1 << 21), "vda2", SealKey.generate())
+    params = SaveParams("id", "poweroff", str(image), "zstd", 1, MIB, origin, 0.0, ())
+    sent = dataclasses.replace(params, image_file=mapped, image_seal=seal)
+    received = SaveParams.from_json(sent.to_json())
+    assert received.image_seal == seal
+    assert isinstance(image_store(received), SealedImageStore)

@@ -40,9 +40,17 @@ DEVICE = record.Record(
 )
 
 
-@pytest.mark.parametrize("made", [FILE, DEVICE], ids=["file", "device"])
+SEALED = record.Record(**{**FILE.__dict__, "kind": "sealed", "device_name": "dm-0"})
+
+
+@pytest.mark.parametrize("made", [FILE, SEALED, DEVICE], ids=["file", "sealed", "device"])
 def test_a_record_reads_back_as_written(made: record.Record) -> None:
     assert record.Record.from_json(made.to_json()) == made
+
+
+def test_a_sealed_files_record_holds_its_blocks_but_no_key() -> None:
+    data = SEALED.to_json()
+    assert b'"extents"' in data and b"key" not in data
 
 
 def test_a_record_of_another_format_is_refused() -> None:

@@ -139,15 +139,19 @@ def run(args: argparse.Namespace) -> int:
         open_store,
         prepare_image_file,
     )
+    from kexechibd.image.seal import KEY_AREA, is_sealed
 
     try:
         if args.image_command == "discard":
             return discard.run(args)
         if args.image_command == "create":
             mapped = prepare_image_file(args.image, args.size)
+            sealed = is_sealed(args.image)
+            slots = (mapped.size - KEY_AREA if sealed else mapped.size) // 2 >> 20
             print(
-                f"{args.image}: {mapped.size} bytes (two slots of {mapped.size // 2 >> 20} MiB) "
+                f"{args.image}: {mapped.size} bytes (two slots of {slots} MiB) "
                 f"in {len(mapped.extents)} extents on {mapped.device_name}"
+                + ("; sealed: its images are encrypted with a key of its own" if sealed else "")
             )
             return update_initramfs()
         with open_store(args.image).open() as reader:

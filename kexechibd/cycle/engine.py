@@ -27,7 +27,7 @@ from kexechibd.cycle.prepare import SaverFiles, SaverLoad, load_saver, plan_save
 from kexechibd.cycle.saver import save_image
 from kexechibd.cycle.window import Window, choose_window
 from kexechibd.errors import BadImage, Failed, KernelRefused, KexechibError, NoPeer, NotSupported
-from kexechibd.image import FileExtents, ImageError, ImageState, ImageStore, open_store
+from kexechibd.image import ImageError, ImageState, ImageStore, Pinned, open_store
 from kexechibd.initramfs import record
 from kexechibd.kernel import abi
 from kexechibd.kernel.api import Kernel, SupportReport
@@ -172,10 +172,10 @@ class KexecEngine:
         window = self._choose_window(facts)
         params = self._save_params(options, window, facts)
         location = Path(params.image_location)
-        mapped = await asyncio.to_thread(self._check_location, location, window, facts)
+        pinned = await asyncio.to_thread(self._check_location, location, window, facts)
         if options.mode is Mode.POWEROFF:
             await asyncio.to_thread(self._check_next_boot, location, facts.identity.release)
-        params = dataclasses.replace(params, image_file=mapped)
+        params = dataclasses.replace(params, image_file=pinned.file, image_seal=pinned.seal)
         plan = await asyncio.to_thread(self._plan_saver, window, facts)
         cancel.check()
         observer.set_state(State.LOADING)
@@ -210,33 +210,30 @@ class KexecEngine:
         finally:
             await observer.after_return()
 
-    def _check_location(
-        self, location: Path, window: Window, facts: KernelFacts
-    ) -> FileExtents | None:
+    def _check_location(self, location: Path, window: Window, facts: KernelFacts) -> Pinned:
         """Kernel B must be able to write the image, and a slot must hold
         the worst case (every page incompressible): after the jump, B could
         only jump back with "cannot" or "no room".  For a prepared image
-        file, returns the map of its blocks that B writes by: made now, as
-        late as it can be, since A is frozen from the jump on and nothing
-        can move them before B writes."""
+        file, returns the map of its blocks that B writes by (and a sealed
+        file's seal): made now, as late as it can be, since A is frozen from
+        the jump on and nothing can move them before B writes."""
         refusal = self._plaintext_refusal(location)
         if refusal:
             raise NotSupported(refusal)
         try:
-            slot = open_store(location).pin_for_saver()
+            pinned = open_store(location).pin_for_saver()
         except ImageError as exc:
             raise NotSupported(f"the image location cannot be used: {exc}") from None
-        capacity, mapped = slot if slot is not None else (None, None)
         refusal = location_refusal(
             location,
             worst_case(facts.memory_map, window),
-            capacity=capacity,
-            prepared_file=mapped is not None,
+            capacity=pinned.capacity if pinned is not None else None,
+            prepared_file=pinned is not None and pinned.file is not None,
             successors_share_files=self.kernel.successors_share_files,
         )
         if refusal:
             raise NotSupported(refusal)
-        return mapped
+        return pinned if pinned is not None else Pinned(0)
 
     def _choose_window(self, facts: KernelFacts) -> Window:
         s = self.settings

@@ -11,6 +11,7 @@ from pathlib import Path
 from kexechibd import cpio
 from kexechibd.errors import Failed
 from kexechibd.image.extents import FileExtents
+from kexechibd.image.seal import Seal
 from kexechibd.kernel.api import KernelIdentity
 
 PARAMS_DIR = "kexechib"
@@ -34,12 +35,17 @@ class SaveParams:
     # The image location is a prepared file: where its bytes are on its
     # device, which B writes by block address (it cannot see the file).
     image_file: FileExtents | None = None
+    # A sealed file (DESIGN §1.6): its dm-crypt mapping and key.  These
+    # parameters live in B's memory only (its rootfs), never on a disk.
+    image_seal: Seal | None = None
 
     def to_json(self) -> bytes:
         data = asdict(self)
         data["version"] = VERSION
         if self.image_file is not None:
             data["image_file"] = self.image_file.to_dict()  # extents as triples
+        if self.image_seal is not None:
+            data["image_seal"] = self.image_seal.to_dict()
         return json.dumps(data, indent=1, sort_keys=True).encode()
 
     @classmethod
@@ -54,6 +60,8 @@ class SaveParams:
                 data["vmcoreinfo"] = tuple(data["vmcoreinfo"])
             if data.get("image_file") is not None:
                 data["image_file"] = FileExtents.from_dict(data["image_file"])
+            if data.get("image_seal") is not None:
+                data["image_seal"] = Seal.from_dict(data["image_seal"])
             return cls(**data)
         except (ValueError, KeyError, TypeError) as exc:
             raise Failed(f"B's parameters are unreadable: {exc}") from None

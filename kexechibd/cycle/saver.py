@@ -24,6 +24,7 @@ from kexechibd.image import (
     ImageMode,
     ImageStore,
     ImageSummary,
+    SealedImageStore,
     open_store,
 )
 from kexechibd.kernel.api import Kernel
@@ -106,6 +107,10 @@ def image_store(params: SaveParams) -> ImageStore:
     """Where B writes: a prepared file by block address on its device, with
     the map A made of it (B has only its initramfs and never sees A's
     filesystems), or the location itself (a device; a file in the model)."""
+    if params.image_file is not None and params.image_seal is not None:
+        return SealedImageStore(
+            params.image_location, extents=params.image_file, seal=params.image_seal
+        )
     if params.image_file is not None:
         return ExtentImageStore(params.image_location, extents=params.image_file)
     return open_store(params.image_location)

@@ -12,11 +12,11 @@ device (``DeviceImageStore``) or of a prepared file written by block address
 from kexechibd.image.blockstore import DeviceImageStore
 from kexechibd.image.export import ExportError, export_elf_core, export_image
 from kexechibd.image.extents import FileExtents
-from kexechibd.image.extentstore import ExtentImageStore, prepare_image_file
+from kexechibd.image.extentstore import ExtentImageStore
 from kexechibd.image.fileio import check_private
 from kexechibd.image.filestore import FileImageStore
 from kexechibd.image.format import FORMAT_VERSION
-from kexechibd.image.location import open_store
+from kexechibd.image.location import open_store, prepare_image_file
 from kexechibd.image.meta import (
     Chunk,
     ImageError,
@@ -27,9 +27,12 @@ from kexechibd.image.meta import (
     Run,
 )
 from kexechibd.image.reader import ImageReader
+from kexechibd.image.seal import Seal
+from kexechibd.image.sealstore import SealedImageStore
 from kexechibd.image.slots import SlotRecord
 from kexechibd.image.store import (
     ImageStore,
+    Pinned,
     create_image_file,
     invalidate_image,
     mark_image_consumed,
@@ -53,7 +56,10 @@ __all__ = [
     "ImageStore",
     "ImageSummary",
     "ImageWriter",
+    "Pinned",
     "Run",
+    "Seal",
+    "SealedImageStore",
     "SlotRecord",
     "check_private",
     "create_image_file",

@@ -28,12 +28,12 @@ from typing import Any, BinaryIO
 
 from kexechibd.image import format
 from kexechibd.image.directio import DirectDevice, SlotFile, header_digest
-from kexechibd.image.extents import FileExtents
 from kexechibd.image.meta import ImageError, ImageMeta
 from kexechibd.image.reader import ImageReader
 from kexechibd.image.slots import IO_ALIGN, SlotRecord, newest
 from kexechibd.image.store import (
     ImageStore,
+    Pinned,
     invalidate_image,
     mark_image_consumed,
     unmark_image_consumed,
@@ -69,9 +69,9 @@ class DeviceImageStore(ImageStore):
         with self.open_device(write=False) as dev:
             return dev.layout.capacity
 
-    def pin_for_saver(self) -> tuple[int, FileExtents | None] | None:
+    def pin_for_saver(self) -> Pinned | None:
         """One slot's capacity; no block map (B opens a partition by name)."""
-        return self.capacity, None
+        return Pinned(self.capacity)
 
     def exists(self) -> bool:
         """Whether a slot holds a published image (in any state); a device that

@@ -3,7 +3,7 @@
 B must never write through A's mounted filesystems (DESIGN §1.3): A's page
 cache and the filesystem's state are frozen inside the image.  A file can
 still hold images the way a swap file holds pages: it is written out once
-(``prepare_image_file``: zeros, fsynced, so that every block is allocated and
+(``prepare_plain_file``: zeros, fsynced, so that every block is allocated and
 written), and from then on its blocks are read and written on the block
 device underneath, at the byte offsets that ``FS_IOC_FIEMAP`` reports.  A maps
 the file right before it loads B and hands the map to B with B's parameters;
@@ -319,10 +319,14 @@ def device_path(extents: FileExtents) -> Path:
     return Path("/dev") / name
 
 
-def check_backing_device(st: os.stat_result, path: Path | str) -> tuple[int, str]:
+def check_backing_device(
+    st: os.stat_result, path: Path | str, *, sealed: bool = False
+) -> tuple[int, str]:
     """The block device that holds the file, as (device number, kernel name):
     refused when FIEMAP's addresses are not offsets on it, or when B could
-    not open it without setting up what A set up (device-mapper, md)."""
+    not open it without setting up what A set up (device-mapper, md).  A
+    ``sealed`` file may be on device-mapper: its seal reaches the blocks
+    under the mapping and checks what the mapping is (``seal.py``)."""
     dev = st.st_dev
     mount = mount_of(dev) or mount_containing(path)
     fstype = mount.fstype if mount else "unknown"
@@ -351,21 +355,24 @@ def check_backing_device(st: os.stat_result, path: Path | str) -> tuple[int, str
             "device (sysfs has no /sys/dev/block entry for it)"
         )
     node = sysfs_node(dev)
+    if sealed and (node / "dm").exists():
+        return dev, name
     for kind, what in (("dm", "device-mapper (LVM, dm-crypt)"), ("md", "md RAID")):
         if (node / kind).exists() or name.startswith(f"{kind}-" if kind == "dm" else kind):
             raise ImageError(
                 f"{path} is on {name}, a {what} device: kernel B, with only its initramfs, "
-                "cannot open it without setting it up as A did; use a file on a plain "
-                "partition, or a raw partition"
+                "cannot open it without setting it up as A did; on dm-crypt, prepare the "
+                "file with `kexechibctl image create` (it is then sealed); elsewhere use a "
+                "file on a plain partition, or a raw partition"
             )
     return dev, name
 
 
-def map_open_file(fd: int, path: Path | str) -> FileExtents:
+def map_open_file(fd: int, path: Path | str, *, sealed: bool = False) -> FileExtents:
     """The validated extent map of the open image file ``fd``."""
     st = os.fstat(fd)
     check_private(st, path)
-    dev, name = check_backing_device(st, path)
+    dev, name = check_backing_device(st, path, sealed=sealed)
     try:
         raw = fiemap(fd)
     except ImageError as e:
@@ -376,7 +383,7 @@ def map_open_file(fd: int, path: Path | str) -> FileExtents:
     return FileExtents(os.major(dev), os.minor(dev), name, device_size(name), st.st_size, extents)
 
 
-def map_file(path: Path | str) -> FileExtents:
+def map_file(path: Path | str, *, sealed: bool = False) -> FileExtents:
     """Open ``path`` (no symlink followed) and map it."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -385,7 +392,7 @@ def map_file(path: Path | str) -> FileExtents:
     except OSError as e:
         raise ImageError(f"cannot open {path}: {e.strerror}") from e
     try:
-        mapped = map_open_file(fd, path)
+        mapped = map_open_file(fd, path, sealed=sealed)
         # What this kernel cached of the file is stale once another kernel
         # wrote its blocks; nothing here reads through the cache, but tools
         # might (best effort: mapped or busy pages stay).

@@ -1,5 +1,5 @@
 """Prepared image files: made once with every block allocated and written
-(``prepare_image_file``), recognised by their slot markers (``is_prepared``),
+(``prepare_plain_file``), recognised by their slot markers (``is_prepared``),
 and holding images in two slots written by block address on the device
 underneath (``ExtentImageStore``).  Why that is safe: ``extents.py``.
 """
@@ -22,13 +22,13 @@ from kexechibd.image.extents import (
 )
 from kexechibd.image.fileio import fsync_dir
 from kexechibd.image.slots import SLOT_ALIGN, SlotLayout, newest, prepared_marker, size_for
-from kexechibd.image.store import create_image_file
+from kexechibd.image.store import Pinned, create_image_file
 
 ZERO_WRITE = 4 << 20
 
 
 def is_prepared(path: Path | str) -> bool:
-    """Whether ``path`` is a regular file that ``prepare_image_file`` made
+    """Whether ``path`` is a regular file that ``prepare_plain_file`` made
     (either record block starts with the record magic).  Read through the
     filesystem: the magic, once there, never changes."""
     try:
@@ -49,7 +49,7 @@ def is_prepared(path: Path | str) -> bool:
         os.close(fd)
 
 
-def prepare_image_file(path: Path, size: int) -> FileExtents:
+def prepare_plain_file(path: Path, size: int) -> FileExtents:
     """Create ``path`` (it must not exist; root's, 0600) holding ``size``
     bytes (rounded up to whole MiB slots) written out as zeros and fsynced,
     with the two slots' markers, and return its validated extent map.  The
@@ -111,14 +111,14 @@ class ExtentImageStore(DeviceImageStore):
         with self.open_device(write=True):
             pass
 
-    def pin_for_saver(self) -> tuple[int, FileExtents | None] | None:
+    def pin_for_saver(self) -> Pinned | None:
         """The map of the file's blocks B writes by, made now (as late as it
         can be: A is frozen from the jump on, so nothing moves them before B
         writes), checked writable, with one slot's capacity."""
         mapped = self.mapping()
         pinned = ExtentImageStore(self.path, extents=mapped)
         pinned.check_writable()
-        return pinned.capacity, mapped
+        return Pinned(pinned.capacity, mapped)
 
     @property
     def through_filesystem(self) -> bool:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -26,6 +27,19 @@ from kexechibd.image.writer import ImageWriter
 
 if TYPE_CHECKING:
     from kexechibd.image.extents import FileExtents
+    from kexechibd.image.seal import Seal
+
+
+@dataclass(frozen=True)
+class Pinned:
+    """What A hands B of a location B writes by block address: one slot's
+    capacity; for a prepared file the map of its blocks; for a sealed file
+    also its seal (key included: B's parameters only, DESIGN §1.6)."""
+
+    capacity: int
+    file: FileExtents | None = None
+    seal: Seal | None = None
+
 
 OPEN_FLAGS = os.O_NOFOLLOW | os.O_CLOEXEC  # an image is never reached through a symlink
 
@@ -119,7 +133,7 @@ class ImageStore(abc.ABC):
         filesystem: a real C must not resume from there (DESIGN §6.4)."""
         return False
 
-    def pin_for_saver(self) -> tuple[int, FileExtents | None] | None:
+    def pin_for_saver(self) -> Pinned | None:
         """For a location B writes by block address (a partition, a prepared
         file): one slot's capacity, and for a prepared file the map of its
         blocks B writes by, made now and checked writable (raises

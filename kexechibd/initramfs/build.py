@@ -35,8 +35,9 @@ from pathlib import Path
 import kexechibd
 from kexechibd.bootproto import kernel_banner
 from kexechibd.errors import Failed
+from kexechibd.image.seal import is_sealed
 from kexechibd.initramfs import kmod
-from kexechibd.initramfs.archive import Cpio, Sink, add_libraries
+from kexechibd.initramfs.archive import Cpio, Sink, add_libraries, add_programs
 from kexechibd.initramfs.manifest import NAME as MANIFEST_NAME
 from kexechibd.initramfs.manifest import Manifest, package_hash
 from kexechibd.initramfs.python import (
@@ -49,6 +50,7 @@ from kexechibd.initramfs.python import (
 )
 
 PYTHON = Path("/usr/bin/python3")
+DMSETUP = Path("/usr/sbin/dmsetup")
 MODULES_ROOT = Path("/lib/modules")
 INIT = b"#!/usr/bin/python3 -I\nfrom kexechibd.initramfs.init import main\n\nmain()\n"
 
@@ -110,6 +112,8 @@ def kernel_modules(release: str, image_location: Path, root: Path = MODULES_ROOT
     except OSError:
         builtin = frozenset()
     wanted = [*kmod.drivers_of(image_location), *kmod.DISK_DRIVERS]
+    if is_sealed(image_location):
+        wanted += kmod.SEAL_DRIVERS
     return kmod.resolve(wanted, deps, builtin)
 
 
@@ -160,6 +164,15 @@ def add_python(out: Sink, python: Path, package: Path, layout: PythonLayout) -> 
     add_libraries(out, extensions)
 
 
+def add_seal_tools(out: Sink) -> None:
+    """``dmsetup``, with which B and C set up a sealed image file's mapping
+    (DESIGN §1.6; the device-mapper tools are cryptsetup's dependency):
+    when it is installed, whatever the location is now, since the location
+    may become a sealed file before the next boot."""
+    if DMSETUP.exists():
+        add_programs(out, {"usr/sbin/dmsetup": DMSETUP})
+
+
 def saver_archive(
     *,
     release: str,
@@ -194,6 +207,7 @@ def saver_archive(
     archive.chardev("dev/null", 1, 3, 0o666)
     archive.file("init", INIT, 0o755)
     add_python(archive, python, package, layout)
+    add_seal_tools(archive)
     for rel, stored in zip(modules, stored_modules, strict=True):
         archive.file(
             f"lib/modules/{release}/{stored}", _decompressed(modules_root / release / rel), 0o644

@@ -30,7 +30,7 @@ from kexechibd.errors import ConfigError, KexechibError
 from kexechibd.image.meta import ImageError
 from kexechibd.initramfs import record
 from kexechibd.initramfs.archive import Tree
-from kexechibd.initramfs.build import PYTHON, add_python, installed_package
+from kexechibd.initramfs.build import PYTHON, add_python, add_seal_tools, installed_package
 from kexechibd.initramfs.python import probe
 
 COPIED = (config_module.DEFAULT_PATH, Path("/etc/machine-id"))
@@ -42,6 +42,7 @@ def add(destdir: Path, config_path: Path | None = None) -> str:
     tree = Tree(destdir)
     package = installed_package()
     add_python(tree, PYTHON, package, probe(PYTHON, package))
+    add_seal_tools(tree)
     for path in COPIED:
         if config_path is not None and path == config_module.DEFAULT_PATH:
             path = config_path
@@ -54,7 +55,7 @@ def add(destdir: Path, config_path: Path | None = None) -> str:
         return f"no resume record: {e.message}; this initramfs resumes nothing"
     tree.file(record.PATH, made.to_json(), 0o644)
     where = made.links[0] if made.links else f"{made.major}:{made.minor} {made.device_name}"
-    detail = f", {len(made.extents)} extents" if made.kind == "file" else ""
+    detail = f", {len(made.extents)} extents" if made.kind in record.FILE_KINDS else ""
     return f"resume record: {location} ({made.kind} on {where}{detail})"
 
 

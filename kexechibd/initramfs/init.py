@@ -117,7 +117,10 @@ def wait_for_image_device() -> None:
         params, _ = read_params(Path("/"))
     except KexechibError:
         return  # the saver reports it
-    if params.image_file is not None:
+    if params.image_seal is not None:  # B has no dm-crypt mapping: the disk under it
+        major, minor = params.image_seal.target.device
+        target = Path(f"/sys/dev/block/{major}:{minor}")
+    elif params.image_file is not None:
         target = Path(f"/sys/dev/block/{params.image_file.major}:{params.image_file.minor}")
     elif params.image_location.startswith("/dev/"):
         target = Path(params.image_location)

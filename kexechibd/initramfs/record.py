@@ -43,6 +43,8 @@ from kexechibd.image.blockstore import DeviceImageStore
 from kexechibd.image.extents import Extent, FileExtents, map_file
 from kexechibd.image.extentstore import ExtentImageStore, is_prepared
 from kexechibd.image.meta import ImageError
+from kexechibd.image.seal import is_sealed
+from kexechibd.image.sealstore import SealedImageStore
 
 # In the initramfs (relative to its root, as initramfs-tools' $DESTDIR).
 PATH = "etc/kexechib/resume.json"
@@ -56,12 +58,16 @@ INSTALLED_INITRAMFS = "/boot/initrd.img-{release}"
 # filesystem's device (a file's), by-partuuid/-partlabel a partition.
 LINK_DIRECTORIES = ("by-uuid", "by-partuuid", "by-partlabel", "by-id", "by-path")
 DISK_LINKS = Path("/dev/disk")
+# Kinds of record for a prepared file: its extents are recorded.  A sealed
+# file's record has no key: C reads it through its own dm-crypt mapping
+# (DESIGN §1.6); the record lives on /boot, in the clear.
+FILE_KINDS = ("file", "sealed")
 
 
 @dataclass(frozen=True)
 class Record:
     location: str  # [image] location, as configured
-    kind: str  # "file" (a prepared file) or "device" (a raw partition)
+    kind: str  # "file" (a prepared file), "sealed" (one on dm-crypt), "device" (a partition)
     links: tuple[str, ...]  # /dev/disk/by-*/… that named the device, most stable first
     major: int  # the device's number and kernel name when recorded (fallback)
     minor: int
@@ -82,7 +88,7 @@ class Record:
             "device_name": self.device_name,
             "device_size": self.device_size,
         }
-        if self.kind == "file":
+        if self.kind in FILE_KINDS:
             data.update(inode=self.inode, size=self.size, extents=[list(e) for e in self.extents])
         return json.dumps(data, indent=1).encode() + b"\n"
 
@@ -98,7 +104,8 @@ class Record:
             record = cls(**data)
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise ImageError(f"the resume record cannot be read: {e}") from None
-        if record.kind not in ("file", "device") or (record.kind == "file") != bool(record.extents):
+        kinds = (*FILE_KINDS, "device")
+        if record.kind not in kinds or (record.kind in FILE_KINDS) != bool(record.extents):
             raise ImageError(f"the resume record is inconsistent (kind {record.kind!r})")
         return record
 
@@ -131,7 +138,7 @@ def problems(installed: Record | None, current: Record, initramfs: str) -> list[
             f"{initramfs} looks for the image at {installed.location}, not at "
             f"{current.location}; {fix}"
         )
-    elif current.kind == "file" and (installed.inode, installed.size) != (
+    elif current.kind in FILE_KINDS and (installed.inode, installed.size) != (
         current.inode,
         current.size,
     ):
@@ -230,15 +237,16 @@ def make(location: Path, links_root: Path = DISK_LINKS) -> Record:
             name,
             device_size(name),
         )
-    if not is_prepared(location):
+    sealed = is_sealed(location)
+    if not sealed and not is_prepared(location):
         raise ImageError(
             f"{location} is neither a block device nor a prepared image file "
             "(kexechibctl image create)"
         )
-    mapped = map_file(location)
+    mapped = map_file(location, sealed=sealed)
     return Record(
         str(location),
-        "file",
+        "sealed" if sealed else "file",
         _links(mapped.rdev, mapped.device_name, links_root),
         mapped.major,
         mapped.minor,
@@ -297,6 +305,8 @@ def store(record: Record, wait: float = 0.0) -> DeviceImageStore:
     rdev = os.stat(node).st_rdev
     name = device_name(rdev) or record.device_name
     mapped = record.file_extents(os.major(rdev), os.minor(rdev), name)
+    if record.kind == "sealed":
+        return SealedImageStore(record.location, extents=mapped, node=node)
     return ExtentImageStore(record.location, extents=mapped)
 
 
