@@ -175,7 +175,7 @@ def test_b_refuses_a_device_whose_name_is_not_the_one_a_saw(prepared: Path) -> N
 def test_image_create_prepares_a_file(ext4: Mounted, capsys: pytest.CaptureFixture[str]) -> None:
     path = ext4.where / "image"
     assert kexechibctl(["image", "create", str(path), "--size", "8M"]) == 0
-    assert "two slots of 4 MiB" in capsys.readouterr().out
+    assert "two slots, each for an image of up to 4.0 MiB" in capsys.readouterr().out
     assert is_prepared(path)
 
 

@@ -148,3 +148,20 @@ def test_a_seal_with_a_field_of_the_wrong_type_is_refused() -> None:
     data = {**Seal(TARGET, "vda2", SealKey.generate()).to_dict(), "start": "32768"}
     with pytest.raises(ImageError, match="bad seal in the parameters"):
         Seal.from_dict(data)
+
+
+def test_a_key_block_of_another_cipher_is_refused() -> None:
+    block = SealKey("aes-cbc-essiv:sha256", bytes(SEAL_KEY_BYTES)).to_block()
+    with pytest.raises(ImageError, match="only aes-xts-plain64, 64 bytes"):
+        SealKey.from_block(block, "f")
+
+
+def test_a_cipher_that_would_add_table_fields_is_refused() -> None:
+    data = {"cipher": "aes-xts-plain64 0 7:0 0\n0 8 linear", "key": bytes(64).hex()}
+    with pytest.raises(ImageError, match="not supported"):
+        SealKey.from_dict(data)
+
+
+def test_a_key_of_the_wrong_length_is_refused() -> None:
+    with pytest.raises(ImageError, match="32-byte key"):
+        SealKey.from_dict({"cipher": SEAL_CIPHER, "key": bytes(32).hex()})

@@ -139,19 +139,24 @@ def run(args: argparse.Namespace) -> int:
         open_store,
         prepare_image_file,
     )
-    from kexechibd.image.seal import KEY_AREA, is_sealed
 
     try:
         if args.image_command == "discard":
             return discard.run(args)
         if args.image_command == "create":
             mapped = prepare_image_file(args.image, args.size)
-            sealed = is_sealed(args.image)
-            slots = (mapped.size - KEY_AREA if sealed else mapped.size) // 2 >> 20
+            # What A will find there, as it finds it before a Hibernate.
+            pinned = open_store(args.image).pin_for_saver()
+            assert pinned is not None  # a prepared file is written by block address
             print(
-                f"{args.image}: {mapped.size} bytes (two slots of {slots} MiB) "
-                f"in {len(mapped.extents)} extents on {mapped.device_name}"
-                + ("; sealed: its images are encrypted with a key of its own" if sealed else "")
+                f"{args.image}: {mapped.size} bytes in {len(mapped.extents)} extents on "
+                f"{mapped.device_name}: two slots, each for an image of up to "
+                f"{pinned.capacity / (1 << 20):.1f} MiB"
+                + (
+                    "; sealed: its images are encrypted with a key of its own"
+                    if pinned.seal
+                    else ""
+                )
             )
             return update_initramfs()
         with open_store(args.image).open() as reader:

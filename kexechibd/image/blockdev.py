@@ -58,6 +58,18 @@ def sysfs_node(rdev: int) -> Path:
     return SYS_DEV_BLOCK / f"{os.major(rdev)}:{os.minor(rdev)}"
 
 
+def stacked_kind(rdev: int, name: str) -> str:
+    """What block device ``rdev`` (kernel name ``name``) is built by, as a
+    message names it: "device-mapper" (LVM, dm-crypt), "md RAID", or ''
+    for a disk or partition."""
+    node = sysfs_node(rdev)
+    if (node / "dm").exists() or name.startswith("dm-"):
+        return "device-mapper"
+    if (node / "md").exists() or name.startswith("md"):
+        return "md RAID"
+    return ""
+
+
 def device_name(rdev: int) -> str | None:
     """The kernel's name of block device ``rdev`` (``DEVNAME`` in sysfs)."""
     with contextlib.suppress(OSError):

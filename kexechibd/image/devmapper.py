@@ -23,16 +23,24 @@ DMSETUP = "dmsetup"
 SEARCH = "/usr/sbin:/sbin:/usr/bin:/bin"
 
 
+def program() -> Path | None:
+    """Where ``dmsetup`` is here (None: not installed)."""
+    found = shutil.which(DMSETUP, path=SEARCH)
+    return Path(found) if found else None
+
+
 def _dmsetup(args: list[str], what: str, table: str | None = None) -> str:
-    program = shutil.which(DMSETUP, path=SEARCH)
-    if program is None:
+    found = program()
+    if found is None:
         raise ImageError(f"cannot {what}: {DMSETUP} is not installed (Debian: dmsetup)")
     done = subprocess.run(
-        [program, *args], input=table, capture_output=True, text=True, check=False
+        [str(found), *args], input=table, capture_output=True, text=True, check=False
     )
     if done.returncode != 0:
-        why = done.stderr.strip().splitlines()[-1:] or [f"exit status {done.returncode}"]
-        raise ImageError(f"cannot {what}: {DMSETUP}: {why[0]}")
+        # Every line: the last is often just "Command failed.".  dmsetup
+        # never echoes a table, so no key can be in it.
+        why = "; ".join(done.stderr.split("\n")).strip("; ") or f"exit status {done.returncode}"
+        raise ImageError(f"cannot {what}: {DMSETUP}: {why}")
     return done.stdout
 
 
@@ -69,9 +77,10 @@ def exists(name: str) -> bool:
 
 
 def remove(name: str) -> None:
-    """Remove device ``name`` if it is there."""
+    """Remove device ``name`` if it is there.  ``--retry``: udev may still
+    be probing a device just closed (A, and C's initramfs, run udev)."""
     if exists(name):
-        _dmsetup(["remove", "--noudevsync", name], f"remove {name}")
+        _dmsetup(["remove", "--noudevsync", "--retry", name], f"remove {name}")
 
 
 def node(device: int) -> Path:

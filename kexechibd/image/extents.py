@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kexechibd.image.blockdev import current_mounts, device_name, device_size, sysfs_node
+from kexechibd.image.blockdev import current_mounts, device_name, device_size, stacked_kind
 from kexechibd.image.fileio import check_private
 from kexechibd.image.meta import ImageError
 from kexechibd.image.slots import IO_ALIGN
@@ -354,17 +354,16 @@ def check_backing_device(
             f"{path}: its filesystem's device {os.major(dev)}:{os.minor(dev)} is not a block "
             "device (sysfs has no /sys/dev/block entry for it)"
         )
-    node = sysfs_node(dev)
-    if sealed and (node / "dm").exists():
-        return dev, name
-    for kind, what in (("dm", "device-mapper (LVM, dm-crypt)"), ("md", "md RAID")):
-        if (node / kind).exists() or name.startswith(f"{kind}-" if kind == "dm" else kind):
-            raise ImageError(
-                f"{path} is on {name}, a {what} device: kernel B, with only its initramfs, "
-                "cannot open it without setting it up as A did; on dm-crypt, prepare the "
-                "file with `kexechibctl image create` (it is then sealed); elsewhere use a "
-                "file on a plain partition, or a raw partition"
-            )
+    kind = stacked_kind(dev, name)
+    if sealed and kind == "device-mapper":
+        return dev, name  # the seal reads the mapping's table (seal.py)
+    if kind:
+        raise ImageError(
+            f"{path} is on {name}, a {kind} device: kernel B, with only its initramfs, "
+            "cannot open it without setting it up as A did; on dm-crypt, prepare the "
+            "file with `kexechibctl image create` (it is then sealed); elsewhere use a "
+            "file on a plain partition, or a raw partition"
+        )
     return dev, name
 
 

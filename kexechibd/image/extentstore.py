@@ -49,13 +49,19 @@ def is_prepared(path: Path | str) -> bool:
         os.close(fd)
 
 
+def prepared_size(size: int) -> int:
+    """The bytes of two slots that hold at least ``size`` bytes between
+    them: whole MiB slots, at least the smallest layout."""
+    return max(size_for(0), -(-size // (2 * SLOT_ALIGN)) * 2 * SLOT_ALIGN)
+
+
 def prepare_plain_file(path: Path, size: int) -> FileExtents:
     """Create ``path`` (it must not exist; root's, 0600) holding ``size``
     bytes (rounded up to whole MiB slots) written out as zeros and fsynced,
     with the two slots' markers, and return its validated extent map.  The
     filesystem and device are checked before anything is written; on any
     failure the file is removed."""
-    size = max(size_for(0), -(-size // (2 * SLOT_ALIGN)) * 2 * SLOT_ALIGN)
+    size = prepared_size(size)
     parent = os.stat(path.parent)
     check_backing_device(parent, path)
     layout = SlotLayout.for_device(size)

@@ -97,9 +97,20 @@ class SealKey:
                 f"{where}: its seal key block is damaged (checksum mismatch); the images "
                 "in it cannot be read"
             )
-        if version != SEAL_VERSION or not 0 < length <= len(key):
+        if version != SEAL_VERSION:
             raise ImageError(f"{where}: seal key block version {version} is not supported")
-        return cls(cipher.rstrip(b"\0").decode("ascii", "replace"), key[:length])
+        return cls.checked(cipher.rstrip(b"\0").decode("ascii", "replace"), key[:length], where)
+
+    @classmethod
+    def checked(cls, cipher: str, key: bytes, where: str) -> SealKey:
+        """Only the seal's cipher and key size: both go into a dm table,
+        where anything else (a space, a newline) would add fields."""
+        if cipher != SEAL_CIPHER or len(key) != SEAL_KEY_BYTES:
+            raise ImageError(
+                f"{where}: a seal of {cipher!r} with a {len(key)}-byte key is not "
+                f"supported (only {SEAL_CIPHER}, {SEAL_KEY_BYTES} bytes)"
+            )
+        return cls(cipher, key)
 
     def dm_key(self) -> str:
         """The key as dm-crypt's table takes it (hex)."""
@@ -114,9 +125,10 @@ class SealKey:
         if not isinstance(cipher, str) or not isinstance(key, str):
             raise ImageError("bad seal key in the parameters")
         try:
-            return cls(cipher, bytes.fromhex(key))
+            raw = bytes.fromhex(key)
         except ValueError:
             raise ImageError("bad seal key in the parameters (not hex)") from None
+        return cls.checked(cipher, raw, "the parameters")
 
 
 @dataclass(frozen=True)

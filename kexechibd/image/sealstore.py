@@ -14,10 +14,10 @@ import os
 from pathlib import Path
 
 from kexechibd.image import devmapper
-from kexechibd.image.blockdev import device_name, sysfs_node
+from kexechibd.image.blockdev import device_name, stacked_kind
 from kexechibd.image.directio import DirectDevice
 from kexechibd.image.extents import FileExtents, check_backing_device, map_file, map_open_file
-from kexechibd.image.extentstore import ZERO_WRITE, ExtentImageStore
+from kexechibd.image.extentstore import ZERO_WRITE, ExtentImageStore, prepared_size
 from kexechibd.image.fileio import fsync_dir
 from kexechibd.image.meta import ImageError
 from kexechibd.image.seal import (
@@ -30,7 +30,6 @@ from kexechibd.image.seal import (
     SealMapping,
     parse_crypt_table,
 )
-from kexechibd.image.slots import SLOT_ALIGN, size_for
 from kexechibd.image.store import Pinned, create_image_file
 
 _OPENS = itertools.count(1)
@@ -51,7 +50,8 @@ class SealedDevice(DirectDevice):
             )
             super().__init__(devmapper.node(image), write=write, name=name)
         except BaseException:
-            self._remove()
+            with contextlib.suppress(ImageError):  # the first error is the one to tell
+                self._remove()
             raise
 
     def close(self) -> None:
@@ -61,8 +61,16 @@ class SealedDevice(DirectDevice):
             self._remove()
 
     def _remove(self) -> None:
-        for dm_name in self._dm_names:  # the image device first: it holds the other
-            devmapper.remove(dm_name)
+        """Both devices, the image device first (it holds the other); each
+        is tried, and the errors are told together."""
+        errors = []
+        for dm_name in self._dm_names:
+            try:
+                devmapper.remove(dm_name)
+            except ImageError as e:
+                errors.append(e.message)
+        if errors:
+            raise ImageError("; ".join(errors))
 
 
 def crypt_target(device: int, name: str) -> tuple[CryptTarget, str]:
@@ -73,11 +81,11 @@ def crypt_target(device: int, name: str) -> tuple[CryptTarget, str]:
     below = device_name(below_dev)
     if below is None:
         raise ImageError(f"the device under {name} is not a block device")
-    if (sysfs_node(below_dev) / "dm").exists() or below.startswith("md"):
+    kind = stacked_kind(below_dev, below)
+    if kind:
         raise ImageError(
-            f"{name} is dm-crypt on {below}, itself a device-mapper or md "
-            "device; only dm-crypt directly on a partition or disk can hold a sealed "
-            "image file"
+            f"{name} is dm-crypt on {below}, itself a {kind} device; only dm-crypt "
+            "directly on a partition or disk can hold a sealed image file"
         )
     return target, below
 
@@ -172,7 +180,8 @@ class SealedImageStore(ExtentImageStore):
 def on_device_mapper(directory: Path) -> bool:
     """Whether the filesystem holding ``directory`` is on a device-mapper
     device (where a prepared file is sealed)."""
-    return (sysfs_node(os.stat(directory).st_dev) / "dm").exists()
+    dev = os.stat(directory).st_dev
+    return stacked_kind(dev, device_name(dev) or "") == "device-mapper"
 
 
 def prepare_sealed_file(path: Path, size: int) -> FileExtents:
@@ -182,7 +191,7 @@ def prepare_sealed_file(path: Path, size: int) -> FileExtents:
     filesystem and fsynced, then the slots' markers written through the
     seal.  The filesystem and the mapping are checked before anything is
     written; on any failure the file is removed."""
-    size = max(size_for(0), -(-size // (2 * SLOT_ALIGN)) * 2 * SLOT_ALIGN) + KEY_AREA
+    size = prepared_size(size) + KEY_AREA
     parent = os.stat(path.parent)
     dev, name = check_backing_device(parent, path, sealed=True)
     crypt_target(dev, name)  # refuses LVM, integrity, a stack, before writing anything

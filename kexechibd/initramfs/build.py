@@ -35,7 +35,7 @@ from pathlib import Path
 import kexechibd
 from kexechibd.bootproto import kernel_banner
 from kexechibd.errors import Failed
-from kexechibd.image.seal import is_sealed
+from kexechibd.image import devmapper
 from kexechibd.initramfs import kmod
 from kexechibd.initramfs.archive import Cpio, Sink, add_libraries, add_programs
 from kexechibd.initramfs.manifest import NAME as MANIFEST_NAME
@@ -50,7 +50,6 @@ from kexechibd.initramfs.python import (
 )
 
 PYTHON = Path("/usr/bin/python3")
-DMSETUP = Path("/usr/sbin/dmsetup")
 MODULES_ROOT = Path("/lib/modules")
 INIT = b"#!/usr/bin/python3 -I\nfrom kexechibd.initramfs.init import main\n\nmain()\n"
 
@@ -111,9 +110,9 @@ def kernel_modules(release: str, image_location: Path, root: Path = MODULES_ROOT
         builtin = kmod.parse_builtin((directory / "modules.builtin").read_text())
     except OSError:
         builtin = frozenset()
-    wanted = [*kmod.drivers_of(image_location), *kmod.DISK_DRIVERS]
-    if is_sealed(image_location):
-        wanted += kmod.SEAL_DRIVERS
+    # The seal's modules whatever the location is now: it may become a
+    # sealed file after this initramfs is built (image create).
+    wanted = [*kmod.drivers_of(image_location), *kmod.DISK_DRIVERS, *kmod.SEAL_DRIVERS]
     return kmod.resolve(wanted, deps, builtin)
 
 
@@ -169,8 +168,9 @@ def add_seal_tools(out: Sink) -> None:
     (DESIGN §1.6; the device-mapper tools are cryptsetup's dependency):
     when it is installed, whatever the location is now, since the location
     may become a sealed file before the next boot."""
-    if DMSETUP.exists():
-        add_programs(out, {"usr/sbin/dmsetup": DMSETUP})
+    found = devmapper.program()
+    if found is not None:
+        add_programs(out, {"usr/sbin/dmsetup": found})
 
 
 def saver_archive(

@@ -26,8 +26,9 @@ from pathlib import Path
 DISK_DRIVERS = ("virtio_pci", "virtio_blk", "virtio_scsi", "nvme", "ahci", "sd_mod")
 # What a sealed image file's mapping needs (DESIGN §1.6): device-mapper's
 # linear and crypt targets and the seal's cipher, aes-xts-plain64 (B loads
-# modules itself: nothing answers the crypto API's module requests).
-SEAL_DRIVERS = ("dm_mod", "dm_crypt", "xts", "aes_generic", "aesni_intel")
+# modules itself: nothing answers the crypto API's module requests; the
+# generic xts template needs ecb(aes)).
+SEAL_DRIVERS = ("dm_mod", "dm_crypt", "xts", "ecb", "aes_generic", "aesni_intel")
 
 # Compressed modules: the builder stores them decompressed, so that B's
 # init loads each with a plain finit_module() whatever the kernel supports.
