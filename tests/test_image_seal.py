@@ -140,12 +140,12 @@ def test_a_file_of_only_a_key_block_holds_no_image() -> None:
 
 
 def test_a_seal_travels_to_b_whole() -> None:
-    seal = Seal(TARGET, "vda2", SealKey.generate())
+    seal = Seal(TARGET, "vda2", 2 << 30, SealKey.generate())
     assert Seal.from_dict(seal.to_dict()) == seal
 
 
 def test_a_seal_with_a_field_of_the_wrong_type_is_refused() -> None:
-    data = {**Seal(TARGET, "vda2", SealKey.generate()).to_dict(), "start": "32768"}
+    data = {**Seal(TARGET, "vda2", 2 << 30, SealKey.generate()).to_dict(), "start": "32768"}
     with pytest.raises(ImageError, match="bad seal in the parameters"):
         Seal.from_dict(data)
 
@@ -165,3 +165,9 @@ def test_a_cipher_that_would_add_table_fields_is_refused() -> None:
 def test_a_key_of_the_wrong_length_is_refused() -> None:
     with pytest.raises(ImageError, match="32-byte key"):
         SealKey.from_dict({"cipher": SEAL_CIPHER, "key": bytes(32).hex()})
+
+
+def test_a_seal_whose_mapping_does_not_fit_its_device_is_refused() -> None:
+    # TARGET maps 2064384 sectors from sector 32768: about 1 GiB
+    with pytest.raises(ImageError, match="does not belong to this device"):
+        Seal(TARGET, "vda2", 512 << 20, SealKey.generate())

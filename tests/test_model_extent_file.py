@@ -135,7 +135,8 @@ def test_a_seal_travels_to_b_in_its_parameters(small_machine: Machine, ext4: Mou
     image = ext4.where / "image"
     mapped = prepare_image_file(image, 8 * MIB)
     origin = RealFilesystems(small_machine).identity()
-    seal = Seal(CryptTarget(SEAL_CIPHER, (254, 2), 32768, 1 << 21), "vda2", SealKey.generate())
+    target = CryptTarget(SEAL_CIPHER, (254, 2), 32768, 1 << 21)
+    seal = Seal(target, "vda2", 2 << 30, SealKey.generate())
     params = SaveParams("id", "poweroff", str(image), "zstd", 1, MIB, origin, 0.0, ())
     sent = dataclasses.replace(params, image_file=mapped, image_seal=seal)
     received = SaveParams.from_json(sent.to_json())

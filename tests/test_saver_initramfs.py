@@ -75,6 +75,17 @@ def test_a_malformed_modules_dep_line_is_named() -> None:
         kmod.parse_modules_dep("a.ko:\nnonsense\n")
 
 
+# vda1 on a virtio disk: the devices from the bus down, with their drivers.
+VIRTIO_PARTITION: tuple[tuple[str, str | None], ...] = (
+    ("pci0000:00", None),
+    ("0000:00:04.0", "virtio_pci"),
+    ("virtio1", "virtio_blk"),
+    ("block", None),
+    ("vda", None),
+    ("vda1", None),
+)
+
+
 def _fake_sysfs(root: Path, dev: int, *chain: tuple[str, str | None]) -> None:
     """A sysfs under `root` in which block device `dev` sits below the
     devices of `chain` ((directory, module of its driver or None), top first)."""
@@ -99,13 +110,28 @@ def test_the_drivers_of_the_image_disk_come_from_sysfs_disk_first(tmp_path: Path
     _fake_sysfs(
         sysfs,
         os.stat(image.parent).st_dev,
-        ("pci0000:00", None),
-        ("0000:00:04.0", "virtio_pci"),
-        ("virtio1", "virtio_blk"),
-        ("block", None),
-        ("vda", None),
-        ("vda1", None),
+        *VIRTIO_PARTITION,
     )
+    assert kmod.drivers_of(image, sysfs) == ["virtio_blk", "virtio_pci"]
+
+
+def test_the_drivers_under_a_luks_root_come_from_the_devices_it_is_built_on(
+    tmp_path: Path,
+) -> None:
+    image = tmp_path / "var" / "image"
+    image.parent.mkdir()
+    sysfs = tmp_path / "sys"
+    disk = os.makedev(259, 77)  # vda1, under the mapping: a number of its own
+    _fake_sysfs(
+        sysfs,
+        disk,
+        *VIRTIO_PARTITION,
+    )
+    mapping = sysfs / "devices" / "virtual" / "block" / "dm-0"
+    (mapping / "slaves").mkdir(parents=True)
+    (mapping / "slaves" / "vda1").symlink_to(sysfs / "dev" / "block" / "259:77")
+    root = os.stat(image.parent).st_dev
+    (sysfs / "dev" / "block" / f"{os.major(root)}:{os.minor(root)}").symlink_to(mapping)
     assert kmod.drivers_of(image, sysfs) == ["virtio_blk", "virtio_pci"]
 
 

@@ -185,7 +185,16 @@ class Seal:
 
     target: CryptTarget
     below: str  # kernel name of target.device, checked where it is used
+    below_size: int  # its bytes, checked too
     key: SealKey
+
+    def __post_init__(self) -> None:
+        end = (self.target.start + self.target.length) * SECTOR
+        if end > self.below_size:
+            raise ImageError(
+                f"the dm-crypt mapping ends at byte {end} of {self.below}, which has "
+                f"{self.below_size}: its table does not belong to this device"
+            )
 
     def to_dict(self) -> dict[str, object]:
         t = self.target
@@ -195,6 +204,7 @@ class Seal:
             "start": t.start,
             "length": t.length,
             "below": self.below,
+            "below_size": self.below_size,
             "key": self.key.to_dict(),
         }
 
@@ -203,7 +213,7 @@ class Seal:
         """The seal from B's parameters, checked for type."""
         try:
             major, minor = data["device"]
-            ints = (major, minor, data["start"], data["length"])
+            ints = (major, minor, data["start"], data["length"], data["below_size"])
             cipher, below, key = data["cipher"], data["below"], data["key"]
             if not (
                 all(type(v) is int for v in ints)
@@ -215,7 +225,7 @@ class Seal:
         except (KeyError, TypeError, ValueError) as e:
             raise ImageError(f"bad seal in the parameters: {e}") from None
         target = CryptTarget(cipher, (major, minor), data["start"], data["length"])
-        return cls(target, below, SealKey.from_dict(key))
+        return cls(target, below, data["below_size"], SealKey.from_dict(key))
 
 
 def is_sealed(path: Path | str) -> bool:

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 
 from kexechibd.image import devmapper
-from kexechibd.image.blockdev import device_name, stacked_kind
+from kexechibd.image.blockdev import device_name, device_size, stacked_kind
 from kexechibd.image.directio import DirectDevice
 from kexechibd.image.extents import FileExtents, check_backing_device, map_file, map_open_file
 from kexechibd.image.extentstore import ZERO_WRITE, ExtentImageStore, prepared_size
@@ -98,7 +98,7 @@ def seal_through_file(path: Path, mapped: FileExtents) -> Seal:
         block = os.pread(fd, KEY_AREA, 0)
     finally:
         os.close(fd)
-    return Seal(target, below, SealKey.from_block(block, str(path)))
+    return Seal(target, below, device_size(below), SealKey.from_block(block, str(path)))
 
 
 def seal_by_address(node: Path, mapped: FileExtents, path: Path) -> Seal:
@@ -115,7 +115,8 @@ def seal_by_address(node: Path, mapped: FileExtents, path: Path) -> Seal:
             os.close(fd)
         if got != length:
             raise ImageError(f"{node}: short read of {path}'s key block")
-        return Seal(target, below, SealKey.from_block(bytes(buf), str(path)))
+        key = SealKey.from_block(bytes(buf), str(path))
+        return Seal(target, below, device_size(below), key)
     except OSError as e:
         raise ImageError(f"cannot read {path}'s key block on {node}: {e.strerror}") from e
     finally:
@@ -155,12 +156,14 @@ class SealedImageStore(ExtentImageStore):
         # B numbers devices as it finds them: the number A saw must still be
         # the device A named, or the image would go over another disk's blocks.
         here = device_name(os.makedev(*seal.target.device))
-        if here != seal.below:
+        size = device_size(here) if here is not None else 0
+        if (here, size) != (seal.below, seal.below_size):
             major, minor = seal.target.device
             raise ImageError(
-                f"block device {major}:{minor} is {here} here but was {seal.below} under "
-                f"{mapped.device_name} when {self.path} was sealed; refusing to write by "
-                "block address to another device"
+                f"block device {major}:{minor} is {here} of {size} bytes here but was "
+                f"{seal.below} of {seal.below_size} bytes under {mapped.device_name} when "
+                f"{self.path} was sealed; refusing to write by block address to another "
+                "device"
             )
         return seal
 

@@ -97,8 +97,10 @@ def drivers_of(location: Path, sys_root: Path = Path("/sys")) -> list[str]:
     """The kernel modules that drive the block device under ``location`` (a
     block device, or a file or directory on one; the nearest existing parent
     of a path that does not exist yet), from sysfs: each device on the way
-    from the disk up to its bus that has a driver with a module.  Empty when
-    nothing is known (a built-in driver has no module)."""
+    from the disk up to its bus that has a driver with a module, and for a
+    device-mapper device (a LUKS root) those of the devices it is built on
+    (``slaves/``).  Empty when nothing is known (a built-in driver has no
+    module)."""
     path = location
     while not os.path.lexists(path) and path != path.parent:
         path = path.parent
@@ -114,10 +116,18 @@ def drivers_of(location: Path, sys_root: Path = Path("/sys")) -> list[str]:
         return []
     devices = (sys_root / "devices").resolve()
     found: list[str] = []
-    while here.is_relative_to(devices) and here != devices:
+    pending, seen = [here], set()
+    while pending:
+        here = pending.pop(0)
+        if here in seen:
+            continue
+        seen.add(here)
         with contextlib.suppress(OSError):
-            module = (here / "driver" / "module").resolve(strict=True).name
-            if module not in found:
-                found.append(module)
-        here = here.parent
+            pending.extend(sorted(p.resolve(strict=True) for p in (here / "slaves").iterdir()))
+        while here.is_relative_to(devices) and here != devices:
+            with contextlib.suppress(OSError):
+                module = (here / "driver" / "module").resolve(strict=True).name
+                if module not in found:
+                    found.append(module)
+            here = here.parent
     return found
