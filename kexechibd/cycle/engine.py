@@ -175,7 +175,8 @@ class KexecEngine:
         pinned = await asyncio.to_thread(self._check_location, location, window, facts)
         if options.mode is Mode.POWEROFF:
             await asyncio.to_thread(self._check_next_boot, location, facts.identity.release)
-        params = dataclasses.replace(params, image_file=pinned.file, image_seal=pinned.seal)
+        if pinned is not None:
+            params = dataclasses.replace(params, image_file=pinned.file, image_seal=pinned.seal)
         plan = await asyncio.to_thread(self._plan_saver, window, facts)
         cancel.check()
         observer.set_state(State.LOADING)
@@ -210,13 +211,14 @@ class KexecEngine:
         finally:
             await observer.after_return()
 
-    def _check_location(self, location: Path, window: Window, facts: KernelFacts) -> Pinned:
+    def _check_location(self, location: Path, window: Window, facts: KernelFacts) -> Pinned | None:
         """Kernel B must be able to write the image, and a slot must hold
         the worst case (every page incompressible): after the jump, B could
-        only jump back with "cannot" or "no room".  For a prepared image
-        file, returns the map of its blocks that B writes by (and a sealed
-        file's seal): made now, as late as it can be, since A is frozen from
-        the jump on and nothing can move them before B writes."""
+        only jump back with "cannot" or "no room".  Returns what B writes
+        by (None for a plain file, which B reaches by its path): a prepared
+        file's block map, and a sealed file's seal, made now, as late as it
+        can be, since A is frozen from the jump on and nothing can move the
+        blocks before B writes."""
         refusal = self._plaintext_refusal(location)
         if refusal:
             raise NotSupported(refusal)
@@ -233,7 +235,7 @@ class KexecEngine:
         )
         if refusal:
             raise NotSupported(refusal)
-        return pinned if pinned is not None else Pinned(0)
+        return pinned
 
     def _choose_window(self, facts: KernelFacts) -> Window:
         s = self.settings

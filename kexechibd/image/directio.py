@@ -31,7 +31,7 @@ from typing import BinaryIO, cast
 from kexechibd.image import format
 from kexechibd.image.blockdev import check_device_node, device_in_use, logical_block_size
 from kexechibd.image.extents import FileExtents
-from kexechibd.image.fileio import ClosedOnExit, check_private
+from kexechibd.image.fileio import ZERO_SIZE, ClosedOnExit, check_private
 from kexechibd.image.meta import ImageError
 from kexechibd.image.slots import (
     IO_ALIGN,
@@ -45,7 +45,6 @@ from kexechibd.image.slots import (
 
 BOUNCE_SIZE = 1 << 20  # reads up to this size go through one buffer per device
 WRITE_BUFFER = 4 << 20  # the writer's output is gathered into aligned writes this large
-ZERO_SIZE = 4 << 20  # a wipe writes zeros in transfers this large
 # os.preadv or os.pwritev: (fd, buffers, offset) -> bytes moved.
 _Vectored = Callable[[int, list[memoryview], int], int]
 

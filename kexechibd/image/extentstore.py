@@ -9,7 +9,9 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
+from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from kexechibd.image.blockstore import DeviceImageStore
 from kexechibd.image.directio import DirectDevice
@@ -20,11 +22,9 @@ from kexechibd.image.extents import (
     map_file,
     map_open_file,
 )
-from kexechibd.image.fileio import fsync_dir
+from kexechibd.image.fileio import fsync, fsync_dir, write_zeros
 from kexechibd.image.slots import SLOT_ALIGN, SlotLayout, newest, prepared_marker, size_for
 from kexechibd.image.store import Pinned, create_image_file
-
-ZERO_WRITE = 4 << 20
 
 
 def is_prepared(path: Path | str) -> bool:
@@ -55,6 +55,32 @@ def prepared_size(size: int) -> int:
     return max(size_for(0), -(-size // (2 * SLOT_ALIGN)) * 2 * SLOT_ALIGN)
 
 
+@contextlib.contextmanager
+def new_prepared_file(path: Path) -> Iterator[BinaryIO]:
+    """``path`` created for the block to fill (it must not exist; root's,
+    0600): removed again if the block fails, its name made durable if it
+    succeeds."""
+    f = create_image_file(path)
+    try:
+        with f:
+            yield f
+        fsync_dir(path.parent)  # the new name, too, survives a crash
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        raise
+
+
+def map_written(f: BinaryIO, path: Path, *, sealed: bool = False) -> FileExtents:
+    """The map of a file just written out: fsynced first (every block
+    allocated and written), and this kernel's cache of it dropped after
+    (its blocks are read and written by address from now on)."""
+    fsync(f)
+    mapped = map_open_file(f.fileno(), path, sealed=sealed)
+    os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+    return mapped
+
+
 def prepare_plain_file(path: Path, size: int) -> FileExtents:
     """Create ``path`` (it must not exist; root's, 0600) holding ``size``
     bytes (rounded up to whole MiB slots) written out as zeros and fsynced,
@@ -62,29 +88,14 @@ def prepare_plain_file(path: Path, size: int) -> FileExtents:
     filesystem and device are checked before anything is written; on any
     failure the file is removed."""
     size = prepared_size(size)
-    parent = os.stat(path.parent)
-    check_backing_device(parent, path)
+    check_backing_device(os.stat(path.parent), path)
     layout = SlotLayout.for_device(size)
-    f = create_image_file(path)
-    try:
-        with f:
-            zeros = bytes(ZERO_WRITE)
-            pos = 0
-            while pos < size:
-                pos += f.write(zeros[: min(ZERO_WRITE, size - pos)])
-            for k in (0, 1):
-                f.seek(layout.record_offset(k))
-                f.write(prepared_marker(layout, k))
-            f.flush()
-            os.fsync(f.fileno())
-            mapped = map_open_file(f.fileno(), path)
-            os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
-        fsync_dir(path.parent)  # the new name, too, survives a crash
-        return mapped
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(path)
-        raise
+    with new_prepared_file(path) as f:
+        write_zeros(f, size)
+        for k in (0, 1):
+            f.seek(layout.record_offset(k))
+            f.write(prepared_marker(layout, k))
+        return map_written(f, path)
 
 
 class ExtentImageStore(DeviceImageStore):

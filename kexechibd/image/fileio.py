@@ -16,6 +16,9 @@ from typing import BinaryIO, Self
 from kexechibd.image.meta import ImageError
 from kexechibd.image.pathcheck import owner_mode_refusal
 
+ZERO_SIZE = 4 << 20  # zeros are written in pieces this large (a wipe, a prepared file)
+_ZEROS = memoryview(bytes(ZERO_SIZE))
+
 
 class ClosedOnExit(abc.ABC):
     """An object that ``with`` closes at the end of the block."""
@@ -43,6 +46,15 @@ def write_all(out: BinaryIO, data: bytes | bytearray | memoryview) -> None:
         if n is None:
             raise BlockingIOError("image output would block")
         mv = mv[n:]
+
+
+def write_zeros(out: BinaryIO, end: int) -> None:
+    """Write zeros from ``out``'s position up to byte ``end``."""
+    pos = out.tell()
+    while pos < end:
+        n = min(ZERO_SIZE, end - pos)
+        write_all(out, _ZEROS[:n])
+        pos += n
 
 
 def fsync(f: BinaryIO) -> None:

@@ -9,8 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from kexechibd.image.directio import ZERO_SIZE
-from kexechibd.image.fileio import check_private, fsync_dir
+from kexechibd.image.fileio import check_private, fsync, fsync_dir, write_zeros
 from kexechibd.image.meta import ImageError, ImageMeta
 from kexechibd.image.reader import ImageReader
 from kexechibd.image.store import (
@@ -118,10 +117,8 @@ class FileImageStore(ImageStore):
                 continue
             with f:
                 size = os.fstat(f.fileno()).st_size
-                zeros = bytes(min(size, ZERO_SIZE))
-                for pos in range(0, size, len(zeros) or 1):
-                    os.pwrite(f.fileno(), zeros[: size - pos], pos)
-                os.fsync(f.fileno())
+                write_zeros(f, size)
+                fsync(f)
             path.unlink()
             wiped += size
         fsync_dir(self.path.parent)

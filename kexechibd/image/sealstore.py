@@ -16,9 +16,14 @@ from pathlib import Path
 from kexechibd.image import devmapper
 from kexechibd.image.blockdev import device_name, device_size, stacked_kind
 from kexechibd.image.directio import DirectDevice
-from kexechibd.image.extents import FileExtents, check_backing_device, map_file, map_open_file
-from kexechibd.image.extentstore import ZERO_WRITE, ExtentImageStore, prepared_size
-from kexechibd.image.fileio import fsync_dir
+from kexechibd.image.extents import FileExtents, check_backing_device, map_file
+from kexechibd.image.extentstore import (
+    ExtentImageStore,
+    map_written,
+    new_prepared_file,
+    prepared_size,
+)
+from kexechibd.image.fileio import write_all, write_zeros
 from kexechibd.image.meta import ImageError
 from kexechibd.image.seal import (
     BLOCKS_NAME,
@@ -30,7 +35,7 @@ from kexechibd.image.seal import (
     SealMapping,
     parse_crypt_table,
 )
-from kexechibd.image.store import Pinned, create_image_file
+from kexechibd.image.store import Pinned
 
 _OPENS = itertools.count(1)
 
@@ -195,29 +200,14 @@ def prepare_sealed_file(path: Path, size: int) -> FileExtents:
     seal.  The filesystem and the mapping are checked before anything is
     written; on any failure the file is removed."""
     size = prepared_size(size) + KEY_AREA
-    parent = os.stat(path.parent)
-    dev, name = check_backing_device(parent, path, sealed=True)
+    dev, name = check_backing_device(os.stat(path.parent), path, sealed=True)
     crypt_target(dev, name)  # refuses LVM, integrity, a stack, before writing anything
     key = SealKey.generate()
-    f = create_image_file(path)
-    try:
-        with f:
-            f.write(key.to_block())
-            zeros = bytes(ZERO_WRITE)
-            pos = KEY_AREA
-            while pos < size:
-                pos += f.write(zeros[: min(ZERO_WRITE, size - pos)])
-            f.flush()
-            os.fsync(f.fileno())
-            mapped = map_open_file(f.fileno(), path, sealed=True)
-            os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
-        store = SealedImageStore(path, extents=mapped)
-        with store.open_device(write=True) as device:
+    with new_prepared_file(path) as f:
+        write_all(f, key.to_block())
+        write_zeros(f, size)
+        mapped = map_written(f, path, sealed=True)
+        with SealedImageStore(path, extents=mapped).open_device(write=True) as device:
             for k in (0, 1):
                 device.unpublish(k)  # a prepared file's marker
-        fsync_dir(path.parent)
         return mapped
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(path)
-        raise
