@@ -17,7 +17,6 @@ from kexechibd.image.meta import ImageError
 from kexechibd.image.pathcheck import owner_mode_refusal
 
 ZERO_SIZE = 4 << 20  # zeros are written in pieces this large (a wipe, a prepared file)
-_ZEROS = memoryview(bytes(ZERO_SIZE))
 
 
 class ClosedOnExit(abc.ABC):
@@ -49,11 +48,14 @@ def write_all(out: BinaryIO, data: bytes | bytearray | memoryview) -> None:
 
 
 def write_zeros(out: BinaryIO, end: int) -> None:
-    """Write zeros from ``out``'s position up to byte ``end``."""
+    """Write zeros from ``out``'s position up to byte ``end``.  The zeros
+    are made per call, not at import: kernel B imports this module with
+    little memory to spare (its window is 128 MiB by default)."""
     pos = out.tell()
+    zeros = memoryview(bytes(min(ZERO_SIZE, max(end - pos, 0))))
     while pos < end:
-        n = min(ZERO_SIZE, end - pos)
-        write_all(out, _ZEROS[:n])
+        n = min(len(zeros), end - pos)
+        write_all(out, zeros[:n])
         pos += n
 
 
