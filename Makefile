@@ -54,8 +54,11 @@ APT_PACKAGES += ccache
 # host's cryptsetup and dmsetup over 9p (cryptsetup-bin only: the cryptsetup
 # package would add the host's own crypttab handling and initramfs hooks).
 APT_PACKAGES += cryptsetup-bin dmsetup
+# The Debian guest with its root on LUKS2 (docs/lab.md §13) has a partitioned
+# disk: sfdisk writes its GPT.
+APT_PACKAGES += fdisk
 
-.PHONY: all setup check test lint typecheck demo demo-lab demo-model bench purgatory purgatory-object \
+.PHONY: all setup check test lint typecheck demo demo-luks demo-lab demo-model bench purgatory purgatory-object \
 	install deb clean lab-kernel
 
 all: check
@@ -121,6 +124,9 @@ typecheck: setup
 # on the machine model, without QEMU or a kernel build.
 demo: setup lab-kernel
 	$(BIN)/python -m kexechibd.demo --debian
+
+demo-luks: setup lab-kernel
+	$(BIN)/python -m kexechibd.demo --debian --luks
 
 demo-lab: setup lab-kernel
 	$(BIN)/python -m kexechibd.demo

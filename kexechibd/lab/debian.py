@@ -45,6 +45,7 @@ from pathlib import Path
 
 from kexechibd.lab.cache import build_once
 from kexechibd.lab.cycle import relay_lines
+from kexechibd.lab.disksearch import found_needles, parse_needles
 from kexechibd.lab.kernel import cache_root
 from kexechibd.lab.qemu import Guest, GuestResult, GuestSpec, LogLine, new_workdir
 
@@ -86,8 +87,11 @@ def package_depends(control: Path = CONTROL) -> tuple[str, ...]:
 # systemd as init with logind, dbus and udev; e2fsprogs for fsck of the
 # root; python3; the package's dependencies (initramfs-tools among them: A
 # and C boot through Debian's initramfs, and C resumes from it, DESIGN §6.4);
-# zstd, which initramfs-tools compresses with. kexec-tools is not needed:
-# kexechibd loads kernels itself.
+# zstd, which initramfs-tools compresses with; cryptsetup-initramfs, which
+# unlocks a LUKS root in the initramfs as Debian's installer sets it up
+# (the guest of debian_luks.py; with no crypttab it adds nothing), and
+# dmsetup, which kexechibd recommends for sealed image files on such a root.
+# kexec-tools is not needed: kexechibd loads kernels itself.
 BASE_PACKAGES = (
     "systemd",
     "systemd-sysv",
@@ -101,6 +105,8 @@ PACKAGES = (
     *BASE_PACKAGES,
     *(name for name in package_depends() if name not in BASE_PACKAGES),
     "zstd",
+    "cryptsetup-initramfs",
+    "dmsetup",
 )
 MACHINE_ID = "6b657865636869626c61620000000002"  # fixed: no first-boot handling
 HOSTNAME = "kexechib-deb"
@@ -131,7 +137,8 @@ class DebianError(RuntimeError):
     """The Debian root filesystem could not be built or made into a disk."""
 
 
-def _run(argv: list[str]) -> subprocess.CompletedProcess[str]:
+def run_tool(argv: list[str]) -> subprocess.CompletedProcess[str]:
+    """``argv`` run to its end; DebianError with its stderr if it failed."""
     result = subprocess.run(argv, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise DebianError(
@@ -143,7 +150,7 @@ def _run(argv: list[str]) -> subprocess.CompletedProcess[str]:
 def mmdebstrap_version() -> str:
     if shutil.which("mmdebstrap") is None:
         raise DebianError("mmdebstrap is not installed (apt-get install mmdebstrap)")
-    return _run(["mmdebstrap", "--version"]).stdout.strip()
+    return run_tool(["mmdebstrap", "--version"]).stdout.strip()
 
 
 def rootfs_key() -> str:
@@ -182,8 +189,8 @@ def debian_rootfs() -> Path:
                 str(work / "root"),
                 *MIRRORS,
             ]
-            _run(argv)
-            versions = _run(
+            run_tool(argv)
+            versions = run_tool(
                 [
                     "dpkg-query",
                     f"--admindir={work / 'root/var/lib/dpkg'}",
@@ -224,7 +231,7 @@ WINDOW = "192M@512M"
 SAVER_CPUS = "nr_cpus=1"
 # A's command line: root on the virtio disk, read-only until
 # systemd-remount-fs (after kexechib-resume.service), as Debian boots.
-APPEND = f"root={ROOT_DEVICE} ro rootfstype=ext4 kexechib.enable_kexec=1"
+APPEND = "ro rootfstype=ext4 kexechib.enable_kexec=1"
 
 
 def kernel_release(kernel: Path) -> str:
@@ -240,7 +247,7 @@ def product_package() -> Path:
     """The checkout's Debian package (`make deb`), built once per process
     into the lab's cache: what the guest installs with `dpkg -i`."""
     out = new_workdir("deb")
-    _run(["make", "-s", "-C", str(REPO), "deb", f"DEB_DIR={out}"])
+    run_tool(["make", "-s", "-C", str(REPO), "deb", f"DEB_DIR={out}"])
     (deb,) = out.glob("kexechibd_*.deb")
     return deb
 
@@ -268,8 +275,24 @@ def install_kernel(root: Path, kernel: Path) -> str:
     shutil.copyfile(kernel, root / f"boot/vmlinuz-{release}")
     shutil.copyfile(kernel.parent / "config", root / f"boot/config-{release}")
     (root / f"lib/modules/{release}").mkdir(parents=True, exist_ok=True)
-    _run(["depmod", "-b", str(root), release])
+    run_tool(["depmod", "-b", str(root), release])
     return release
+
+
+def in_chroot(root: Path, *commands: str, before: str = "", after: str = "") -> None:
+    """``commands`` run one after the other in a chroot of ``root``, with the
+    host's /proc, /sys and /dev bound and a tmpfs on /run, in a private mount
+    namespace (no mount outlives it); ``before`` and ``after``: shell lines
+    run outside the chroot first (mounting ``root``, say) and last."""
+    chrooted = "".join(f'chroot "$r" {command}\n' for command in commands)
+    script = f"""set -e
+r={root}
+{before}
+for d in proc sys dev; do mount --rbind /$d "$r/$d"; done
+mount -t tmpfs tmpfs "$r/run"
+{chrooted}{after}
+"""
+    run_tool(["unshare", "--mount", "--propagation", "private", "sh", "-c", script])
 
 
 def install_product(root: Path) -> None:
@@ -279,14 +302,10 @@ def install_product(root: Path) -> None:
     installed kernel, with the guest's own python3 and packages."""
     deb = product_package()
     shutil.copyfile(deb, root / "tmp" / deb.name)
-    script = f"""set -e
-r={root}
-for d in proc sys dev; do mount --rbind /$d "$r/$d"; done
-mount -t tmpfs tmpfs "$r/run"
-chroot "$r" dpkg --force-confold -i /tmp/{deb.name}
-rm -f "$r/tmp/{deb.name}"
-"""
-    _run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script])
+    try:
+        in_chroot(root, f"dpkg --force-confold -i /tmp/{deb.name}")
+    finally:
+        (root / "tmp" / deb.name).unlink()
 
 
 def guest_files(root: Path, kernel: Path, *, config: str | None = None) -> None:
@@ -330,7 +349,7 @@ def _overlay(lower: Path, workdir: Path) -> Iterator[Path]:
     for path in (upper, work, merged):
         path.mkdir(parents=True, exist_ok=True)
     options = f"lowerdir={lower},upperdir={upper},workdir={work}"
-    _run(["mount", "-t", "overlay", "overlay", "-o", options, str(merged)])
+    run_tool(["mount", "-t", "overlay", "overlay", "-o", options, str(merged)])
     try:
         yield merged
     finally:
@@ -347,11 +366,11 @@ def prepare_image(disk: Path, size: str = IMAGE_SIZE) -> None:
     maps it again right before it loads B."""
     mount = disk.parent / "image-mount"
     mount.mkdir(exist_ok=True)
-    _run(["mount", "-o", "loop", str(disk), str(mount)])
+    run_tool(["mount", "-o", "loop", str(disk), str(mount)])
     try:
         target = mount / IMAGE_FILE.lstrip("/")
         target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        _run(
+        run_tool(
             [
                 sys.executable,
                 "-c",
@@ -368,6 +387,17 @@ def prepare_image(disk: Path, size: str = IMAGE_SIZE) -> None:
         mount.rmdir()
 
 
+@contextlib.contextmanager
+def product_tree(workdir: Path, kernel: Path, *, config: str | None = None) -> Iterator[Path]:
+    """The cached tree with the lab kernel, the lab's files and the product
+    installed, writable (an overlay in ``workdir``) while the block runs."""
+    with _overlay(debian_rootfs(), workdir) as tree:
+        install_kernel(tree, kernel)
+        guest_files(tree, kernel, config=config)
+        install_product(tree)
+        yield tree
+
+
 def debian_disk(
     workdir: Path,
     kernel: Path,
@@ -380,11 +410,8 @@ def debian_disk(
     product and the lab's files: the Debian guest's /dev/vda; with `image`,
     the prepared image file in it too (`prepare_image`)."""
     disk = workdir / "root.img"
-    with _overlay(debian_rootfs(), workdir) as tree:
-        install_kernel(tree, kernel)
-        guest_files(tree, kernel, config=config)
-        install_product(tree)
-        _run(["mkfs.ext4", "-q", "-F", "-L", "root", "-d", str(tree), str(disk), size])
+    with product_tree(workdir, kernel, config=config) as tree:
+        run_tool(["mkfs.ext4", "-q", "-F", "-L", "root", "-d", str(tree), str(disk), size])
     if image:
         prepare_image(disk)
     debian_initramfs(disk, kernel)
@@ -411,17 +438,13 @@ def debian_initramfs(disk: Path, kernel: Path) -> Path:
     out = initramfs_path(disk)
     mount = disk.parent / "initramfs-mount"
     mount.mkdir(exist_ok=True)
-    script = f"""set -e
-m={mount}
-mount -o loop {disk} "$m"
-for d in proc sys dev; do mount --rbind /$d "$m/$d"; done
-mount -t tmpfs tmpfs "$m/run"
-mount -t tmpfs tmpfs "$m/tmp"
-chroot "$m" update-initramfs -c -k {release}
-cp "$m/boot/initrd.img-{release}" {out}
-"""
     try:
-        _run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script])
+        in_chroot(
+            mount,
+            f"update-initramfs -c -k {release}",
+            before=f'mount -o loop {disk} "$r"\nmount -t tmpfs tmpfs "$r/tmp"',
+            after=f'cp "$r/boot/initrd.img-{release}" {out}',
+        )
     finally:
         mount.rmdir()
     return out
@@ -438,18 +461,20 @@ def debian_guest(
     timeout: float = 300,
     name: str = "debian",
     firmware_vars: Path | None = None,
+    root: str = ROOT_DEVICE,
 ) -> GuestSpec:
     """The Debian guest: OVMF, q35, `cpus` CPUs, `memory_mib` of RAM, the
     lab kernel booting `disk` as its ext4 root. The probe unit runs
     `command` as root once multi-user.target is reached, then powers off
-    (`kexechib.lab.poweroff=no` in `append`: it does not)."""
+    (`kexechib.lab.poweroff=no` in `append`: it does not); `root`: the
+    root filesystem's device, for the kernel's and the initramfs's `root=`."""
     initrd = initramfs_path(disk)
     return GuestSpec(
         command=command,
         kernel=kernel,
         initrd=initrd if initrd.exists() else None,
         memory_mib=memory_mib,
-        append=f"{APPEND} {append}".strip(),
+        append=f"root={root} {APPEND} {append}".strip(),
         disks=(disk,),
         timeout=timeout,
         firmware="uefi",
@@ -465,6 +490,27 @@ def debian_guest(
 # ---------------------------------------------------------------- the cycle
 
 
+class DebianMachine:
+    """The plain Debian guest as the hibernate cycle boots it: ext4 on the
+    whole disk, its initramfs made on the host with the prepared image file
+    already recorded (debian_luks.py's machine is the encrypted one)."""
+
+    name = "plain"
+    root = ROOT_DEVICE
+    memory_mib = 1024
+    append = ""
+
+    def disk(self, workdir: Path, kernel: Path) -> Path:
+        return debian_disk(workdir, kernel)
+
+    def after_hibernate(self, disk: Path, kernel: Path) -> None:
+        """What the host does between the two boots: here nothing (A changed
+        no initramfs: the image file was prepared before its boot)."""
+
+    def fsck(self, disk: Path) -> tuple[int, str]:
+        return fsck(disk)
+
+
 @dataclass(frozen=True)
 class DebianCycle:
     hibernate: GuestResult  # QEMU 1: A hibernates, B saves and powers off
@@ -472,6 +518,11 @@ class DebianCycle:
     fsck_status: int | None  # `e2fsck -fn` of the root after QEMU 2, on the host
     fsck_output: str
     disk: Path
+    # Pieces of the workload's secret (its a-secret marker) and which of them
+    # the host found in the raw disk file after QEMU 1 and after QEMU 2.
+    secret: tuple[bytes, ...] = ()
+    secret_after_save: frozenset[int] = frozenset()
+    secret_after_resume: frozenset[int] | None = None
 
     def times(self) -> list[tuple[str, float]]:
         """(phase, host seconds) from the consoles' timestamps."""
@@ -508,8 +559,9 @@ def _seen(result: GuestResult, text: str, start: float | None = None) -> float |
     )
 
 
-def fsck(disk: Path) -> tuple[int, str]:
-    """`e2fsck -fn` of a disk file on the host (read-only: changes nothing)."""
+def fsck(disk: Path | str) -> tuple[int, str]:
+    """`e2fsck -fn` of a disk file on the host (read-only: changes nothing);
+    a str may carry e2fsprogs' `?offset=` of a partition in it."""
     result = subprocess.run(
         ["e2fsck", "-fn", str(disk)], capture_output=True, text=True, check=False
     )
@@ -528,7 +580,7 @@ def journal(disk: Path, *args: str) -> str:
     copy that debugfs takes out of the powered-off disk; `args` go to
     journalctl, e.g. "-u", "kexechibd.service")."""
     with tempfile.TemporaryDirectory(dir=disk.parent) as tmp:
-        _run(["debugfs", "-R", f"rdump /var/log/journal {tmp}", str(disk)])
+        run_tool(["debugfs", "-R", f"rdump /var/log/journal {tmp}", str(disk)])
         result = subprocess.run(
             ["journalctl", "--no-pager", "-o", "short-monotonic", "-D", f"{tmp}/journal", *args],
             capture_output=True,
@@ -538,25 +590,45 @@ def journal(disk: Path, *args: str) -> str:
         return result.stdout
 
 
+def secret_of(result: GuestResult) -> tuple[bytes, ...]:
+    """The pieces of the workload's secret that A named (its a-secret marker)."""
+    marker = result.marker("a-secret")
+    return parse_needles(marker.fields.get("needles", "")) if marker else ()
+
+
+def secret_on(disk: Path, secret: tuple[bytes, ...]) -> frozenset[int]:
+    return frozenset(found_needles(disk, secret)) if secret else frozenset()
+
+
 async def debian_cycle(
     kernel: Path,
     workdir: Path,
     *,
     on_line: Callable[[str, LogLine], None] | None = None,
+    machine: DebianMachine | None = None,
 ) -> DebianCycle:
     """The hibernate cycle on the Debian guest: QEMU 1 boots the disk and runs
     guest/debian/debian-cycle.sh (A hibernates through kexechibd's D-Bus API;
     B saves into the image file and powers off), QEMU 2 boots the same disk
     with the same firmware variables (kexechib-resume.service resumes A,
-    whose script then ends and powers off), then e2fsck on the host."""
-
-    disk = await asyncio.to_thread(debian_disk, workdir, kernel)
+    whose script then ends and powers off), then e2fsck on the host.  After
+    each, the host searches the raw disk file for the workload's secret."""
+    machine = machine or DebianMachine()
+    disk = await asyncio.to_thread(machine.disk, workdir, kernel)
     nvram = workdir / "OVMF_VARS.fd"
 
     async def boot(n: int, command: str, timeout: float, name: str) -> GuestResult:
         """QEMU ``n`` on the disk and the firmware variables both boots share."""
         spec = debian_guest(
-            disk, command, kernel=kernel, timeout=timeout, name=name, firmware_vars=nvram
+            disk,
+            command,
+            kernel=kernel,
+            timeout=timeout,
+            name=name,
+            firmware_vars=nvram,
+            root=machine.root,
+            memory_mib=machine.memory_mib,
+            append=machine.append,
         )
         async with Guest(
             spec, workdir / f"qemu-{n}", on_line=relay_lines(on_line, str(n))
@@ -564,9 +636,13 @@ async def debian_cycle(
             return await guest.wait()
 
     first = await boot(1, f"sh /{GUEST_LIB}/debian-cycle.sh", 900, "deb-a")
+    secret = secret_of(first)
+    after_save = await asyncio.to_thread(secret_on, disk, secret)
     if first.timed_out or first.exit_status is not None:
         # A's script ended in QEMU 1: A never hibernated, nothing to resume.
-        return DebianCycle(first, None, None, "", disk)
+        return DebianCycle(first, None, None, "", disk, secret, after_save)
+    await asyncio.to_thread(machine.after_hibernate, disk, kernel)
     second = await boot(2, f". /{GUEST_LIB}/lab.sh; say c-boots-on", 600, "deb-c")
-    status, output = await asyncio.to_thread(fsck, disk)
-    return DebianCycle(first, second, status, output, disk)
+    after_resume = await asyncio.to_thread(secret_on, disk, secret)
+    status, output = await asyncio.to_thread(machine.fsck, disk)
+    return DebianCycle(first, second, status, output, disk, secret, after_save, after_resume)

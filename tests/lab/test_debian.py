@@ -171,3 +171,17 @@ def test_the_image_is_wiped(cycle: DebianCycle) -> None:
     (values,) = image["data"]  # type: ignore[index]
     assert values["absent"]["data"] is True, image  # the prepared file holds no image
     assert "image wiped: " in journal(cycle.disk, "-u", "kexechibd.service")
+
+
+# The control of tests/lab/test_debian_luks.py's search: on this unencrypted
+# root the image file holds the workload's secret in the clear until A wipes
+# it, and the host's search of the raw disk file finds it.
+
+
+def test_the_hosts_search_finds_the_secret_in_the_image_in_the_clear(cycle: DebianCycle) -> None:
+    assert len(cycle.secret) == 16
+    assert cycle.secret_after_save, "no piece of the workload's secret in the clear image"
+
+
+def test_no_piece_of_the_secret_is_left_on_the_disk_after_the_wipe(cycle: DebianCycle) -> None:
+    assert cycle.secret_after_resume == frozenset()

@@ -8,6 +8,13 @@ SIGUSR1 it writes `<dir>/workload.check`: `pid=… counter=… memory=intact`
 same memory, goes on counting after a hibernate cycle. `<dir>` is /tmp
 unless `--dir` names another (created); its `pid` file names the process.
 
+The random buffer is also the workload's secret: `<dir>/needles` holds, in
+hex and comma-separated, NEEDLES pieces of it, each inside one page of the
+buffer, so the host can search a powered-off guest's raw disk for them
+(the Debian guest's encrypted cycle, kexechibd/lab/debian_luks.py): random
+bytes stay whole in a compressed image, so any image of this memory written
+in the clear holds some of them.
+
 With `--append FILE` it also keeps FILE open and appends the counter to it
 as a line every 0.1 s (flushed, not synced): a file on the root filesystem
 being written across the cycle. It then also writes a 1 MiB random file
@@ -30,6 +37,9 @@ os.makedirs(args.dir, exist_ok=True)
 SIZE = 8 << 20
 data = bytearray(os.urandom(SIZE))
 digest = hashlib.sha256(data).digest()
+NEEDLES, NEEDLE = 16, 32  # pieces a 512 KiB apart, 32 bytes each, in one page
+starts = (k * (SIZE // NEEDLES) + 2048 for k in range(NEEDLES))
+needles = ",".join(data[at : at + NEEDLE].hex() for at in starts)
 counter = 0
 appended = 0
 log = open(args.append, "a", buffering=1) if args.append else None  # noqa: SIM115
@@ -62,6 +72,7 @@ def check(signum: int, frame: object) -> None:
 
 
 signal.signal(signal.SIGUSR1, check)
+write("needles", needles + "\n")
 write("pid", f"{os.getpid()}\n")
 while True:
     counter += 1

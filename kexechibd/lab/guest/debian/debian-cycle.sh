@@ -60,6 +60,11 @@ sleep 2
 LOGIND="org.freedesktop.login1 /org/freedesktop/login1 org.freedesktop.login1.Manager"
 say "a-can logind=$(busctl call $LOGIND CanHibernate | cut -d'"' -f2) kexechib=$(kexechibctl can-hibernate)"
 say "a-ready $(state)"
+say "a-secret needles=$(cat $WORK/needles)"
+# What `kexechibctl status` says protects the image (docs/install.md).
+sealed=no
+kexechibctl status | grep -q "^Image at rest: *encrypted: $IMAGE is sealed" && sealed=yes
+say "a-protection sealed=$sealed"
 say "a-hibernate counter=$(cat $WORK/counter)"
 # logind answers once hibernate.target's job is queued; A is back when the job
 # has ended and logind says PrepareForSleep(false).
@@ -75,4 +80,8 @@ say "a-back status=$status counter=$(cat $WORK/counter) signals=$(signals)" \
 sleep 1
 say "a-state $(state)"
 say "a-image $(inspect_image "$IMAGE")"
+# The journal as A sees it (the host cannot read it on an encrypted root).
+daemon_log=$(journalctl -b -o cat -u kexechibd.service)
+say "a-journal resumed=$(echo "$daemon_log" | grep -c 'back in A: resumed from the image')" \
+	"wiped=$(echo "$daemon_log" | grep -c 'image wiped: ')"
 exit $status
