@@ -438,6 +438,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="run the cycle on a real Debian 12 guest (systemd, ext4, OVMF, 2 CPUs) in QEMU",
     )
     parser.add_argument(
+        "--luks",
+        action="store_true",
+        help="with --debian: the guest's root on LUKS2, the image file sealed on it",
+    )
+    parser.add_argument(
         "--ram",
         type=int,
         default=1024,
@@ -457,7 +462,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.debian:
         from kexechibd.lab.debian_demo import main as debian_main
 
-        return debian_main(keep=args.keep)
+        return debian_main(keep=args.keep, luks=args.luks)
     if args.model:
         # Refuse a machine too small for B before anything is created.
         try:

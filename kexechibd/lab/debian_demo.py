@@ -1,5 +1,6 @@
 """`python -m kexechibd.demo --debian`: the hibernate cycle on a real Debian
-guest (kexechibd/lab/debian.py, docs/lab.md §11).
+guest (kexechibd/lab/debian.py, docs/lab.md §11); with `--luks`, on the
+Debian guest whose root is on LUKS2 (kexechibd/lab/debian_luks.py, §13).
 
 QEMU 1 boots Debian 12 with systemd from an ext4 disk through OVMF (2 CPUs,
 1 GiB); a lingering user's service counts in its memory, keeps a tmpfs file
@@ -18,7 +19,8 @@ import sys
 import time
 
 from kexechibd.lab.cycle import print_outcome
-from kexechibd.lab.debian import DebianCycle, debian_cycle, journal, read_file
+from kexechibd.lab.debian import DebianCycle, DebianMachine, debian_cycle, journal, read_file
+from kexechibd.lab.debian_luks import LuksMachine
 from kexechibd.lab.qemu import GuestResult, LogLine
 
 # Console lines worth showing live (the rest is in the work directory).
@@ -46,16 +48,49 @@ def _fields(result: GuestResult | None, kind: str) -> dict[str, str]:
     return marker.fields if marker else {}
 
 
-def checks(run: DebianCycle) -> list[tuple[bool, str]]:
-    """(passed, what) for each thing the cycle must show."""
+def checks(run: DebianCycle, *, encrypted: bool = False) -> list[tuple[bool, str]]:
+    """(passed, what) for each thing the cycle must show; ``encrypted``: the
+    root is on LUKS, so the host reads nothing of it (the guest reports its
+    journal) and must find no piece of the workload's secret on the disk."""
     before, after = _fields(run.hibernate, "a-ready"), _fields(run.resume, "a-state")
     back = _fields(run.resume, "a-back")
-    try:
-        counts = [int(n) for n in read_file(run.disk, "/home/lab/workload.log").split()]
-    except (OSError, ValueError, subprocess.CalledProcessError):  # a demo reports, it goes on
-        counts = []
-    text = journal(run.disk, "-u", "kexechibd.service") if run.resume else ""
     image = run.resume.records("a-image") if run.resume else []
+    wiped = _fields(run.resume, "a-journal").get("wiped") == "1"
+    if encrypted:
+        grew = int(after.get("log_lines", 0)) > int(before.get("log_lines", 0) or 1 << 30)
+        appended = (grew, "its file on the encrypted root went on (more lines after the cycle)")
+        told = _fields(run.resume, "a-journal").get("resumed") == "1"
+        secret = [
+            (
+                _fields(run.hibernate, "a-protection").get("sealed") == "yes",
+                "the image file on the LUKS root is sealed (kexechibctl status)",
+            ),
+            (
+                bool(run.secret)
+                and not run.secret_after_save
+                and run.secret_after_resume == frozenset(),
+                f"the host finds none of the workload's {len(run.secret)} secret pieces on "
+                "the raw disk, after the save or after the resume",
+            ),
+        ]
+    else:
+        try:
+            counts = [int(n) for n in read_file(run.disk, "/home/lab/workload.log").split()]
+        except (OSError, ValueError, subprocess.CalledProcessError):  # a demo reports, it goes on
+            counts = []
+        appended = (
+            bool(counts) and counts == list(range(counts[0], counts[0] + len(counts))),
+            f"its file on the ext4 root went on: {len(counts)} consecutive lines",
+        )
+        text = journal(run.disk, "-u", "kexechibd.service") if run.resume else ""
+        told = "back in A: resumed from the image" in text
+        secret = [
+            (
+                bool(run.secret_after_save) and run.secret_after_resume == frozenset(),
+                f"the host finds {len(run.secret_after_save)} of the workload's "
+                f"{len(run.secret)} secret pieces in the clear image, none after the wipe",
+            )
+        ]
     return [
         (any("image committed" in ln.text for ln in run.hibernate.lines), "B committed the image"),
         (run.hibernate.shutdown_reason == "guest-shutdown", "B powered off (ACPI, under UEFI)"),
@@ -80,17 +115,18 @@ def checks(run: DebianCycle) -> list[tuple[bool, str]]:
             after.get("memory") == "intact" and after.get("canary") == "intact",
             "its memory and its tmpfs file are intact",
         ),
-        (
-            bool(counts) and counts == list(range(counts[0], counts[0] + len(counts))),
-            f"its file on the ext4 root went on: {len(counts)} consecutive lines",
-        ),
+        appended,
         (after.get("cpus") == "0-1", "both CPUs are back"),
         (
-            bool(image) and _absent(image[-1]) and "image wiped" in text,
+            bool(image) and _absent(image[-1]) and wiped,
             "the image is wiped: overwritten with zeros, none left to resume",
         ),
-        ("back in A: resumed from the image" in text, "the journal shows the cycle"),
-        (run.fsck_status == 0, "e2fsck -fn of the root after the clean shutdown: clean"),
+        *secret,
+        (told, "the journal shows the cycle"),
+        (
+            run.fsck_status == 0,
+            f"e2fsck -fn of {'/boot' if encrypted else 'the root'} after the clean shutdown: clean",
+        ),
     ]
 
 
@@ -102,22 +138,24 @@ def _absent(reply: object) -> bool:
     return isinstance(fields, dict) and "absent" in fields
 
 
-def main(keep: bool = False) -> int:
+def main(keep: bool = False, luks: bool = False) -> int:
     from kexechibd.lab import lab_kernel, new_workdir, qemu_available
 
     reason = qemu_available()
     if reason:
         print(f"demo: {reason}", file=sys.stderr)
         return 1
-    print("==> the lab kernel, the cached Debian root, a fresh disk", flush=True)
+    machine = LuksMachine() if luks else DebianMachine()
+    print(f"==> the lab kernel, the cached Debian root, a fresh {machine.name} disk", flush=True)
     kernel = lab_kernel()
-    workdir = new_workdir("demo-debian")
+    workdir = new_workdir(f"demo-debian-{machine.name}")
     started = time.monotonic()
-    run = asyncio.run(debian_cycle(kernel, workdir, on_line=_show))
+    run = asyncio.run(debian_cycle(kernel, workdir, on_line=_show, machine=machine))
     print("\n==> what happened")
-    ok = print_outcome(checks(run), run.times(), "the whole demo", time.monotonic() - started)
+    outcome = checks(run, encrypted=luks)
+    ok = print_outcome(outcome, run.times(), "the whole demo", time.monotonic() - started)
     if ok and not keep:
         shutil.rmtree(workdir, ignore_errors=True)
     else:
-        print(f"\n(kept {workdir}: qemu-1/serial.log, qemu-2/serial.log, root.img)")
+        print(f"\n(kept {workdir}: qemu-1/serial.log, qemu-2/serial.log, the disk)")
     return 0 if ok else 1
