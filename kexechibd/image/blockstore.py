@@ -22,11 +22,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import stat
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from kexechibd.image import format
+from kexechibd.image.blockdev import device_name, stacked_kind
 from kexechibd.image.directio import DirectDevice, SlotFile, header_digest
 from kexechibd.image.meta import ImageError, ImageMeta
 from kexechibd.image.reader import ImageReader
@@ -70,7 +73,24 @@ class DeviceImageStore(ImageStore):
             return dev.layout.capacity
 
     def pin_for_saver(self) -> Pinned | None:
-        """One slot's capacity; no block map (B opens a partition by name)."""
+        """One slot's capacity; no block map (B opens a partition by name).
+        A device-mapper or md device is refused: B builds none of A's
+        mappings or arrays (it has no key of a dm-crypt mapping), so it
+        could not open it."""
+        try:
+            st = os.stat(self.path)
+        except OSError as e:
+            raise ImageError(f"cannot look at {self.path}: {e.strerror}") from None
+        if stat.S_ISBLK(st.st_mode):
+            name = device_name(st.st_rdev) or self.path.name
+            kind = stacked_kind(st.st_rdev, name)
+            if kind:
+                raise ImageError(
+                    f"{self.path} is a {kind} device ({name}): kernel B sets up none of "
+                    "A's mappings or arrays, so it could not write the image there; use a "
+                    "partition, or on an encrypted root an image file (kexechibctl image "
+                    "create; it is sealed)"
+                )
         return Pinned(self.capacity)
 
     def exists(self) -> bool:
