@@ -58,7 +58,7 @@ APT_PACKAGES += cryptsetup-bin dmsetup
 # disk: sfdisk writes its GPT.
 APT_PACKAGES += fdisk
 
-.PHONY: all setup check test lint typecheck demo demo-luks demo-lab demo-model bench purgatory purgatory-object \
+.PHONY: all setup check test lint typecheck demo demo-luks demo-lab demo-model bench bench-lab purgatory purgatory-object \
 	install deb clean lab-kernel
 
 all: check
@@ -136,6 +136,11 @@ demo-model: setup
 
 bench: setup
 	$(BIN)/python -m bench
+
+# kexechibd against the kernel's own hibernation on the Debian guest (issue 15;
+# about 20 minutes: three interleaved cycles of each side under QEMU TCG).
+bench-lab: setup lab-kernel
+	$(BIN)/python -m bench.swsusp
 
 # ---------------------------------------------------------------- install
 # Where Debian expects each file.  The Python package goes where Debian's

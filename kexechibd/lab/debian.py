@@ -388,13 +388,17 @@ def prepare_image(disk: Path, size: str = IMAGE_SIZE) -> None:
 
 
 @contextlib.contextmanager
-def product_tree(workdir: Path, kernel: Path, *, config: str | None = None) -> Iterator[Path]:
+def product_tree(
+    workdir: Path, kernel: Path, *, config: str | None = None, product: bool = True
+) -> Iterator[Path]:
     """The cached tree with the lab kernel, the lab's files and the product
-    installed, writable (an overlay in ``workdir``) while the block runs."""
+    installed (without ``product``: not), writable (an overlay in
+    ``workdir``) while the block runs."""
     with _overlay(debian_rootfs(), workdir) as tree:
         install_kernel(tree, kernel)
         guest_files(tree, kernel, config=config)
-        install_product(tree)
+        if product:
+            install_product(tree)
         yield tree
 
 
@@ -405,14 +409,16 @@ def debian_disk(
     size: str = "4G",
     config: str | None = None,
     image: bool = True,
+    product: bool = True,
 ) -> Path:
     """A fresh raw ext4 disk (`workdir/root.img`) with the cached tree, the
     product and the lab's files: the Debian guest's /dev/vda; with `image`,
-    the prepared image file in it too (`prepare_image`)."""
+    the prepared image file in it too (`prepare_image`); without `product`,
+    a Debian system without kexechibd (and with no image file)."""
     disk = workdir / "root.img"
-    with product_tree(workdir, kernel, config=config) as tree:
+    with product_tree(workdir, kernel, config=config, product=product) as tree:
         run_tool(["mkfs.ext4", "-q", "-F", "-L", "root", "-d", str(tree), str(disk), size])
-    if image:
+    if image and product:
         prepare_image(disk)
     debian_initramfs(disk, kernel)
     return disk
@@ -462,12 +468,14 @@ def debian_guest(
     name: str = "debian",
     firmware_vars: Path | None = None,
     root: str = ROOT_DEVICE,
+    more_disks: tuple[Path, ...] = (),
 ) -> GuestSpec:
     """The Debian guest: OVMF, q35, `cpus` CPUs, `memory_mib` of RAM, the
     lab kernel booting `disk` as its ext4 root. The probe unit runs
     `command` as root once multi-user.target is reached, then powers off
     (`kexechib.lab.poweroff=no` in `append`: it does not); `root`: the
-    root filesystem's device, for the kernel's and the initramfs's `root=`."""
+    root filesystem's device, for the kernel's and the initramfs's `root=`;
+    `more_disks`: /dev/vdb and on."""
     initrd = initramfs_path(disk)
     return GuestSpec(
         command=command,
@@ -475,7 +483,7 @@ def debian_guest(
         initrd=initrd if initrd.exists() else None,
         memory_mib=memory_mib,
         append=f"root={root} {APPEND} {append}".strip(),
-        disks=(disk,),
+        disks=(disk, *more_disks),
         timeout=timeout,
         firmware="uefi",
         firmware_vars=firmware_vars,
@@ -502,6 +510,10 @@ class DebianMachine:
 
     def disk(self, workdir: Path, kernel: Path) -> Path:
         return debian_disk(workdir, kernel)
+
+    def more_disks(self, disk: Path) -> tuple[Path, ...]:
+        """The guest's other disks (/dev/vdb and on), beside ``disk``."""
+        return ()
 
     def after_hibernate(self, disk: Path, kernel: Path) -> None:
         """What the host does between the two boots: here nothing (A changed
@@ -600,25 +612,31 @@ def secret_on(disk: Path, secret: tuple[bytes, ...]) -> frozenset[int]:
     return frozenset(found_needles(disk, secret)) if secret else frozenset()
 
 
-async def debian_cycle(
+@dataclass(frozen=True)
+class TwoBoots:
+    hibernate: GuestResult  # QEMU 1: A's script ran; it hibernated, or it ended
+    resume: GuestResult | None  # QEMU 2 (None: A's script ended in QEMU 1)
+    disk: Path
+
+
+async def boot_twice(
     kernel: Path,
     workdir: Path,
+    machine: DebianMachine,
+    script: str,
     *,
     on_line: Callable[[str, LogLine], None] | None = None,
-    machine: DebianMachine | None = None,
-) -> DebianCycle:
-    """The hibernate cycle on the Debian guest: QEMU 1 boots the disk and runs
-    guest/debian/debian-cycle.sh (A hibernates through kexechibd's D-Bus API;
-    B saves into the image file and powers off), QEMU 2 boots the same disk
-    with the same firmware variables (kexechib-resume.service resumes A,
-    whose script then ends and powers off), then e2fsck on the host.  After
-    each, the host searches the raw disk file for the workload's secret."""
-    machine = machine or DebianMachine()
+    after_save: Callable[[Path, GuestResult], None] | None = None,
+) -> TwoBoots:
+    """A hibernate cycle's two boots of a new disk of ``machine``: QEMU 1
+    runs ``script`` (a guest script under GUEST_LIB) as root: A hibernates
+    in it, B saves and powers off; ``after_save(disk, QEMU 1's result)``;
+    QEMU 2 boots the same disk with the same firmware variables, and A
+    resumes (when C runs its own script instead, it only says c-boots-on)."""
     disk = await asyncio.to_thread(machine.disk, workdir, kernel)
     nvram = workdir / "OVMF_VARS.fd"
 
     async def boot(n: int, command: str, timeout: float, name: str) -> GuestResult:
-        """QEMU ``n`` on the disk and the firmware variables both boots share."""
         spec = debian_guest(
             disk,
             command,
@@ -629,20 +647,54 @@ async def debian_cycle(
             root=machine.root,
             memory_mib=machine.memory_mib,
             append=machine.append,
+            more_disks=machine.more_disks(disk),
         )
         async with Guest(
             spec, workdir / f"qemu-{n}", on_line=relay_lines(on_line, str(n))
         ) as guest:
             return await guest.wait()
 
-    first = await boot(1, f"sh /{GUEST_LIB}/debian-cycle.sh", 900, "deb-a")
-    secret = secret_of(first)
-    after_save = await asyncio.to_thread(secret_on, disk, secret)
+    first = await boot(1, f"sh /{GUEST_LIB}/{script}", 900, "deb-a")
+    if after_save is not None:
+        await asyncio.to_thread(after_save, disk, first)
     if first.timed_out or first.exit_status is not None:
         # A's script ended in QEMU 1: A never hibernated, nothing to resume.
-        return DebianCycle(first, None, None, "", disk, secret, after_save)
+        return TwoBoots(first, None, disk)
     await asyncio.to_thread(machine.after_hibernate, disk, kernel)
     second = await boot(2, f". /{GUEST_LIB}/lab.sh; say c-boots-on", 600, "deb-c")
+    return TwoBoots(first, second, disk)
+
+
+async def debian_cycle(
+    kernel: Path,
+    workdir: Path,
+    *,
+    on_line: Callable[[str, LogLine], None] | None = None,
+    machine: DebianMachine | None = None,
+) -> DebianCycle:
+    """The hibernate cycle on the Debian guest (``boot_twice``) with
+    guest/debian/debian-cycle.sh: A hibernates through logind, B saves into
+    the image file and powers off, QEMU 2's initramfs resumes A, whose
+    script then ends and powers off; then e2fsck on the host.  After each
+    boot the host searches the raw disk file for the workload's secret."""
+    machine = machine or DebianMachine()
+    found: list[frozenset[int]] = []
+
+    def search(disk: Path, result: GuestResult) -> None:
+        found.append(secret_on(disk, secret_of(result)))
+
+    runs = await boot_twice(
+        kernel,
+        workdir,
+        machine,
+        "debian-cycle.sh",
+        on_line=on_line,
+        after_save=search,
+    )
+    first, second, disk = runs.hibernate, runs.resume, runs.disk
+    secret = secret_of(first)
+    if second is None:
+        return DebianCycle(first, None, None, "", disk, secret, found[0])
     after_resume = await asyncio.to_thread(secret_on, disk, secret)
     status, output = await asyncio.to_thread(machine.fsck, disk)
-    return DebianCycle(first, second, status, output, disk, secret, after_save, after_resume)
+    return DebianCycle(first, second, status, output, disk, secret, found[0], after_resume)

@@ -72,3 +72,13 @@ start_daemon() {
 		{ say "error=daemon-start"; exit 1; }
 	say "daemon-up pid=$LAB_DAEMON uptime=$(uptime_s)"
 }
+
+# logind's PrepareForSleep signals, recorded from now on in file $1
+# (`watch_sleep_signals FILE`); `sleep_signals FILE` prints what came so far,
+# e.g. "true,false": a hibernation's job has ended once "false" is there.
+watch_sleep_signals() {
+	dbus-monitor --system "type='signal',sender='org.freedesktop.login1',interface='org.freedesktop.login1.Manager',member='PrepareForSleep'" \
+		>"$1" 2>&1 &
+	sleep 2
+}
+sleep_signals() { grep -o 'boolean [a-z]*' "$1" | cut -d' ' -f2 | paste -sd, -; }

@@ -20,6 +20,11 @@ as a line every 0.1 s (flushed, not synced): a file on the root filesystem
 being written across the cycle. It then also writes a 1 MiB random file
 `<dir>/canary` at its start and reports `canary=intact|changed` and
 `appended=<lines written>` in the check.
+
+For the benchmarks' fill (bench/swsusp.py), `--random-mib N` makes the
+random buffer N MiB (default 8) and `--anon-mib N` adds N MiB of anonymous
+memory that compresses as a program's heap does (each page a different
+line of text, repeated), both checked with the buffer's digest.
 """
 
 import argparse
@@ -31,12 +36,27 @@ import time
 parser = argparse.ArgumentParser()
 parser.add_argument("--dir", default="/tmp")
 parser.add_argument("--append")
+parser.add_argument("--random-mib", type=int, default=8)
+parser.add_argument("--anon-mib", type=int, default=0)
 args = parser.parse_args()
 os.makedirs(args.dir, exist_ok=True)
 
-SIZE = 8 << 20
+SIZE = args.random_mib << 20
 data = bytearray(os.urandom(SIZE))
-digest = hashlib.sha256(data).digest()
+heap = bytearray(args.anon_mib << 20)
+for n in range(len(heap) // 4096):
+    heap[n * 4096 : (n + 1) * 4096] = (f"page {n} of the heap: a counter, names; " * 120)[
+        :4096
+    ].encode()
+
+
+def memory_digest() -> bytes:
+    h = hashlib.sha256(data)
+    h.update(heap)
+    return h.digest()
+
+
+digest = memory_digest()
 NEEDLES, NEEDLE = 16, 32  # pieces a 512 KiB apart, 32 bytes each, in one page
 starts = (k * (SIZE // NEEDLES) + 2048 for k in range(NEEDLES))
 needles = ",".join(data[at : at + NEEDLE].hex() for at in starts)
@@ -62,7 +82,7 @@ def write(name: str, text: str) -> None:
 
 
 def check(signum: int, frame: object) -> None:
-    memory = "intact" if hashlib.sha256(data).digest() == digest else "changed"
+    memory = "intact" if memory_digest() == digest else "changed"
     extra = ""
     if log is not None:
         with open(path("canary"), "rb") as f:

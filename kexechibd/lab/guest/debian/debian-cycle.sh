@@ -53,9 +53,7 @@ echo "\$1 \$2 \$SYSTEMD_SLEEP_ACTION" >> $HOOK_LOG
 EOH
 chmod 0755 /usr/lib/systemd/system-sleep/kexechib-lab
 SIGNALS=/run/kexechib-lab-prepare-for-sleep.log
-dbus-monitor --system "type='signal',sender='org.freedesktop.login1',interface='org.freedesktop.login1.Manager',member='PrepareForSleep'" \
-	> $SIGNALS 2>&1 &
-sleep 2
+watch_sleep_signals $SIGNALS
 
 LOGIND="org.freedesktop.login1 /org/freedesktop/login1 org.freedesktop.login1.Manager"
 say "a-can logind=$(busctl call $LOGIND CanHibernate | cut -d'"' -f2) kexechib=$(kexechibctl can-hibernate)"
@@ -70,7 +68,7 @@ say "a-hibernate counter=$(cat $WORK/counter)"
 # has ended and logind says PrepareForSleep(false).
 busctl call $LOGIND Hibernate b false
 status=$?
-signals() { grep -o 'boolean [a-z]*' $SIGNALS | cut -d' ' -f2 | paste -sd, -; }
+signals() { sleep_signals $SIGNALS; }
 if [ $status -eq 0 ]; then
 	wait_for 'signals | grep -q false' 900 || status=124
 fi

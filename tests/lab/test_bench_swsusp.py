@@ -1,0 +1,63 @@
+"""bench/swsusp.py runs small: one cycle of each of kexechibd and swsusp (LZO)
+on the Debian guest, and prints a well-formed table. Times are the
+benchmark's to report (docs/performance.md), never asserted here: only what
+makes the comparison real (both sides hibernated through logind, powered
+off and resumed with the fill's memory intact; swsusp wrote its image to
+the swap disk and resumed it from there) and that each figure is there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+from pathlib import Path
+
+import pytest
+
+from bench import swsusp
+
+pytestmark = pytest.mark.lab
+
+SIDES = ("kexechibd", "swsusp-lzo")
+
+
+@pytest.fixture(scope="module")
+def output(lab: Path) -> list[str]:
+    out, err = io.StringIO(), io.StringIO()
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("KEXECHIB_LAB_KERNEL", str(lab))
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            status = swsusp.main(["--repeats", "1", "--sides", ",".join(SIDES)])
+    assert status == 0, err.getvalue()
+    return out.getvalue().splitlines()
+
+
+def _runs(output: list[str]) -> dict[str, str]:
+    return {line.split()[2].rstrip(":"): line for line in output if line.startswith("run 1 ")}
+
+
+def test_each_side_hibernates_and_resumes_with_the_fills_memory_intact(
+    output: list[str],
+) -> None:
+    runs = _runs(output)
+    assert sorted(runs) == sorted(SIDES)
+    assert all("memory='intact'" in line for line in runs.values()), runs
+
+
+def test_each_side_wrote_its_image_to_the_disk(output: list[str]) -> None:
+    # kexechibd: what B committed; swsusp: the swap disk's blocks written.
+    for side, line in _runs(output).items():
+        found = re.search(r"written=(\d+)", line)
+        assert found and int(found.group(1)) > 50_000_000, (side, line)
+
+
+def test_the_table_has_every_figure_for_both_sides_and_the_ratios(output: list[str]) -> None:
+    start = next(i for i, line in enumerate(output) if line.startswith("figure"))
+    assert output[start].split() == ["figure", *SIDES, "kexechibd", "vs", "swsusp-lzo"]
+    rows = output[start + 1 : start + 1 + len(swsusp.FIGURES)]
+    for (figure, unit, better), row in zip(swsusp.FIGURES, rows, strict=True):
+        assert row.startswith(f"{figure} ({unit})"), row
+        cells = row[len(f"{figure} ({unit})") :].split()
+        assert len(cells) == (3 if better else 2), row
+        assert all(float(c.rstrip("×").replace(",", "")) >= 0 for c in cells), row
