@@ -64,7 +64,9 @@ if [ $status -eq 0 ]; then
 fi
 say "h-back status=$status signals=$(sleep_signals $SIGNALS)"
 say "h-running $(fill_check)"
-say "h-after reread=$(read_files) $(meminfo)"
+# What is in memory after the resume, before the files are read again.
+after=$(meminfo)
+say "h-after reread=$(read_files) $after"
 SCRATCH=$(cmdline_value kexechib.lab.scratch)
 LIMIT=$(cmdline_value kexechib.lab.limit_mib)
 dd_rate() { dd "$@" bs=1M count="$LIMIT" 2>&1 | sed -n 's/.* copied, \([0-9.]*\) s, .*/\1/p' |
