@@ -137,10 +137,11 @@ demo-model: setup
 bench: setup
 	$(BIN)/python -m bench
 
-# kexechibd against the kernel's own hibernation on the Debian guest (issue 15;
-# about 20 minutes: three interleaved cycles of each side under QEMU TCG).
+# kexechibd against the kernel's own hibernation on the Debian guest, and B's
+# save against zstd in the same B (issue 15; about 25 minutes of QEMU TCG).
 bench-lab: setup lab-kernel
 	$(BIN)/python -m bench.swsusp
+	$(BIN)/python -m bench.b_save
 
 # ---------------------------------------------------------------- install
 # Where Debian expects each file.  The Python package goes where Debian's

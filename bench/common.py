@@ -105,6 +105,12 @@ def run_worker(*args: str) -> tuple[dict[str, object], Run]:
     return json.loads(r.stdout.strip().splitlines()[-1]), r
 
 
+def allocated_bytes(path: Path) -> int:
+    """The bytes of a sparse disk file that are allocated: what a guest
+    wrote to it (QEMU writes a raw file's blocks as the guest writes them)."""
+    return path.stat().st_blocks * 512
+
+
 def median(values: Sequence[float]) -> float:
     return statistics.median(values)
 

@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import re
 import shutil
 import statistics
 import subprocess
@@ -44,7 +43,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.common import allocated_bytes
 from kexechibd.lab import GuestResult, lab_kernel, new_workdir
+from kexechibd.lab.cycle import committed_bytes
 from kexechibd.lab.debian import DebianMachine, TwoBoots, boot_twice, debian_disk
 
 SCRIPT = "bench-cycle.sh"
@@ -94,13 +95,13 @@ class SwsuspMachine(DebianMachine):
         with swap.open("wb") as f:
             f.truncate(SWAP_SIZE)
         subprocess.run(["mkswap", "-q", "-L", "swap", str(swap)], check=True)
-        self.unwritten[disk] = allocated(swap)
+        self.unwritten[disk] = allocated_bytes(swap)
         return disk
 
     def written(self, disk: Path) -> int:
         """The bytes written to the swap disk since mkswap (QEMU writes a
         raw file's blocks as the guest writes them; they were holes)."""
-        return allocated(self.swap(disk)) - self.unwritten[disk]
+        return allocated_bytes(self.swap(disk)) - self.unwritten[disk]
 
     def more_disks(self, disk: Path) -> tuple[Path, ...]:
         return (self.swap(disk), scratch(disk))
@@ -150,20 +151,11 @@ def _seen(result: GuestResult, text: str) -> float:
     raise CycleFailed(f"never seen: {text!r}: {result.describe()}")
 
 
-COMMITTED = re.compile(r"image committed: .* (\d+) bytes \(")
-
-
-def committed_bytes(result: GuestResult) -> int:
-    """What kernel B wrote, from its "image committed" line."""
-    for line in result.lines:
-        found = COMMITTED.search(line.text)
-        if found:
-            return int(found.group(1))
-    raise CycleFailed(f"B committed no image: {result.describe()}")
-
-
-def allocated(path: Path) -> int:
-    return path.stat().st_blocks * 512
+def committed(result: GuestResult) -> int:
+    written = committed_bytes(result)
+    if written is None:
+        raise CycleFailed(f"B committed no image: {result.describe()}")
+    return written
 
 
 def measure(side: str, runs: TwoBoots, written: int) -> Cycle:
@@ -200,7 +192,7 @@ def run_cycle(kernel: Path, side: str, *, keep: bool = False) -> Cycle:
         if isinstance(machine, SwsuspMachine):
             written.append(machine.written(disk))
         else:
-            written.append(committed_bytes(result))
+            written.append(committed(result))
 
     try:
         runs = asyncio.run(boot_twice(kernel, workdir, machine, SCRIPT, after_save=after_save))

@@ -17,6 +17,7 @@ resumes the checkpoint.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,6 +87,19 @@ def _line(result: GuestResult, text: str) -> float | None:
     return next((line.seconds for line in result.lines if text in line.text), None)
 
 
+COMMITTED = re.compile(r"image committed: .* (\d+) bytes \(")
+
+
+def committed_bytes(result: GuestResult) -> int | None:
+    """The bytes kernel B wrote, from its daemon's "image committed" line
+    (None: B committed no image)."""
+    for line in result.lines:
+        found = COMMITTED.search(line.text)
+        if found:
+            return int(found.group(1))
+    return None
+
+
 def markers(result: GuestResult | None, kind: str) -> list[Marker]:
     return [] if result is None else [m for m in result.markers if m.kind == kind]
 
@@ -112,6 +126,10 @@ async def hibernate_cycle(
     saver_initrd: Path | None = None,
     window: str | None = None,
     disk_mib: int = 768,
+    saver_cmdline: str = "",
+    more_disks: tuple[Path, ...] = (),
+    resume: bool = True,
+    append: str = "",
 ) -> CycleRun:
     """QEMU 1 (A hibernates), then QEMU 2 (C resumes) on the same disk.
 
@@ -134,12 +152,15 @@ async def hibernate_cycle(
         saver_initrd=saver_initrd,
         window=window,
         disk_mib=disk_mib,
+        saver_cmdline=saver_cmdline,
+        more_disks=more_disks,
+        append=append,
     )
     async with Guest(spec, workdir / "qemu-1", on_line=relay("1")) as guest:
         first = await guest.wait()
     if between is not None:
         between(first)
-    if first.timed_out:
+    if first.timed_out or not resume:
         return CycleRun(first, None)
     async with Guest(restorer_guest(kernel, workdir), workdir / "qemu-2", on_line=relay("2")) as g:
         second = await g.wait()

@@ -218,6 +218,8 @@ def _programs() -> dict[str, Path]:
         "usr/bin/dbus-daemon": Path("/usr/bin/dbus-daemon"),
         "usr/bin/dbus-send": Path("/usr/bin/dbus-send"),
         "sbin/kexec": kexec_path(),
+        # B's plain-tool reference in bench.b_save: zstd on /proc/vmcore.
+        "usr/bin/zstd": Path("/usr/bin/zstd"),
     }
     for name, path in programs.items():
         if not path.exists():
@@ -357,14 +359,18 @@ def lab_userspace() -> Path:
 
 
 def origin_initrd(
-    saver_kernel: Path, saver_initrd: Path | None = None, window: str | None = None
+    saver_kernel: Path,
+    saver_initrd: Path | None = None,
+    window: str | None = None,
+    saver_cmdline: str = "",
 ) -> Path:
     """Kernel A's initrd: the userspace, then the origin layer (kernel B's
     bzImage and initrd under /boot, and busctl). B's initrd is the lab
     userspace itself (saver.sh), or `saver_initrd`: the product's, as
-    `kexechibctl saver build` writes it (`saver_build`). `window` replaces
-    /etc/kexechibd.conf with one that gives B that window (a later archive's
-    file replaces an earlier one's when the kernel unpacks them)."""
+    `kexechibctl saver build` writes it (`saver_build`). `window` and
+    `saver_cmdline` replace /etc/kexechibd.conf with one that gives B that
+    window and more of a command line (a later archive's file replaces an
+    earlier one's when the kernel unpacks them)."""
     userspace = lab_userspace()
     b_initrd = userspace if saver_initrd is None else saver_initrd
     busctl = Path("/usr/bin/busctl")
@@ -377,6 +383,7 @@ def origin_initrd(
             userspace.name.encode(),
             hashlib.sha256(b_initrd.read_bytes()).digest(),
             f"window {window}".encode(),
+            f"saver cmdline {saver_cmdline}".encode(),
             hashlib.sha256(saver_kernel.read_bytes()).digest(),
             _stat_id(busctl),
             *(_stat_id(p) for p in libs),
@@ -388,8 +395,9 @@ def origin_initrd(
         layer = Cpio()
         layer.host_file(f"lab{SAVER_KERNEL}", saver_kernel, 0o644)
         layer.host_file(f"lab{SAVER_INITRD}", b_initrd, 0o644)
-        if window is not None:
-            layer.file("lab/etc/kexechibd.conf", lab_config(window=window).encode())
+        if window is not None or saver_cmdline:
+            config = lab_config(window=window or WINDOW, saver_cmdline=saver_cmdline)
+            layer.file("lab/etc/kexechibd.conf", config.encode())
         add_programs(layer, {"usr/bin/busctl": busctl}, "lab")
         yield layer.to_bytes()
 
@@ -430,13 +438,16 @@ def _script_guest(
     params: str = "",
     saver_initrd: Path | None = None,
     window: str | None = None,
+    saver_cmdline: str = "",
+    more_disks: tuple[Path, ...] = (),
 ) -> GuestSpec:
     """A guest that runs one of kexechibd/lab/guest/'s scripts from the
-    initramfs, with the Linux backend enabled and `disk` as /dev/vda."""
+    initramfs, with the Linux backend enabled, `disk` as /dev/vda and
+    `more_disks` as /dev/vdb and on."""
     return GuestSpec(
         command="",
         kernel=kernel,
-        initrd=origin_initrd(kernel, saver_initrd, window),
+        initrd=origin_initrd(kernel, saver_initrd, window, saver_cmdline),
         memory_mib=memory_mib,
         append=" ".join(
             p
@@ -447,7 +458,7 @@ def _script_guest(
             )
             if p
         ),
-        disks=(disk,),
+        disks=(disk, *more_disks),
         timeout=timeout,
         name=name,
     )
@@ -478,12 +489,17 @@ def cycle_guest(
     saver_initrd: Path | None = None,
     window: str | None = None,
     disk_mib: int = 768,
+    saver_cmdline: str = "",
+    more_disks: tuple[Path, ...] = (),
+    append: str = "",
 ) -> GuestSpec:
     """Kernel A of the hibernate cycle (kexechibd/lab/guest/cycle.sh) with a
     fresh image disk in `workdir`: `cycle` is poweroff, checkpoint or cancel,
     `client` busctl or kexechibctl. A poweroff cycle ends with B powering
     off; `restorer_guest` then boots C on the same disk. B boots the lab
-    userspace (saver.sh) or `saver_initrd` (the product's)."""
+    userspace (saver.sh) or `saver_initrd` (the product's), with
+    `saver_cmdline` added to its command line; `more_disks`: /dev/vdb on;
+    `append`: more of A's command line."""
     return _script_guest(
         kernel,
         "cycle.sh",
@@ -491,9 +507,11 @@ def cycle_guest(
         name=f"a-{cycle}",
         memory_mib=memory_mib,
         timeout=timeout,
-        params=f"kexechib.lab.cycle={cycle} kexechib.lab.client={client}",
+        params=f"kexechib.lab.cycle={cycle} kexechib.lab.client={client} {append}".strip(),
         saver_initrd=saver_initrd,
         window=window,
+        saver_cmdline=saver_cmdline,
+        more_disks=more_disks,
     )
 
 

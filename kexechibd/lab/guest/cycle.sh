@@ -34,7 +34,11 @@ wait_for 'grep -q Monitoring /tmp/bus.log /tmp/bus.err' 30 || { say "a-error=mon
 
 dd if=/dev/urandom of=/tmp/canary bs=4096 count=256 2>/dev/null
 want=$(md5sum </tmp/canary)
-python3 /usr/lib/kexechib-lab/workload.py &
+# kexechib.lab.anon_mib and .random_mib: more memory for the workload to hold
+# (bench.b_save's fill); 8 MiB of random bytes by default.
+anon=$(cmdline_value kexechib.lab.anon_mib)
+random_mib=$(cmdline_value kexechib.lab.random_mib)
+python3 /usr/lib/kexechib-lab/workload.py --anon-mib "${anon:-0}" --random-mib "${random_mib:-8}" &
 workload=$!
 wait_for 'test -s /tmp/counter' 60 || { say "a-error=workload"; exit 1; }
 

@@ -10,6 +10,16 @@
 . /usr/lib/kexechib-lab/lab.sh
 
 say "b-up jbe=$(cmdline_value kexec_jump_back_entry) uptime=$(uptime_s)"
+# bench.b_save: first the plain tool on the same input in this same kernel,
+# `zstd -1 -T0 < /proc/vmcore`, written to kexechib.lab.zstd_to and synced
+# (the host counts the bytes: the disk file's blocks), then the daemon's save
+# as always.
+ZSTD_TO=$(cmdline_value kexechib.lab.zstd_to)
+if [ -n "$ZSTD_TO" ]; then
+	say "b-zstd-start vmcore=$(stat -c %s /proc/vmcore) uptime=$(uptime_s)"
+	zstd -1 -T0 -q -c </proc/vmcore | dd of="$ZSTD_TO" bs=1M iflag=fullblock conv=fsync 2>/dev/null
+	say "b-zstd-end status=$? uptime=$(uptime_s)"
+fi
 start_bus
 start_daemon
 # The save has ended once the daemon is idle with progress 1 (success) or
