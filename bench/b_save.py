@@ -19,15 +19,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import shutil
-import statistics
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.common import allocated_bytes
+from bench.common import aligned, allocated_bytes, load_text, median
 from kexechibd.lab import GuestResult, lab_kernel, new_workdir
 from kexechibd.lab.cycle import committed_bytes, hibernate_cycle
 
@@ -105,12 +103,9 @@ def run_once(kernel: Path, *, keep: bool = False) -> Save:
 
 
 def table(saves: Sequence[Save]) -> list[str]:
-    def med(values: Sequence[float]) -> float:
-        return statistics.median(values)
-
-    vmcore = med([s.vmcore for s in saves])
-    zs, os_ = med([s.zstd_seconds for s in saves]), med([s.ours_seconds for s in saves])
-    zb, ob = med([s.zstd_bytes for s in saves]), med([s.ours_bytes for s in saves])
+    vmcore = median([s.vmcore for s in saves])
+    zs, os_ = median([s.zstd_seconds for s in saves]), median([s.ours_seconds for s in saves])
+    zb, ob = median([s.zstd_bytes for s in saves]), median([s.ours_bytes for s in saves])
     rows = [
         ("", "kexechibd", "zstd -1 -T0", "ratio"),
         ("input: /proc/vmcore (MB)", f"{vmcore / 1e6:,.0f}", f"{vmcore / 1e6:,.0f}", ""),
@@ -123,8 +118,7 @@ def table(saves: Sequence[Save]) -> list[str]:
         ),
         ("output (MB)", f"{ob / 1e6:,.0f}", f"{zb / 1e6:,.0f}", f"{ob / zb:.2f}×"),
     ]
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    return ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    return aligned(rows)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -137,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the work directories")
     args = parser.parse_args(argv)
     kernel = lab_kernel()
-    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    load = load_text()
     saves = []
     for n in range(args.repeats):
         save = run_once(kernel, keep=args.keep)
@@ -150,8 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "favours kexechibd, output ratio below 1"
     )
     print("\n".join(table(saves)))
-    after = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    print(f"(load average {load} before, {after} after)")
+    print(f"(load average {load} before, {load_text()} after)")
     return 0
 
 

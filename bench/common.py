@@ -141,6 +141,17 @@ def load_average() -> tuple[float, float, float]:
     return os.getloadavg()
 
 
+def load_text() -> str:
+    """The load average as a report prints it: "0.44 0.84 1.02"."""
+    return " ".join(f"{x:.2f}" for x in load_average())
+
+
+def aligned(rows: Sequence[Sequence[str]]) -> list[str]:
+    """A plain-text table: each column padded to its widest cell."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
+
+
 def machine() -> dict[str, str]:
     cpu = "?"
     with contextlib.suppress(OSError):

@@ -33,9 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import shutil
-import statistics
 import subprocess
 import sys
 import time
@@ -43,7 +41,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.common import allocated_bytes
+from bench.common import aligned, allocated_bytes, load_text, median
 from kexechibd.lab import GuestResult, lab_kernel, new_workdir
 from kexechibd.lab.cycle import committed_bytes
 from kexechibd.lab.debian import DebianMachine, TwoBoots, boot_twice, debian_disk
@@ -76,6 +74,10 @@ class OursMachine(DebianMachine):
     def more_disks(self, disk: Path) -> tuple[Path, ...]:
         return (scratch(disk),)
 
+    def written(self, disk: Path, hibernated: GuestResult) -> int:
+        """What kernel B committed."""
+        return committed(hibernated)
+
 
 class SwsuspMachine(DebianMachine):
     """The same Debian without kexechibd, hibernating to a swap disk."""
@@ -98,7 +100,7 @@ class SwsuspMachine(DebianMachine):
         self.unwritten[disk] = allocated_bytes(swap)
         return disk
 
-    def written(self, disk: Path) -> int:
+    def written(self, disk: Path, hibernated: GuestResult) -> int:
         """The bytes written to the swap disk since mkswap (QEMU writes a
         raw file's blocks as the guest writes them; they were holes)."""
         return allocated_bytes(self.swap(disk)) - self.unwritten[disk]
@@ -111,7 +113,7 @@ class SwsuspMachine(DebianMachine):
         return disk.parent / "swap.img"
 
 
-SIDES: dict[str, DebianMachine] = {
+SIDES: dict[str, OursMachine | SwsuspMachine] = {
     m.name: m for m in (OursMachine(), SwsuspMachine(compress=True), SwsuspMachine(compress=False))
 }
 
@@ -189,10 +191,7 @@ def run_cycle(kernel: Path, side: str, *, keep: bool = False) -> Cycle:
     written: list[int] = []
 
     def after_save(disk: Path, result: GuestResult) -> None:
-        if isinstance(machine, SwsuspMachine):
-            written.append(machine.written(disk))
-        else:
-            written.append(committed(result))
+        written.append(machine.written(disk, result))
 
     try:
         runs = asyncio.run(boot_twice(kernel, workdir, machine, SCRIPT, after_save=after_save))
@@ -214,7 +213,7 @@ class Table:
         self.cycles.setdefault(cycle.side, []).append(cycle)
 
     def median(self, side: str, figure: str) -> float:
-        return statistics.median(_value(c, figure) for c in self.cycles[side])
+        return median([_value(c, figure) for c in self.cycles[side]])
 
     def lines(self) -> list[str]:
         ours = "kexechibd"
@@ -229,8 +228,7 @@ class Table:
                     o, t = self.median(ours, figure), self.median(s, figure)
                     cells.append(_ratio(o, t, better))
             rows.append(cells)
-        widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-        return ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+        return aligned(rows)
 
 
 # (figure, unit, which is better: "lower" or "higher"; "" for no ratio)
@@ -301,7 +299,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     kernel = lab_kernel()
     table = Table(sides)
     started = time.monotonic()
-    load = _load()
+    load = load_text()
     for n in range(args.repeats):
         for side in sides:
             cycle = run_cycle(kernel, side, keep=args.keep)
@@ -316,13 +314,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print("\n".join(table.lines()))
     print(
-        f"({time.monotonic() - started:.0f} s in all; load average {load} before, {_load()} after)"
+        f"({time.monotonic() - started:.0f} s in all; "
+        f"load average {load} before, {load_text()} after)"
     )
     return 0
-
-
-def _load() -> str:
-    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 if __name__ == "__main__":
