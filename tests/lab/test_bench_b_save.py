@@ -8,27 +8,20 @@ shape.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import re
 from pathlib import Path
 
 import pytest
 
 from bench import b_save
+from tests.lab.bench_support import bench_output
 
 pytestmark = pytest.mark.lab
 
 
 @pytest.fixture(scope="module")
 def output(lab: Path) -> list[str]:
-    out, err = io.StringIO(), io.StringIO()
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("KEXECHIB_LAB_KERNEL", str(lab))
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            status = b_save.main(["--repeats", "1"])
-    assert status == 0, err.getvalue()
-    return out.getvalue().splitlines()
+    return bench_output(lab, b_save.main, ["--repeats", "1"])
 
 
 def test_both_read_all_of_a_and_wrote_a_compressed_copy(output: list[str]) -> None:

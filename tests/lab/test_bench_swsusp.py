@@ -10,14 +10,13 @@ tests/lab/test_debian.py runs kexechibd's cycle on the same guest.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import re
 from pathlib import Path
 
 import pytest
 
 from bench import swsusp
+from tests.lab.bench_support import bench_output
 
 pytestmark = pytest.mark.lab
 
@@ -26,13 +25,7 @@ SIDES = ("swsusp-lzo",)
 
 @pytest.fixture(scope="module")
 def output(lab: Path) -> list[str]:
-    out, err = io.StringIO(), io.StringIO()
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("KEXECHIB_LAB_KERNEL", str(lab))
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            status = swsusp.main(["--repeats", "1", "--sides", ",".join(SIDES)])
-    assert status == 0, err.getvalue()
-    return out.getvalue().splitlines()
+    return bench_output(lab, swsusp.main, ["--repeats", "1", "--sides", ",".join(SIDES)])
 
 
 def _runs(output: list[str]) -> dict[str, str]:

@@ -7,14 +7,13 @@ number, and that the run says which load path kexechibd took.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import math
 from pathlib import Path
 
 import pytest
 
 from bench import lab_kexec
+from tests.lab.bench_support import bench_output
 
 pytestmark = pytest.mark.lab
 
@@ -33,13 +32,7 @@ ROWS = [
 def output(lab: Path) -> list[str]:
     """The benchmark's stdout lines (the run is the benchmark's main, as
     `python -m bench.lab_kexec` runs it, on the lab fixture's kernel)."""
-    out, err = io.StringIO(), io.StringIO()
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("KEXECHIB_LAB_KERNEL", str(lab))
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            status = lab_kexec.main([])
-    assert status == 0, err.getvalue()
-    return out.getvalue().splitlines()
+    return bench_output(lab, lab_kexec.main, [])
 
 
 def test_the_lab_benchmark_says_kexechibd_loads_b_with_staged_loads_on_the_lab_kernel(
