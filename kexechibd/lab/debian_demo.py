@@ -19,7 +19,7 @@ import sys
 import time
 
 from kexechibd.lab.cycle import print_outcome
-from kexechibd.lab.debian import DebianCycle, DebianMachine, debian_cycle, journal, read_file
+from kexechibd.lab.debian import DebianCycle, DebianMachine, debian_cycle, read_file
 from kexechibd.lab.debian_luks import LuksMachine
 from kexechibd.lab.qemu import GuestResult, LogLine
 
@@ -50,16 +50,17 @@ def _fields(result: GuestResult | None, kind: str) -> dict[str, str]:
 
 def checks(run: DebianCycle, *, encrypted: bool = False) -> list[tuple[bool, str]]:
     """(passed, what) for each thing the cycle must show; ``encrypted``: the
-    root is on LUKS, so the host reads nothing of it (the guest reports its
-    journal) and must find no piece of the workload's secret on the disk."""
+    root is on LUKS, so the host reads nothing of it and must find no piece
+    of the workload's secret on the disk.  The daemon's journal is what A
+    reports of it (its a-journal marker), for either root."""
     before, after = _fields(run.hibernate, "a-ready"), _fields(run.resume, "a-state")
     back = _fields(run.resume, "a-back")
     image = run.resume.records("a-image") if run.resume else []
-    wiped = _fields(run.resume, "a-journal").get("wiped") == "1"
+    daemon_log = _fields(run.resume, "a-journal")
     if encrypted:
-        grew = int(after.get("log_lines", 0)) > int(before.get("log_lines", 0) or 1 << 30)
+        lines_before, lines_after = before.get("log_lines", ""), after.get("log_lines", "")
+        grew = bool(lines_before and lines_after) and int(lines_after) > int(lines_before)
         appended = (grew, "its file on the encrypted root went on (more lines after the cycle)")
-        told = _fields(run.resume, "a-journal").get("resumed") == "1"
         secret = [
             (
                 _fields(run.hibernate, "a-protection").get("sealed") == "yes",
@@ -82,8 +83,6 @@ def checks(run: DebianCycle, *, encrypted: bool = False) -> list[tuple[bool, str
             bool(counts) and counts == list(range(counts[0], counts[0] + len(counts))),
             f"its file on the ext4 root went on: {len(counts)} consecutive lines",
         )
-        text = journal(run.disk, "-u", "kexechibd.service") if run.resume else ""
-        told = "back in A: resumed from the image" in text
         secret = [
             (
                 bool(run.secret_after_save) and run.secret_after_resume == frozenset(),
@@ -118,11 +117,11 @@ def checks(run: DebianCycle, *, encrypted: bool = False) -> list[tuple[bool, str
         appended,
         (after.get("cpus") == "0-1", "both CPUs are back"),
         (
-            bool(image) and _absent(image[-1]) and wiped,
+            bool(image) and _absent(image[-1]) and daemon_log.get("wiped") == "1",
             "the image is wiped: overwritten with zeros, none left to resume",
         ),
         *secret,
-        (told, "the journal shows the cycle"),
+        (daemon_log.get("resumed") == "1", "the journal shows the cycle"),
         (
             run.fsck_status == 0,
             f"e2fsck -fn of {'/boot' if encrypted else 'the root'} after the clean shutdown: clean",
